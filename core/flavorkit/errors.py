@@ -1,0 +1,108 @@
+"""The one exception hierarchy flavorkit raises.
+
+Every error a user can meet derives from :class:`FlavorkitError`, so ``except FlavorkitError``
+catches all of them. Inside a served MLflow model, :class:`InvalidRequest` is translated into an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (see :func:`to_mlflow_exception`), which the
+scoring server answers with HTTP 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BackendNotFound",
+    "BackendUnavailable",
+    "FlavorkitError",
+    "IntegrityError",
+    "InvalidRequest",
+    "ModelSourceError",
+    "PackagingError",
+    "PluginSpecError",
+    "to_mlflow_exception",
+]
+
+
+class FlavorkitError(Exception):
+    """Base class of every flavorkit error."""
+
+
+class BackendNotFound(FlavorkitError, LookupError):
+    """No backend is registered under the requested id."""
+
+    def __init__(self, name: str, available: Sequence[str], broken: Sequence[str] = ()) -> None:
+        self.name = name
+        self.available = list(available)
+        listed = ", ".join(sorted(self.available)) or "none"
+        msg = f"unknown backend {name!r}. Installed backends: {listed}."
+        if broken:
+            msg += f" Plugins that failed to load: {', '.join(sorted(broken))} (see `flavorkit backends`)."
+        msg += (
+            " A third-party backend is added by installing its package, which declares an entry"
+            " point in the 'flavorkit.backends' group; run `flavorkit backends` to list them."
+        )
+        super().__init__(msg)
+
+
+class BackendUnavailable(FlavorkitError, ImportError):
+    """The backend is installed but its runtime dependencies are missing or broken."""
+
+    def __init__(self, name: str, reason: str, install_hint: str | None = None) -> None:
+        self.name = name
+        self.reason = reason
+        self.install_hint = install_hint
+        msg = f"backend {name!r} is not available: {reason}"
+        if install_hint:
+            msg += f". Fix it with: {install_hint}"
+        super().__init__(msg)
+
+
+class PluginSpecError(FlavorkitError):
+    """A plugin violates the hook specification (unknown hook, missing required hook, bad return)."""
+
+
+class InvalidRequest(FlavorkitError, ValueError):
+    """A request (or a packaging-time default) failed validation; names the offending field."""
+
+    def __init__(self, field: str, message: str, allowed: str | None = None) -> None:
+        self.field = field
+        self.detail = message
+        self.allowed = allowed
+        text = f"invalid request: field {field!r}: {message}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+
+
+class ModelSourceError(FlavorkitError, FileNotFoundError):
+    """A model source (path, Hub id, object) cannot be read or is not what the backend expects."""
+
+    def __init__(self, source: Any, reason: str) -> None:
+        self.source = source
+        super().__init__(f"model source {source!s}: {reason}")
+
+
+class PackagingError(FlavorkitError):
+    """Writing or logging the MLflow model failed; nothing partial was left behind."""
+
+
+class IntegrityError(FlavorkitError):
+    """A packaged artifact does not match the sha256 manifest written at packaging time."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("model artifacts failed the integrity check: " + "; ".join(self.problems))
+
+
+class BackendError(FlavorkitError, RuntimeError):
+    """A backend broke its contract at run time (for example a request never finished)."""
+
+
+def to_mlflow_exception(err: InvalidRequest) -> Exception:
+    """Translate a request error into the MlflowException the scoring server answers with 400."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE)

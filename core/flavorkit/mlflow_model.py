@@ -1,0 +1,48 @@
+"""The models-from-code file MLflow executes to rebuild a flavorkit pyfunc model.
+
+The packager passes this file as ``python_model=``; MLflow copies it into the model and runs it at
+load time, so no Python object is ever pickled. Everything model-specific comes from the
+``model_config`` and artifacts stored beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+
+class FlavorkitModel(PythonModel):  # type: ignore[misc]
+    """A pyfunc model delegating to :class:`flavorkit.runtime.LoadedModel`."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        """Verify the artifacts and load the backend runtime."""
+        from flavorkit.loading import load_packaged
+
+        self._model = load_packaged(context.artifacts, context.model_config or {})
+
+    def predict(self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        """Answer each request (dict, list of dicts or DataFrame rows), in order."""
+        from flavorkit.errors import InvalidRequest, to_mlflow_exception
+
+        try:
+            return self._model.predict(model_input)
+        except InvalidRequest as exc:
+            raise to_mlflow_exception(exc) from exc
+
+    def predict_stream(
+        self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
+    ) -> Iterator[Any]:
+        """Stream one request as OpenAI ``chat.completion.chunk`` dicts (or text pieces)."""
+        from flavorkit.errors import InvalidRequest, to_mlflow_exception
+
+        try:
+            stream = self._model.predict_stream(model_input)
+        except InvalidRequest as exc:
+            raise to_mlflow_exception(exc) from exc
+        yield from stream
+
+
+mlflow.models.set_model(FlavorkitModel())

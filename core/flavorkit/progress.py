@@ -1,0 +1,61 @@
+"""Progress lines for long steps (conversions, exports, downloads), written to stderr.
+
+Quiet with ``FLAVORKIT_PROGRESS=0``. On a terminal the elapsed time updates in place; elsewhere
+(CI logs) a line is printed when a step starts, every 30 s while it runs, and when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["PROGRESS_ENV", "step"]
+
+PROGRESS_ENV = "FLAVORKIT_PROGRESS"
+
+
+def _enabled() -> bool:
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Report ``title`` as a running step with its elapsed time, then done or failed."""
+    if not _enabled():
+        yield
+        return
+    out = sys.stderr
+    tty = out.isatty()
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def beat() -> None:
+        period = 0.5 if tty else 30.0
+        while not stop.wait(period):
+            elapsed = time.perf_counter() - start
+            if tty:
+                out.write(f"\r[flavorkit] {title} ... {elapsed:5.0f}s")
+            else:
+                out.write(f"[flavorkit] {title} ... still running ({elapsed:.0f}s)\n")
+            out.flush()
+
+    out.write(f"[flavorkit] {title} ...{'' if tty else chr(10)}")
+    out.flush()
+    ticker = threading.Thread(target=beat, daemon=True)
+    ticker.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        ticker.join()
+        elapsed = time.perf_counter() - start
+        state = "done" if ok else "failed"
+        prefix = f"\r[flavorkit] {title} ... " if tty else f"[flavorkit] {title}: "
+        out.write(f"{prefix}{state} in {elapsed:.1f}s\n")
+        out.flush()

@@ -1,0 +1,45 @@
+"""Pinned pip requirements for packaged models."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Iterable
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from flavorkit.errors import PackagingError
+
+__all__ = ["CORE_RUNTIME", "core_requirements", "merge_requirements", "pinned"]
+
+#: Distributions the packaged model's own code (flavorkit, shipped as code) imports at load time.
+CORE_RUNTIME = ("pluggy", "pydantic", "packaging")
+
+
+def pinned(distribution: str, *, extras: Iterable[str] = ()) -> str:
+    """``name==installed_version`` for ``distribution``; fails clearly if it is not installed."""
+    try:
+        version = md.version(distribution)
+    except md.PackageNotFoundError as exc:
+        raise PackagingError(
+            f"cannot pin {distribution!r}: it is not installed in this environment (pip install {distribution})"
+        ) from exc
+    extra = f"[{','.join(sorted(extras))}]" if extras else ""
+    return f"{distribution}{extra}=={version}"
+
+
+def core_requirements() -> list[str]:
+    """The pinned requirements of flavorkit's own runtime code."""
+    return [pinned(d) for d in CORE_RUNTIME]
+
+
+def merge_requirements(*groups: Iterable[str]) -> list[str]:
+    """Concatenate requirement lists, dropping repeats and refusing conflicting pins of one name."""
+    seen: dict[str, str] = {}
+    for group in groups:
+        for text in group:
+            name = canonicalize_name(Requirement(text).name)
+            if name in seen and seen[name] != text:
+                raise PackagingError(f"conflicting requirements for {name}: {seen[name]!r} and {text!r}")
+            seen.setdefault(name, text)
+    return list(seen.values())

@@ -1,0 +1,309 @@
+"""The serving core: turns validated requests into backend calls and OpenAI-shaped answers.
+
+Everything a user can observe about a response is decided here, not in the backend: defaults,
+``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason``, usage and the response and
+chunk shapes. ``predict`` is literally the joined stream of ``predict_stream``'s events, so the two
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flavorkit.errors import BackendError, InvalidRequest
+from flavorkit.registry import Backend
+from flavorkit.schema import ChatRequest, TextRequest, parse_request
+from flavorkit.signatures import CHAT, TASKS
+from flavorkit.stopping import StopMatcher
+from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
+
+__all__ = ["CORE_DEFAULTS", "LoadedModel"]
+
+log = logging.getLogger(__name__)
+
+#: Generation settings used when neither the request nor the packaged defaults set them.
+CORE_DEFAULTS: dict[str, Any] = {"max_tokens": 256, "temperature": 1.0, "top_p": 1.0, "n": 1}
+
+
+@dataclass(slots=True)
+class _Choice:
+    """State of one generated sequence (one of the ``n`` choices of one input row)."""
+
+    row: int
+    index: int
+    request: GenerationRequest
+    prompt_tokens: int
+    matcher: StopMatcher
+    parts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish: str | None = None
+
+
+@dataclass(slots=True)
+class _Row:
+    request: ChatRequest | TextRequest
+    choices: list[_Choice]
+    prompt_tokens: int
+
+
+class LoadedModel:
+    """A backend handle plus the contract: what the packaged pyfunc model delegates to."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        handle: Any,
+        *,
+        task: str = CHAT,
+        defaults: Mapping[str, Any] | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
+        self.backend = backend
+        self.handle = handle
+        self.task = task
+        self.info: RuntimeInfo = backend.describe(handle)
+        self.capabilities = backend.capabilities()
+        self.defaults = {**CORE_DEFAULTS, **(defaults or {})}
+        if Capability.SAMPLING not in self.capabilities and "temperature" not in (defaults or {}):
+            self.defaults["temperature"] = 0.0
+        self.model_name = model_name or self.info.model_name
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def predict(self, model_input: Any) -> list[Any]:
+        """Answer every input row, in order: chat completion dicts, or strings for text-generation."""
+        rows = self._prepare(self._rows(model_input))
+        for _choice, _text, _finish in self._events(rows):
+            pass  # _events accumulates text into each choice
+        return [self._response(row) for row in rows]
+
+    def predict_stream(self, model_input: Any) -> Iterator[Any]:
+        """Stream one request: ``chat.completion.chunk`` dicts, or text pieces for text-generation."""
+        raw = self._rows(model_input)
+        if len(raw) != 1:
+            raise InvalidRequest("inputs", f"predict_stream takes exactly one request, got {len(raw)}")
+        rows = self._prepare(raw)
+        return self._stream(rows[0], rows)
+
+    def close(self) -> None:
+        """Release the backend handle."""
+        self.backend.unload(self.handle)
+
+    # -- input handling -------------------------------------------------------------------------
+
+    def _rows(self, model_input: Any) -> list[Any]:
+        """Normalise dict / list / DataFrame / str inputs into a list of row objects."""
+        try:
+            import pandas as pd
+
+            if isinstance(model_input, pd.DataFrame):
+                return list(model_input.to_dict(orient="records"))
+        except ImportError:  # pragma: no cover - pandas comes with mlflow
+            pass
+        if isinstance(model_input, Mapping):
+            return [model_input]
+        if isinstance(model_input, str):
+            return [model_input]
+        if isinstance(model_input, Sequence) or hasattr(model_input, "tolist"):
+            rows = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+            if not rows:
+                raise InvalidRequest("inputs", "no requests given", allowed="a request object or a non-empty list")
+            return rows
+        raise InvalidRequest(
+            "inputs",
+            f"unsupported input type {type(model_input).__name__}",
+            allowed="a dict, a list of dicts or a pandas DataFrame",
+        )
+
+    def _settings(self, req: ChatRequest | TextRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Effective settings (defaults overlaid by the request) and the explicitly requested ones."""
+        explicit = req.model_dump(exclude_none=True, exclude={"messages", "prompt", "stream"})
+        return {**self.defaults, **explicit}, explicit
+
+    def _prepare(self, raw_rows: Sequence[Any]) -> list[_Row]:
+        """Validate and encode every row before any generation starts, so bad input costs nothing."""
+        rows: list[_Row] = []
+        many = len(raw_rows) > 1
+        for i, raw in enumerate(raw_rows):
+            try:
+                rows.append(self._prepare_row(i, raw))
+            except InvalidRequest as exc:
+                if not many:
+                    raise
+                raise InvalidRequest(f"inputs[{i}].{exc.field}", exc.detail, exc.allowed) from None
+        return rows
+
+    def _prepare_row(self, i: int, raw: Any) -> _Row:
+        req = parse_request(raw, self.task)
+        settings, explicit = self._settings(req)
+        if isinstance(req, ChatRequest):
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            prompt_field = "messages"
+        else:
+            messages = [{"role": "user", "content": req.prompt}]
+            prompt_field = "prompt"
+        if settings["temperature"] > 0 and Capability.SAMPLING not in self.capabilities:
+            raise InvalidRequest(
+                "temperature",
+                f"backend {self.backend.name!r} supports greedy decoding only",
+                allowed="0",
+            )
+        prompt_ids = self.backend.encode(self.handle, messages)
+        ctx = self.info.context_length
+        n_prompt = len(prompt_ids)
+        if n_prompt >= ctx:
+            raise InvalidRequest(
+                prompt_field,
+                f"the prompt is {n_prompt} tokens but the model's context is {ctx} tokens",
+                allowed=f"a prompt of at most {ctx - 1} tokens",
+            )
+        max_tokens = int(settings["max_tokens"])
+        if n_prompt + max_tokens > ctx:
+            if "max_tokens" in explicit:
+                raise InvalidRequest(
+                    "max_tokens",
+                    f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of {ctx} tokens",
+                    allowed=f"at most {ctx - n_prompt} for this prompt",
+                )
+            max_tokens = ctx - n_prompt
+        n = int(settings.get("n", 1))
+        seed = settings.get("seed")
+        temperature = float(settings["temperature"])
+        if temperature > 0 and seed is None and n > 1:
+            seed = random.randrange(2**31)
+        stop = req.stop_strings() if "stop" in explicit else _stops(settings.get("stop"))
+        choices = []
+        for j in range(n):
+            gen = GenerationRequest(
+                prompt_ids=prompt_ids,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=float(settings["top_p"]),
+                top_k=settings.get("top_k"),
+                seed=None if seed is None else int(seed) + j,
+                stop=stop,
+            )
+            choices.append(_Choice(row=i, index=j, request=gen, prompt_tokens=n_prompt, matcher=StopMatcher(stop)))
+        return _Row(request=req, choices=choices, prompt_tokens=n_prompt)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _events(self, rows: Sequence[_Row]) -> Iterator[tuple[_Choice, str, str | None]]:
+        """Run one backend batch over all choices; yield ``(choice, text, finish_reason)`` events."""
+        choices = [c for row in rows for c in row.choices]
+        pending = len(choices)
+        stream = self.backend.generate(self.handle, [c.request for c in choices])
+        try:
+            for delta in stream:
+                choice = choices[delta.index]
+                if choice.finish is not None:
+                    continue  # cancelled or capped; the backend may still be winding down
+                finish = delta.finish_reason
+                text = delta.text
+                if choice.tokens + delta.tokens > choice.request.max_tokens:
+                    log.warning(
+                        "backend %r produced more than max_tokens=%d tokens; output cut",
+                        self.backend.name,
+                        choice.request.max_tokens,
+                    )
+                    text, finish = "", "length"
+                choice.tokens = min(choice.tokens + delta.tokens, choice.request.max_tokens)
+                out, hit = choice.matcher.feed(text)
+                if hit:
+                    finish = "stop"
+                elif finish is not None:
+                    out += choice.matcher.flush()
+                if finish is not None:
+                    choice.finish = finish
+                    choice.request.cancelled = True
+                    pending -= 1
+                if out:
+                    choice.parts.append(out)
+                if out or finish is not None:
+                    yield choice, out, finish
+                if pending == 0:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        unfinished = [c for c in choices if c.finish is None]
+        if unfinished:
+            raise BackendError(
+                f"backend {self.backend.name!r} stopped without finishing {len(unfinished)} request(s); "
+                "every request must end with a Delta carrying finish_reason"
+            )
+
+    # -- response shaping -----------------------------------------------------------------------
+
+    def _usage(self, row: _Row) -> dict[str, int]:
+        completion = sum(c.tokens for c in row.choices)
+        return {
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": row.prompt_tokens + completion,
+        }
+
+    def _response(self, row: _Row) -> Any:
+        if self.task != CHAT:
+            return "".join(row.choices[0].parts)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": "".join(c.parts)},
+                    "finish_reason": c.finish,
+                }
+                for c in row.choices
+            ],
+            "usage": self._usage(row),
+        }
+
+    def _stream(self, row: _Row, rows: list[_Row]) -> Iterator[Any]:
+        events = self._events(rows)
+        if self.task != CHAT:
+            for _choice, text, _finish in events:
+                if text:
+                    yield text
+            return
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        started: set[int] = set()
+        remaining = len(row.choices)
+        for choice, text, finish in events:
+            delta: dict[str, str] = {}
+            if choice.index not in started:
+                started.add(choice.index)
+                delta["role"] = "assistant"
+            if text or "role" in delta:
+                delta["content"] = text
+            chunk: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_name,
+                "choices": [{"index": choice.index, "delta": delta, "finish_reason": finish}],
+            }
+            if finish is not None:
+                remaining -= 1
+                if remaining == 0:
+                    chunk["usage"] = self._usage(row)
+            yield chunk
+
+
+def _stops(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)

@@ -1,0 +1,258 @@
+"""Request validation: the pydantic models of the chat and text-generation contracts.
+
+The core owns validation so that every backend rejects the same inputs with the same messages.
+Errors are raised as :class:`~flavorkit.errors.InvalidRequest` naming the field (``messages[0].role``,
+``max_tokens``, ...) and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from flavorkit.errors import InvalidRequest
+
+__all__ = [
+    "MAX_N",
+    "MAX_STOP",
+    "ROLES",
+    "ChatMessage",
+    "ChatRequest",
+    "GenerationParams",
+    "TextRequest",
+    "format_validation_error",
+    "parse_request",
+    "validate_generation_defaults",
+    "validate_options",
+]
+
+ROLES = ("system", "user", "assistant")
+MAX_N = 16
+MAX_STOP = 4
+
+
+def _no_text_or_bool(value: Any) -> Any:
+    """Numbers must be numbers: reject strings and booleans pydantic's lax mode would coerce."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
+    item = getattr(value, "item", None)  # numpy scalars from DataFrames
+    if callable(item) and not isinstance(value, (int, float)):
+        value = item()
+    return value
+
+
+def _integer(value: Any) -> Any:
+    value = _no_text_or_bool(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be an integer, got {value!r}")
+        return int(value)
+    return value
+
+
+def _flag(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, bool):
+        value = item()
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _stop(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"must be a string or a list of strings, got {type(value).__name__}")
+
+
+Integer = Annotated[int, BeforeValidator(_integer)]
+Number = Annotated[float, BeforeValidator(_no_text_or_bool)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class GenerationParams(BaseModel):
+    """Generation settings a request may set; packaging-time defaults use the same fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Annotated[Integer, Field(gt=0)] | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[Number, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[Integer, Field(ge=1)] | None = None
+    n: Annotated[Integer, Field(ge=1, le=MAX_N)] | None = None
+    stop: Annotated[str | list[Annotated[str, Field(min_length=1)]] | None, BeforeValidator(_stop)] = None
+    seed: Integer | None = None
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """``stop`` as a tuple, whichever form the caller used."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatRequest(GenerationParams):
+    """An OpenAI-style chat completion request (the ``llm/v1/chat`` task)."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: Flag | None = None
+
+
+class TextRequest(GenerationParams):
+    """A ``{"prompt": str}`` request (the ``text-generation`` task); always one completion."""
+
+    prompt: Annotated[str, Field(strict=True)]
+    n: Literal[1] | None = None
+    stream: Flag | None = None
+
+
+_ALLOWED = {
+    "role": ", ".join(repr(r) for r in ROLES),
+    "temperature": "a number from 0 to 2",
+    "top_p": "a number greater than 0 and at most 1",
+    "top_k": "an integer of at least 1",
+    "max_tokens": "an integer of at least 1",
+    "n": f"an integer from 1 to {MAX_N}",
+    "stop": f"a non-empty string or a list of at most {MAX_STOP} non-empty strings",
+    "seed": "an integer",
+    "stream": "true or false",
+    "content": "a string",
+    "messages": "a non-empty list of {'role': ..., 'content': ...} objects",
+    "prompt": "a string",
+}
+
+
+def _field_path(loc: Sequence[int | str], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"str", "list[str]", "list[function-before[...]]"} or "function-" in str(part):
+            continue  # union branch labels, not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "request"
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> InvalidRequest:
+    """Turn pydantic's error list into one :class:`InvalidRequest` naming the first bad field."""
+    errors = exc.errors(include_url=False)
+    # Prefer the most specific error (deepest location): unions report one error per branch.
+    first = max(errors, key=lambda e: len([p for p in e["loc"] if not str(p).startswith("function-")]))
+    loc = [p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))]
+    field = _field_path(loc, prefix)
+    leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        known = [f for f in model.model_fields] if not any(isinstance(p, int) for p in loc) else [
+            f for f in ChatMessage.model_fields
+        ]
+        return InvalidRequest(field, "unknown field", allowed=", ".join(known))
+    if kind == "missing":
+        return InvalidRequest(field, "is required", allowed=_ALLOWED.get(leaf))
+    message = first["msg"]
+    extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 and leaf != "stop" else ""
+    allowed = _ALLOWED.get(leaf)
+    if model is TextRequest and leaf == "n":
+        allowed = "1 (text-generation returns one string per prompt)"
+    if message.startswith("Value error, "):  # our own validators already show the input
+        return InvalidRequest(field, message[len("Value error, ") :] + extra, allowed=allowed)
+    got = first.get("input")
+    shown = repr(got) if len(repr(got)) < 80 else type(got).__name__
+    return InvalidRequest(field, f"{message}; got {shown}{extra}", allowed=allowed)
+
+
+def _clean(value: Any) -> Any:
+    """Recursively turn numpy arrays/scalars and NaN cells (from DataFrames) into plain Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items() if not _is_missing(v)}
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    try:
+        import numpy as np
+
+        return isinstance(value, np.floating) and bool(np.isnan(value))
+    except ImportError:  # pragma: no cover - numpy is always present with mlflow
+        return False
+
+
+def parse_request(row: Any, task: str) -> ChatRequest | TextRequest:
+    """Validate one input row for ``task``; raise :class:`InvalidRequest` naming the bad field."""
+    model: type[ChatRequest] | type[TextRequest] = ChatRequest if task == "llm/v1/chat" else TextRequest
+    if isinstance(row, str) and model is TextRequest:
+        row = {"prompt": row}
+    if not isinstance(row, Mapping):
+        expected = "'messages'" if model is ChatRequest else "'prompt'"
+        raise InvalidRequest("request", f"each input must be an object with {expected}, got {type(row).__name__}")
+    data = _clean(row)
+    try:
+        req = model.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, model) from None
+    if len(req.stop_strings()) > MAX_STOP:
+        raise InvalidRequest("stop", f"{len(req.stop_strings())} stop strings given", allowed=_ALLOWED["stop"])
+    return req
+
+
+def validate_generation_defaults(generation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check packaging-time ``generation=`` defaults with the request rules (fields ``generation.*``)."""
+    if generation is None:
+        return {}
+    if not isinstance(generation, Mapping):
+        raise InvalidRequest("generation", f"must be a dict, got {type(generation).__name__}")
+    try:
+        params = GenerationParams.model_validate(_clean(generation))
+    except ValidationError as exc:
+        raise format_validation_error(exc, GenerationParams, prefix="generation") from None
+    if len(params.stop_strings()) > MAX_STOP:
+        raise InvalidRequest("generation.stop", "too many stop strings", allowed=_ALLOWED["stop"])
+    return params.model_dump(exclude_none=True)
+
+
+def validate_options(backend: str, schema: type[BaseModel] | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate backend ``options`` against the backend's pydantic schema (fields ``options.*``)."""
+    if not isinstance(options, Mapping):
+        raise InvalidRequest("options", f"must be a dict, got {type(options).__name__}")
+    if schema is None:
+        if options:
+            raise InvalidRequest(
+                f"options.{next(iter(options))}", f"backend {backend!r} takes no options", allowed="none"
+            )
+        return {}
+    try:
+        parsed = schema.model_validate(dict(options))
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = _field_path(list(err["loc"]), "options")
+        if err["type"] == "extra_forbidden":
+            raise InvalidRequest(
+                field, f"unknown option for backend {backend!r}", allowed=", ".join(schema.model_fields)
+            ) from None
+        raise InvalidRequest(field, err["msg"]) from None
+    return parsed.model_dump()

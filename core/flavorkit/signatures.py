@@ -1,0 +1,114 @@
+"""MLflow signatures and input examples of the core tasks.
+
+``llm/v1/chat`` uses the field names of MLflow's own ``llm/v1/chat`` schema, restricted to the
+fields flavorkit honours (a signature never lists a field the model would reject).
+``text-generation`` is ``{"prompt": str}`` in and ``str`` out, with the same optional settings.
+``stop`` and the integer settings are typed ``Any`` (see :func:`_generation_columns`); flavorkit
+validates them itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
+
+__all__ = ["CHAT", "TASKS", "TEXT", "input_example", "standard_signature"]
+
+CHAT = "llm/v1/chat"
+TEXT = "text-generation"
+TASKS = (CHAT, TEXT)
+
+
+def _generation_columns(*, with_n: bool) -> list[Any]:
+    from mlflow.types.schema import AnyType, ColSpec, DataType
+
+    # Integer settings are typed Any: MLflow turns a batch in which only some rows set an integer
+    # field into a float column with NaN, which a `long` column rejects (and `double` rejects plain
+    # ints). flavorkit validates these fields itself, with the field name and allowed range.
+    cols = [
+        ColSpec(name="temperature", type=DataType.double, required=False),
+        ColSpec(name="max_tokens", type=AnyType(), required=False),
+        # OpenAI (and flavorkit) accept a string or a list of strings for stop.
+        ColSpec(name="stop", type=AnyType(), required=False),
+    ]
+    if with_n:
+        cols.append(ColSpec(name="n", type=AnyType(), required=False))
+    cols += [
+        ColSpec(name="stream", type=DataType.boolean, required=False),
+        ColSpec(name="top_p", type=DataType.double, required=False),
+        ColSpec(name="top_k", type=AnyType(), required=False),
+        ColSpec(name="seed", type=AnyType(), required=False),
+    ]
+    return cols
+
+
+def standard_signature(task: str) -> ModelSignature | None:
+    """The signature of a core task, or None when ``task`` is not one of :data:`TASKS`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Object, Property, Schema
+
+    if task == CHAT:
+        message = Object(
+            [
+                Property("role", DataType.string),
+                Property("content", DataType.string),
+                Property("name", DataType.string, required=False),
+            ]
+        )
+        inputs = Schema([ColSpec(name="messages", type=Array(message)), *_generation_columns(with_n=True)])
+        outputs = Schema(
+            [
+                ColSpec(name="id", type=DataType.string),
+                ColSpec(name="object", type=DataType.string),
+                ColSpec(name="created", type=DataType.long),
+                ColSpec(name="model", type=DataType.string),
+                ColSpec(
+                    name="choices",
+                    type=Array(
+                        Object(
+                            [
+                                Property("index", DataType.long),
+                                Property(
+                                    "message",
+                                    Object(
+                                        [
+                                            Property("role", DataType.string),
+                                            Property("content", DataType.string),
+                                        ]
+                                    ),
+                                ),
+                                Property("finish_reason", DataType.string),
+                            ]
+                        )
+                    ),
+                ),
+                ColSpec(
+                    name="usage",
+                    type=Object(
+                        [
+                            Property("prompt_tokens", DataType.long),
+                            Property("completion_tokens", DataType.long),
+                            Property("total_tokens", DataType.long),
+                        ]
+                    ),
+                ),
+            ]
+        )
+        return ModelSignature(inputs=inputs, outputs=outputs)
+    if task == TEXT:
+        inputs = Schema([ColSpec(name="prompt", type=DataType.string), *_generation_columns(with_n=False)])
+        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.string)]))
+    return None
+
+
+def input_example(task: str) -> dict[str, Any]:
+    """A small valid request for ``task``, stored with the model as its input example."""
+    if task == CHAT:
+        return {
+            "messages": [{"role": "user", "content": "What is the capital of Spain?"}],
+            "max_tokens": 32,
+            "temperature": 0.0,
+        }
+    return {"prompt": "What is the capital of Spain?", "max_tokens": 32, "temperature": 0.0}

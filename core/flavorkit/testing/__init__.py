@@ -1,0 +1,1 @@
+"""Testing support for flavorkit and for backend authors (the conformance kit lives here)."""

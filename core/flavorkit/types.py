@@ -1,0 +1,104 @@
+"""Plain data types that cross the boundary between the core and a backend.
+
+These are deliberately small, dependency-free dataclasses: a backend author can build and test
+them without MLflow, pydantic or flavorkit's packager.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Artifacts",
+    "Capability",
+    "Delta",
+    "FinishReason",
+    "GenerationRequest",
+    "Message",
+    "RuntimeInfo",
+]
+
+FinishReason = Literal["stop", "length"]
+
+#: A chat message as backends receive it: ``{"role": ..., "content": ...}``, already validated.
+Message = Mapping[str, str]
+
+
+class Capability(str, enum.Enum):
+    """What a backend can do beyond the required contract; the conformance kit skips the rest."""
+
+    #: ``generate`` yields text as tokens are produced, not all at the end.
+    STREAMING = "streaming"
+    #: ``generate`` runs several requests together (padded batch, continuous batching, ...).
+    BATCHING = "batching"
+    #: ``temperature``/``top_p``/``top_k`` sampling is honoured; without it only greedy is allowed.
+    SAMPLING = "sampling"
+    #: Sampling with the same ``seed`` repeats exactly.
+    SEEDED_SAMPLING = "seeded_sampling"
+    #: The backend runs on a GPU (CUDA, DirectML, ...); its conformance run needs one.
+    GPU = "gpu"
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """One completion to produce: the prompt token ids and the effective sampling settings.
+
+    The core expands ``n`` into ``n`` requests, so a backend always produces exactly one sequence
+    per request. ``cancelled`` is set by the core when it no longer needs more tokens (a stop
+    string matched); a backend should check it between steps and drop the request.
+    """
+
+    prompt_ids: Sequence[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    cancelled: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding must be deterministic argmax (temperature 0)."""
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One increment produced by ``generate`` for the request at ``index`` in the batch.
+
+    ``tokens`` is how many generated tokens this increment accounts for (text may be empty while a
+    multi-byte character is incomplete). The last delta of a request carries ``finish_reason``:
+    ``"stop"`` when the model ended it (EOS), ``"length"`` when ``max_tokens`` or the context ran out.
+    """
+
+    index: int
+    text: str = ""
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class Artifacts:
+    """What a backend wants packaged: files, pinned requirements and metadata.
+
+    ``files`` maps an artifact name to a local file or directory; the packager copies each into
+    the model and hands the packaged paths back to ``load`` under the same names.
+    """
+
+    files: dict[str, str]
+    requirements: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    """Facts about a loaded model that the core needs to validate requests."""
+
+    #: Maximum number of tokens (prompt + completion) the model can attend to.
+    context_length: int
+    #: The name reported in the ``model`` field of responses.
+    model_name: str = "flavorkit-model"

@@ -1,0 +1,81 @@
+"""Convert a transformers checkpoint to an ORT-genai folder with onnxruntime-genai's model builder.
+
+Runs ``python -m onnxruntime_genai.models.builder`` in a subprocess (it imports torch and
+transformers and peaks at a few GB, none of which should stay in the caller's process). The output
+is cached under ``~/.cache/flavorkit/onnx-genai/<key>``, keyed by the checkpoint's content, the
+builder version and the options, so a second packaging of the same checkpoint skips the build.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from flavorkit.cache import cached_dir, content_key, tree_digest
+from flavorkit.errors import BackendUnavailable, PackagingError
+from flavorkit.progress import step
+
+__all__ = ["RECIPE_VERSION", "convert_checkpoint"]
+
+#: Bump when the conversion command changes in a way that changes its output.
+RECIPE_VERSION = 1
+_BUILDER_NEEDS = ("transformers", "torch", "onnx")
+
+
+def convert_checkpoint(
+    checkpoint: str | Path,
+    *,
+    precision: str = "int4",
+    execution_provider: str = "cpu",
+    builder_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Return a cached ORT-genai folder built from the transformers ``checkpoint`` directory."""
+    missing = [d for d in _BUILDER_NEEDS if not _installed(d)]
+    if missing:
+        raise BackendUnavailable(
+            "onnx",
+            f"converting a transformers checkpoint needs {', '.join(missing)}",
+            "pip install 'onnxruntime-genai>=0.15,<0.19' 'transformers>=4.45,<4.58' torch onnx onnx-ir onnxscript",
+        )
+    source = Path(checkpoint)
+    options = dict(builder_options or {})
+    recipe = {
+        "recipe": RECIPE_VERSION,
+        "source": tree_digest(source),
+        "builder": md.version("onnxruntime-genai") if _installed("onnxruntime-genai") else "unknown",
+        "precision": precision,
+        "execution_provider": execution_provider,
+        "extra_options": options,
+    }
+
+    def build(out: Path) -> None:
+        cmd = [
+            sys.executable, "-m", "onnxruntime_genai.models.builder",
+            "-i", str(source), "-o", str(out), "-p", precision, "-e", execution_provider,
+        ]
+        with tempfile.TemporaryDirectory(prefix="flavorkit-builder-") as scratch:
+            cmd += ["-c", scratch]
+            if options:
+                cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
+            log = Path(scratch) / "builder.log"
+            with step(f"Converting {source.name} to ORT-genai {precision} ({execution_provider})"), open(log, "w") as fh:
+                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+            if proc.returncode != 0 or not (out / "genai_config.json").is_file():
+                tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]
+                raise PackagingError(
+                    f"onnxruntime-genai model builder failed (exit {proc.returncode}) on {source}:\n" + "\n".join(tail)
+                )
+
+    return cached_dir("onnx-genai", content_key(recipe), build, recipe=recipe)
+
+
+def _installed(dist: str) -> bool:
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        return False
+    return True

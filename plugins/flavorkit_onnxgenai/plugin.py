@@ -1,0 +1,143 @@
+"""onnxruntime-genai backends: ``onnx-cpu``, ``onnx-cuda`` and ``onnx-dml``.
+
+This module is what the entry points name, so it stays light: onnxruntime-genai is imported only
+inside the hooks that need it (see :mod:`flavorkit_onnxgenai.runtime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit.errors import ModelSourceError
+from flavorkit.requirements import pinned
+from flavorkit.sources import resolve_local_dir
+from flavorkit.types import Message
+
+__all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
+
+Provider = Literal["cpu", "cuda", "dml"]
+
+#: The runtime distribution per execution provider (each ships the same ``onnxruntime_genai`` module).
+DISTRIBUTIONS: dict[str, str] = {
+    "cpu": "onnxruntime-genai",
+    "cuda": "onnxruntime-genai-cuda",
+    "dml": "onnxruntime-genai-directml",
+}
+#: The API flavorkit uses (Generator.append_tokens, Engine) is verified on these versions.
+SUPPORTED = ">=0.15,<0.19"
+
+
+class OnnxOptions(BaseModel):
+    """Options of the onnxruntime-genai backends (``options=`` in :func:`flavorkit.package`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subfolder: str | None = Field(None, description="Folder inside the source (local or Hub repo) holding genai_config.json.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the source is a Hub id.")
+    precision: Literal["int4", "int8", "fp16", "fp32"] = Field(
+        "int4", description="Precision when converting a transformers checkpoint with the model builder."
+    )
+    builder_options: dict[str, str] = Field(
+        default_factory=dict, description="Extra --extra_options for the model builder, e.g. {'algo_config': 'k_quant_mixed'}."
+    )
+    provider_options: dict[str, str] = Field(
+        default_factory=dict, description="Execution provider options at load time, e.g. {'device_id': '0'} for CUDA."
+    )
+    batching: Literal["auto", "sequential"] = Field(
+        "auto", description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one."
+    )
+
+
+class OnnxGenaiBackend:
+    """One onnxruntime-genai execution provider exposed as a flavorkit backend."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.distribution = DISTRIBUTIONS[provider]
+
+    @hookimpl
+    def dependencies(self) -> Sequence[str]:
+        """The provider's onnxruntime-genai build, at a version whose API we use."""
+        return [f"{self.distribution}{SUPPORTED}"]
+
+    @hookimpl
+    def capabilities(self) -> Iterable[Capability]:
+        """Streaming, native batching and (seeded) sampling; GPU for CUDA and DirectML."""
+        caps = [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+        if self.provider != "cpu":
+            caps.append(Capability.GPU)
+        return caps
+
+    @hookimpl
+    def option_schema(self) -> type[BaseModel]:
+        """See :class:`OnnxOptions`."""
+        return OnnxOptions
+
+    @hookimpl
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
+        """An ORT-genai folder as is, or a transformers checkpoint converted with the model builder."""
+        if not isinstance(source, (str, Path)):
+            raise ModelSourceError(
+                type(source).__name__,
+                "onnx backends take a path or Hub id of an ORT-genai folder or a transformers checkpoint",
+            )
+        folder = resolve_local_dir(source, subfolder=options.get("subfolder"), revision=options.get("revision"))
+        metadata: dict[str, Any] = {"provider": self.provider}
+        if not (folder / "genai_config.json").is_file():
+            if not (folder / "config.json").is_file():
+                raise ModelSourceError(
+                    folder,
+                    "neither genai_config.json (an ORT-genai model) nor config.json (a transformers checkpoint) found",
+                )
+            from flavorkit_onnxgenai.convert import convert_checkpoint
+
+            folder = convert_checkpoint(
+                folder,
+                precision=options.get("precision", "int4"),
+                execution_provider=self.provider,
+                builder_options=options.get("builder_options", {}),
+            )
+            metadata["converted"] = {"precision": options.get("precision", "int4"), **options.get("builder_options", {})}
+        return Artifacts(files={"model": str(folder)}, requirements=[pinned(self.distribution)], metadata=metadata)
+
+    @hookimpl
+    def load(self, artifacts: Mapping[str, str], options: Mapping[str, Any]) -> Any:
+        """Create the og.Model and tokenizer for this provider."""
+        from flavorkit_onnxgenai.runtime import OgHandle
+
+        return OgHandle.load(
+            artifacts["model"],
+            provider=self.provider,
+            provider_options=options.get("provider_options", {}),
+            batching=options.get("batching", "auto"),
+        )
+
+    @hookimpl
+    def describe(self, handle: Any) -> RuntimeInfo:
+        """Context length from genai_config.json."""
+        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
+
+    @hookimpl
+    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
+        """The model's chat template, then the tokenizer."""
+        return handle.encode(messages)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """og.Generator decoding; several requests are batched natively."""
+        return handle.generate(requests)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def unload(self, handle: Any) -> None:
+        """Drop the og objects so the session memory is freed."""
+        handle.close()
+
+
+cpu = OnnxGenaiBackend("cpu")
+cuda = OnnxGenaiBackend("cuda")
+dml = OnnxGenaiBackend("dml")

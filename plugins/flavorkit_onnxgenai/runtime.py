@@ -1,0 +1,212 @@
+"""The onnxruntime-genai runtime behind the onnx backends (imported only when a model loads).
+
+Decoding uses ``og.Generator`` with ``append_tokens``/``generate_next_token``. Requests that share
+their sampling settings run together in one right-padded batch (``batch_size`` > 1), which on
+these models is faster than ``og.Engine`` and, unlike the 0.15 Engine, can stop early and survives
+bad requests; greedy rows give exactly their single-request output. Limits that onnxruntime-genai
+applies per batch (``max_length``, EOS) are enforced per row here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flavorkit.errors import BackendUnavailable, ModelSourceError
+from flavorkit.types import Delta, GenerationRequest, Message
+
+__all__ = ["MAX_BATCH", "OgHandle"]
+
+#: Upper bound on rows per og.Generator batch; the KV cache grows with rows x max_length.
+MAX_BATCH = 16
+
+
+def _og() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:  # the registry normally reports this earlier, with the pip hint
+        raise BackendUnavailable("onnx", f"onnxruntime_genai cannot be imported: {exc}") from exc
+    return og
+
+
+@dataclass
+class OgHandle:
+    """A loaded ORT-genai model, its tokenizer and the facts the core asks for."""
+
+    model: Any
+    tokenizer: Any
+    context_length: int
+    eos_ids: frozenset[int]
+    pad_id: int
+    name: str
+    batching: str = "auto"
+
+    @classmethod
+    def load(
+        cls,
+        folder: str,
+        *,
+        provider: str = "cpu",
+        provider_options: Mapping[str, str] | None = None,
+        batching: str = "auto",
+    ) -> OgHandle:
+        """Open ``folder`` (holding genai_config.json) on the given execution provider."""
+        og = _og()
+        path = Path(folder)
+        config_file = path / "genai_config.json"
+        if not config_file.is_file():
+            raise ModelSourceError(path, "genai_config.json not found: not an ORT-genai model folder")
+        config = og.Config(str(path))
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+            for key, value in (provider_options or {}).items():
+                config.set_provider_option(provider, key, str(value))
+        try:
+            model = og.Model(config)
+        except Exception as exc:
+            raise BackendUnavailable(f"onnx-{provider}", f"onnxruntime-genai could not create the model: {exc}") from exc
+        tokenizer = og.Tokenizer(model)
+        genai = json.loads(config_file.read_text(encoding="utf-8"))["model"]
+        eos = genai.get("eos_token_id", [])
+        eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(int(t) for t in tokenizer.eos_token_ids)
+        pad = genai.get("pad_token_id", next(iter(sorted(eos_ids)), 0))
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            context_length=int(genai["context_length"]),
+            eos_ids=eos_ids,
+            pad_id=int(pad[0] if isinstance(pad, list) else pad),
+            name=os.path.basename(os.path.normpath(folder)),
+            batching=batching,
+        )
+
+    def close(self) -> None:
+        """Drop references to the og objects so their memory is released."""
+        self.model = None
+        self.tokenizer = None
+
+    # -- prompt -----------------------------------------------------------------------------------
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Render the model's chat template (or plain concatenation when it has none) and tokenize."""
+        payload = json.dumps([dict(m) for m in messages], ensure_ascii=False)
+        try:
+            prompt = self.tokenizer.apply_chat_template(payload, add_generation_prompt=True)
+        except RuntimeError as exc:
+            if "Empty chat template" not in str(exc):
+                raise
+            prompt = "\n".join(m["content"] for m in messages)
+        return [int(t) for t in self.tokenizer.encode(prompt)]
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Decode every request, batching those whose sampling settings match."""
+        for group in self._groups(requests):
+            if len(group) == 1:
+                yield from self._single(group[0], requests[group[0]])
+            else:
+                yield from self._batch(group, [requests[i] for i in group])
+
+    def _groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        """Indices grouped by identical search settings, each group fitting the context and MAX_BATCH."""
+        if self.batching == "sequential":
+            return [[i] for i in range(len(requests))]
+        buckets: dict[tuple[Any, ...], list[int]] = {}
+        for i, req in enumerate(requests):
+            key = ("greedy",) if req.greedy else (req.temperature, req.top_p, req.top_k, req.seed, i if req.seed is not None else None)
+            buckets.setdefault(key, []).append(i)
+        groups: list[list[int]] = []
+        for members in buckets.values():
+            current: list[int] = []
+            for i in sorted(members, key=lambda j: len(requests[j].prompt_ids)):
+                trial = [*current, i]
+                width = max(len(requests[j].prompt_ids) for j in trial)
+                budget = max(requests[j].max_tokens for j in trial)
+                if current and (len(trial) > MAX_BATCH or width + budget > self.context_length):
+                    groups.append(current)
+                    current = [i]
+                else:
+                    current = trial
+            if current:
+                groups.append(current)
+        groups.sort(key=min)
+        return groups
+
+    def _params(self, req: GenerationRequest, max_length: int, batch_size: int = 1) -> Any:
+        og = _og()
+        params = og.GeneratorParams(self.model)
+        options: dict[str, Any] = {"max_length": max_length, "batch_size": batch_size}
+        if req.greedy:
+            options["do_sample"] = False
+        else:
+            options.update(
+                do_sample=True,
+                temperature=float(req.temperature),
+                top_p=float(req.top_p),
+                top_k=int(req.top_k or 0),  # 0 disables top-k; genai_config's default would be 50
+                random_seed=int(req.seed) if req.seed is not None else -1,
+            )
+        params.set_search_options(**options)
+        return params
+
+    def _single(self, index: int, req: GenerationRequest) -> Iterator[Delta]:
+        og = _og()
+        import numpy as np
+
+        ids = np.asarray(req.prompt_ids, dtype=np.int32)
+        generator = og.Generator(self.model, self._params(req, len(ids) + req.max_tokens))
+        generator.append_tokens(ids)
+        stream = self.tokenizer.create_stream()
+        produced = 0
+        while not req.cancelled:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            produced += 1
+            if token in self.eos_ids:
+                yield Delta(index, "", 1, "stop")
+                return
+            text = stream.decode(token)
+            if produced >= req.max_tokens:
+                yield Delta(index, text, 1, "length")
+                return
+            yield Delta(index, text, 1)
+
+    def _batch(self, indices: Sequence[int], reqs: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        og = _og()
+        import numpy as np
+
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = np.full((len(reqs), width), self.pad_id, dtype=np.int32)
+        for row, req in enumerate(reqs):
+            ids[row, : len(req.prompt_ids)] = req.prompt_ids
+        budget = max(r.max_tokens for r in reqs)
+        generator = og.Generator(self.model, self._params(reqs[0], width + budget, batch_size=len(reqs)))
+        generator.append_tokens(ids)
+        streams = [self.tokenizer.create_stream() for _ in reqs]
+        produced = [0] * len(reqs)
+        live = set(range(len(reqs)))
+        while live:
+            live = {row for row in live if not reqs[row].cancelled}
+            if not live:
+                return
+            generator.generate_next_token()
+            tokens = generator.get_next_tokens()
+            for row in sorted(live):
+                token = int(tokens[row])
+                produced[row] += 1
+                if token in self.eos_ids:
+                    live.discard(row)
+                    yield Delta(indices[row], "", 1, "stop")
+                    continue
+                text = streams[row].decode(token)
+                if produced[row] >= reqs[row].max_tokens:
+                    live.discard(row)
+                    yield Delta(indices[row], text, 1, "length")
+                else:
+                    yield Delta(indices[row], text, 1)
