@@ -76,14 +76,14 @@ def verify_manifest(manifest: Mapping[str, Any], artifacts: Mapping[str, str | o
     problems = []
     expected: Mapping[str, Mapping[str, Any]] = manifest["files"]
     for rel, entry in sorted(expected.items()):
-        path = actual.get(rel)
-        if path is None:
+        found = actual.get(rel)
+        if found is None:
             problems.append(f"{rel}: missing")
             continue
-        size = path.stat().st_size
+        size = found.stat().st_size
         if size != entry.get("size"):
             problems.append(f"{rel}: size {size} differs from the manifest's {entry.get('size')}")
-        elif sha256_file(path) != entry.get("sha256"):
+        elif sha256_file(found) != entry.get("sha256"):
             problems.append(f"{rel}: sha256 differs from the manifest")
     problems += [f"{rel}: not in the manifest" for rel in sorted(set(actual) - set(expected))]
     if problems:

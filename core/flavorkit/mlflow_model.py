@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import mlflow
-from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 
 class FlavorkitModel(PythonModel):  # type: ignore[misc]

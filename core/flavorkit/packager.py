@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import flavorkit
@@ -105,12 +106,16 @@ def _check_target(
             "registration needs the model logged to a run; omit path= to log and register it",
         )
     target = Path(path).expanduser().resolve()
-    if target.exists() and not overwrite:
-        if target.is_file() or any(target.iterdir()):
-            raise PackagingError(f"{target} already exists; pass overwrite=True to replace it")
+    if not overwrite and _occupied(target):
+        raise PackagingError(f"{target} already exists; pass overwrite=True to replace it")
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
     return target
+
+
+def _occupied(target: Path) -> bool:
+    """True when ``target`` is a file or a non-empty directory (an empty directory may be reused)."""
+    return target.exists() and (target.is_file() or any(target.iterdir()))
 
 
 def _check_artifact_files(be: Backend, files: Mapping[str, str]) -> dict[str, str]:
@@ -206,7 +211,7 @@ def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> M
         mlflow.pyfunc.save_model(path=str(staging), **kwargs)
         _verify_saved(staging)
         if target.exists():
-            if not overwrite and (target.is_file() or any(target.iterdir())):
+            if not overwrite and _occupied(target):
                 raise PackagingError(f"{target} appeared while packaging; pass overwrite=True to replace it")
             backup = target.parent / f".{target.name}.flavorkit-old-{uuid.uuid4().hex[:8]}"
             os.replace(target, backup)
@@ -247,15 +252,22 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -
     import mlflow
     from mlflow.models import Model
 
-    started = mlflow.active_run() is None
-    run = mlflow.start_run() if started else mlflow.active_run()
+    def save_without_reload(path: str, mlflow_model: Any = None, **save_kwargs: Any) -> Any:
+        save_kwargs.pop("validate_serving_input", None)
+        return mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **save_kwargs)
+
+    # Model.log with pyfunc's save_model, not pyfunc.log_model: the latter always reloads the model
+    # in-process to check the input example, loading the weights a second time while packaging.
+    flavor = SimpleNamespace(__name__="mlflow.pyfunc", save_model=save_without_reload)
+    active = mlflow.active_run()
+    started = active is None
+    run = mlflow.start_run() if active is None else active
     try:
-        # Model.log, not pyfunc.log_model: the latter always reloads the model in-process to check
-        # the input example, which would load the weights a second time while packaging.
         info = Model.log(
             artifact_path=None,
             name=name,
-            flavor=mlflow.pyfunc,
+            flavor=flavor,
+            flavor_name="pyfunc.ModelFromCode",
             registered_model_name=registered_model_name,
             validate_serving_input=False,
             **kwargs,
@@ -267,4 +279,4 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -
     finally:
         if started:
             mlflow.end_run()
-    return info
+    return info  # type: ignore[no-any-return]

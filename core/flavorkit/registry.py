@@ -158,9 +158,7 @@ class Backend:
         return any(impl.plugin is self.plugin for impl in caller.get_hookimpls())
 
     def _bad_return(self, hook: str, expected: str, got: Any) -> PluginSpecError:
-        return PluginSpecError(
-            f"backend {self.name!r}: hook {hook}() must return {expected}, got {type(got).__name__}"
-        )
+        return PluginSpecError(f"backend {self.name!r}: hook {hook}() must return {expected}, got {type(got).__name__}")
 
     # -- static facts ---------------------------------------------------------------------------
 
@@ -292,7 +290,7 @@ class Registry:
         for ep in _entry_points(MIDDLEWARE_GROUP):
             try:
                 obj = _instantiate(ep.load())
-            except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
+            except Exception as exc:
                 reg._plugin_failed(f"middleware {ep.name!r} ({ep.value})", exc)
                 reg._middleware_errors[ep.name] = _describe_exception(exc)
                 continue
@@ -326,7 +324,7 @@ class Registry:
                     version=entry.version,
                     middleware=reg._middleware,
                 )
-            except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
+            except Exception as exc:
                 entry.error = _describe_exception(exc)
                 reg._plugin_failed(f"backend {ep.name!r} ({ep.value})", exc)
             reg._entries[ep.name] = entry
@@ -407,27 +405,31 @@ def _describe_exception(exc: BaseException | None) -> str:
 
 
 def _status(entry: _Entry) -> BackendStatus:
-    base = {
-        "name": entry.name,
-        "distribution": entry.distribution,
-        "version": entry.version,
-        "object": entry.object_path,
-    }
+    def status(available: bool, error: str | None, **extra: Any) -> BackendStatus:
+        return BackendStatus(
+            name=entry.name,
+            distribution=entry.distribution,
+            version=entry.version,
+            object=entry.object_path,
+            available=available,
+            error=error,
+            **extra,
+        )
+
     if entry.backend is None:
-        return BackendStatus(available=False, error=entry.error, **base)
+        return status(False, entry.error)
     try:
         deps = entry.backend.dependencies()
         caps = tuple(sorted(c.value for c in entry.backend.capabilities()))
-    except Exception as exc:  # noqa: BLE001 - a hook that raises is reported, not fatal
-        return BackendStatus(available=False, error=_describe_exception(exc), **base)
+    except Exception as exc:
+        return status(False, _describe_exception(exc))
     problems = missing_requirements(deps)
-    return BackendStatus(
-        available=not problems,
-        error="; ".join(problems) or None,
+    return status(
+        not problems,
+        "; ".join(problems) or None,
         install_hint=install_hint(deps) if problems else None,
         dependencies=tuple(deps),
         capabilities=caps,
-        **base,
     )
 
 

@@ -160,9 +160,11 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
     kind = first["type"]
     if kind == "extra_forbidden":
-        known = [f for f in model.model_fields] if not any(isinstance(p, int) for p in loc) else [
-            f for f in ChatMessage.model_fields
-        ]
+        known = (
+            [f for f in model.model_fields]
+            if not any(isinstance(p, int) for p in loc)
+            else [f for f in ChatMessage.model_fields]
+        )
         return InvalidRequest(field, "unknown field", allowed=", ".join(known))
     if kind == "missing":
         return InvalidRequest(field, "is required", allowed=_ALLOWED.get(leaf))

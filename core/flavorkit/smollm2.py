@@ -89,8 +89,9 @@ def _convert(gguf: Path, out: Path) -> None:
     with step(f"Dequantising {gguf.name} into a transformers checkpoint"):
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.generation_config.eos_token_id = 2
-        model.generation_config.pad_token_id = 2
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = 2
+            model.generation_config.pad_token_id = 2
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     repair_tokenizer(out)

@@ -74,7 +74,9 @@ def _from_hub(
         patterns = [f"{base}/{p}" for p in (allow_patterns or ["*"])]
     elif allow_patterns:
         patterns = list(allow_patterns)
-    where = f"{repo_id}" + (f" (subfolder {subfolder!r})" if subfolder else "") + (f" at {revision}" if revision else "")
+    where = (
+        f"{repo_id}" + (f" (subfolder {subfolder!r})" if subfolder else "") + (f" at {revision}" if revision else "")
+    )
     try:
         root = Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns))
     except LocalEntryNotFoundError as exc:

@@ -54,15 +54,27 @@ def convert_checkpoint(
 
     def build(out: Path) -> None:
         cmd = [
-            sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(source), "-o", str(out), "-p", precision, "-e", execution_provider,
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(source),
+            "-o",
+            str(out),
+            "-p",
+            precision,
+            "-e",
+            execution_provider,
         ]
         with tempfile.TemporaryDirectory(prefix="flavorkit-builder-") as scratch:
             cmd += ["-c", scratch]
             if options:
                 cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
             log = Path(scratch) / "builder.log"
-            with step(f"Converting {source.name} to ORT-genai {precision} ({execution_provider})"), open(log, "w") as fh:
+            with (
+                step(f"Converting {source.name} to ORT-genai {precision} ({execution_provider})"),
+                open(log, "w") as fh,
+            ):
                 proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
             if proc.returncode != 0 or not (out / "genai_config.json").is_file():
                 tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]

@@ -37,19 +37,23 @@ class OnnxOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    subfolder: str | None = Field(None, description="Folder inside the source (local or Hub repo) holding genai_config.json.")
+    subfolder: str | None = Field(
+        None, description="Folder inside the source (local or Hub repo) holding genai_config.json."
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the source is a Hub id.")
     precision: Literal["int4", "int8", "fp16", "fp32"] = Field(
         "int4", description="Precision when converting a transformers checkpoint with the model builder."
     )
     builder_options: dict[str, str] = Field(
-        default_factory=dict, description="Extra --extra_options for the model builder, e.g. {'algo_config': 'k_quant_mixed'}."
+        default_factory=dict,
+        description="Extra --extra_options for the model builder, e.g. {'algo_config': 'k_quant_mixed'}.",
     )
     provider_options: dict[str, str] = Field(
         default_factory=dict, description="Execution provider options at load time, e.g. {'device_id': '0'} for CUDA."
     )
     batching: Literal["auto", "sequential"] = Field(
-        "auto", description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one."
+        "auto",
+        description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one.",
     )
 
 
@@ -102,7 +106,10 @@ class OnnxGenaiBackend:
                 execution_provider=self.provider,
                 builder_options=options.get("builder_options", {}),
             )
-            metadata["converted"] = {"precision": options.get("precision", "int4"), **options.get("builder_options", {})}
+            metadata["converted"] = {
+                "precision": options.get("precision", "int4"),
+                **options.get("builder_options", {}),
+            }
         return Artifacts(files={"model": str(folder)}, requirements=[pinned(self.distribution)], metadata=metadata)
 
     @hookimpl

@@ -69,11 +69,15 @@ class OgHandle:
         try:
             model = og.Model(config)
         except Exception as exc:
-            raise BackendUnavailable(f"onnx-{provider}", f"onnxruntime-genai could not create the model: {exc}") from exc
+            raise BackendUnavailable(
+                f"onnx-{provider}", f"onnxruntime-genai could not create the model: {exc}"
+            ) from exc
         tokenizer = og.Tokenizer(model)
         genai = json.loads(config_file.read_text(encoding="utf-8"))["model"]
         eos = genai.get("eos_token_id", [])
-        eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(int(t) for t in tokenizer.eos_token_ids)
+        eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
+            int(t) for t in tokenizer.eos_token_ids
+        )
         pad = genai.get("pad_token_id", next(iter(sorted(eos_ids)), 0))
         return cls(
             model=model,
@@ -119,7 +123,11 @@ class OgHandle:
             return [[i] for i in range(len(requests))]
         buckets: dict[tuple[Any, ...], list[int]] = {}
         for i, req in enumerate(requests):
-            key = ("greedy",) if req.greedy else (req.temperature, req.top_p, req.top_k, req.seed, i if req.seed is not None else None)
+            key = (
+                ("greedy",)
+                if req.greedy
+                else (req.temperature, req.top_p, req.top_k, req.seed, i if req.seed is not None else None)
+            )
             buckets.setdefault(key, []).append(i)
         groups: list[list[int]] = []
         for members in buckets.values():

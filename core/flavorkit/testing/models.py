@@ -105,8 +105,9 @@ def _build(out: Path, context_length: int) -> None:
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, 0.5)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(str(out), safe_serialization=True)
 
 

