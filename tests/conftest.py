@@ -22,12 +22,25 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An sqlite tracking DB with MLflow's tables created once (migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture(autouse=True)
-def _mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: Path) -> Iterator[None]:
     """A private sqlite tracking store and artifact root per test; no test touches ./mlruns."""
+    import shutil
+
     import mlflow
 
     db = tmp_path / "mlflow.db"
+    shutil.copy(_empty_mlflow_db, db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     exp = mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())

@@ -23,7 +23,9 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
         self._model = load_packaged(context.artifacts, context.model_config or {})
 
-    def predict(self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # model_input is deliberately unannotated: MLflow reads a predict() type hint as a request to
+    # infer and enforce a second schema from it (and warns at every save and load otherwise).
+    def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
         """Answer each request (dict, list of dicts or DataFrame rows), in order."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
 
@@ -32,8 +34,8 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc
 
-    def predict_stream(
-        self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
+    def predict_stream(  # type: ignore[no-untyped-def]
+        self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None
     ) -> Iterator[Any]:
         """Stream one request as OpenAI ``chat.completion.chunk`` dicts (or text pieces)."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception

@@ -203,7 +203,6 @@ def _quiet_mlflow_env() -> Iterator[None]:
 
 def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> ModelInfo:
     import mlflow
-    from mlflow.models import get_model_info
 
     staging = target.parent / f".{target.name}.flavorkit-{uuid.uuid4().hex[:8]}"
     backup: Path | None = None
@@ -233,7 +232,27 @@ def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> M
             shutil.rmtree(staging, ignore_errors=True)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
-    return get_model_info(str(target))
+    return _local_model_info(target)
+
+
+def _local_model_info(target: Path) -> ModelInfo:
+    """A ModelInfo whose model_uri is the saved directory (MLflow's would read ``runs:/None/...``)."""
+    from mlflow.models import Model
+    from mlflow.models.model import ModelInfo
+
+    model = Model.load(str(target))
+    return ModelInfo(
+        artifact_path=str(target),
+        flavors=model.flavors,
+        model_uri=str(target),
+        model_uuid=model.model_uuid or "",
+        run_id=None,  # type: ignore[arg-type]
+        saved_input_example_info=model.saved_input_example_info,
+        signature=model.signature,
+        utc_time_created=model.utc_time_created,
+        mlflow_version=model.mlflow_version or "",
+        metadata=model.metadata,
+    )
 
 
 def _verify_saved(model_dir: Path) -> None:
