@@ -1,0 +1,178 @@
+"""Request validation and the stop-string matcher, tested on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flavorkit.errors import InvalidRequest
+from flavorkit.schema import parse_request, validate_generation_defaults
+from flavorkit.stopping import StopMatcher
+
+OK = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "fragment"),
+    [
+        ({"messages": []}, "messages", "at least 1 item"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role", "required"),
+        ({"messages": [{"role": "bot", "content": "hi"}]}, "messages[0].role", "'system', 'user', 'assistant'"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "valid string"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}, "messages[0].content", "string"),
+        (
+            {"messages": [{"role": "user", "content": "hi", "tool_calls": []}]},
+            "messages[0].tool_calls",
+            "unknown field",
+        ),
+        ({"messages": "hello"}, "messages", "valid list"),
+        ({}, "messages", "required"),
+        ({"messages": OK, "max_tokens": 0}, "max_tokens", "greater than 0"),
+        ({"messages": OK, "max_tokens": -3}, "max_tokens", "greater than 0"),
+        ({"messages": OK, "max_tokens": 1.5}, "max_tokens", "integer"),
+        ({"messages": OK, "max_tokens": "5"}, "max_tokens", "number"),
+        ({"messages": OK, "max_tokens": True}, "max_tokens", "number"),
+        ({"messages": OK, "temperature": -0.1}, "temperature", "greater than or equal to 0"),
+        ({"messages": OK, "temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"messages": OK, "temperature": "hot"}, "temperature", "number"),
+        ({"messages": OK, "top_p": 0}, "top_p", "greater than 0"),
+        ({"messages": OK, "top_p": 1.01}, "top_p", "less than or equal to 1"),
+        ({"messages": OK, "n": 0}, "n", "greater than or equal to 1"),
+        ({"messages": OK, "n": 17}, "n", "less than or equal to 16"),
+        ({"messages": OK, "stop": 5}, "stop", "string or a list of strings"),
+        ({"messages": OK, "stop": ["ok", 5]}, "stop[1]", "valid string"),
+        ({"messages": OK, "stop": [""]}, "stop[0]", "at least 1 character"),
+        ({"messages": OK, "stop": ["a", "b", "c", "d", "e"]}, "stop", "5 stop strings"),
+        ({"messages": OK, "stream": "yes"}, "stream", "true or false"),
+        ({"messages": OK, "frequency_penalty": 0.5}, "frequency_penalty", "unknown field"),
+    ],
+)
+def test_invalid_chat_requests_name_the_field(request_: dict, field: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request(request_, "llm/v1/chat")
+    assert exc.value.field == field
+    assert fragment in str(exc.value), str(exc.value)
+    assert f"'{field}'" in str(exc.value)
+
+
+def test_errors_show_the_allowed_values() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "top_p": 2}, "llm/v1/chat")
+    assert exc.value.allowed == "a number greater than 0 and at most 1"
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "foo": 1}, "llm/v1/chat")
+    assert "max_tokens" in str(exc.value.allowed) and "messages" in str(exc.value.allowed)
+
+
+def test_valid_requests_normalise_numpy_and_missing_cells() -> None:
+    req = parse_request(
+        {
+            "messages": np.array([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
+            "max_tokens": np.int64(7),
+            "temperature": np.nan,
+            "top_p": np.float64(0.5),
+            "stop": np.array(["x", "y"]),
+            "stream": np.bool_(True),
+        },
+        "llm/v1/chat",
+    )
+    assert [m.role for m in req.messages] == ["system", "user"]
+    assert req.max_tokens == 7 and req.temperature is None and req.top_p == 0.5
+    assert req.stop_strings() == ("x", "y") and req.stream is True
+
+
+def test_a_dataframe_row_with_integral_floats_is_accepted() -> None:
+    # MLflow turns a batch where only some rows set max_tokens into a float column with NaN.
+    frame = pd.DataFrame([{"messages": OK, "max_tokens": 3}, {"messages": OK}])
+    rows = frame.to_dict(orient="records")
+    assert parse_request(rows[0], "llm/v1/chat").max_tokens == 3
+    assert parse_request(rows[1], "llm/v1/chat").max_tokens is None
+
+
+def test_stop_accepts_a_plain_string() -> None:
+    assert parse_request({"messages": OK, "stop": "END"}, "llm/v1/chat").stop_strings() == ("END",)
+
+
+def test_text_generation_requests() -> None:
+    assert parse_request("hello", "text-generation").prompt == "hello"
+    assert parse_request({"prompt": "hi", "max_tokens": 2}, "text-generation").max_tokens == 2
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"prompt": 5}, "text-generation")
+    assert exc.value.field == "prompt"
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"prompt": "hi", "n": 2}, "text-generation")
+    assert exc.value.field == "n" and "one string per prompt" in str(exc.value)
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK}, "text-generation")
+    assert exc.value.field in {"prompt", "messages"}
+
+
+def test_generation_defaults_use_the_same_rules_with_a_prefix() -> None:
+    assert validate_generation_defaults({"temperature": 0, "max_tokens": 16}) == {"temperature": 0.0, "max_tokens": 16}
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults({"temperature": -1})
+    assert exc.value.field == "generation.temperature"
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults({"maxtokens": 5})
+    assert exc.value.field == "generation.maxtokens" and "max_tokens" in str(exc.value.allowed)
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults(["temperature"])  # type: ignore[arg-type]
+    assert exc.value.field == "generation"
+
+
+# -- stop strings --------------------------------------------------------------------------------
+
+
+def _run(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = []
+    for piece in pieces:
+        text, hit = matcher.feed(piece)
+        out.append(text)
+        if hit:
+            return "".join(out), True
+    out.append(matcher.flush())
+    return "".join(out), False
+
+
+def test_stop_straddling_increments_is_cut_and_never_emitted() -> None:
+    matcher = StopMatcher(["<END>"])
+    emitted = []
+    for piece in ["Hello wor", "ld <E", "N", "D> tail"]:
+        text, hit = matcher.feed(piece)
+        emitted.append(text)
+        assert "<" not in text or hit, "a possible stop prefix must be held back"
+    assert "".join(emitted) == "Hello world "
+    assert hit
+
+
+def test_held_text_is_released_when_it_turns_out_not_to_be_a_stop() -> None:
+    matcher = StopMatcher(["\n\n"])
+    assert matcher.feed("a\n") == ("a", False)
+    assert matcher.feed("b") == ("\nb", False)
+    assert matcher.feed("\n") == ("", False)
+    assert matcher.flush() == "\n"
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert _run(StopMatcher(["cd", "b"]), ["abcd"]) == ("a", True)
+    assert _run(StopMatcher(["bcd", "cx"]), ["ab", "c", "x"]) == ("ab", True)
+
+
+@given(
+    text=st.text(alphabet="abc\n", max_size=40),
+    stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=4), min_size=1, max_size=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=10),
+)
+def test_streaming_cut_equals_cutting_the_whole_text(text: str, stops: list[str], cuts: list[int]) -> None:
+    """Whatever the chunking, the output is the text up to the earliest stop string, never past it."""
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    found = [i for i in (text.find(s) for s in stops) if i != -1]
+    expected = text[: min(found)] if found else text
+    out, hit = _run(StopMatcher(stops), pieces)
+    assert out == expected
+    assert hit == bool(found)
+    assert not any(s in out for s in stops)
