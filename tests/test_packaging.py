@@ -210,7 +210,7 @@ def test_missing_model_path_is_named(source: str, tmp_path: Path) -> None:
 def test_a_directory_that_is_not_a_model_is_explained(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("hi")
-    with pytest.raises(ModelSourceError, match="genai_config.json"):
+    with pytest.raises(ModelSourceError, match=r"genai_config\.json"):
         flavorkit.package(model=str(tmp_path / "notes"), backend="onnx-cpu", path=tmp_path / "m")
 
 

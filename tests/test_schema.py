@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,7 +171,7 @@ def test_earliest_of_several_stops_wins() -> None:
 def test_streaming_cut_equals_cutting_the_whole_text(text: str, stops: list[str], cuts: list[int]) -> None:
     """Whatever the chunking, the output is the text up to the earliest stop string, never past it."""
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     found = [i for i in (text.find(s) for s in stops) if i != -1]
     expected = text[: min(found)] if found else text
     out, hit = _run(StopMatcher(stops), pieces)
