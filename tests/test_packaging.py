@@ -62,7 +62,8 @@ def test_requirements_are_minimal_and_pinned(tiny_model_dir: Path) -> None:
     reqs = (tiny_model_dir / "requirements.txt").read_text().split()
     names = {r.split("==")[0].lower() for r in reqs}
     assert all("==" in r for r in reqs), reqs
-    assert {"mlflow", "onnxruntime-genai", "pluggy", "pydantic"} <= names
+    assert {"mlflow-skinny", "pandas", "onnxruntime-genai", "pluggy", "pydantic"} <= names
+    assert "mlflow" not in names, "the skinny client is enough to load and serve"
     assert not names & {"torch", "transformers", "torchvision", "optimum", "accelerate"}
     import importlib.metadata as md
 

@@ -1,0 +1,129 @@
+"""A packaged model behind MLflow's scoring server, and in a virtualenv built from its requirements alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path) -> Iterator[str]:
+    """``mlflow models serve`` on the tiny packaged model, bound to loopback only."""
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [
+            *(str(BIN / "mlflow"), "models", "serve", "-m", str(tiny_model_dir)),
+            *("-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                    pytest.fail(f"scoring server did not start:\n{out[-3000:]}")
+                time.sleep(0.3)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_invocations_answers_a_chat_request(server: str) -> None:
+    status, body = _post(f"{server}/invocations", {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5})
+    assert status == 200
+    assert isinstance(body, list) and len(body) == 1
+    assert body[0]["object"] == "chat.completion"
+    assert body[0]["usage"]["completion_tokens"] <= 5
+
+
+def test_invocations_dataframe_records_batch(server: str) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3},
+        {"messages": [{"role": "user", "content": "x"}]},
+    ]
+    status, body = _post(f"{server}/invocations", {"dataframe_records": rows})
+    assert status == 200
+    assert len(body["predictions"]) == 2
+
+
+def test_invalid_request_is_a_400_naming_the_field_and_the_server_keeps_serving(server: str) -> None:
+    status, body = _post(f"{server}/invocations", {"messages": [{"role": "user", "content": "hi"}], "top_p": 7})
+    assert status == 400
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "top_p" in body["message"]
+    assert "stack_trace" not in body, "a request error is not an internal error"
+    status, _ = _post(f"{server}/invocations", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert status == 200
+
+
+@pytest.mark.slow
+def test_loads_and_predicts_in_a_fresh_virtualenv_from_its_requirements_alone(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "-r", str(tiny_model_dir / "requirements.txt")],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    script = f"""
+import json, mlflow
+m = mlflow.pyfunc.load_model({str(tiny_model_dir)!r})
+out = m.predict({{"messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 4}})
+import flavorkit
+print(json.dumps({{"flavorkit": flavorkit.__file__, "out": out}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    proc = subprocess.run([str(py), "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["flavorkit"].startswith(str(tiny_model_dir / "code")), "flavorkit came from the model itself"
+    assert result["out"][0]["usage"]["completion_tokens"] <= 4
+    freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    assert "torch" not in freeze and "transformers" not in freeze
