@@ -1,0 +1,95 @@
+"""Model sources: local folders, subfolders, and Hub ids resolved through a local Hugging Face cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import flavorkit
+from flavorkit.errors import ModelSourceError
+from flavorkit.sources import looks_like_hub_id, resolve_local_dir
+
+SUBFOLDER = "cpu_and_mobile/cpu-fp32"
+
+
+def _hub_cache(root: Path, repo_id: str, model: Path, subfolder: str, revision: str = "main") -> Path:
+    """Lay out ``model`` the way huggingface_hub stores a downloaded snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(model, snapshot / subfolder)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / revision).write_text(commit)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("microsoft/Phi-3-mini-4k-instruct-onnx", True),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", True),
+        ("./models/phi3", False),
+        ("/abs/path", False),
+        ("models/phi3/int4", False),
+        ("just-a-name", False),
+    ],
+)
+def test_hub_ids_are_told_apart_from_paths(text: str, expected: bool) -> None:
+    assert looks_like_hub_id(text) is expected
+
+
+def test_an_existing_local_owner_slash_name_folder_wins_over_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert not looks_like_hub_id("org/model")
+    assert resolve_local_dir("org/model") == (tmp_path / "org" / "model").resolve()
+
+
+def test_local_subfolder(tiny_ort: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_ort, tmp_path / "repo" / SUBFOLDER)
+    assert resolve_local_dir(tmp_path / "repo", subfolder=SUBFOLDER) == (tmp_path / "repo" / SUBFOLDER).resolve()
+    with pytest.raises(ModelSourceError, match="subfolder 'cpu_and_mobile/missing' does not exist"):
+        resolve_local_dir(tmp_path / "repo", subfolder="cpu_and_mobile/missing")
+    info = flavorkit.package(
+        model=str(tmp_path / "repo"), backend="onnx-cpu", path=tmp_path / "m", options={"subfolder": SUBFOLDER}
+    )
+    assert Path(info.model_uri, "MLmodel").is_file()
+
+
+def _package_in_subprocess(source: str, cache: Path, out: Path, subfolder: str) -> subprocess.CompletedProcess[str]:
+    code = f"""
+import json, flavorkit, mlflow
+info = flavorkit.package(model={source!r}, backend="onnx-cpu", path={str(out)!r},
+                         options={{"subfolder": {subfolder!r}}}, generation={{"temperature": 0}})
+m = mlflow.pyfunc.load_model(info.model_uri)
+print(json.dumps(m.predict({{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 3}})))
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_hub_repo_id_plus_subfolder_from_the_local_hub_cache(tiny_ort: Path, tmp_path: Path) -> None:
+    cache = _hub_cache(tmp_path / "hub", "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
+    proc = _package_in_subprocess("acme/tiny-chat-onnx", cache, tmp_path / "m", SUBFOLDER)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out[0]["usage"]["completion_tokens"] <= 3
+    packaged = {p.name for p in (tmp_path / "m" / "artifacts").iterdir()}
+    assert "cpu-fp32" in packaged, "only the requested subfolder is packaged"
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(tiny_ort: Path, tmp_path: Path) -> None:
+    cache = _hub_cache(tmp_path / "hub", "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
+    proc = _package_in_subprocess("acme/not-downloaded", cache, tmp_path / "m", SUBFOLDER)
+    assert proc.returncode != 0
+    assert "ModelSourceError" in proc.stderr
+    assert "acme/not-downloaded" in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
+    assert not (tmp_path / "m").exists()
