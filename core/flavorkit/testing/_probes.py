@@ -1,0 +1,126 @@
+"""Checks that must run in a fresh interpreter: what an entry point imports, and loading a packaged model.
+
+Each probe runs ``python -c <script>`` with the parent's ``sys.path`` (so throwaway distributions
+and source checkouts the test session sees are seen too) and prints one JSON line prefixed with
+:data:`MARKER`; anything else the child prints (warnings, progress bars) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["MARKER", "ProbeError", "child_env", "load_and_predict", "probe_entry_point"]
+
+MARKER = "FLAVORKIT-PROBE "
+
+_ENTRY_POINT_SCRIPT = r"""
+import importlib.abc, json, sys, traceback
+
+name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
+seen = {}
+
+class _Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        top = fullname.partition(".")[0]
+        if top in heavy and top not in seen:
+            frames = [
+                f for f in traceback.extract_stack()[:-1]
+                if "importlib" not in f.filename and not f.filename.startswith("<")
+            ]
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            seen[top] = where
+        return None
+
+sys.meta_path.insert(0, _Spy())
+result = {"error": None, "object": None}
+try:
+    import importlib.metadata as md
+    import inspect
+    from flavorkit.registry import BACKEND_GROUP, Backend
+    eps = [ep for ep in md.entry_points(group=BACKEND_GROUP) if ep.name == name]
+    if not eps:
+        raise LookupError(f"no entry point named {name!r} in group {BACKEND_GROUP!r}")
+    result["object"] = eps[0].value
+    obj = eps[0].load()
+    backend = Backend(name, obj() if inspect.isclass(obj) else obj, object_path=eps[0].value)
+    # What `flavorkit backends` calls to list a backend.
+    backend.dependencies()
+    backend.capabilities()
+    backend.option_model()
+except BaseException as exc:
+    result["error"] = f"{type(exc).__name__}: {exc}"
+already = sorted(m for m in heavy if m in sys.modules and m not in seen)
+for m in already:
+    seen[m] = "imported before the probe started"
+result["heavy"] = seen
+print(__MARKER__ + json.dumps(result), flush=True)
+"""
+
+_PREDICT_SCRIPT = r"""
+import json, sys
+result = {"error": None, "output": None}
+try:
+    import mlflow
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    result["output"] = model.predict(json.loads(sys.argv[2]))
+except BaseException as exc:
+    result["error"] = f"{type(exc).__name__}: {exc}"
+print(__MARKER__ + json.dumps(result, default=str), flush=True)
+"""
+
+
+class ProbeError(RuntimeError):
+    """A probe process crashed or printed no result."""
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child interpreter: this one's, with ``sys.path`` as ``PYTHONPATH``."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p and os.path.exists(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def _run(script: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    code = script.replace("__MARKER__", repr(MARKER))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ProbeError(f"the child process did not finish within {timeout:.0f} s") from exc
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER) :])  # type: ignore[no-any-return]
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise ProbeError(f"the child process exited with {proc.returncode} and printed no result:\n{tail}")
+
+
+def probe_entry_point(name: str, heavy: Sequence[str], *, timeout: float = 120.0) -> dict[str, Any]:
+    """Load backend ``name`` from its entry point in a fresh interpreter; report the heavy modules imported.
+
+    Returns ``{"error": str | None, "object": str | None, "heavy": {module: "file:line"}}``, where
+    the location is the import statement that first pulled the module in.
+    """
+    return _run(_ENTRY_POINT_SCRIPT, [name, json.dumps(sorted(heavy))], timeout)
+
+
+def load_and_predict(model_dir: str, request: Mapping[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
+    """``mlflow.pyfunc.load_model(model_dir).predict(request)`` in a fresh interpreter.
+
+    Returns ``{"error": str | None, "output": <predict's JSON-able result>}``.
+    """
+    return _run(_PREDICT_SCRIPT, [model_dir, json.dumps(dict(request))], timeout)

@@ -1,0 +1,89 @@
+"""The clauses of the conformance kit: stable names, one-line summaries and the capability each needs.
+
+A clause is one promise of the backend contract, checked by one test of
+:class:`~flavorkit.testing.BackendConformance` (``test_<name>``). The names are part of the kit's
+public interface: they appear in ``expected_failures``, in the ``flavorkit check`` table and in the
+JSON report, and are never renamed (a new check gets a new name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flavorkit.types import Capability
+
+__all__ = ["CLAUSES", "Clause", "clause", "clause_of"]
+
+_ATTR = "_flavorkit_clause"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One promise of the contract; ``capability`` is None for the clauses every backend must pass."""
+
+    name: str
+    summary: str
+    capability: Capability | None = None
+
+    @property
+    def required(self) -> bool:
+        """True when no capability gates the clause: it runs (and must pass) for every backend."""
+        return self.capability is None
+
+
+_ALL = (
+    Clause("entry_point_light", "the entry point loads without importing heavy runtimes (torch, onnxruntime, ...)"),
+    Clause("hook_spec", "the plugin implements the hook spec: required hooks, no unknown or unmarked hooks"),
+    Clause("artifacts_manifest", "artifacts() returns existing files and the packaged manifest verifies"),
+    Clause("requirements_pinned", "packaged requirements are pinned, installed at that version and importable"),
+    Clause("signature", "the signature of each supported task is valid and its input example predicts"),
+    Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls and across loads"),
+    Clause("max_tokens", "max_tokens is a hard limit on the tokens generate() yields"),
+    Clause("stop_strings", "stop strings never appear in the output, which ends just before the first match"),
+    Clause("n_choices", "n gives n choices, each equal to the greedy answer"),
+    Clause("usage", "usage counts are consistent with encode() and with the tokens generate() reports"),
+    Clause("finish_reason", "every request ends with exactly one finish_reason, 'length' when cut short"),
+    Clause("stream_matches_predict", "the joined stream equals the non-stream result"),
+    Clause("batch_matches_single", "a batch gives each request the same result as running it alone"),
+    Clause("cancellation", "a cancelled request is dropped promptly without disturbing the others"),
+    Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),
+    Clause("package_load_predict", "package -> mlflow.pyfunc.load_model -> predict returns chat completions"),
+    Clause("fresh_process", "the packaged model loads and predicts the same answer in a fresh process"),
+    Clause("tamper_detected", "a modified or added artifact file fails the load with IntegrityError naming it"),
+    Clause(
+        "streaming_incremental", "generate() yields text as it is produced, in several deltas", Capability.STREAMING
+    ),
+    Clause(
+        "batching_interleaved", "requests of one batch are decoded together, not one after another", Capability.BATCHING
+    ),
+    Clause(
+        "sampling",
+        "temperature/top_k sampling is honoured: top_k=1 is greedy, high temperature varies",
+        Capability.SAMPLING,
+    ),
+    Clause("seeded_sampling", "sampling with the same seed repeats exactly", Capability.SEEDED_SAMPLING),
+    Clause("gpu", "a GPU is visible to the backend that declares it needs one", Capability.GPU),
+)
+
+#: Every clause, in the order the kit runs them.
+CLAUSES: dict[str, Clause] = {c.name: c for c in _ALL}
+
+
+def clause(name: str) -> Callable[[F], F]:
+    """Mark a test method as the check of clause ``name``."""
+    if name not in CLAUSES:
+        raise KeyError(f"unknown clause {name!r}")
+
+    def mark(fn: F) -> F:
+        setattr(fn, _ATTR, CLAUSES[name])
+        return fn
+
+    return mark
+
+
+def clause_of(fn: Any) -> Clause | None:
+    """The clause a test function checks, or None when it is not a conformance test."""
+    return getattr(fn, _ATTR, None)
