@@ -1,0 +1,460 @@
+"""Self-tests of the conformance kit: deliberately broken toy backends fail exactly the clause they break.
+
+The toy backends are real pure-Python backends (a deterministic character-level "model"),
+registered through a throwaway distribution (a ``*.dist-info`` folder with ``entry_points.txt``) on
+``PYTHONPATH``, and checked by the kit in a child pytest process run by ``pytester``. Nothing of
+flavorkit is mocked.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flavorkit.testing import CLAUSES, BackendConformance
+from flavorkit.testing.report import REPORT_FORMAT, REPORT_VERSION
+
+pytest_plugins = ["pytester"]
+
+TOYKIT = r'''
+"""Toy backends: a deterministic character-level model; each broken variant breaks one promise."""
+
+import json
+import math
+import random
+import zlib
+from pathlib import Path
+
+from flavorkit import Artifacts, Capability, Delta, RuntimeInfo, hookimpl
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz ,."
+EOS = 0  # token 0 ends a sequence; every other token id is a Unicode code point
+
+
+class Handle:
+    def __init__(self, config):
+        self.context_length = int(config["context_length"])
+        self.name = config["name"]
+
+
+def scores(context):
+    """Pseudo-logits over ALPHABET, a pure function of the last tokens and the position."""
+    seed = zlib.crc32(",".join(map(str, context[-6:])).encode()) ^ len(context)
+    rng = random.Random(seed)
+    return [rng.random() for _ in ALPHABET]
+
+
+def next_token(context, produced, request, rng):
+    logits = scores(context)
+    if produced >= 20 and logits[0] > 0.85:
+        return EOS
+    order = sorted(range(len(ALPHABET)), key=lambda i: -logits[i])
+    if request.temperature == 0.0:
+        return ord(ALPHABET[order[0]])
+    keep = order[: request.top_k] if request.top_k else order
+    weights = [math.exp(logits[i] * 4 / request.temperature) for i in keep]
+    total = sum(weights)
+    cut, mass = [], 0.0
+    for i, w in zip(keep, weights):
+        cut.append((i, w))
+        mass += w / total
+        if mass >= request.top_p:
+            break
+    pick = rng.choices([i for i, _ in cut], weights=[w for _, w in cut])[0]
+    return ord(ALPHABET[pick])
+
+
+class ToyBackend:
+    """Correct: streams, batches (round robin), samples and honours seeds."""
+
+    @hookimpl
+    def dependencies(self):
+        return []
+
+    @hookimpl
+    def capabilities(self):
+        return [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+
+    @hookimpl
+    def artifacts(self, source, options, workdir):
+        config = json.loads((Path(source) / "toy.json").read_text())
+        return Artifacts(files={"weights": str(source)}, requirements=[], metadata={"name": config["name"]})
+
+    @hookimpl
+    def load(self, artifacts, options):
+        return Handle(json.loads((Path(artifacts["weights"]) / "toy.json").read_text()))
+
+    @hookimpl
+    def describe(self, handle):
+        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
+
+    @hookimpl
+    def encode(self, handle, messages):
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+        return [ord(c) for c in text]
+
+    @hookimpl
+    def generate(self, handle, requests):
+        return self.decode(handle, requests)
+
+    # -- the model; broken variants override one piece ------------------------------------------
+
+    def limit(self, request, handle):
+        return min(request.max_tokens, handle.context_length - len(request.prompt_ids))
+
+    def delta(self, index, text, so_far, finish):
+        return Delta(index, text, 1, finish)
+
+    def decode(self, handle, requests):
+        contexts = [list(r.prompt_ids) for r in requests]
+        texts = [""] * len(requests)
+        rngs = [random.Random(r.seed) if r.seed is not None else random.Random() for r in requests]
+        live = list(range(len(requests)))
+        while live:
+            for i in list(live):
+                request = requests[i]
+                if request.cancelled:
+                    live.remove(i)
+                    continue
+                produced = len(contexts[i]) - len(request.prompt_ids)
+                token = next_token(contexts[i], produced, request, rngs[i])
+                if token == EOS:
+                    live.remove(i)
+                    yield Delta(i, "", 1, "stop")
+                    continue
+                contexts[i].append(token)
+                texts[i] += chr(token)
+                finish = "length" if produced + 1 >= self.limit(request, handle) else None
+                if finish:
+                    live.remove(i)
+                yield self.delta(i, chr(token), texts[i], finish)
+
+
+class MinimalBackend:
+    """Correct and minimal: only the required hooks (so: streaming, greedy, no declared batching)."""
+
+    _toy = ToyBackend()
+
+    @hookimpl
+    def dependencies(self):
+        return []
+
+    @hookimpl
+    def artifacts(self, source, options, workdir):
+        return self._toy.artifacts(source, options, workdir)
+
+    @hookimpl
+    def load(self, artifacts, options):
+        return self._toy.load(artifacts, options)
+
+    @hookimpl
+    def describe(self, handle):
+        return self._toy.describe(handle)
+
+    @hookimpl
+    def encode(self, handle, messages):
+        return self._toy.encode(handle, messages)
+
+    @hookimpl
+    def generate(self, handle, requests):
+        for i, request in enumerate(requests):
+            for d in self._toy.decode(handle, [request]):
+                yield Delta(i, d.text, d.tokens, d.finish_reason)
+
+
+class IgnoresMaxTokens(ToyBackend):
+    """Broken: decodes up to the context (capped at 48 tokens), whatever max_tokens says."""
+
+    def limit(self, request, handle):
+        return min(48, handle.context_length - len(request.prompt_ids))
+
+
+class EchoesInFinalDelta(ToyBackend):
+    """Broken: the last delta repeats the whole answer instead of only the new text."""
+
+    def delta(self, index, text, so_far, finish):
+        return Delta(index, so_far if finish else text, 1, finish)
+
+
+class MisreportsUsage(ToyBackend):
+    """Broken: counts no tokens until the last delta, which claims one."""
+
+    def delta(self, index, text, so_far, finish):
+        return Delta(index, text, 1 if finish else 0, finish)
+
+
+good = ToyBackend()
+minimal = MinimalBackend()
+no_max_tokens = IgnoresMaxTokens()
+echo_stream = EchoesInFinalDelta()
+bad_usage = MisreportsUsage()
+'''
+
+TOYKIT_HEAVY = '''
+"""Broken: imports torch when the entry point is loaded, although only load() needs a runtime."""
+
+import torch  # noqa: F401
+
+from toykit import ToyBackend
+
+backend = ToyBackend()
+'''
+
+TOYS = {
+    "toy-good": "toykit:good",
+    "toy-minimal": "toykit:minimal",
+    "toy-no-max-tokens": "toykit:no_max_tokens",
+    "toy-echo-stream": "toykit:echo_stream",
+    "toy-bad-usage": "toykit:bad_usage",
+}
+
+#: The one clause each broken toy must fail (and it must pass every other clause).
+BROKEN = {
+    "toy-no-max-tokens": "max_tokens",
+    "toy-echo-stream": "stream_matches_predict",
+    "toy-bad-usage": "usage",
+    "toy-heavy": "entry_point_light",
+}
+
+SUITES = """
+import pytest
+
+from flavorkit.testing import BackendConformance
+
+MODEL = {model!r}
+
+
+class ToySuite(BackendConformance):
+    @pytest.fixture(scope="class")
+    def model_source(self):
+        return MODEL
+{classes}
+"""
+
+#: Clauses that run only when a capability is declared, and the capabilities of each toy.
+GPU_ONLY = {"gpu"}
+MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu"}
+
+
+def make_distribution(root: Path, name: str, modules: Mapping[str, str], backends: Mapping[str, str]) -> Path:
+    """A throwaway distribution: modules plus a dist-info whose entry_points.txt declares ``backends``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{name.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+    lines = ["[flavorkit.backends]", *(f"{k} = {v}" for k, v in backends.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy "weights": a folder with the model's config."""
+    folder = tmp_path_factory.mktemp("toy-model") / "toy-v1"
+    folder.mkdir()
+    (folder / "toy.json").write_text(json.dumps({"name": "toy-v1", "context_length": 512}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the toy backends' distribution."""
+    return make_distribution(tmp_path_factory.mktemp("site") / "toys", "toykit", {"toykit": TOYKIT}, TOYS)
+
+
+@pytest.fixture(scope="module")
+def heavy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second distribution with the torch-importing toy (kept apart so other runs never import torch)."""
+    return make_distribution(
+        tmp_path_factory.mktemp("site") / "heavy",
+        "toykit-heavy",
+        {"toykit": TOYKIT, "toykit_heavy": TOYKIT_HEAVY},
+        {"toy-heavy": "toykit_heavy:backend"},
+    )
+
+
+_RUNS: dict[str, dict[str, Any]] = {}
+
+
+def run_kit(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    site: Path,
+    model: Path,
+    classes: Mapping[str, tuple[str, Mapping[str, str]]],
+    *extra: str,
+) -> dict[str, Any]:
+    """Run the kit in a child pytest on the given suites (name -> (backend, expected_failures)), once per key."""
+    if key in _RUNS:
+        return _RUNS[key]
+    body = "".join(
+        f"\n\nclass {name}(ToySuite):\n    backend = {backend!r}\n    expected_failures = {dict(xfail)!r}\n"
+        for name, (backend, xfail) in classes.items()
+    )
+    pytester.makepyfile(**{f"test_{key}": SUITES.format(model=str(model), classes=body)})
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "flavorkit.testing.plugin", f"--flavorkit-report={report}", "-p", "no:cacheprovider", *extra
+    )
+    data = json.loads(report.read_text())
+    data["_stdout"] = result.stdout.str()
+    data["_ret"] = int(result.ret)
+    _RUNS[key] = data
+    return data
+
+
+def outcomes(report: Mapping[str, Any], suite: str) -> dict[str, tuple[str, str]]:
+    """clause -> (outcome, message) for one suite of a report."""
+    return {c["clause"]: (c["outcome"], c["message"]) for c in report["clauses"] if c["suite"] == suite}
+
+
+TOY_SUITES: dict[str, tuple[str, Mapping[str, str]]] = {
+    "TestGood": ("toy-good", {}),
+    "TestMinimal": ("toy-minimal", {}),
+    "TestNoMaxTokens": ("toy-no-max-tokens", {}),
+    "TestEchoStream": ("toy-echo-stream", {}),
+    "TestBadUsage": ("toy-bad-usage", {}),
+    "TestKnownBug": ("toy-no-max-tokens", {"max_tokens": "toy bug 1: max_tokens is ignored"}),
+    "TestStaleEntry": ("toy-good", {"usage": "toy bug 2, fixed since"}),
+}
+#: The expected_failures suites run only the clauses they are about.
+SELECT = "not (TestKnownBug or TestStaleEntry) or test_max_tokens or test_usage"
+
+
+@pytest.fixture
+def toys(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, toy_site: Path, toy_model: Path) -> dict[str, Any]:
+    """The report of the kit run over all pure toy suites (run once, shared)."""
+    return run_kit(pytester, monkeypatch, "toys", toy_site, toy_model, TOY_SUITES, "-k", SELECT)
+
+
+@pytest.fixture
+def heavy(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, heavy_site: Path, toy_model: Path
+) -> dict[str, Any]:
+    """The report of the kit run over the torch-importing toy."""
+    return run_kit(pytester, monkeypatch, "heavy", heavy_site, toy_model, {"TestHeavy": ("toy-heavy", {})})
+
+
+def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
+    got = outcomes(toys, "TestGood")
+    assert set(got) == set(CLAUSES)
+    for name, (outcome, message) in got.items():
+        expected = "skipped" if name in GPU_ONLY else "passed"
+        assert outcome == expected, f"{name}: {outcome}: {message}"
+    assert "does not declare capability 'gpu'" in got["gpu"][1]
+
+
+def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[str, Any]) -> None:
+    got = outcomes(toys, "TestMinimal")
+    for name, (outcome, message) in got.items():
+        if name in MINIMAL_SKIPS:
+            assert outcome == "skipped", f"{name}: {outcome}: {message}"
+            assert f"does not declare capability '{CLAUSES[name].capability.value}'" in message  # type: ignore[union-attr]
+        else:
+            assert outcome == "passed", f"{name}: {outcome}: {message}"
+    required = [c.name for c in CLAUSES.values() if c.required]
+    assert all(got[name][0] == "passed" for name in required)
+
+
+@pytest.mark.parametrize(
+    ("suite", "backend"),
+    [
+        ("TestNoMaxTokens", "toy-no-max-tokens"),
+        ("TestEchoStream", "toy-echo-stream"),
+        ("TestBadUsage", "toy-bad-usage"),
+    ],
+)
+def test_broken_backend_fails_exactly_its_clause(toys: dict[str, Any], suite: str, backend: str) -> None:
+    got = outcomes(toys, suite)
+    failed = {name for name, (outcome, _) in got.items() if outcome == "failed"}
+    assert failed == {BROKEN[backend]}, {n: got[n] for n in failed}
+    assert all(outcome in ("passed", "skipped") for name, (outcome, _) in got.items() if name not in failed)
+    assert got["gpu"][0] == "skipped"
+
+
+def test_failure_messages_say_what_broke(toys: dict[str, Any]) -> None:
+    assert "max_tokens=1 but generate() yielded" in outcomes(toys, "TestNoMaxTokens")["max_tokens"][1]
+    assert "not how the streamed" in outcomes(toys, "TestEchoStream")["stream_matches_predict"][1]
+    assert "reported only 1 token" in outcomes(toys, "TestBadUsage")["usage"][1]
+    stdout = toys["_stdout"]
+    assert "flavorkit conformance: toy-bad-usage (TestBadUsage)" in stdout
+    assert toys["_ret"] == 1
+
+
+def test_heavy_import_fails_only_entry_point_light(heavy: dict[str, Any]) -> None:
+    got = outcomes(heavy, "TestHeavy")
+    failed = {name for name, (outcome, _) in got.items() if outcome == "failed"}
+    assert failed == {"entry_point_light"}, {n: got[n] for n in failed}
+    message = got["entry_point_light"][1]
+    assert "imported torch (from " in message
+    assert "toykit_heavy.py:4" in message
+
+
+def test_expected_failure_is_a_strict_xfail(toys: dict[str, Any]) -> None:
+    known = outcomes(toys, "TestKnownBug")
+    assert set(known) == {"max_tokens", "usage"}
+    assert known["max_tokens"][0] == "xfailed"
+    assert "toy bug 1" in known["max_tokens"][1] and "max_tokens=1 but generate() yielded" in known["max_tokens"][1]
+    assert known["usage"][0] == "passed"
+    stale = outcomes(toys, "TestStaleEntry")
+    assert stale["usage"][0] == "failed"
+    assert "expected_failures lists it" in stale["usage"][1] and "toy bug 2" in stale["usage"][1]
+    assert stale["max_tokens"][0] == "passed"
+
+
+def test_report_format(toys: dict[str, Any], toy_model: Path) -> None:
+    assert toys["format"] == REPORT_FORMAT and toys["version"] == REPORT_VERSION == 1
+    assert toys["ok"] is False
+    assert sum(toys["summary"].values()) == len(toys["clauses"])
+    keys = {"backend", "clause", "outcome", "required", "capability", "suite", "message", "duration_s", "test"}
+    assert all(set(c) == keys for c in toys["clauses"])
+    good = next(b for b in toys["backends"] if b["suite"] == "TestGood")
+    assert good["name"] == "toy-good" and good["distribution"] == "toykit" and good["object"] == "toykit:good"
+    assert good["capabilities"] == ["batching", "sampling", "seeded_sampling", "streaming"]
+    assert good["model"] == str(toy_model)
+
+
+def test_cli_check_prints_the_table_and_fails(toy_site: Path, toy_model: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(toy_site), os.environ.get("PYTHONPATH", "")])}
+    report = tmp_path / "out" / "report.json"
+    cmd = [sys.executable, "-m", "flavorkit.cli", "check", "toy-echo-stream", "--model", str(toy_model)]
+    proc = subprocess.run([*cmd, "--json", str(report)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:2] == ["stream_matches_predict", "failed"] for line in lines if line.strip())
+    assert any(line.split()[:2] == ["max_tokens", "passed"] for line in lines if line.strip())
+    assert any(line.startswith("gpu") and "skipped" in line and "capability 'gpu'" in line for line in lines)
+    assert "21 passed, 1 failed, 1 skipped, 0 xfailed" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["format"] == REPORT_FORMAT and data["ok"] is False
+    assert [c["clause"] for c in data["clauses"]] == list(CLAUSES)
+
+
+def test_cli_check_unknown_backend(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "flavorkit.cli", "check", "no-such-backend", "--model", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "unknown backend 'no-such-backend'" in proc.stderr
+
+
+def test_expected_failures_must_name_known_clauses() -> None:
+    with pytest.raises(TypeError, match="unknown clause"):
+        type("TestTypo", (BackendConformance,), {"backend": "x", "expected_failures": {"max_token": "typo"}})
+
+
+def test_kit_is_not_auto_loaded_into_pytest() -> None:
+    plugins = [ep.value for ep in md.entry_points(group="pytest11")]
+    assert not [p for p in plugins if p.startswith("flavorkit")]
