@@ -1,0 +1,1 @@
+"""flavorkit benchmarks (run with `make bench`)."""
