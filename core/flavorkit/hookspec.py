@@ -131,7 +131,9 @@ class WrapperBackend:
 
         Each request produces one sequence; ``Delta.index`` is the request's position in
         ``requests``. Honour ``max_tokens`` (a hard limit), ``temperature``, ``top_p``, ``top_k``
-        and ``seed``; end every request with a delta whose ``finish_reason`` is ``"stop"`` (end of
+        and ``seed`` (``None`` means unseeded: two requests for the same prompt must be able to
+        differ; the core gives the ``n`` choices of a seeded request the seeds ``seed``,
+        ``seed + 1``, ...); end every request with a delta whose ``finish_reason`` is ``"stop"`` (end of
         sequence) or ``"length"``. Never emit special tokens as text. Stop strings are cut by the
         core: a backend only needs to watch ``request.cancelled`` and drop cancelled requests.
 

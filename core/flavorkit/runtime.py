@@ -9,7 +9,6 @@ cannot disagree.
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -177,8 +176,6 @@ class LoadedModel:
         n = int(settings.get("n", 1))
         seed = settings.get("seed")
         temperature = float(settings["temperature"])
-        if temperature > 0 and seed is None and n > 1:
-            seed = random.randrange(2**31)
         stop = req.stop_strings() if "stop" in explicit else _stops(settings.get("stop"))
         choices = []
         for j in range(n):
