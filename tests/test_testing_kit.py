@@ -235,7 +235,8 @@ MODEL = {model!r}
 
 class ToySuite(BackendConformance):
     @pytest.fixture(scope="class")
-    def model_source(self):
+    @classmethod
+    def model_source(cls):
         return MODEL
 {classes}
 """

@@ -43,7 +43,8 @@ class TestFlavorkitCheck(BackendConformance):
     options = _CONFIG["options"]
 
     @pytest.fixture(scope="class")
-    def model_source(self):
+    @classmethod
+    def model_source(cls):
         return _CONFIG["model"]
 '''
 

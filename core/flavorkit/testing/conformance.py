@@ -103,16 +103,17 @@ class BackendConformance:
     # -- fixtures -------------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def model_source(self) -> Any:
+    @classmethod
+    def model_source(cls) -> Any:
         """Override: a small model source the backend accepts (path, Hub id or object)."""
         raise NotImplementedError(
-            f"{type(self).__name__} must override the class-scoped `model_source` fixture with a small model source"
+            f"{cls.__name__} must override the class-scoped `model_source` fixture with a small model source"
         )
 
     @pytest.fixture(scope="class")
-    def conformance(self, model_source: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    @classmethod
+    def conformance(cls, model_source: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         """The :class:`~flavorkit.testing.harness.Harness` shared by every clause of this class."""
-        cls = type(self)
         if not cls.backend:
             raise NotImplementedError(f"{cls.__name__} must set `backend` to the backend id")
         harness = Harness(
