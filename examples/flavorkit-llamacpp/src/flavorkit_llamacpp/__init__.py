@@ -1,0 +1,1 @@
+"""An example third-party flavorkit backend: GGUF models served with llama-cpp-python."""

@@ -1,0 +1,118 @@
+"""The llama-cpp-python runtime behind the ``llama-cpp`` backend (imported only when a model loads).
+
+One ``llama_cpp.Llama`` holds one sequence, so the requests of a batch are decoded one after
+another. Each request starts from an empty KV cache, so an answer never depends on the request
+before it, and every generated token is turned into text with an incremental UTF-8 decoder, so a
+character split across tokens is emitted once it is complete. Bytes of a character still incomplete
+when a request ends are dropped, never emitted as U+FFFD: the text streamed so far is then always
+exactly what a shorter request returns.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flavorkit.errors import BackendUnavailable
+from flavorkit.types import Delta, GenerationRequest, Message
+
+__all__ = ["LlamaHandle"]
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:  # the registry normally reports this earlier, with the pip hint
+        raise BackendUnavailable("llama-cpp", f"llama_cpp cannot be imported: {exc}") from exc
+    return llama_cpp
+
+
+@dataclass
+class LlamaHandle:
+    """A loaded GGUF model, its chat template renderer and the facts the core asks for."""
+
+    llm: Any
+    name: str
+    context_length: int
+    template: Any
+
+    @classmethod
+    def load(cls, path: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512) -> LlamaHandle:
+        """Open ``path`` (a GGUF file) with a context of ``n_ctx`` tokens."""
+        llama_cpp = _llama_cpp()
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, verbose=False, seed=0)
+        meta: dict[str, str] = dict(llm.metadata)
+        template = None
+        if meta.get("tokenizer.chat_template"):
+            template = Jinja2ChatFormatter(
+                template=meta["tokenizer.chat_template"],
+                eos_token=llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace"),
+                bos_token=llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace"),
+                add_generation_prompt=True,
+            )
+        name = meta.get("general.name") or os.path.splitext(os.path.basename(path))[0]
+        return cls(llm=llm, name=name, context_length=int(llm.n_ctx()), template=template)
+
+    def close(self) -> None:
+        """Free the llama.cpp context and weights now instead of at garbage collection."""
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Render the chat template (plain lines without one) and tokenize, special tokens included."""
+        payload = [dict(m) for m in messages]
+        if self.template is not None:
+            prompt = self.template(messages=payload).prompt
+        else:
+            prompt = "\n".join(m["content"] for m in payload) + "\n"
+        add_bos = json.loads(str(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower())
+        return [int(t) for t in self.llm.tokenize(prompt.encode("utf-8"), add_bos=bool(add_bos), special=True)]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Decode the requests one after another, yielding one delta per token."""
+        for index, request in enumerate(requests):
+            if not request.cancelled:
+                yield from self._one(index, request)
+
+    def _one(self, index: int, request: GenerationRequest) -> Iterator[Delta]:
+        llama_cpp = _llama_cpp()
+        llm = self.llm
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        limit = min(request.max_tokens, self.context_length - len(request.prompt_ids))
+        if request.greedy:
+            settings: dict[str, Any] = {"temp": 0.0}
+        else:
+            seed = request.seed if request.seed is not None else random.randrange(2**31)
+            llm.set_seed(int(seed) & 0xFFFFFFFF)
+            settings = {"temp": float(request.temperature), "top_p": float(request.top_p), "top_k": request.top_k or 0}
+        llm.reset()  # decode from an empty cache: no state carries over between requests
+        tokens = llm.generate(
+            list(request.prompt_ids), min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **settings
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        history = list(request.prompt_ids)
+        produced = 0
+        try:
+            for token in tokens:
+                if request.cancelled:
+                    return
+                produced += 1
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    yield Delta(index, "", 1, "stop")
+                    return
+                text = decoder.decode(llm.detokenize([token], prev_tokens=history))
+                history.append(token)
+                if produced >= limit:
+                    yield Delta(index, text, 1, "length")
+                    return
+                yield Delta(index, text, 1)
+        finally:
+            tokens.close()

