@@ -1,0 +1,176 @@
+"""What the ``transformers`` and ``optimum-onnx`` backends share, kept light (no torch at import).
+
+Options common to both, the runtime hooks (which delegate to :class:`flavorkit_hf.engine.Engine`),
+and the handling of checkpoint folders: resolving a path or Hub id, refusing custom code unless the
+user trusts it, finding the weights, and staging just the files a model needs (hard links where
+possible, so packaging a large checkpoint does not copy it twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flavorkit import Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit.errors import ModelSourceError
+from flavorkit.sources import looks_like_hub_id, resolve_local_dir
+from flavorkit.types import Message
+
+__all__ = [
+    "CODE_SUFFIXES",
+    "WEIGHT_SUFFIXES",
+    "CommonOptions",
+    "HFBackendBase",
+    "check_remote_code",
+    "read_json",
+    "resolve_source",
+    "stage_files",
+    "weight_files",
+]
+
+#: Weight formats a transformers checkpoint may carry; only the one used is packaged.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+#: Files that only matter when custom code is trusted.
+CODE_SUFFIXES = (".py",)
+#: Model files are never needed; these patterns fetch a Hub checkpoint without other formats.
+_HUB_METADATA = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+_TRUST_HINT = 'pass options={"trust_remote_code": True} to flavorkit.package if you trust that code'
+
+
+class CommonOptions(BaseModel):
+    """Options both Hugging Face backends accept (``options=`` in :func:`flavorkit.package`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subfolder: str | None = Field(None, description="Folder inside the source (local or Hub repo) holding the model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the source is a Hub id.")
+    trust_remote_code: bool = Field(
+        False, description="Run the custom modelling/tokenizer code a checkpoint ships (its auto_map). Off by default."
+    )
+    batching: Literal["exact", "padded", "sequential"] = Field(
+        "exact",
+        description=(
+            "'exact': padded batches, and a greedy row whose top-2 logits nearly tie is finished alone, so every "
+            "greedy result equals its single-request result; 'padded': padded batches only (fastest); "
+            "'sequential': one request at a time."
+        ),
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests decoded together in one padded batch.")
+
+
+class HFBackendBase:
+    """The runtime hooks both backends implement the same way, over an :class:`~flavorkit_hf.engine.Engine`."""
+
+    @hookimpl
+    def capabilities(self) -> Iterable[Capability]:
+        """Streaming, padded batching and (seeded) sampling."""
+        return [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+
+    @hookimpl
+    def describe(self, handle: Any) -> RuntimeInfo:
+        """Context length from the model config."""
+        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
+
+    @hookimpl
+    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
+        """The tokenizer's chat template with the generation prompt."""
+        return handle.encode(messages)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Token-by-token decoding in left-padded batches (see :mod:`flavorkit_hf.engine`)."""
+        return handle.generate(requests)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def unload(self, handle: Any) -> None:
+        """Drop the model so its memory is freed."""
+        handle.close()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or an empty dict when the file is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(path, f"cannot read JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def resolve_source(source: Any, options: Mapping[str, Any], *, weights: bool) -> Path:
+    """A local folder for a path or Hub id; Hub downloads skip weight formats that are not used."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelSourceError(type(source).__name__, "expected a local path or a Hugging Face Hub id")
+    subfolder, revision = options.get("subfolder"), options.get("revision")
+    text = os.fspath(source)
+    if not looks_like_hub_id(text):
+        return resolve_local_dir(text, subfolder=subfolder, revision=revision)
+    patterns = [*_HUB_METADATA, "*.safetensors"] if weights else [*_HUB_METADATA, "*.onnx", "*.onnx_data", "*.data"]
+    folder = resolve_local_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
+    if weights and not weight_files(folder, required=False):
+        patterns = [*_HUB_METADATA, "*.bin"]
+        folder = resolve_local_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
+    return folder
+
+
+def check_remote_code(folder: Path, trust_remote_code: bool) -> list[str]:
+    """The custom classes a checkpoint's ``auto_map`` names; refuses them unless code is trusted."""
+    refs: list[str] = []
+    for name in ("config.json", "tokenizer_config.json"):
+        auto_map = read_json(folder / name).get("auto_map") or {}
+        if isinstance(auto_map, dict):
+            for value in auto_map.values():
+                refs += [str(v) for v in (value if isinstance(value, list) else [value]) if v]
+    if refs and not trust_remote_code:
+        raise ModelSourceError(
+            folder,
+            f"the checkpoint needs custom code ({', '.join(sorted(set(refs)))} from its auto_map), which is not run "
+            f"by default; {_TRUST_HINT}",
+        )
+    return refs
+
+
+def weight_files(folder: Path, *, required: bool = True) -> list[Path]:
+    """The weight files a transformers checkpoint loads: safetensors if present, else PyTorch ``.bin``."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / index).is_file():
+            shards = sorted(set(read_json(folder / index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing or not shards:
+                raise ModelSourceError(folder, f"{index} lists missing weight shards: {', '.join(missing) or 'none'}")
+            return [folder / index, *(folder / s for s in shards)]
+        if (folder / single).is_file():
+            return [folder / single]
+    others = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if others:
+        return others
+    if required:
+        raise ModelSourceError(
+            folder, "no weights found (model.safetensors, a sharded index or pytorch_model.bin): not a checkpoint"
+        )
+    return []
+
+
+def stage_files(folder: Path, dest: Path, keep: Callable[[Path], bool]) -> Path:
+    """Hard-link (or copy) the top-level files of ``folder`` that ``keep`` accepts into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not keep(path):
+            continue
+        target = dest / path.name
+        real = path.resolve()  # Hub snapshots hold symlinks into the blob store
+        try:
+            os.link(real, target)
+        except OSError:
+            shutil.copy2(real, target)
+    return dest

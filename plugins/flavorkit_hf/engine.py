@@ -1,0 +1,409 @@
+"""The decoding engine shared by the ``transformers`` and ``optimum-onnx`` backends.
+
+Both runtimes expose the same call: ``model(input_ids, attention_mask, position_ids,
+past_key_values, use_cache=True)`` returning ``logits`` and ``past_key_values`` (a transformers
+``Cache`` or Optimum's tuple of per-layer ``(key, value)`` tensors). The engine drives that call in
+its own token loop instead of ``model.generate``: it sees every token as it is produced (real
+streaming), checks ``request.cancelled`` between steps, enforces ``max_tokens`` exactly, never asks
+the Hub for anything (``generate(stop_strings=...)`` would fetch a tokenizer), and samples each row
+with its own seeded ``torch.Generator`` so a seed reproduces whatever else is in the batch.
+
+Batching: requests are sorted by prompt length and decoded in left-padded batches with explicit
+attention masks and position ids, so every row sees exactly its own tokens at its own positions;
+finished and cancelled rows leave the batch (their KV-cache rows are dropped). A padded batch is
+mathematically equal to one request at a time but not bit-for-bit (other matmul shapes, padded
+keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a
+row whose top-2 logits come within :data:`TIE_TOLERANCE` (relative) of each other leaves the batch
+and is finished by the single-request path, which first replays the tokens the row already produced
+with the very same calls a single request makes, so from then on it *is* the single-request
+computation. Observed batch-vs-single drift on SmolLM2 fp32 is about 1e-4 on logits of magnitude
+~20, i.e. 5e-6 relative, twenty times below the tolerance. 16-bit weights drift too much for a
+useful bound, so ``"exact"`` decodes them one request at a time.
+
+This module imports torch: only hooks import it, never the plugin modules the entry points name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from flavorkit.types import Delta, GenerationRequest, Message
+
+__all__ = [
+    "TIE_TOLERANCE",
+    "Batching",
+    "Engine",
+    "IncrementalDetokenizer",
+    "context_length_of",
+    "eos_ids_of",
+]
+
+log = logging.getLogger(__name__)
+
+Batching = Literal["exact", "padded", "sequential"]
+
+#: Relative margin between the two best logits under which a batched greedy step is redone alone.
+TIE_TOLERANCE = 1e-4
+_REPLACEMENT = "\ufffd"
+_EXACT_DTYPES = (torch.float32, torch.float64)
+
+
+class IncrementalDetokenizer:
+    """Turn generated token ids into text increments that never split a UTF-8 character.
+
+    Byte-level tokenizers often spread one character over several tokens; decoding those tokens one
+    by one yields U+FFFD. Text is therefore released only when the decoded tail is stable (does not
+    end in U+FFFD), by decoding a short window of recent tokens and emitting what it adds beyond the
+    already released prefix (which also keeps SentencePiece's leading-space rule intact). Special
+    tokens decode to nothing.
+    """
+
+    __slots__ = ("_prefix", "_read", "_tokenizer", "ids")
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        if not ids:
+            return ""
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def _pending(self) -> tuple[str, str]:
+        return self._decode(self.ids[self._prefix : self._read]), self._decode(self.ids[self._prefix :])
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that is now stable (possibly empty)."""
+        self.ids.append(token)
+        released, full = self._pending()
+        if len(full) > len(released) and not full.endswith(_REPLACEMENT):
+            self._prefix, self._read = self._read, len(self.ids)
+            return full[len(released) :]
+        return ""
+
+    def flush(self) -> str:
+        """Release whatever is held back (at the end of a sequence), even an incomplete character."""
+        released, full = self._pending()
+        self._prefix = self._read = len(self.ids)
+        return full[len(released) :] if len(full) > len(released) else ""
+
+
+class _Sampler:
+    """Chooses the next token of one row: argmax, or temperature/top-k/top-p sampling with its own RNG."""
+
+    __slots__ = ("generator", "greedy", "temperature", "top_k", "top_p")
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.greedy = request.greedy
+        self.temperature = float(request.temperature)
+        self.top_p = float(request.top_p)
+        self.top_k = int(request.top_k) if request.top_k else 0
+        self.generator: torch.Generator | None = None
+        if not self.greedy:
+            self.generator = torch.Generator(device="cpu")
+            if request.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(int(request.seed) % 2**64)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token id from one row of float32 CPU logits."""
+        if self.greedy:
+            return int(torch.argmax(logits))
+        scores = logits / self.temperature
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            # Drop a token when the tokens ranked above it already cover top_p (the best one always stays).
+            drop = (torch.cumsum(probs, dim=-1) - probs) > self.top_p
+            scores = scores.scatter(0, order[drop], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+@dataclass(eq=False)
+class _Row:
+    """Decoding state of one request: produced tokens, text decoder and sampler."""
+
+    index: int
+    request: GenerationRequest
+    detok: IncrementalDetokenizer
+    sampler: _Sampler
+    generated: list[int] = field(default_factory=list)
+    done: bool = False
+
+    def accept(self, token: int, eos_ids: frozenset[int]) -> Iterator[Delta]:
+        """Record ``token`` and yield its delta(s); the last one carries the finish reason."""
+        self.generated.append(token)
+        if token in eos_ids:
+            self.done = True
+            tail = self.detok.flush()
+            if tail:
+                yield Delta(self.index, tail, 0)
+            yield Delta(self.index, "", 1, "stop")
+            return
+        text = self.detok.push(token)
+        if len(self.generated) >= self.request.max_tokens:
+            self.done = True
+            yield Delta(self.index, text + self.detok.flush(), 1, "length")
+            return
+        yield Delta(self.index, text, 1)
+
+
+def _ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, Iterable):
+        return {int(v) for v in value}
+    return set()
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
+    """End-of-sequence ids: the generation config's, the model config's and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        if source is not None:
+            ids |= _ids(getattr(source, "eos_token_id", None))
+    ids |= _ids(getattr(tokenizer, "eos_token_id", None))
+    return frozenset(ids)
+
+
+def context_length_of(config: Any, tokenizer: Any, default: int = 2048) -> int:
+    """The number of positions the model attends to, from its config (or the tokenizer as a fallback)."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None and text_config is not config:
+        return context_length_of(text_config, tokenizer, default)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    return default
+
+
+def _select_rows(past: Any, index: torch.Tensor) -> Any:
+    """Keep only the batch rows ``index`` of a KV cache (transformers Cache or tuple of tensors)."""
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(index)
+        return past
+    if isinstance(past, torch.Tensor):
+        return past.index_select(0, index)
+    return tuple(_select_rows(item, index) for item in past)
+
+
+class Engine:
+    """A causal LM with its tokenizer: chat-template encoding and streamed, batched decoding."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        context_length: int,
+        batching: Batching = "exact",
+        max_batch_size: int = 8,
+        position_ids: bool = True,
+        logits_to_keep: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.context_length = int(context_length)
+        self.eos_ids = eos_ids_of(model, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else min(self.eos_ids, default=0)
+        self.batching: Batching = batching
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.position_ids = position_ids
+        self.logits_to_keep = logits_to_keep
+        self.device = torch.device(device)
+        #: None when batched greedy decoding cannot be bounded (16-bit weights): "exact" then decodes alone.
+        self.tie_tolerance: float | None = TIE_TOLERANCE if dtype in _EXACT_DTYPES else None
+        #: Counters for observability and tests: forward calls, batches, rows replayed alone.
+        self.stats: Counter[str] = Counter()
+
+    @staticmethod
+    def accepts(model: Any, argument: str) -> bool:
+        """True when ``model.forward`` takes ``argument`` (or arbitrary keyword arguments)."""
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+        return argument in params
+
+    def close(self) -> None:
+        """Drop the model and tokenizer so their memory can be freed."""
+        self.model = None
+        self.tokenizer = None
+
+    # -- prompt -----------------------------------------------------------------------------------
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Apply the chat template with the generation prompt (or join the contents when there is none)."""
+        conversation = [dict(m) for m in messages]
+        if getattr(self.tokenizer, "chat_template", None):
+            ids: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, Mapping):
+                ids = ids["input_ids"]
+        else:
+            ids = self.tokenizer("\n".join(m["content"] for m in conversation))["input_ids"]
+        return [int(t) for t in ids]
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Decode every request, batching where the mode allows; yields one delta per token."""
+        todo = []
+        for i, req in enumerate(requests):
+            if req.max_tokens <= 0:
+                yield Delta(i, "", 0, "length")
+            else:
+                todo.append(i)
+        for group in self._plan(requests, todo):
+            rows = [self._row(i, requests[i]) for i in group]
+            if len(rows) == 1:
+                yield from self._solo(rows[0])
+            else:
+                yield from self._batch(rows)
+
+    def token_ids(self, request: GenerationRequest) -> list[int]:
+        """The token ids one request produces alone (end-of-sequence included), for diagnostics and tests."""
+        row = self._row(0, request)
+        for _delta in self._solo(row):
+            pass
+        return list(row.generated)
+
+    @property
+    def batches(self) -> bool:
+        """Whether several requests may share a forward pass in the current mode."""
+        if self.batching == "sequential" or not self.position_ids:
+            return False
+        return not (self.batching == "exact" and self.tie_tolerance is None)
+
+    def _plan(self, requests: Sequence[GenerationRequest], todo: Sequence[int]) -> list[list[int]]:
+        """Groups of request indices decoded together: similar prompt lengths, at most max_batch_size."""
+        if len(todo) <= 1 or not self.batches:
+            return [[i] for i in todo]
+        ordered = sorted(todo, key=lambda i: len(requests[i].prompt_ids))
+        return [ordered[k : k + self.max_batch_size] for k in range(0, len(ordered), self.max_batch_size)]
+
+    def _row(self, index: int, request: GenerationRequest) -> _Row:
+        return _Row(index, request, IncrementalDetokenizer(self.tokenizer), _Sampler(request))
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One model call; returns the last position's logits (float32, CPU) and the new cache."""
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "past_key_values": past,
+            "use_cache": True,
+        }
+        if self.position_ids:
+            kwargs["position_ids"] = positions.to(self.device)
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.no_grad():
+            out = self.model(**kwargs)
+        self.stats["forward"] += 1
+        return out.logits[:, -1, :].float().cpu(), out.past_key_values
+
+    def _solo(self, row: _Row, replay: Sequence[int] = ()) -> Iterator[Delta]:
+        """Decode one request alone; ``replay`` tokens (already emitted) are fed again, not re-emitted.
+
+        A plain single request and a row finishing here after leaving a batch make exactly the same
+        model calls, so the row's remaining tokens are the single-request ones.
+        """
+        req = row.request
+        if req.cancelled:
+            return
+        prompt = torch.tensor([list(req.prompt_ids)], dtype=torch.long)
+        mask = torch.ones_like(prompt)
+        positions = torch.arange(prompt.shape[1], dtype=torch.long).unsqueeze(0)
+        logits, past = self._forward(prompt, mask, positions, None)
+        step = 0
+        while not req.cancelled:
+            if step < len(replay):
+                token = replay[step]
+                if row.sampler.greedy and int(torch.argmax(logits[0])) != token:
+                    self.stats["replay_mismatch"] += 1
+                    log.warning("request %d: replayed token %d differs from the single-request choice", row.index, step)
+            else:
+                token = row.sampler.pick(logits[0])
+                yield from row.accept(token, self.eos_ids)
+                if row.done:
+                    return
+            step += 1
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits, past = self._forward(torch.tensor([[token]], dtype=torch.long), mask, positions, past)
+
+    def _near_tie(self, row: _Row, logits: torch.Tensor) -> bool:
+        """In exact mode: whether a greedy row's two best logits are too close to trust a batched step."""
+        if self.batching != "exact" or not row.sampler.greedy or self.tie_tolerance is None:
+            return False
+        top = torch.topk(logits, 2).values
+        best, second = float(top[0]), float(top[1])
+        return best - second <= self.tie_tolerance * max(1.0, abs(best))
+
+    def _batch(self, rows: list[_Row]) -> Iterator[Delta]:
+        """Decode rows in one left-padded batch; rows leave it when done, cancelled or near a tie."""
+        self.stats["batches"] += 1
+        width = max(len(r.request.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            n = len(row.request.prompt_ids)
+            ids[k, width - n :] = torch.tensor(list(row.request.prompt_ids), dtype=torch.long)
+            mask[k, width - n :] = 1
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        logits, past = self._forward(ids, mask, positions, None)
+        live = rows
+        while True:
+            keep: list[int] = []
+            tokens: list[int] = []
+            alone: list[_Row] = []
+            for k, row in enumerate(live):
+                if row.request.cancelled:
+                    continue
+                if self._near_tie(row, logits[k]):
+                    alone.append(row)
+                    continue
+                token = row.sampler.pick(logits[k])
+                yield from row.accept(token, self.eos_ids)
+                if not row.done:
+                    keep.append(k)
+                    tokens.append(token)
+            for row in alone:
+                self.stats["replays"] += 1
+                yield from self._solo(row, replay=list(row.generated))
+            if not keep:
+                return
+            if len(keep) < len(live):
+                index = torch.tensor(keep, dtype=torch.long)
+                past = _select_rows(past, index.to(self.device))
+                mask, positions = mask[index], positions[index]
+                live = [live[k] for k in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits, past = self._forward(torch.tensor(tokens, dtype=torch.long).unsqueeze(1), mask, positions, past)
