@@ -1,0 +1,127 @@
+"""Load a packaged model into an :class:`~flavorkit_hf.engine.Engine` (imported only by ``load`` hooks)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from flavorkit.errors import BackendUnavailable, ModelSourceError
+from flavorkit_hf.engine import Engine, context_length_of
+
+__all__ = ["load_optimum", "load_transformers", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _name(folder: str) -> str:
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _tokenizer(folder: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
+
+
+def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
+    """Load the checkpoint in ``folder`` with ``AutoModelForCausalLM`` on the configured device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trust = bool(options.get("trust_remote_code", False))
+    tokenizer = _tokenizer(folder, trust)
+    dtype_name = str(options.get("torch_dtype", "auto"))
+    dtype: Any = "auto" if dtype_name == "auto" else getattr(torch, dtype_name)
+    # transformers 4.56 renamed torch_dtype to dtype (the old name warns).
+    dtype_arg = "dtype" if Version(md.version("transformers")) >= Version("4.56") else "torch_dtype"
+    kwargs: dict[str, Any] = {"trust_remote_code": trust, "low_cpu_mem_usage": True, dtype_arg: dtype}
+    if options.get("attn_implementation"):
+        kwargs["attn_implementation"] = options["attn_implementation"]
+    device = resolve_device(str(options.get("device", "cpu")))
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model.to(device)
+    except Exception as exc:
+        raise ModelSourceError(folder, f"transformers could not load the model: {exc}") from exc
+    model.eval()
+    return Engine(
+        model,
+        tokenizer,
+        name=_name(folder),
+        context_length=context_length_of(model.config, tokenizer),
+        batching=options.get("batching", "exact"),
+        max_batch_size=int(options.get("max_batch_size", 8)),
+        position_ids=Engine.accepts(model, "position_ids"),
+        logits_to_keep=Engine.accepts(model, "logits_to_keep"),
+        dtype=model.dtype,
+        device=model.device,
+    )
+
+
+def load_optimum(folder: str, options: Mapping[str, Any]) -> Engine:
+    """Open the ONNX export in ``folder`` with Optimum's ``ORTModelForCausalLM`` on the chosen provider."""
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    provider = str(options.get("provider", "CPUExecutionProvider"))
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise BackendUnavailable(
+            "optimum-onnx",
+            f"execution provider {provider} is not available in this onnxruntime build (available: "
+            f"{', '.join(available)})",
+            "pip install onnxruntime-gpu" if provider == "CUDAExecutionProvider" else None,
+        )
+    session_options = ort.SessionOptions()
+    if options.get("intra_op_num_threads"):
+        session_options.intra_op_num_threads = int(options["intra_op_num_threads"])
+    trust = bool(options.get("trust_remote_code", False))
+    kwargs: dict[str, Any] = {
+        "provider": provider,
+        "session_options": session_options,
+        "use_cache": True,
+        "local_files_only": True,
+        "trust_remote_code": trust,
+    }
+    if options.get("provider_options"):
+        kwargs["provider_options"] = dict(options["provider_options"])
+    if options.get("file_name"):
+        kwargs["file_name"] = options["file_name"]
+    try:
+        model = ORTModelForCausalLM.from_pretrained(Path(folder), **kwargs)
+    except Exception as exc:
+        raise ModelSourceError(folder, f"Optimum could not load the ONNX model: {exc}") from exc
+    if not model.can_use_cache:
+        raise ModelSourceError(
+            folder, "the ONNX model has no past key values inputs; export it with task 'text-generation-with-past'"
+        )
+    tokenizer = _tokenizer(folder, trust)
+    # Legacy exports fold batch and heads (Bloom) or keys and values (GPT-BigCode) together: no row selection.
+    legacy_cache = any(getattr(model, flag, False) for flag in ("old_bloom_modeling", "old_gpt_bigcode_modeling"))
+    return Engine(
+        model,
+        tokenizer,
+        name=_name(folder),
+        context_length=context_length_of(model.config, tokenizer),
+        batching="sequential" if legacy_cache else options.get("batching", "exact"),
+        max_batch_size=int(options.get("max_batch_size", 8)),
+        position_ids="position_ids" in model.input_names,
+        logits_to_keep=False,
+        dtype=model.dtype,
+        device=model.device,
+    )

@@ -1,0 +1,406 @@
+"""The ``transformers`` backend on the tiny local Llama: sources, options, streaming, batching, sampling.
+
+Mechanics are checked on the tiny checkpoint (random weights, so texts are gibberish but every code
+path is real); SmolLM2 parity and agreement live in test_backend_parity.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flavorkit
+from flavorkit.errors import InvalidRequest, ModelSourceError
+from flavorkit.manifest import sha256_file
+from flavorkit.registry import get_backend
+from flavorkit.runtime import LoadedModel
+from flavorkit.types import GenerationRequest
+
+PROMPTS = [
+    "Hi",
+    "Summarise: packaging a model means writing down everything needed to run it again.",
+    "Unicode: café, Zürich, 日本 🙂",
+    "Tell me about batching and streaming in two short sentences, please.",
+    "7",
+]
+
+
+def chat(text: str, **settings: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], **settings}
+
+
+def content(response: dict[str, Any], i: int = 0) -> str:
+    return str(response["choices"][i]["message"]["content"])
+
+
+def joined(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+
+
+def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:
+    """A backend handle wrapped in the core contract, as a packaged model would be (minus MLflow)."""
+    be = get_backend(backend)
+    handle = be.load({"model": str(folder)}, be.validate_options(options))
+    return LoadedModel(be, handle, defaults={"temperature": 0.0})
+
+
+@pytest.fixture(scope="module")
+def tiny_tf(tiny_hf: Path) -> Iterator[LoadedModel]:
+    model = load_engine("transformers", tiny_hf)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_tf_dir(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tf") / "tiny-transformers"
+    flavorkit.package(model=str(tiny_hf), backend="transformers", path=path, generation={"temperature": 0.0})
+    return path
+
+
+@pytest.fixture()
+def count_weight_loads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts PreTrainedModel.from_pretrained calls (the real method still runs)."""
+    from transformers import PreTrainedModel
+
+    calls = {"n": 0}
+    original = PreTrainedModel.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
+    return calls
+
+
+# -- discovery and packaging -----------------------------------------------------------------------
+
+
+def test_backends_listed_without_importing_runtimes() -> None:
+    code = (
+        "import sys, json, flavorkit\n"
+        "rows = {b['name']: b for b in flavorkit.backends(refresh=True)}\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnxruntime') if m in sys.modules]\n"
+        "print(json.dumps({'heavy': heavy, 'tf': rows['transformers']['available'],"
+        " 'opt': rows['optimum-onnx']['available']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"heavy": [], "tf": True, "opt": True}
+
+
+def test_path_source_is_staged_without_loading_weights(
+    tiny_hf: Path, tmp_path: Path, count_weight_loads: dict[str, int]
+) -> None:
+    path = tmp_path / "m"
+    flavorkit.package(model=str(tiny_hf), backend="transformers", path=path)
+    assert count_weight_loads["n"] == 0
+    staged = path / "artifacts" / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (staged / name).is_file(), name
+    assert sha256_file(staged / "model.safetensors") == sha256_file(tiny_hf / "model.safetensors")
+    reqs = (path / "requirements.txt").read_text().split()
+    from importlib.metadata import version
+
+    for dist in ("transformers", "torch", "accelerate"):
+        assert f"{dist}=={version(dist)}" in reqs
+    assert not any(r.lower().startswith("torchvision") for r in reqs)
+
+
+def test_pipeline_source(
+    tiny_hf: Path, tmp_path: Path, tiny_tf: LoadedModel, count_weight_loads: dict[str, int]
+) -> None:
+    import mlflow
+    import transformers
+    from mlflow.models import Model
+
+    pipe = transformers.pipeline("text-generation", model=str(tiny_hf))
+    loads_for_pipeline = count_weight_loads["n"]
+    path = tmp_path / "from-pipeline"
+    flavorkit.package(model=pipe, backend="transformers", path=path, generation={"temperature": 0.0})
+    assert count_weight_loads["n"] == loads_for_pipeline  # packaging saved the pipeline, it loaded nothing
+    meta = Model.load(str(path)).metadata["flavorkit"]["backend_metadata"]
+    assert meta["source"] == "pipeline"
+    assert meta["model_type"] == "llama"
+    model = mlflow.pyfunc.load_model(str(path))
+    request = chat(PROMPTS[1], max_tokens=12)
+    assert model.predict(request)[0]["choices"] == tiny_tf.predict(request)[0]["choices"]
+
+
+def test_unusable_sources_fail_clearly(tiny_hf: Path, tmp_path: Path) -> None:
+    def package(source: Any) -> None:
+        flavorkit.package(model=source, backend="transformers", path=tmp_path / "out")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelSourceError, match=r"no config\.json"):
+        package(empty)
+
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_hf / "config.json", no_weights)
+    with pytest.raises(ModelSourceError, match="no weights found"):
+        package(no_weights)
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_hf, truncated)
+    data = (tiny_hf / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelSourceError, match="unreadable safetensors"):
+        package(truncated)
+
+    encoder = tmp_path / "encoder-decoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
+    with pytest.raises(ModelSourceError, match="not a causal language model"):
+        package(encoder)
+
+    with pytest.raises(ModelSourceError, match="no such file"):
+        package(tmp_path / "missing")
+    with pytest.raises(ModelSourceError, match="not found in the local Hugging Face cache"):
+        package("flavorkit-tests/not-a-cached-repo")
+    with pytest.raises(ModelSourceError, match=r"transformers\.Pipeline"):
+        package(42)
+    assert not (tmp_path / "out").exists()
+
+
+def _custom_code_checkpoint(tiny_hf: Path, dest: Path) -> Path:
+    shutil.copytree(tiny_hf, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(
+        model_type="flavorkit_custom_llama",
+        architectures=["CustomForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+        },
+    )
+    (dest / "config.json").write_text(json.dumps(config))
+    (dest / "configuration_custom.py").write_text(
+        "from transformers import LlamaConfig\n\n\n"
+        "class CustomConfig(LlamaConfig):\n"
+        "    model_type = 'flavorkit_custom_llama'\n"
+    )
+    (dest / "modeling_custom.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n"
+        "from .configuration_custom import CustomConfig\n\n\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n"
+        "    config_class = CustomConfig\n"
+    )
+    return dest
+
+
+def test_remote_code_needs_explicit_trust(tiny_hf: Path, tmp_path: Path, tiny_tf: LoadedModel) -> None:
+    source = _custom_code_checkpoint(tiny_hf, tmp_path / "custom")
+    with pytest.raises(ModelSourceError) as info:
+        flavorkit.package(model=str(source), backend="transformers", path=tmp_path / "refused")
+    assert 'options={"trust_remote_code": True}' in str(info.value)
+    assert "modeling_custom.CustomForCausalLM" in str(info.value)
+    assert not (tmp_path / "refused").exists()
+
+    path = tmp_path / "trusted"
+    options = {"trust_remote_code": True}
+    flavorkit.package(model=str(source), backend="transformers", path=path, options=options)
+    staged = path / "artifacts" / "model"
+    assert (staged / "modeling_custom.py").is_file()
+    model = load_engine("transformers", staged, **options)
+    assert type(model.handle.model).__name__ == "CustomForCausalLM"
+    request = chat(PROMPTS[0], max_tokens=10)
+    assert model.predict(request)[0]["choices"] == tiny_tf.predict(request)[0]["choices"]
+
+
+def test_options_are_validated(tiny_hf: Path, tmp_path: Path) -> None:
+    cases = {
+        "options.torch_dtype": {"torch_dtype": "float8"},
+        "options.device": {"device": "gpu0"},
+        "options.max_batch_size": {"max_batch_size": 0},
+        "options.batching": {"batching": "continuous"},
+        "options.precision": {"precision": "int4"},
+    }
+    for field, options in cases.items():
+        with pytest.raises(InvalidRequest) as info:
+            flavorkit.package(model=str(tiny_hf), backend="transformers", path=tmp_path / "x", options=options)
+        assert info.value.field == field
+    schema = get_backend("transformers").option_model()
+    assert schema is not None
+    defaults = schema().model_dump()
+    assert defaults["trust_remote_code"] is False
+    assert defaults["device"] == "cpu"
+    assert defaults["batching"] == "exact"
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+
+def test_pyfunc_stream_equals_predict(tiny_tf_dir: Path) -> None:
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(str(tiny_tf_dir))
+    for text in PROMPTS[:3]:
+        request = chat(text, max_tokens=20)
+        response = model.predict(request)[0]
+        chunks = list(model.predict_stream(request))
+        assert len(chunks) > 3  # streamed, not one final chunk
+        assert joined(chunks) == content(response)
+        assert chunks[-1]["choices"][0]["finish_reason"] == response["choices"][0]["finish_reason"]
+        assert chunks[-1]["usage"] == response["usage"]
+
+
+def test_generate_yields_one_delta_per_token(tiny_tf: LoadedModel) -> None:
+    be, handle = tiny_tf.backend, tiny_tf.handle
+    prompt = be.encode(handle, [{"role": "user", "content": PROMPTS[1]}])
+    deltas = list(be.generate(handle, [GenerationRequest(prompt_ids=prompt, max_tokens=9)]))
+    assert sum(d.tokens for d in deltas) == 9
+    assert all(d.tokens == 1 for d in deltas if d.text == "" or d.finish_reason)
+    assert [d.finish_reason for d in deltas] == [None] * (len(deltas) - 1) + ["length"]
+    ids = handle.token_ids(GenerationRequest(prompt_ids=prompt, max_tokens=9))
+    assert len(ids) == 9
+    expected = handle.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert "".join(d.text for d in deltas) == expected
+
+
+def test_incremental_detokenizer_never_splits_characters(tiny_hf: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from flavorkit_hf.engine import IncrementalDetokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf))
+    text = "Unicode: café, naïve, Zürich, 日本, and 🙂 survive; 42!"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    # The premise: some characters are spread over several byte-level tokens.
+    assert any("\ufffd" in tokenizer.decode([t]) for t in ids)
+    detok = IncrementalDetokenizer(tokenizer)
+    pieces = [detok.push(t) for t in ids]
+    pieces.append(detok.flush())
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+    assert sum(1 for p in pieces if p) > len(ids) // 2  # released as it goes, not at the end
+
+    # An incomplete character is held back and only released (as U+FFFD) when the sequence ends.
+    emoji = tokenizer.encode("🙂", add_special_tokens=False)
+    assert len(emoji) > 1
+    detok = IncrementalDetokenizer(tokenizer)
+    assert [detok.push(t) for t in emoji[:-1]] == [""] * (len(emoji) - 1)
+    assert "\ufffd" in detok.flush()
+
+    special = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    detok = IncrementalDetokenizer(tokenizer)
+    assert detok.push(special) == "" and detok.flush() == ""
+
+
+# -- batching --------------------------------------------------------------------------------------
+
+
+def _batch_vs_single(model: LoadedModel, requests: list[dict[str, Any]]) -> None:
+    singles = [model.predict(r)[0] for r in requests]
+    before = model.handle.stats["batches"]
+    batch = model.predict(requests)
+    for one, many in zip(singles, batch, strict=True):
+        assert many["choices"] == one["choices"]
+        assert many["usage"] == one["usage"]
+    assert model.handle.stats["batches"] > before
+
+
+def test_batch_equals_single_requests(tiny_tf: LoadedModel) -> None:
+    requests = [chat(p, max_tokens=m) for p, m in zip(PROMPTS, [5, 24, 17, 24, 9], strict=True)]
+    _batch_vs_single(tiny_tf, requests)
+
+
+def test_exact_mode_replays_rows_alone_identically(tiny_hf: Path) -> None:
+    model = load_engine("transformers", tiny_hf)
+    model.handle.tie_tolerance = float("inf")  # every greedy step counts as a near tie
+    requests = [chat(p, max_tokens=12) for p in PROMPTS[:4]]
+    _batch_vs_single(model, requests)
+    assert model.handle.stats["replays"] == len(requests)
+    assert model.handle.stats["replay_mismatch"] == 0
+
+
+def test_batching_modes(tiny_hf: Path) -> None:
+    requests = [chat(p, max_tokens=6) for p in PROMPTS[:3]]
+    sequential = load_engine("transformers", tiny_hf, batching="sequential")
+    sequential.predict(requests)
+    assert sequential.handle.stats["batches"] == 0
+    assert sequential.handle.stats["forward"] == 3 * 6
+
+    padded = load_engine("transformers", tiny_hf, batching="padded", max_batch_size=2)
+    padded.handle.tie_tolerance = float("inf")  # ignored outside exact mode
+    padded.predict(requests)
+    assert padded.handle.stats["batches"] == 1  # groups of two: one batch and one single request
+    assert padded.handle.stats["replays"] == 0
+
+    half = load_engine("transformers", tiny_hf, torch_dtype="bfloat16")
+    assert str(half.handle.model.dtype) == "torch.bfloat16"
+    singles = [half.predict(r)[0]["choices"] for r in requests]
+    assert [r["choices"] for r in half.predict(requests)] == singles
+    assert half.handle.stats["batches"] == 0  # 16-bit drift cannot be bounded: exact decodes alone
+
+
+def test_max_tokens_is_a_hard_limit_per_row(tiny_tf: LoadedModel) -> None:
+    limits = [1, 4, 11]
+    responses = tiny_tf.predict([chat(PROMPTS[i], max_tokens=m) for i, m in enumerate(limits)])
+    for response, limit in zip(responses, limits, strict=True):
+        used = response["usage"]["completion_tokens"]
+        finish = response["choices"][0]["finish_reason"]
+        assert used <= limit
+        assert (finish == "length") == (used == limit)
+
+
+def test_cancelled_requests_stop_decoding(tiny_tf: LoadedModel) -> None:
+    full = content(tiny_tf.predict(chat(PROMPTS[1], max_tokens=40))[0])
+    stop = full[:3]
+    before = tiny_tf.handle.stats["forward"]
+    response = tiny_tf.predict(chat(PROMPTS[1], max_tokens=40, stop=[stop]))[0]
+    assert content(response) == ""
+    assert response["choices"][0]["finish_reason"] == "stop"
+    assert tiny_tf.handle.stats["forward"] - before <= 4  # not 40: the core cancelled, the engine stopped
+
+
+def test_generation_never_touches_the_network(tiny_tf: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError("network access during generation")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    requests = [chat(PROMPTS[1], max_tokens=16, stop=["e", "\n"]), chat(PROMPTS[3], max_tokens=16, stop="the")]
+    responses = tiny_tf.predict(requests)
+    assert all("e" not in content(r) for r in responses[:1])
+    chunks = list(tiny_tf.predict_stream(requests[1]))
+    assert "the" not in joined(chunks)
+
+
+# -- sampling --------------------------------------------------------------------------------------
+
+
+def test_sampling_is_seeded_and_honours_top_k_top_p(tiny_tf: LoadedModel) -> None:
+    def sample(**settings: Any) -> str:
+        return content(tiny_tf.predict(chat(PROMPTS[1], max_tokens=16, **settings))[0])
+
+    seeded = sample(temperature=0.9, seed=11)
+    assert sample(temperature=0.9, seed=11) == seeded
+    assert sample(temperature=0.9, seed=12) != seeded
+    batch = tiny_tf.predict(
+        [
+            chat(PROMPTS[0], max_tokens=16, temperature=0.9, seed=5),
+            chat(PROMPTS[1], max_tokens=16, temperature=0.9, seed=11),
+        ]
+    )
+    assert content(batch[1]) == seeded  # a row's seed does not depend on its batch neighbours
+
+    greedy = sample(temperature=0.0)
+    assert sample(temperature=1.5, top_k=1, seed=3) == greedy
+    assert sample(temperature=1.5, top_p=1e-6, seed=3) == greedy
+
+    response = tiny_tf.predict(chat(PROMPTS[1], max_tokens=16, temperature=1.0, n=3, seed=21))[0]
+    texts = [content(response, i) for i in range(3)]
+    assert len(set(texts)) > 1
+    again = tiny_tf.predict(chat(PROMPTS[1], max_tokens=16, temperature=1.0, n=3, seed=21))[0]
+    assert [content(again, i) for i in range(3)] == texts
