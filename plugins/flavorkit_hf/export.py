@@ -1,0 +1,94 @@
+"""Export a transformers checkpoint to ONNX with Optimum, cached by content.
+
+The export runs ``python -m flavorkit_hf.export`` in a subprocess (it imports torch and traces the
+model, peaking at several times the model's size, none of which should stay in the caller's
+process). Output goes to ``<flavorkit cache>/optimum-onnx/<key>``, keyed by the checkpoint's
+content, the exporter versions and the options, so packaging the same checkpoint again skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from flavorkit.cache import cached_dir, content_key, tree_digest
+from flavorkit.errors import PackagingError
+from flavorkit.progress import step
+
+__all__ = ["RECIPE_VERSION", "TASK", "export_checkpoint", "main"]
+
+#: Bump when the export command changes in a way that changes its output.
+RECIPE_VERSION = 1
+#: Decoder with past key values: what ORTModelForCausalLM needs for incremental decoding.
+TASK = "text-generation-with-past"
+_TOOLS = ("optimum-onnx", "optimum", "transformers", "torch", "onnx")
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "missing"
+
+
+def export_checkpoint(checkpoint: str | Path, *, trust_remote_code: bool = False) -> Path:
+    """Return a cached fp32 ONNX export (with past key values) of the transformers ``checkpoint`` folder."""
+    source = Path(checkpoint)
+    recipe = {
+        "recipe": RECIPE_VERSION,
+        "source": tree_digest(source),
+        "task": TASK,
+        "dtype": "fp32",
+        "trust_remote_code": trust_remote_code,
+        "tools": {d: _version(d) for d in _TOOLS},
+    }
+
+    def build(out: Path) -> None:
+        cmd = [sys.executable, "-m", "flavorkit_hf.export", str(source), str(out)]
+        if trust_remote_code:
+            cmd.append("--trust-remote-code")
+        env = dict(os.environ)
+        plugins = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, env.get("PYTHONPATH")) if p)
+        with tempfile.TemporaryDirectory(prefix="flavorkit-optimum-") as scratch:
+            log = Path(scratch) / "export.log"
+            with step(f"Exporting {source.name} to ONNX with Optimum (fp32, {TASK})"), open(log, "w") as fh:
+                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+            if proc.returncode != 0 or not any(out.glob("*.onnx")):
+                tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]
+                raise PackagingError(
+                    f"Optimum ONNX export failed (exit {proc.returncode}) on {source}:\n" + "\n".join(tail)
+                )
+
+    return cached_dir("optimum-onnx", content_key(recipe), build, recipe=recipe)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the export subprocess: ``python -m flavorkit_hf.export SOURCE OUTPUT``."""
+    parser = argparse.ArgumentParser(prog="python -m flavorkit_hf.export", description=__doc__)
+    parser.add_argument("source", help="transformers checkpoint folder")
+    parser.add_argument("output", help="empty folder for the ONNX export")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    from optimum.exporters.onnx import main_export
+
+    main_export(
+        args.source,
+        args.output,
+        task=TASK,
+        device="cpu",
+        do_validation=False,
+        trust_remote_code=args.trust_remote_code,
+        local_files_only=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

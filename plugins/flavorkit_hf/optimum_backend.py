@@ -1,0 +1,178 @@
+"""The ``optimum-onnx`` backend: Optimum's ``ORTModelForCausalLM`` on ONNX Runtime.
+
+Sources: a folder (or Hub repo) holding an Optimum ONNX export, or a transformers checkpoint that
+is exported while packaging (cached by content, see :mod:`flavorkit_hf.export`). Decoding is the
+engine shared with the ``transformers`` backend. This module is what the entry point names, so it
+stays light: onnxruntime, optimum and torch are imported only inside hooks.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from flavorkit import Artifacts, hookimpl
+from flavorkit.errors import ModelSourceError
+from flavorkit.requirements import pinned
+from flavorkit.sources import looks_like_hub_id
+from flavorkit_hf.common import (
+    CODE_SUFFIXES,
+    WEIGHT_SUFFIXES,
+    CommonOptions,
+    HFBackendBase,
+    resolve_source,
+    stage_files,
+)
+
+__all__ = ["OptimumBackend", "OptimumOptions", "backend"]
+
+#: What ORTModelForCausalLM imports to load and run a model, found by hiding each installed
+#: distribution in turn: optimum-onnx and optimum, the ONNX Runtime build, onnx (imported by
+#: optimum.exporters.onnx), transformers (config, tokenizer, GenerationMixin) and torch (its tensors).
+#: accelerate, scipy, scikit-learn, pandas and Pillow are not needed.
+RUNTIME = ("optimum-onnx", "optimum", "onnx", "transformers", "torch")
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _installed(dist: str) -> bool:
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def ort_distribution(provider: str | None = None) -> str:
+    """The installed ONNX Runtime distribution to require: the GPU build for GPU providers when present."""
+    if provider in _GPU_PROVIDERS and _installed("onnxruntime-gpu"):
+        return "onnxruntime-gpu"
+    if _installed("onnxruntime"):
+        return "onnxruntime"
+    return "onnxruntime-gpu" if _installed("onnxruntime-gpu") else "onnxruntime"
+
+
+class OptimumOptions(CommonOptions):
+    """Options of the ``optimum-onnx`` backend (``options=`` in :func:`flavorkit.package`)."""
+
+    provider: str = Field(
+        "CPUExecutionProvider", description="ONNX Runtime execution provider, e.g. 'CUDAExecutionProvider'."
+    )
+    provider_options: dict[str, str] = Field(
+        default_factory=dict, description="Execution provider options, e.g. {'device_id': '0'}."
+    )
+    file_name: str | None = Field(None, description="Which .onnx file of the folder to load (default: model.onnx).")
+    intra_op_num_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: all).")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_name(cls, value: str) -> str:
+        if not value.endswith("ExecutionProvider"):
+            raise ValueError("expected an ONNX Runtime provider name such as 'CPUExecutionProvider'")
+        return value
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.onnx") if p.is_file())
+
+
+def _check_export(folder: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check an ONNX folder is a decoder export with past key values and a loadable tokenizer."""
+    from flavorkit_hf.common import check_remote_code
+
+    trust = bool(options.get("trust_remote_code", False))
+    if not (folder / "config.json").is_file():
+        genai = (folder / "genai_config.json").is_file()
+        hint = " (an onnxruntime-genai model: use backend 'onnx-cpu')" if genai else ""
+        raise ModelSourceError(folder, "ONNX files but no config.json: not an Optimum export" + hint)
+    check_remote_code(folder, trust)
+    files = _onnx_files(folder)
+    wanted = options.get("file_name") or ("model.onnx" if (folder / "model.onnx").is_file() else None)
+    if wanted is None and len(files) == 1:
+        wanted = files[0].name
+    if wanted is None or not (folder / wanted).is_file():
+        raise ModelSourceError(
+            folder, f"cannot tell which ONNX file to load ({', '.join(p.name for p in files)}); set options file_name"
+        )
+    import onnx
+
+    graph = onnx.load(str(folder / wanted), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    if not any(name.startswith("past_key_values") for name in inputs):
+        raise ModelSourceError(
+            folder / wanted,
+            "the ONNX model has no past_key_values inputs; export it with task 'text-generation-with-past'",
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
+    except Exception as exc:
+        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
+    return {"onnx_file": wanted, "position_ids": "position_ids" in inputs}
+
+
+class OptimumBackend(HFBackendBase):
+    """Optimum's ORTModelForCausalLM with the tokenizer's chat template."""
+
+    @hookimpl
+    def dependencies(self) -> Sequence[str]:
+        """optimum-onnx with its ONNX Runtime, transformers and torch (the ``flavorkit[optimum]`` extra)."""
+        return [
+            "optimum-onnx>=0.0.3,<0.2",
+            f"{ort_distribution()}>=1.18",
+            "transformers>=4.45,<4.58",
+            "torch>=2.2",
+        ]
+
+    @hookimpl
+    def option_schema(self) -> type[BaseModel]:
+        """See :class:`OptimumOptions`."""
+        return OptimumOptions
+
+    @hookimpl
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
+        """An Optimum ONNX folder as is, or a transformers checkpoint exported to ONNX (cached)."""
+        if not isinstance(source, (str, os.PathLike)):
+            raise ModelSourceError(
+                type(source).__name__,
+                "the optimum-onnx backend takes a path or Hub id of an ONNX export or a transformers checkpoint",
+            )
+        trust = bool(options.get("trust_remote_code", False))
+        folder = resolve_source(source, options, weights=False)
+        if not _onnx_files(folder) and looks_like_hub_id(os.fspath(source)):
+            folder = resolve_source(source, options, weights=True)
+        metadata: dict[str, Any] = {"provider": options.get("provider", "CPUExecutionProvider")}
+        if not _onnx_files(folder):
+            if not (folder / "config.json").is_file():
+                raise ModelSourceError(folder, "neither ONNX files nor a transformers checkpoint (config.json) found")
+            from flavorkit_hf.checkpoint import validate_checkpoint
+            from flavorkit_hf.export import export_checkpoint
+
+            info = validate_checkpoint(folder, trust_remote_code=trust)
+            folder = export_checkpoint(folder, trust_remote_code=trust)
+            metadata["exported_from"] = {k: info[k] for k in ("model_type", "architectures")}
+
+        def keep(path: Path) -> bool:
+            if path.suffix in WEIGHT_SUFFIXES:
+                return False
+            return trust or path.suffix not in CODE_SUFFIXES
+
+        metadata.update(_check_export(folder, options))
+        staged = stage_files(folder, Path(workdir) / "model", keep)
+        requirements = [pinned(ort_distribution(options.get("provider"))), *(pinned(d) for d in RUNTIME)]
+        return Artifacts(files={"model": str(staged)}, requirements=requirements, metadata=metadata)
+
+    @hookimpl
+    def load(self, artifacts: Mapping[str, str], options: Mapping[str, Any]) -> Any:
+        """Open the packaged export with ORTModelForCausalLM on the configured provider."""
+        from flavorkit_hf.runtime import load_optimum
+
+        return load_optimum(artifacts["model"], options)
+
+
+backend = OptimumBackend()
