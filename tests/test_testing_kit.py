@@ -8,9 +8,11 @@ flavorkit is mocked.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata as md
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -459,3 +461,88 @@ def test_expected_failures_must_name_known_clauses() -> None:
 def test_kit_is_not_auto_loaded_into_pytest() -> None:
     plugins = [ep.value for ep in md.entry_points(group="pytest11")]
     assert not [p for p in plugins if p.startswith("flavorkit")]
+
+
+# -- the guide's backend ---------------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-backend.md"
+
+
+def guide_files() -> dict[str, str]:
+    """The guide's code blocks whose first line names a file (``# path``), by path."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", GUIDE.read_text(encoding="utf-8"), flags=re.S | re.M)
+    files = {}
+    for block in blocks:
+        named = re.fullmatch(r"# ([\w./-]+\.(?:py|toml))", block.partition("\n")[0])
+        if named:
+            files[named.group(1)] = block
+    return files
+
+
+@pytest.fixture(scope="module")
+def guide_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guide's reverse backend, installed from its code blocks as a throwaway distribution."""
+    import tomllib
+
+    files = guide_files()
+    project = tomllib.loads(files["pyproject.toml"])["project"]
+    root = tmp_path_factory.mktemp("guide-site")
+    package = root / "flavorkit_reverse"
+    package.mkdir()
+    (package / "__init__.py").write_text(files["src/flavorkit_reverse/__init__.py"])
+    return make_distribution(root, project["name"], {}, project["entry-points"]["flavorkit.backends"])
+
+
+@pytest.fixture(scope="module")
+def reverse_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model folder step 4 of the guide creates."""
+    line = next(ln for ln in GUIDE.read_text().splitlines() if "> reverse-model/reverse.json" in ln)
+    folder = tmp_path_factory.mktemp("guide") / "reverse-model"
+    folder.mkdir()
+    (folder / "reverse.json").write_text(line.split("'")[1])
+    return folder
+
+
+def test_guide_backend_packages_and_answers_as_shown(guide_site: Path, reverse_model: Path, tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import flavorkit, mlflow
+        flavorkit.package(model=sys.argv[1], backend="reverse", path=sys.argv[2])
+        model = mlflow.pyfunc.load_model(sys.argv[2])
+        request = {"messages": [{"role": "user", "content": "Hello world"}], "max_tokens": 5}
+        print("RESULT " + json.dumps(model.predict(request)[0]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-c", script, str(reverse_model), str(tmp_path / "packaged-reverse")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert answer["choices"][0]["message"]["content"] == "dlrow"
+    assert answer["choices"][0]["finish_reason"] == "length"
+    shown = re.search(r"'usage': (\{.*?\})", GUIDE.read_text())
+    assert shown is not None and answer["usage"] == ast.literal_eval(shown.group(1))  # as printed in the guide
+    assert answer["model"] == "reverse-model"
+
+
+def test_guide_backend_passes_flavorkit_check(guide_site: Path, reverse_model: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "flavorkit.cli", "check", "reverse", "--model", str(reverse_model)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    guide = GUIDE.read_text()
+    summary = re.search(r"^\d+ passed, 0 failed, \d+ skipped, 0 xfailed$", guide, flags=re.M)
+    assert summary is not None and summary.group(0) in proc.stdout
+    assert "capabilities: batching, streaming" in proc.stdout
+
+
+def test_guide_conformance_test_module_passes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, guide_site: Path
+) -> None:
+    module = guide_files()["tests/test_conformance.py"]
+    pytester.makepyfile(test_conformance=module)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=20, skipped=3)
+    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "20 passed, 0 failed, 3 skipped*"])
