@@ -14,20 +14,9 @@ from typing import ClassVar
 
 import pytest
 
-from flavorkit.registry import get_registry
 from flavorkit.testing import CLAUSES, BackendConformance
 
 pytest_plugins = ["flavorkit.testing.plugin"]
-
-
-def _not_built_yet(name: str) -> str | None:
-    """Why ``name`` cannot be checked here yet: its entry point is declared but its module is not written."""
-    status = {s.name: s for s in get_registry(refresh=True).statuses()}.get(name)
-    if status is None:
-        return f"backend {name!r} is not registered"
-    if status.error and "No module named 'flavorkit_hf" in status.error:
-        return f"backend {name!r} is declared but plugins/flavorkit_hf is not implemented yet"
-    return None
 
 
 class TestOnnxCpu(BackendConformance):
@@ -53,7 +42,6 @@ class TestOnnxCpuFromCheckpoint(BackendConformance):
         return str(tiny_hf)  # tiny_ort first: the conversion is then a cache hit
 
 
-@pytest.mark.skipif(bool(_not_built_yet("transformers")), reason=str(_not_built_yet("transformers")))
 class TestTransformers(BackendConformance):
     """transformers on the tiny checkpoint."""
 
@@ -65,7 +53,6 @@ class TestTransformers(BackendConformance):
         return str(tiny_hf)
 
 
-@pytest.mark.skipif(bool(_not_built_yet("optimum-onnx")), reason=str(_not_built_yet("optimum-onnx")))
 class TestOptimumOnnx(BackendConformance):
     """optimum-onnx on the tiny checkpoint (exported to ONNX at packaging time)."""
 
