@@ -22,6 +22,7 @@ _ENTRY_POINT_SCRIPT = r"""
 import importlib.abc, json, sys, traceback
 
 name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
+heavy -= set(sys.modules)  # already imported by the interpreter's startup (sitecustomize): not the plugin's doing
 seen = {}
 
 class _Spy(importlib.abc.MetaPathFinder):
@@ -54,9 +55,6 @@ try:
     backend.option_model()
 except BaseException as exc:
     result["error"] = f"{type(exc).__name__}: {exc}"
-already = sorted(m for m in heavy if m in sys.modules and m not in seen)
-for m in already:
-    seen[m] = "imported before the probe started"
 result["heavy"] = seen
 print(__MARKER__ + json.dumps(result), flush=True)
 """
