@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
@@ -374,8 +374,3 @@ class Harness:
 def content(response: Mapping[str, Any], index: int = 0) -> str:
     """The message content of choice ``index`` of a chat completion."""
     return str(response["choices"][index]["message"]["content"])
-
-
-def first_problem(problems: Iterable[str]) -> str | None:
-    """The first item of ``problems``, or None."""
-    return next(iter(problems), None)
