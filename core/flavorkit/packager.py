@@ -129,11 +129,12 @@ def _check_artifact_files(be: Backend, files: Mapping[str, str]) -> dict[str, st
     return checked
 
 
-def _default_name(model: Any) -> str:
+def _default_name(model: Any) -> str | None:
+    """The source's folder name or Hub id; None for objects, so the backend's describe() names it."""
     if isinstance(model, (str, os.PathLike)):
         text = os.fspath(model).rstrip("/\\")
         return os.path.basename(text) if os.path.exists(text) else text
-    return type(model).__name__
+    return None
 
 
 def _model_config(
@@ -142,7 +143,7 @@ def _model_config(
     options: Mapping[str, Any],
     defaults: Mapping[str, Any],
     metadata: Mapping[str, Any],
-    model_name: str,
+    model_name: str | None,
 ) -> dict[str, Any]:
     return {
         "flavorkit_version": flavorkit.__version__,

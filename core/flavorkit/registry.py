@@ -248,15 +248,22 @@ class Backend:
         stream = self.pm.hook.generate(handle=handle, requests=requests)
         if stream is None or not hasattr(stream, "__iter__"):
             raise self._bad_return("generate", "an iterator of flavorkit.Delta", stream)
-        for delta in stream:
-            if not isinstance(delta, Delta):
-                raise self._bad_return("generate", "flavorkit.Delta items", delta)
-            if not 0 <= delta.index < len(requests):
-                raise BackendError(
-                    f"backend {self.name!r} yielded a delta for request {delta.index}, "
-                    f"but the batch has {len(requests)} request(s)"
-                )
-            yield delta
+        try:
+            for delta in stream:
+                if not isinstance(delta, Delta):
+                    raise self._bad_return("generate", "flavorkit.Delta items", delta)
+                if not 0 <= delta.index < len(requests):
+                    raise BackendError(
+                        f"backend {self.name!r} yielded a delta for request {delta.index}, "
+                        f"but the batch has {len(requests)} request(s)"
+                    )
+                yield delta
+        finally:
+            # Close the backend's generator now, not at garbage collection, so it can free its
+            # runtime state (KV cache, threads) as soon as the core stops reading.
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     def unload(self, handle: Any) -> None:
         """Release the handle's resources."""
