@@ -38,6 +38,24 @@ def _tokenizer(folder: str, trust_remote_code: bool) -> Any:
         raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
 
 
+def _own_memory(model: Any) -> None:
+    """Copy CPU weights out of the memory-mapped safetensors file into the process's own memory.
+
+    transformers leaves fp32 weights as views of the mmapped checkpoint. Those file-backed pages
+    may be reclaimed whenever they look idle (proactive reclaim, memory pressure) and are then read
+    back from disk during decoding: on the test machine that made steps up to tens of times slower,
+    erratically. Anonymous memory is not paged out without swap. Tied weights stay tied (each
+    Parameter object is visited once and keeps its identity).
+    """
+    import itertools
+
+    import torch
+
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.data = tensor.data.clone()
+
+
 def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
     """Load the checkpoint in ``folder`` with ``AutoModelForCausalLM`` on the configured device."""
     import torch
@@ -59,6 +77,8 @@ def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
     except Exception as exc:
         raise ModelSourceError(folder, f"transformers could not load the model: {exc}") from exc
     model.eval()
+    if model.device.type == "cpu":
+        _own_memory(model)
     return Engine(
         model,
         tokenizer,
