@@ -324,6 +324,47 @@ def test_exact_mode_replays_rows_alone_identically(tiny_hf: Path) -> None:
     assert model.handle.stats["replay_mismatch"] == 0
 
 
+def test_rows_leaving_a_batch_mid_way_are_finished_exactly(tiny_hf: Path) -> None:
+    model = load_engine("transformers", tiny_hf)
+    handle = model.handle
+    # Treat the 4th step of every row as a near tie: each row leaves the batch with 3 tokens already
+    # emitted, which the single-request path must replay before it continues.
+    handle._near_tie = lambda row, logits: len(row.generated) == 3
+    requests = [chat(p, max_tokens=14) for p in PROMPTS[:4]]
+    _batch_vs_single(model, requests)
+    assert handle.stats["replays"] == len(requests)
+    assert handle.stats["replay_mismatch"] == 0
+
+
+def test_generate_honours_cancellation_between_steps(tiny_tf: LoadedModel) -> None:
+    be, handle = tiny_tf.backend, tiny_tf.handle
+    prompts = [be.encode(handle, [{"role": "user", "content": p}]) for p in PROMPTS[:3]]
+
+    single = GenerationRequest(prompt_ids=prompts[0], max_tokens=30)
+    before = handle.stats["forward"]
+    seen = 0
+    for _delta in be.generate(handle, [single]):
+        seen += 1
+        if seen == 2:
+            single.cancelled = True
+    assert seen == 2  # nothing after the cancellation, and the generator ended by itself
+    assert handle.stats["forward"] - before == 2
+
+    rows = [GenerationRequest(prompt_ids=p, max_tokens=30) for p in prompts]
+    before = handle.stats["rows"]
+    counts = [0, 0, 0]
+    finishes: list[str | None] = [None, None, None]
+    for delta in be.generate(handle, rows):
+        counts[delta.index] += delta.tokens
+        finishes[delta.index] = delta.finish_reason or finishes[delta.index]
+        if delta.index == 1 and counts[1] == 2:
+            rows[1].cancelled = True
+    assert counts[1] == 2 and finishes[1] is None  # dropped silently, as the core expects
+    assert counts[0] == counts[2] == 30 and finishes[0] == finishes[2] == "length"
+    # The cancelled row left the batch: 2 rows computed per step instead of 3 after it.
+    assert handle.stats["rows"] - before == 3 * 2 + 2 * 28
+
+
 def test_batching_modes(tiny_hf: Path) -> None:
     requests = [chat(p, max_tokens=6) for p in PROMPTS[:3]]
     sequential = load_engine("transformers", tiny_hf, batching="sequential")

@@ -238,7 +238,8 @@ class Engine:
         self.device = torch.device(device)
         #: None when batched greedy decoding cannot be bounded (16-bit weights): "exact" then decodes alone.
         self.tie_tolerance: float | None = TIE_TOLERANCE if dtype in _EXACT_DTYPES else None
-        #: Counters for observability and tests: forward calls, batches, rows replayed alone.
+        #: Counters for observability and tests: forward calls, rows computed over all calls, batches,
+        #: rows replayed alone (and replayed tokens that differed, which would be a bug).
         self.stats: Counter[str] = Counter()
 
     @staticmethod
@@ -326,6 +327,7 @@ class Engine:
         with torch.no_grad():
             out = self.model(**kwargs)
         self.stats["forward"] += 1
+        self.stats["rows"] += int(ids.shape[0])
         return out.logits[:, -1, :].float().cpu(), out.past_key_values
 
     def _solo(self, row: _Row, replay: Sequence[int] = ()) -> Iterator[Delta]:
@@ -351,7 +353,7 @@ class Engine:
             else:
                 token = row.sampler.pick(logits[0])
                 yield from row.accept(token, self.eos_ids)
-                if row.done:
+                if row.done or req.cancelled:
                     return
             step += 1
             mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
@@ -397,6 +399,9 @@ class Engine:
             for row in alone:
                 self.stats["replays"] += 1
                 yield from self._solo(row, replay=list(row.generated))
+            # Consumers cancel while they handle a delta: do not compute another step for those rows.
+            tokens = [t for k, t in zip(keep, tokens, strict=True) if not live[k].request.cancelled]
+            keep = [k for k in keep if not live[k].request.cancelled]
             if not keep:
                 return
             if len(keep) < len(live):
