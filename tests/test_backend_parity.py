@@ -178,7 +178,7 @@ def test_stream_equals_predict_with_multibyte_text(models: dict[str, Any], backe
     pieces, chunks = stream_pieces(model, request)
     assert "".join(pieces) == content(response)
     assert len([p for p in pieces if p]) > 5
-    assert not any(ord(ch) > 127 for ch in "".join(pieces)) or any(ord(ch) > 0x7FF for ch in content(response))
+    assert any(ord(ch) > 0x7F for ch in content(response))  # premise: the answer has multi-byte characters
     assert all("\ufffd" not in p for p in pieces)
     assert chunks[-1]["usage"] == response["usage"]
     assert chunks[-1]["choices"][0]["finish_reason"] == response["choices"][0]["finish_reason"]

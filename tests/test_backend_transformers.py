@@ -136,6 +136,19 @@ def test_pipeline_source(
     assert model.predict(request)[0]["choices"] == tiny_tf.predict(request)[0]["choices"]
 
 
+def test_subfolder_option(tiny_hf: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_hf, tmp_path / "repo" / "checkpoint")
+    path = tmp_path / "m"
+    flavorkit.package(
+        model=str(tmp_path / "repo"), backend="transformers", path=path, options={"subfolder": "checkpoint"}
+    )
+    assert (path / "artifacts" / "model" / "model.safetensors").is_file()
+    with pytest.raises(ModelSourceError, match="subfolder 'nope' does not exist"):
+        flavorkit.package(
+            model=str(tmp_path / "repo"), backend="transformers", path=tmp_path / "n", options={"subfolder": "nope"}
+        )
+
+
 def test_unusable_sources_fail_clearly(tiny_hf: Path, tmp_path: Path) -> None:
     def package(source: Any) -> None:
         flavorkit.package(model=source, backend="transformers", path=tmp_path / "out")
