@@ -25,6 +25,7 @@ from flavorkit_hf.common import (
     WEIGHT_SUFFIXES,
     CommonOptions,
     HFBackendBase,
+    check_remote_code,
     resolve_source,
     stage_files,
 )
@@ -80,10 +81,11 @@ def _onnx_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.onnx") if p.is_file())
 
 
-def _check_export(folder: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check an ONNX folder is a decoder export with past key values and a loadable tokenizer."""
-    from flavorkit_hf.common import check_remote_code
+def _check_export(folder: Path, options: Mapping[str, Any], *, read_graph: bool = True) -> dict[str, Any]:
+    """Check an ONNX folder is a decoder export with past key values and a loadable tokenizer.
 
+    ``read_graph=False`` skips parsing the ONNX file (for exports made here, known to have past inputs).
+    """
     trust = bool(options.get("trust_remote_code", False))
     if not (folder / "config.json").is_file():
         genai = (folder / "genai_config.json").is_file()
@@ -98,22 +100,25 @@ def _check_export(folder: Path, options: Mapping[str, Any]) -> dict[str, Any]:
         raise ModelSourceError(
             folder, f"cannot tell which ONNX file to load ({', '.join(p.name for p in files)}); set options file_name"
         )
-    import onnx
+    info: dict[str, Any] = {"onnx_file": wanted}
+    if read_graph:
+        import onnx
 
-    graph = onnx.load(str(folder / wanted), load_external_data=False).graph
-    inputs = {i.name for i in graph.input}
-    if not any(name.startswith("past_key_values") for name in inputs):
-        raise ModelSourceError(
-            folder / wanted,
-            "the ONNX model has no past_key_values inputs; export it with task 'text-generation-with-past'",
-        )
+        graph = onnx.load(str(folder / wanted), load_external_data=False).graph
+        inputs = {i.name for i in graph.input}
+        if not any(name.startswith("past_key_values") for name in inputs):
+            raise ModelSourceError(
+                folder / wanted,
+                "the ONNX model has no past_key_values inputs; export it with task 'text-generation-with-past'",
+            )
+        info["position_ids"] = "position_ids" in inputs
     from transformers import AutoTokenizer
 
     try:
         AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
     except Exception as exc:
         raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
-    return {"onnx_file": wanted, "position_ids": "position_ids" in inputs}
+    return info
 
 
 class OptimumBackend(HFBackendBase):
@@ -147,6 +152,7 @@ class OptimumBackend(HFBackendBase):
         if not _onnx_files(folder) and looks_like_hub_id(os.fspath(source)):
             folder = resolve_source(source, options, weights=True)
         metadata: dict[str, Any] = {"provider": options.get("provider", "CPUExecutionProvider")}
+        exported = False
         if not _onnx_files(folder):
             if not (folder / "config.json").is_file():
                 raise ModelSourceError(folder, "neither ONNX files nor a transformers checkpoint (config.json) found")
@@ -156,13 +162,14 @@ class OptimumBackend(HFBackendBase):
             info = validate_checkpoint(folder, trust_remote_code=trust)
             folder = export_checkpoint(folder, trust_remote_code=trust)
             metadata["exported_from"] = {k: info[k] for k in ("model_type", "architectures")}
+            exported = True
 
         def keep(path: Path) -> bool:
             if path.suffix in WEIGHT_SUFFIXES:
                 return False
             return trust or path.suffix not in CODE_SUFFIXES
 
-        metadata.update(_check_export(folder, options))
+        metadata.update(_check_export(folder, options, read_graph=not exported))
         staged = stage_files(folder, Path(workdir) / "model", keep)
         requirements = [pinned(ort_distribution(options.get("provider"))), *(pinned(d) for d in RUNTIME)]
         return Artifacts(files={"model": str(staged)}, requirements=requirements, metadata=metadata)
