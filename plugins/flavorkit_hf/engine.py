@@ -244,7 +244,7 @@ class Engine:
 
     @staticmethod
     def accepts(model: Any, argument: str) -> bool:
-        """True when ``model.forward`` takes ``argument`` (or arbitrary keyword arguments)."""
+        """True when ``model.forward`` names ``argument`` explicitly (``**kwargs`` does not count)."""
         try:
             params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
