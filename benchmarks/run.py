@@ -227,7 +227,7 @@ def measure(case: Case, rounds: int, max_tokens: int, env_size: bool, workdir: P
         size, seconds = _serving_env(model_dir)
         result["serving_env_bytes"] = size
         result["serving_env_install_s"] = seconds
-    wrapped.unwrap_python_model()._model.close()
+    wrapped.unwrap_python_model().loaded.close()
     return result
 
 

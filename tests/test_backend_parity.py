@@ -108,7 +108,7 @@ def models(
 
 def core(model: Any) -> LoadedModel:
     """The flavorkit LoadedModel behind a pyfunc model (backend, handle)."""
-    inner = model.unwrap_python_model()._model
+    inner = model.unwrap_python_model().loaded
     assert isinstance(inner, LoadedModel)
     return inner
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 import flavorkit
 from flavorkit.errors import InvalidRequest, ModelSourceError
@@ -112,7 +113,8 @@ def test_path_source_is_staged_without_loading_weights(
     from importlib.metadata import version
 
     for dist in ("transformers", "torch", "accelerate"):
-        assert f"{dist}=={version(dist)}" in reqs
+        # Pinned to the installed release, without a local label such as torch's "+cpu".
+        assert f"{dist}=={Version(version(dist)).public}" in reqs
     assert not any(r.lower().startswith("torchvision") for r in reqs)
 
 

@@ -23,6 +23,11 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
         self._model = load_packaged(context.artifacts, context.model_config or {})
 
+    @property
+    def loaded(self) -> Any:
+        """The :class:`flavorkit.runtime.LoadedModel` behind this pyfunc model (backend, handle, defaults)."""
+        return self._model
+
     # model_input is deliberately unannotated: MLflow reads a predict() type hint as a request to
     # infer and enforce a second schema from it (and warns at every save and load otherwise).
     def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from flavorkit.errors import PackagingError
 
@@ -28,7 +29,9 @@ def pinned(distribution: str, *, extras: Iterable[str] = ()) -> str:
             f"cannot pin {distribution!r}: it is not installed in this environment (pip install {distribution})"
         ) from exc
     extra = f"[{','.join(sorted(extras))}]" if extras else ""
-    return f"{distribution}{extra}=={version}"
+    # Drop a local label (torch "2.13.0+cpu"): PyPI has no such file, and "==2.13.0" still matches
+    # the local build where a wheel folder or index provides it.
+    return f"{distribution}{extra}=={Version(version).public}"
 
 
 def core_requirements() -> list[str]:

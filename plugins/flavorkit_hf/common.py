@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit import Capability, hookimpl
 from flavorkit.errors import ModelSourceError
+from flavorkit.handles import HandleHooks
 from flavorkit.sources import looks_like_hub_id, resolve_local_dir
-from flavorkit.types import Message
 
 __all__ = [
     "CODE_SUFFIXES",
@@ -64,33 +64,13 @@ class CommonOptions(BaseModel):
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests decoded together in one padded batch.")
 
 
-class HFBackendBase:
+class HFBackendBase(HandleHooks):
     """The runtime hooks both backends implement the same way, over an :class:`~flavorkit_hf.engine.Engine`."""
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
         """Streaming, padded batching and (seeded) sampling."""
         return [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
-
-    @hookimpl
-    def describe(self, handle: Any) -> RuntimeInfo:
-        """Context length from the model config."""
-        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
-
-    @hookimpl
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
-        """The tokenizer's chat template with the generation prompt."""
-        return handle.encode(messages)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
-        """Token-by-token decoding in left-padded batches (see :mod:`flavorkit_hf.engine`)."""
-        return handle.generate(requests)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def unload(self, handle: Any) -> None:
-        """Drop the model so its memory is freed."""
-        handle.close()
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -26,7 +26,11 @@ def resolve_device(device: str) -> str:
 
 
 def _name(folder: str) -> str:
-    return os.path.basename(os.path.normpath(folder))
+    """The checkpoint's own name (config ``_name_or_path``), else the folder's name."""
+    from flavorkit_hf.common import read_json
+
+    recorded = str(read_json(Path(folder) / "config.json").get("_name_or_path") or "").rstrip("/")
+    return os.path.basename(recorded) or os.path.basename(os.path.normpath(folder))
 
 
 def _tokenizer(folder: str, trust_remote_code: bool) -> Any:

@@ -6,17 +6,17 @@ inside the hooks that need it (see :mod:`flavorkit_onnxgenai.runtime`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit import Artifacts, Capability, hookimpl
 from flavorkit.errors import ModelSourceError
+from flavorkit.handles import HandleHooks
 from flavorkit.requirements import pinned
 from flavorkit.sources import resolve_local_dir
-from flavorkit.types import Message
 
 __all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
 
@@ -57,8 +57,11 @@ class OnnxOptions(BaseModel):
     )
 
 
-class OnnxGenaiBackend:
-    """One onnxruntime-genai execution provider exposed as a flavorkit backend."""
+class OnnxGenaiBackend(HandleHooks):
+    """One onnxruntime-genai execution provider exposed as a flavorkit backend.
+
+    ``load`` returns an :class:`~flavorkit_onnxgenai.runtime.OgHandle`; the runtime hooks forward to it.
+    """
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
@@ -123,26 +126,6 @@ class OnnxGenaiBackend:
             provider_options=options.get("provider_options", {}),
             batching=options.get("batching", "auto"),
         )
-
-    @hookimpl
-    def describe(self, handle: Any) -> RuntimeInfo:
-        """Context length from genai_config.json."""
-        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
-
-    @hookimpl
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
-        """The model's chat template, then the tokenizer."""
-        return handle.encode(messages)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
-        """og.Generator decoding; several requests are batched natively."""
-        return handle.generate(requests)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def unload(self, handle: Any) -> None:
-        """Drop the og objects so the session memory is freed."""
-        handle.close()
 
 
 cpu = OnnxGenaiBackend("cpu")

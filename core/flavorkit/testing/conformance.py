@@ -250,6 +250,7 @@ class BackendConformance:
 
         from packaging.requirements import Requirement
         from packaging.utils import canonicalize_name
+        from packaging.version import Version
 
         def pin(text: str, where: str) -> tuple[str, str]:
             req = Requirement(text)
@@ -273,7 +274,10 @@ class BackendConformance:
                 installed = md.version(name)
             except md.PackageNotFoundError:
                 raise ClauseFailed(f"packaged requirement {text!r} is not installed here") from None
-            check(installed == version, f"packaged requirement {text!r} but {name} {installed} is installed")
+            check(
+                Version(installed).public == Version(version).public,
+                f"packaged requirement {text!r} but {name} {installed} is installed",
+            )
             tops = sorted(m for m, dists in modules.items() if canonicalize_name(name) in map(canonicalize_name, dists))
             tops = [m for m in tops if not m.startswith("_")] or tops
             if tops:
