@@ -7,16 +7,16 @@ llama_cpp extension is imported by :mod:`flavorkit_llamacpp.runtime`, inside the
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit import Artifacts, Capability, hookimpl
 from flavorkit.errors import ModelSourceError
+from flavorkit.handles import HandleHooks
 from flavorkit.requirements import pinned
-from flavorkit.types import Message
 
 __all__ = ["DISTRIBUTION", "LlamaCppBackend", "LlamaCppOptions", "backend"]
 
@@ -54,8 +54,12 @@ def _find_gguf(source: Any) -> Path:
     return path.resolve()
 
 
-class LlamaCppBackend:
-    """GGUF models through llama-cpp-python: streaming and (seeded) sampling, one request at a time."""
+class LlamaCppBackend(HandleHooks):
+    """GGUF models through llama-cpp-python: streaming and (seeded) sampling, one request at a time.
+
+    ``load`` returns a :class:`~flavorkit_llamacpp.runtime.LlamaHandle`; ``HandleHooks`` forwards
+    ``describe``, ``encode``, ``generate`` and ``unload`` to it.
+    """
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
@@ -93,26 +97,6 @@ class LlamaCppBackend:
             n_threads=options.get("n_threads"),
             n_batch=int(options.get("n_batch", 512)),
         )
-
-    @hookimpl
-    def describe(self, handle: Any) -> RuntimeInfo:
-        """The context window the model was opened with, and the GGUF's model name."""
-        return RuntimeInfo(context_length=handle.context_length, model_name=handle.name)
-
-    @hookimpl
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
-        """The GGUF's chat template, then llama.cpp's tokenizer."""
-        return handle.encode(messages)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
-        """Decode each request in turn, one delta per generated token."""
-        return handle.generate(requests)  # type: ignore[no-any-return]
-
-    @hookimpl
-    def unload(self, handle: Any) -> None:
-        """Free the llama.cpp context and weights."""
-        handle.close()
 
 
 #: The object the ``llama-cpp`` entry point names.
