@@ -11,13 +11,21 @@ from packaging.version import Version
 
 from flavorkit.errors import PackagingError
 
-__all__ = ["CORE_RUNTIME", "core_requirements", "merge_requirements", "pinned"]
+__all__ = ["CORE_RUNTIME", "core_requirements", "installed_version", "merge_requirements", "pinned"]
 
 #: What a packaged model needs at load time besides its backend: MLflow's pyfunc loader and
 #: scoring server (mlflow-skinny with pandas and numpy: about 400 MB installed, against about
 #: 950 MB for the full mlflow with its tracking server and UI) and flavorkit's own code (shipped
 #: inside the model), which imports pluggy, pydantic and packaging.
 CORE_RUNTIME = ("mlflow-skinny", "pandas", "numpy", "pluggy", "pydantic", "packaging")
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or None when it is not installed."""
+    try:
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None
 
 
 def pinned(distribution: str, *, extras: Iterable[str] = ()) -> str:

@@ -8,7 +8,6 @@ stays light: onnxruntime, optimum and torch are imported only inside hooks.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
-from flavorkit.requirements import pinned
+from flavorkit.requirements import installed_version, pinned
 from flavorkit.sources import looks_like_hub_id
 from flavorkit_hf.common import (
     CODE_SUFFIXES,
@@ -40,21 +39,13 @@ RUNTIME = ("optimum-onnx", "optimum", "onnx", "transformers", "torch")
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def _installed(dist: str) -> bool:
-    try:
-        md.version(dist)
-    except md.PackageNotFoundError:
-        return False
-    return True
-
-
 def ort_distribution(provider: str | None = None) -> str:
     """The installed ONNX Runtime distribution to require: the GPU build for GPU providers when present."""
-    if provider in _GPU_PROVIDERS and _installed("onnxruntime-gpu"):
+    if provider in _GPU_PROVIDERS and installed_version("onnxruntime-gpu") is not None:
         return "onnxruntime-gpu"
-    if _installed("onnxruntime"):
+    if installed_version("onnxruntime") is not None:
         return "onnxruntime"
-    return "onnxruntime-gpu" if _installed("onnxruntime-gpu") else "onnxruntime"
+    return "onnxruntime-gpu" if installed_version("onnxruntime-gpu") is not None else "onnxruntime"
 
 
 class OptimumOptions(CommonOptions):

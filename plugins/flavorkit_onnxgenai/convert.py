@@ -8,7 +8,6 @@ builder version and the options, so a second packaging of the same checkpoint sk
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from flavorkit.cache import cached_dir, content_key, tree_digest
 from flavorkit.errors import BackendUnavailable, PackagingError
 from flavorkit.progress import step
+from flavorkit.requirements import installed_version
 
 __all__ = ["RECIPE_VERSION", "convert_checkpoint"]
 
@@ -34,7 +34,7 @@ def convert_checkpoint(
     builder_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Return a cached ORT-genai folder built from the transformers ``checkpoint`` directory."""
-    missing = [d for d in _BUILDER_NEEDS if not _installed(d)]
+    missing = [d for d in _BUILDER_NEEDS if installed_version(d) is None]
     if missing:
         raise BackendUnavailable(
             "onnx",
@@ -46,7 +46,7 @@ def convert_checkpoint(
     recipe = {
         "recipe": RECIPE_VERSION,
         "source": tree_digest(source),
-        "builder": md.version("onnxruntime-genai") if _installed("onnxruntime-genai") else "unknown",
+        "builder": installed_version("onnxruntime-genai") or "unknown",
         "precision": precision,
         "execution_provider": execution_provider,
         "extra_options": options,
@@ -83,11 +83,3 @@ def convert_checkpoint(
                 )
 
     return cached_dir("onnx-genai", content_key(recipe), build, recipe=recipe)
-
-
-def _installed(dist: str) -> bool:
-    try:
-        md.version(dist)
-    except md.PackageNotFoundError:
-        return False
-    return True
