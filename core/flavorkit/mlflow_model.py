@@ -17,6 +17,11 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 class FlavorkitModel(PythonModel):  # type: ignore[misc]
     """A pyfunc model delegating to :class:`flavorkit.runtime.LoadedModel`."""
 
+    # flavorkit validates requests itself (with field names MLflow's checks cannot give), so MLflow's
+    # type-hint validation of predict() is off, as for MLflow's own ChatModel; this also silences the
+    # "Add type hints to predict" advice at every save and load.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: PythonModelContext) -> None:
         """Verify the artifacts and load the backend runtime."""
         from flavorkit.loading import load_packaged
@@ -28,8 +33,7 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
         """The :class:`flavorkit.runtime.LoadedModel` behind this pyfunc model (backend, handle, defaults)."""
         return self._model
 
-    # model_input is deliberately unannotated: MLflow reads a predict() type hint as a request to
-    # infer and enforce a second schema from it (and warns at every save and load otherwise).
+    # model_input is deliberately unannotated: MLflow would infer a second schema from a hint.
     def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
         """Answer each request (dict, list of dicts or DataFrame rows), in order."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception

@@ -86,19 +86,28 @@ def _convert(gguf: Path, out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise BackendUnavailable("quickstart", f"loading the GGUF needs transformers: {exc}", INSTALL_HINT) from exc
-    with step(f"Dequantising {gguf.name} into a transformers checkpoint"):
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # GGUF loading warns about the legacy tokenizer repaired below
+    try:
+        with step(f"Dequantising {gguf.name} into a transformers checkpoint"):
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    with step("Saving the checkpoint and repairing its tokenizer"):
         if model.generation_config is not None:
             model.generation_config.eos_token_id = 2
             model.generation_config.pad_token_id = 2
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
-    repair_tokenizer(out)
+        repair_tokenizer(out)
 
 
 def checkpoint() -> Path:
     """The cached transformers checkpoint of SmolLM2-135M-Instruct, built on first use."""
     gguf = gguf_path()
     recipe = {"recipe": RECIPE_VERSION, "gguf": sha256_file(gguf), "name": "SmolLM2-135M-Instruct"}
-    return cached_dir("smollm2", content_key(recipe), lambda out: _convert(gguf, out), recipe=recipe)
+    key = f"SmolLM2-135M-Instruct-{content_key(recipe)[:12]}"
+    return cached_dir("smollm2", key, lambda out: _convert(gguf, out), recipe=recipe)

@@ -114,4 +114,5 @@ def _build(out: Path, context_length: int) -> None:
 def tiny_checkpoint(context_length: int = 256) -> Path:
     """A cached tiny transformers checkpoint (Llama architecture, ChatML template, seeded weights)."""
     recipe = {**TINY_RECIPE, "context_length": context_length}
-    return cached_dir("tiny", content_key(recipe), lambda out: _build(out, context_length), recipe=recipe)
+    key = f"tiny-llama-{content_key(recipe)[:12]}"
+    return cached_dir("tiny", key, lambda out: _build(out, context_length), recipe=recipe)
