@@ -17,6 +17,7 @@ from flavorkit.manifest import sha256_file
 from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
+from helpers import chat, content
 
 PROMPTS = [
     "Hi",
@@ -24,14 +25,6 @@ PROMPTS = [
     "Unicode: café, Zürich, 日本 🙂",
     "Tell me about batching and streaming in two short sentences, please.",
 ]
-
-
-def chat(text: str, **settings: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}], **settings}
-
-
-def content(response: dict[str, Any], i: int = 0) -> str:
-    return str(response["choices"][i]["message"]["content"])
 
 
 def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:

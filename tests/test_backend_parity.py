@@ -22,6 +22,7 @@ import pytest
 import flavorkit
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
+from helpers import content
 
 pytestmark = pytest.mark.slow
 
@@ -111,10 +112,6 @@ def core(model: Any) -> LoadedModel:
     inner = model.unwrap_python_model().loaded
     assert isinstance(inner, LoadedModel)
     return inner
-
-
-def content(response: dict[str, Any]) -> str:
-    return str(response["choices"][0]["message"]["content"])
 
 
 def stream_pieces(model: Any, request: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -24,6 +24,7 @@ from flavorkit.manifest import sha256_file
 from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
+from helpers import chat, content, joined
 
 PROMPTS = [
     "Hi",
@@ -32,18 +33,6 @@ PROMPTS = [
     "Tell me about batching and streaming in two short sentences, please.",
     "7",
 ]
-
-
-def chat(text: str, **settings: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}], **settings}
-
-
-def content(response: dict[str, Any], i: int = 0) -> str:
-    return str(response["choices"][i]["message"]["content"])
-
-
-def joined(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
 
 
 def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:

@@ -10,15 +10,9 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from helpers import chat, content
+
 PROMPTS = ["Hello", "What is the capital of Spain? Tell me more, please.", "x", "Write a haiku about the sea."]
-
-
-def chat(content: str, **settings: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": content}], **settings}
-
-
-def text_of(response: dict[str, Any], i: int = 0) -> str:
-    return str(response["choices"][i]["message"]["content"])
 
 
 def test_single_dict_list_and_dataframe_give_the_same_answer(tiny_pyfunc: Any) -> None:
@@ -27,7 +21,7 @@ def test_single_dict_list_and_dataframe_give_the_same_answer(tiny_pyfunc: Any) -
     as_list = tiny_pyfunc.predict([req])
     as_frame = tiny_pyfunc.predict(pd.DataFrame([req]))
     assert len(as_dict) == len(as_list) == len(as_frame) == 1
-    assert text_of(as_dict[0]) == text_of(as_list[0]) == text_of(as_frame[0])
+    assert content(as_dict[0]) == content(as_list[0]) == content(as_frame[0])
     response = as_dict[0]
     assert response["object"] == "chat.completion"
     assert response["id"].startswith("chatcmpl-") and isinstance(response["created"], int)
@@ -40,7 +34,7 @@ def test_batch_returns_one_result_per_row_in_order_each_equal_to_its_single(tiny
     rows[2]["n"] = 2  # heterogeneous rows: only one sets n
     batch = tiny_pyfunc.predict(rows)
     singles = [tiny_pyfunc.predict(r)[0] for r in rows]
-    assert [text_of(b) for b in batch] == [text_of(s) for s in singles]
+    assert [content(b) for b in batch] == [content(s) for s in singles]
     assert [b["usage"] for b in batch] == [s["usage"] for s in singles]
     assert [len(b["choices"]) for b in batch] == [1, 1, 2, 1]
     # Each row's own max_tokens applies inside the batch, per choice.
@@ -77,14 +71,14 @@ def test_prompt_tokens_match_the_model_tokenizer(tiny_pyfunc: Any, tiny_hf: Path
 
 
 def test_stop_strings_cut_the_output_and_never_appear(tiny_pyfunc: Any) -> None:
-    full = text_of(tiny_pyfunc.predict(chat("Hello", max_tokens=30))[0])
+    full = content(tiny_pyfunc.predict(chat("Hello", max_tokens=30))[0])
     assert len(full) > 12, full
     stop = full[8:11]
     expected = full[: full.find(stop)]
     for form in (stop, [stop], ["never-there", stop]):
         response = tiny_pyfunc.predict(chat("Hello", max_tokens=30, stop=form))[0]
-        assert text_of(response) == expected
-        assert stop not in text_of(response)
+        assert content(response) == expected
+        assert stop not in content(response)
         assert response["choices"][0]["finish_reason"] == "stop"
         assert response["usage"]["completion_tokens"] < 30, "generation stopped early once the stop string matched"
 
@@ -94,39 +88,39 @@ def test_stop_from_packaged_defaults(tiny_ort: Path, tmp_path: Path, tiny_pyfunc
 
     import flavorkit
 
-    full = text_of(tiny_pyfunc.predict(chat("Hello", max_tokens=30))[0])
+    full = content(tiny_pyfunc.predict(chat("Hello", max_tokens=30))[0])
     stop = full[5:8]
     info = flavorkit.package(
         model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", generation={"temperature": 0, "stop": [stop]}
     )
     model = mlflow.pyfunc.load_model(info.model_uri)
-    assert text_of(model.predict(chat("Hello", max_tokens=30))[0]) == full[: full.find(stop)]
+    assert content(model.predict(chat("Hello", max_tokens=30))[0]) == full[: full.find(stop)]
     # A request's own stop replaces the default.
-    assert text_of(model.predict(chat("Hello", max_tokens=30, stop=["zzzz"]))[0]) == full
+    assert content(model.predict(chat("Hello", max_tokens=30, stop=["zzzz"]))[0]) == full
 
 
 def test_n_gives_n_choices(tiny_pyfunc: Any) -> None:
     response = tiny_pyfunc.predict(chat("Hello", max_tokens=5, n=3))[0]
     assert [c["index"] for c in response["choices"]] == [0, 1, 2]
-    assert len({text_of(response, i) for i in range(3)}) == 1, "greedy choices are identical"
+    assert len({content(response, i) for i in range(3)}) == 1, "greedy choices are identical"
     single = tiny_pyfunc.predict(chat("Hello", max_tokens=5))[0]
-    assert text_of(response) == text_of(single)
+    assert content(response) == content(single)
     assert response["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"], "the prompt is counted once"
     assert response["usage"]["completion_tokens"] == 3 * single["usage"]["completion_tokens"]
 
 
 def test_sampling_is_seeded_and_honours_top_p_and_top_k(tiny_pyfunc: Any) -> None:
-    greedy = text_of(tiny_pyfunc.predict(chat("Hello", max_tokens=20))[0])
+    greedy = content(tiny_pyfunc.predict(chat("Hello", max_tokens=20))[0])
     a = tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, seed=7))[0]
     b = tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, seed=7))[0]
     c = tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, seed=8))[0]
-    assert text_of(a) == text_of(b), "the same seed repeats"
-    assert text_of(a) != text_of(c), "another seed differs"
-    assert text_of(a) != greedy
-    assert text_of(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_k=1))[0]) == greedy
-    assert text_of(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_p=1e-6))[0]) == greedy
+    assert content(a) == content(b), "the same seed repeats"
+    assert content(a) != content(c), "another seed differs"
+    assert content(a) != greedy
+    assert content(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_k=1))[0]) == greedy
+    assert content(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_p=1e-6))[0]) == greedy
     many = tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, n=3, seed=3))[0]
-    assert len({text_of(many, i) for i in range(3)}) == 3, "sampled choices differ"
+    assert len({content(many, i) for i in range(3)}) == 3, "sampled choices differ"
 
 
 def test_streaming_chunks_follow_openai_and_join_to_predict(tiny_pyfunc: Any) -> None:
@@ -142,7 +136,7 @@ def test_streaming_chunks_follow_openai_and_join_to_predict(tiny_pyfunc: Any) ->
     assert last["choices"][0]["finish_reason"] in {"stop", "length"}
     joined = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     full = tiny_pyfunc.predict(req)[0]
-    assert joined == text_of(full)
+    assert joined == content(full)
     assert last["usage"] == full["usage"]
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from flavorkit.testing import CLAUSES, BackendConformance
 from flavorkit.testing.report import REPORT_FORMAT, REPORT_VERSION
+from plugin_fixtures import make_distribution
 
 pytest_plugins = ["pytester"]
 
@@ -246,19 +247,6 @@ class ToySuite(BackendConformance):
 #: Clauses that run only when a capability is declared, and the capabilities of each toy.
 GPU_ONLY = {"gpu"}
 MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu"}
-
-
-def make_distribution(root: Path, name: str, modules: Mapping[str, str], backends: Mapping[str, str]) -> Path:
-    """A throwaway distribution: modules plus a dist-info whose entry_points.txt declares ``backends``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for module, source in modules.items():
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{name.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
-    lines = ["[flavorkit.backends]", *(f"{k} = {v}" for k, v in backends.items())]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
