@@ -17,20 +17,7 @@ from flavorkit.manifest import sha256_file
 from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
-from helpers import chat, content
-
-PROMPTS = [
-    "Hi",
-    "Summarise: packaging a model means writing down everything needed to run it again.",
-    "Unicode: café, Zürich, 日本 🙂",
-    "Tell me about batching and streaming in two short sentences, please.",
-]
-
-
-def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:
-    be = get_backend(backend)
-    handle = be.load({"model": str(folder)}, be.validate_options(options))
-    return LoadedModel(be, handle, defaults={"temperature": 0.0})
+from helpers import PROMPTS, chat, content, load_engine
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +157,7 @@ def test_greedy_tokens_match_transformers(tiny_hf: Path, tiny_opt: LoadedModel) 
 
 
 def test_batch_equals_single_requests(tiny_opt: LoadedModel) -> None:
-    requests = [chat(p, max_tokens=m) for p, m in zip(PROMPTS, [7, 24, 15, 24], strict=True)]
+    requests = [chat(p, max_tokens=m) for p, m in zip(PROMPTS, [7, 24, 15, 24, 9], strict=True)]
     singles = [tiny_opt.predict(r)[0] for r in requests]
     before = tiny_opt.handle.stats["batches"]
     for one, many in zip(singles, tiny_opt.predict(requests), strict=True):

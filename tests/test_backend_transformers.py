@@ -24,22 +24,7 @@ from flavorkit.manifest import sha256_file
 from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
-from helpers import chat, content, joined
-
-PROMPTS = [
-    "Hi",
-    "Summarise: packaging a model means writing down everything needed to run it again.",
-    "Unicode: café, Zürich, 日本 🙂",
-    "Tell me about batching and streaming in two short sentences, please.",
-    "7",
-]
-
-
-def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:
-    """A backend handle wrapped in the core contract, as a packaged model would be (minus MLflow)."""
-    be = get_backend(backend)
-    handle = be.load({"model": str(folder)}, be.validate_options(options))
-    return LoadedModel(be, handle, defaults={"temperature": 0.0})
+from helpers import PROMPTS, chat, content, joined, load_engine
 
 
 @pytest.fixture(scope="module")
