@@ -169,7 +169,7 @@ def test_batch_equals_single_requests(tiny_opt: LoadedModel) -> None:
 def test_exact_mode_replays_rows_alone_identically(tiny_onnx: Path) -> None:
     model = load_engine("optimum-onnx", tiny_onnx, max_batch_size=4)
     model.handle.tie_tolerance = float("inf")
-    requests = [chat(p, max_tokens=10) for p in PROMPTS]
+    requests = [chat(p, max_tokens=10) for p in PROMPTS[:4]]
     singles = [model.predict(r)[0]["choices"] for r in requests]
     assert [r["choices"] for r in model.predict(requests)] == singles
     assert model.handle.stats["replays"] == len(requests)
