@@ -278,3 +278,56 @@ def test_converting_a_transformers_checkpoint_is_cached(
     assert "Converting" not in capfd.readouterr().err, "the second packaging reuses the cached conversion"
     meta = mlflow.models.Model.load(str(tmp_path / "b")).metadata["flavorkit"]
     assert meta["backend_metadata"]["converted"] == {"precision": "fp32"}
+
+
+def test_symlinked_folders_inside_the_source_are_packaged(tiny_ort: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_ort, source)
+    notes = tmp_path / "elsewhere"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("kept beside the model")
+    (source / "docs").symlink_to(notes, target_is_directory=True)
+    info = flavorkit.package(model=str(source), backend="onnx-cpu", path=tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "artifacts" / "manifest.json").read_text())
+    assert "model/docs/notes.txt" in manifest["files"]
+    mlflow.pyfunc.load_model(info.model_uri)
+
+
+def test_output_inside_the_model_source_is_refused(tiny_ort: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_ort, source)
+    with pytest.raises(PackagingError, match="inside the model files"):
+        flavorkit.package(model=str(source), backend="onnx-cpu", path=source / "packaged")
+    assert sorted(p.name for p in source.iterdir()) == sorted(p.name for p in tiny_ort.iterdir())
+
+
+def test_overwriting_a_file_leaves_no_backup(tiny_ort: Path, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.write_text("an old file in the way")
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=target, overwrite=True)
+    assert (target / "MLmodel").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_failed_log_marks_the_run_it_started_as_failed(tiny_ort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_save(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mlflow.pyfunc, "save_model", broken_save)
+    with pytest.raises(PackagingError, match="disk full"):
+        flavorkit.package(model=str(tiny_ort), backend="onnx-cpu")
+    assert mlflow.active_run() is None
+    (run,) = mlflow.search_runs(output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_text_generation_refuses_default_n(tiny_ort: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        flavorkit.package(
+            model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", task="text-generation", generation={"n": 4}
+        )
+    assert exc.value.field == "generation.n"

@@ -99,6 +99,13 @@ def test_stop_from_packaged_defaults(tiny_ort: Path, tmp_path: Path, tiny_pyfunc
     assert content(model.predict(chat("Hello", max_tokens=30, stop=["zzzz"]))[0]) == full
 
 
+def test_seeds_of_n_choices_stay_in_range(tiny_pyfunc: Any) -> None:
+    top = 2**31 - 1
+    response = tiny_pyfunc.predict(chat("Hello", max_tokens=6, temperature=1.5, n=2, seed=top))[0]
+    again = tiny_pyfunc.predict(chat("Hello", max_tokens=6, temperature=1.5, n=2, seed=top))[0]
+    assert [c["message"] for c in response["choices"]] == [c["message"] for c in again["choices"]]
+
+
 def test_n_gives_n_choices(tiny_pyfunc: Any) -> None:
     response = tiny_pyfunc.predict(chat("Hello", max_tokens=5, n=3))[0]
     assert [c["index"] for c in response["choices"]] == [0, 1, 2]
@@ -119,6 +126,10 @@ def test_sampling_is_seeded_and_honours_top_p_and_top_k(tiny_pyfunc: Any) -> Non
     assert content(a) != greedy
     assert content(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_k=1))[0]) == greedy
     assert content(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, top_p=1e-6))[0]) == greedy
+    # A top_k beyond the vocabulary (600 tokens here) keeps every token, like no top_k at all.
+    assert content(tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, seed=7, top_k=10**6))[0]) == (
+        content(a)
+    )
     many = tiny_pyfunc.predict(chat("Hello", max_tokens=20, temperature=1.5, n=3, seed=3))[0]
     assert len({content(many, i) for i in range(3)}) == 3, "sampled choices differ"
 

@@ -223,3 +223,11 @@ def test_cli_backends_json_and_table() -> None:
     assert table.splitlines()[0].split() == ["backend", "distribution", "capabilities", "status"]
     cuda_line = next(line for line in table.splitlines() if line.startswith("onnx-cuda"))
     assert "pip install 'onnxruntime-genai-cuda>=0.15,<0.19'" in cuda_line
+
+
+def test_a_model_recording_another_object_does_not_replace_an_installed_backend() -> None:
+    registry = get_registry(refresh=True)
+    shipped = registry.load_object("onnx-cpu", "flavorkit_onnxgenai.plugin:dml")
+    assert shipped.object_path == "flavorkit_onnxgenai.plugin:dml"
+    assert registry.get("onnx-cpu").object_path == "flavorkit_onnxgenai.plugin:cpu"
+    assert registry.load_object("onnx-cpu", "flavorkit_onnxgenai.plugin:dml") is shipped

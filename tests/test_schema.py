@@ -49,6 +49,8 @@ OK = [{"role": "user", "content": "hi"}]
         ({"messages": OK, "stop": [""]}, "stop[0]", "at least 1 character"),
         ({"messages": OK, "stop": ["a", "b", "c", "d", "e"]}, "stop", "5 stop strings"),
         ({"messages": OK, "stream": "yes"}, "stream", "true or false"),
+        ({"messages": OK, "seed": -1}, "seed", "greater than or equal to 0"),
+        ({"messages": OK, "seed": 2**31}, "seed", "less than or equal to 2147483647"),
         ({"messages": OK, "frequency_penalty": 0.5}, "frequency_penalty", "unknown field"),
     ],
 )
@@ -135,8 +137,8 @@ def _run(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
         out.append(text)
         if hit:
             return "".join(out), True
-    out.append(matcher.flush())
-    return "".join(out), False
+    tail, hit = matcher.flush()
+    return "".join(out) + tail, hit
 
 
 def test_stop_straddling_increments_is_cut_and_never_emitted() -> None:
@@ -155,7 +157,7 @@ def test_held_text_is_released_when_it_turns_out_not_to_be_a_stop() -> None:
     assert matcher.feed("a\n") == ("a", False)
     assert matcher.feed("b") == ("\nb", False)
     assert matcher.feed("\n") == ("", False)
-    assert matcher.flush() == "\n"
+    assert matcher.flush() == ("\n", False)
 
 
 def test_earliest_of_several_stops_wins() -> None:
@@ -163,9 +165,20 @@ def test_earliest_of_several_stops_wins() -> None:
     assert _run(StopMatcher(["bcd", "cx"]), ["ab", "c", "x"]) == ("ab", True)
 
 
+@pytest.mark.parametrize("pieces", [["abcd"], ["ab", "c", "d"], ["a", "b", "c", "d"], ["abc", "d"]])
+def test_an_earlier_stop_that_is_still_completing_wins_over_a_later_complete_one(pieces: list[str]) -> None:
+    # "bc" is complete at "abc", but "abcd" starts earlier and may still complete.
+    assert _run(StopMatcher(["abcd", "bc"]), pieces) == ("", True)
+
+
+def test_a_complete_stop_held_behind_a_partial_one_is_settled_at_the_end() -> None:
+    # The sequence ends after "abc": "abcd" never completed, so "bc" is the earliest stop.
+    assert _run(StopMatcher(["abcd", "bc"]), ["ab", "c"]) == ("a", True)
+
+
 @given(
     text=st.text(alphabet="abc\n", max_size=40),
-    stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=4), min_size=1, max_size=3),
+    stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=5), min_size=1, max_size=4),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=10),
 )
 def test_streaming_cut_equals_cutting_the_whole_text(text: str, stops: list[str], cuts: list[int]) -> None:

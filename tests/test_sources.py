@@ -93,3 +93,24 @@ def test_unknown_hub_id_offline_is_a_clear_error(tiny_ort: Path, tmp_path: Path)
     assert "ModelSourceError" in proc.stderr
     assert "acme/not-downloaded" in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("subfolder", ["../outside", "a/../../outside", "/etc", ".."])
+def test_subfolder_cannot_leave_the_source(tmp_path: Path, subfolder: str) -> None:
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    if subfolder == "/etc":
+        # A leading slash is stripped: it names src/etc, which does not exist.
+        with pytest.raises(ModelSourceError, match="does not exist"):
+            resolve_local_dir(tmp_path / "src", subfolder=subfolder)
+        return
+    with pytest.raises(ModelSourceError, match="inside the model source"):
+        resolve_local_dir(tmp_path / "src", subfolder=subfolder)
+
+
+def test_subfolder_through_a_symlink_out_of_the_source_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "src" / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(ModelSourceError, match="leads outside"):
+        resolve_local_dir(tmp_path / "src", subfolder="link")

@@ -93,7 +93,9 @@ class WrapperBackend:
     def signature(self, task: str, options: Mapping[str, Any]) -> ModelSignature | None:  # type: ignore[empty-body]
         """Return the MLflow ``ModelSignature`` for ``task``, or None to use the core's standard one.
 
-        The core knows ``"llm/v1/chat"`` and ``"text-generation"``; override only to add a task.
+        ``task`` is one of the core tasks (``"llm/v1/chat"``, ``"text-generation"``); the core
+        serves only those. Override to narrow or document the standard signature, for instance
+        when a backend cannot honour one of its optional fields.
 
         .. versionadded:: 1
         """

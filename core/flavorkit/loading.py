@@ -47,10 +47,14 @@ def load_packaged(artifacts: Mapping[str, str], config: Mapping[str, Any]) -> Lo
         verify_manifest(read_manifest(artifacts[MANIFEST_ARTIFACT]), files)
     backend = resolve_backend(config)
     handle = backend.load(files, dict(config.get("options", {})))
-    return LoadedModel(
-        backend,
-        handle,
-        task=config.get("task", "llm/v1/chat"),
-        defaults=config.get("generation", {}),
-        model_name=config.get("model_name"),
-    )
+    try:
+        return LoadedModel(
+            backend,
+            handle,
+            task=config.get("task", "llm/v1/chat"),
+            defaults=config.get("generation", {}),
+            model_name=config.get("model_name"),
+        )
+    except BaseException:
+        backend.unload(handle)  # do not keep the weights of a model that failed to load
+        raise

@@ -31,7 +31,7 @@ from flavorkit.manifest import build_manifest, write_manifest
 from flavorkit.registry import Backend, get_backend
 from flavorkit.requirements import core_requirements, merge_requirements
 from flavorkit.schema import validate_generation_defaults
-from flavorkit.signatures import CHAT, input_example
+from flavorkit.signatures import CHAT, TASKS, input_example
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -66,8 +66,12 @@ def package(
     request may override; ``options`` are backend-specific (see ``flavorkit backends``).
     """
     be = get_backend(backend)
+    if task not in TASKS:
+        raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
     opts = be.validate_options(options)
     defaults = validate_generation_defaults(generation)
+    if task != CHAT and defaults.get("n", 1) != 1:
+        raise InvalidRequest("generation.n", f"{task} returns one string per prompt", allowed="1")
     signature = be.signature(task, opts)
     target = _check_target(path, overwrite, registered_model_name)
 
@@ -75,7 +79,7 @@ def package(
         workdir = Path(work)
         (workdir / "backend").mkdir()
         arts = be.artifacts(model, opts, str(workdir / "backend"))
-        files = _check_artifact_files(be, arts.files)
+        files = _check_artifact_files(be, arts.files, target)
         manifest_path = workdir / "manifest.json"
         write_manifest(build_manifest(files), manifest_path)
         config = _model_config(be, task, opts, defaults, arts.metadata, model_name or _default_name(model))
@@ -84,7 +88,7 @@ def package(
             "artifacts": {**files, MANIFEST_ARTIFACT: str(manifest_path)},
             "code_paths": _code_paths(be, workdir / "code"),
             "signature": signature,
-            "input_example": input_example(task) if task in ("llm/v1/chat", "text-generation") else None,
+            "input_example": input_example(task),
             "pip_requirements": merge_requirements(core_requirements(), arts.requirements),
             "metadata": {"flavorkit": {k: v for k, v in config.items() if k != "options"}},
             "model_config": config,
@@ -118,13 +122,19 @@ def _occupied(target: Path) -> bool:
     return target.exists() and (target.is_file() or any(target.iterdir()))
 
 
-def _check_artifact_files(be: Backend, files: Mapping[str, str]) -> dict[str, str]:
+def _check_artifact_files(be: Backend, files: Mapping[str, str], target: Path | None) -> dict[str, str]:
     checked = {}
     for key, location in files.items():
         if key == MANIFEST_ARTIFACT or not key.isidentifier():
             raise PackagingError(f"backend {be.name!r} returned an invalid artifact name {key!r}")
-        if not Path(location).exists():
+        path = Path(location)
+        if not path.exists():
             raise PackagingError(f"backend {be.name!r} returned artifact {key!r} at {location}, which does not exist")
+        if target is not None and path.is_dir() and target.parent.resolve().is_relative_to(path.resolve()):
+            raise PackagingError(
+                f"the output path {target} is inside the model files at {path}: the model would copy itself; "
+                "choose a path outside the model source"
+            )
         checked[key] = str(location)
     return checked
 
@@ -232,7 +242,10 @@ def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> M
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+            if backup.is_dir() and not backup.is_symlink():
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                backup.unlink(missing_ok=True)
     return _local_model_info(target)
 
 
@@ -282,6 +295,7 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -
     active = mlflow.active_run()
     started = active is None
     run = mlflow.start_run() if active is None else active
+    status = "FAILED"
     try:
         info = Model.log(
             artifact_path=None,
@@ -292,11 +306,12 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -
             validate_serving_input=False,
             **kwargs,
         )
+        status = "FINISHED"
     except FlavorkitError:
         raise
     except Exception as exc:
         raise PackagingError(f"logging the model to MLflow run {run.info.run_id} failed: {exc}") from exc
     finally:
         if started:
-            mlflow.end_run()
+            mlflow.end_run(status)
     return info  # type: ignore[no-any-return]

@@ -289,6 +289,7 @@ class Registry:
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _middleware: list[tuple[str, Any]] = field(default_factory=list)
     _middleware_errors: dict[str, str] = field(default_factory=dict)
+    _shipped: dict[tuple[str, str], Backend] = field(default_factory=dict)
 
     @classmethod
     def discover(cls, strict: bool | None = None) -> Registry:
@@ -375,12 +376,17 @@ class Registry:
         entry = self._entries.get(name)
         if entry is not None and entry.backend is not None and entry.object_path == object_path:
             return entry.backend
+        # Kept apart from the entry points: a model recording another object under an installed
+        # backend's id must not replace that backend for the rest of the process.
+        cached = self._shipped.get((name, object_path))
+        if cached is not None:
+            return cached
         try:
             plugin = _instantiate(_import_object(object_path))
         except Exception as exc:
             raise PluginSpecError(f"backend {name!r}: cannot import {object_path}: {_describe_exception(exc)}") from exc
         backend = Backend(name, plugin, object_path=object_path, middleware=self._middleware)
-        self._entries[name] = _Entry(name, object_path, None, None, plugin, backend)
+        self._shipped[(name, object_path)] = backend
         return backend
 
 

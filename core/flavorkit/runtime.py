@@ -17,7 +17,7 @@ from typing import Any
 
 from flavorkit.errors import BackendError, InvalidRequest
 from flavorkit.registry import Backend
-from flavorkit.schema import ChatRequest, TextRequest, parse_request
+from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.stopping import StopMatcher
 from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
@@ -173,7 +173,7 @@ class LoadedModel:
                     allowed=f"at most {ctx - n_prompt} for this prompt",
                 )
             max_tokens = ctx - n_prompt
-        n = int(settings.get("n", 1))
+        n = int(settings.get("n", 1)) if isinstance(req, ChatRequest) else 1
         seed = settings.get("seed")
         temperature = float(settings["temperature"])
         stop = req.stop_strings() if "stop" in explicit else _stops(settings.get("stop"))
@@ -185,7 +185,7 @@ class LoadedModel:
                 temperature=temperature,
                 top_p=float(settings["top_p"]),
                 top_k=settings.get("top_k"),
-                seed=None if seed is None else int(seed) + j,
+                seed=None if seed is None else (int(seed) + j) % (MAX_SEED + 1),
                 stop=stop,
             )
             choices.append(_Choice(row=i, index=j, request=gen, prompt_tokens=n_prompt, matcher=StopMatcher(stop)))
@@ -214,10 +214,11 @@ class LoadedModel:
                     text, finish = "", "length"
                 choice.tokens = min(choice.tokens + delta.tokens, choice.request.max_tokens)
                 out, hit = choice.matcher.feed(text)
+                if not hit and finish is not None:
+                    tail, hit = choice.matcher.flush()
+                    out += tail
                 if hit:
                     finish = "stop"
-                elif finish is not None:
-                    out += choice.matcher.flush()
                 if finish is not None:
                     choice.finish = finish
                     choice.request.cancelled = True

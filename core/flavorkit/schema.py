@@ -17,6 +17,7 @@ from flavorkit.errors import InvalidRequest
 
 __all__ = [
     "MAX_N",
+    "MAX_SEED",
     "MAX_STOP",
     "ROLES",
     "ChatMessage",
@@ -32,6 +33,8 @@ __all__ = [
 ROLES = ("system", "user", "assistant")
 MAX_N = 16
 MAX_STOP = 4
+#: Seeds are 31-bit so every runtime can take them (onnxruntime-genai's random_seed is an int32).
+MAX_SEED = 2**31 - 1
 
 
 def _no_text_or_bool(value: Any) -> Any:
@@ -98,7 +101,7 @@ class GenerationParams(BaseModel):
     top_k: Annotated[Integer, Field(ge=1)] | None = None
     n: Annotated[Integer, Field(ge=1, le=MAX_N)] | None = None
     stop: Annotated[str | list[Annotated[str, Field(min_length=1)]] | None, BeforeValidator(_stop)] = None
-    seed: Integer | None = None
+    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] | None = None
 
     def stop_strings(self) -> tuple[str, ...]:
         """``stop`` as a tuple, whichever form the caller used."""
@@ -130,7 +133,7 @@ _ALLOWED = {
     "max_tokens": "an integer of at least 1",
     "n": f"an integer from 1 to {MAX_N}",
     "stop": f"a non-empty string or a list of at most {MAX_STOP} non-empty strings",
-    "seed": "an integer",
+    "seed": f"an integer from 0 to {MAX_SEED}",
     "stream": "true or false",
     "content": "a string",
     "messages": "a non-empty list of {'role': ..., 'content': ...} objects",

@@ -39,16 +39,29 @@ def resolve_local_dir(
     text = os.fspath(source)
     if not text:
         raise ModelSourceError(repr(text), "an empty model path was given")
+    subfolder = _clean_subfolder(subfolder)
     path = Path(text).expanduser()
     if path.exists() or not looks_like_hub_id(text):
         return _local(path, subfolder)
     return _from_hub(text, subfolder=subfolder, revision=revision, allow_patterns=allow_patterns)
 
 
+def _clean_subfolder(subfolder: str | None) -> str | None:
+    """A relative subfolder without leading or trailing slashes that cannot climb out of its source."""
+    if subfolder is None:
+        return None
+    cleaned = subfolder.replace("\\", "/").strip("/")
+    if not cleaned or any(part in ("", ".", "..") for part in cleaned.split("/")):
+        raise ModelSourceError(subfolder, "subfolder must be a relative path inside the model source, without '..'")
+    return cleaned
+
+
 def _local(path: Path, subfolder: str | None) -> Path:
     if not path.exists():
         raise ModelSourceError(path, "no such file or directory")
     target = path / subfolder if subfolder else path
+    if subfolder and not target.resolve().is_relative_to(path.resolve()):
+        raise ModelSourceError(target, f"subfolder {subfolder!r} leads outside {path} (through a symbolic link)")
     if not target.exists():
         raise ModelSourceError(target, f"subfolder {subfolder!r} does not exist in {path}")
     if not target.is_dir():
@@ -70,7 +83,7 @@ def _from_hub(
         ) from exc
     patterns: list[str] | None = None
     if subfolder:
-        base = subfolder.strip("/")
+        base = subfolder
         patterns = [f"{base}/{p}" for p in (allow_patterns or ["*"])]
     elif allow_patterns:
         patterns = list(allow_patterns)

@@ -43,6 +43,7 @@ class OgHandle:
     eos_ids: frozenset[int]
     pad_id: int
     name: str
+    vocab_size: int = 0
     batching: str = "auto"
 
     @classmethod
@@ -86,6 +87,7 @@ class OgHandle:
             eos_ids=eos_ids,
             pad_id=int(pad[0] if isinstance(pad, list) else pad),
             name=os.path.basename(os.path.normpath(folder)),
+            vocab_size=int(genai.get("vocab_size", 0)),
             batching=batching,
         )
 
@@ -157,7 +159,9 @@ class OgHandle:
                 do_sample=True,
                 temperature=float(req.temperature),
                 top_p=float(req.top_p),
-                top_k=int(req.top_k or 0),  # 0 disables top-k; genai_config's default would be 50
+                # 0 disables top-k (genai_config's default would be 50); a top_k at or above the
+                # vocabulary keeps every token, and onnxruntime-genai rejects one above it.
+                top_k=int(req.top_k) if req.top_k and (not self.vocab_size or req.top_k < self.vocab_size) else 0,
                 random_seed=int(req.seed) if req.seed is not None else -1,
             )
         params.set_search_options(**options)
