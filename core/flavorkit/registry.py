@@ -288,7 +288,6 @@ class Registry:
     strict: bool = False
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _middleware: list[tuple[str, Any]] = field(default_factory=list)
-    _middleware_errors: dict[str, str] = field(default_factory=dict)
     _shipped: dict[tuple[str, str], Backend] = field(default_factory=dict)
 
     @classmethod
@@ -300,7 +299,6 @@ class Registry:
                 obj = _instantiate(ep.load())
             except Exception as exc:
                 reg._plugin_failed(f"middleware {ep.name!r} ({ep.value})", exc)
-                reg._middleware_errors[ep.name] = _describe_exception(exc)
                 continue
             reg._middleware.append((ep.name, obj))
         for ep in _entry_points(BACKEND_GROUP):

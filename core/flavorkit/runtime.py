@@ -17,7 +17,7 @@ from typing import Any
 
 from flavorkit.errors import BackendError, InvalidRequest
 from flavorkit.registry import Backend
-from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request
+from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, stop_tuple
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.stopping import StopMatcher
 from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
@@ -37,7 +37,6 @@ class _Choice:
     row: int
     index: int
     request: GenerationRequest
-    prompt_tokens: int
     matcher: StopMatcher
     parts: list[str] = field(default_factory=list)
     tokens: int = 0
@@ -176,7 +175,7 @@ class LoadedModel:
         n = int(settings.get("n", 1)) if isinstance(req, ChatRequest) else 1
         seed = settings.get("seed")
         temperature = float(settings["temperature"])
-        stop = req.stop_strings() if "stop" in explicit else _stops(settings.get("stop"))
+        stop = stop_tuple(settings.get("stop"))  # the request's own stop replaces the default
         choices = []
         for j in range(n):
             gen = GenerationRequest(
@@ -188,7 +187,7 @@ class LoadedModel:
                 seed=None if seed is None else (int(seed) + j) % (MAX_SEED + 1),
                 stop=stop,
             )
-            choices.append(_Choice(row=i, index=j, request=gen, prompt_tokens=n_prompt, matcher=StopMatcher(stop)))
+            choices.append(_Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop)))
         return _Row(request=req, choices=choices, prompt_tokens=n_prompt)
 
     # -- generation -----------------------------------------------------------------------------
@@ -299,9 +298,3 @@ class LoadedModel:
                 if remaining == 0:
                     chunk["usage"] = self._usage(row)
             yield chunk
-
-
-def _stops(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)

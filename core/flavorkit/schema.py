@@ -26,6 +26,7 @@ __all__ = [
     "TextRequest",
     "format_validation_error",
     "parse_request",
+    "stop_tuple",
     "validate_generation_defaults",
     "validate_options",
 ]
@@ -105,9 +106,14 @@ class GenerationParams(BaseModel):
 
     def stop_strings(self) -> tuple[str, ...]:
         """``stop`` as a tuple, whichever form the caller used."""
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
+
+
+def stop_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A ``stop`` value (None, one string or a list of strings) as a tuple of strings."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 class ChatRequest(GenerationParams):
@@ -141,14 +147,17 @@ _ALLOWED = {
 }
 
 
+def _is_branch_label(part: int | str) -> bool:
+    """Pydantic puts union branches ("str", "list[str]", "function-before[...]") into error locations."""
+    return isinstance(part, str) and (part == "str" or "[" in part or part.startswith("function"))
+
+
 def _field_path(loc: Sequence[int | str], prefix: str = "") -> str:
     path = prefix
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in {"str", "list[str]", "list[function-before[...]]"} or "function-" in str(part):
-            continue  # union branch labels, not fields
-        else:
+        elif not _is_branch_label(part):
             path += f".{part}" if path else str(part)
     return path or "request"
 
@@ -158,7 +167,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     errors = exc.errors(include_url=False)
     # Prefer the most specific error (deepest location): unions report one error per branch.
     first = max(errors, key=lambda e: len([p for p in e["loc"] if not str(p).startswith("function-")]))
-    loc = [p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))]
+    loc = [p for p in first["loc"] if not _is_branch_label(p)]
     field = _field_path(loc, prefix)
     leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
     kind = first["type"]
