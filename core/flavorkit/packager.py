@@ -15,10 +15,8 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -32,6 +30,7 @@ from flavorkit.registry import Backend, get_backend
 from flavorkit.requirements import core_requirements, merge_requirements
 from flavorkit.schema import validate_generation_defaults
 from flavorkit.signatures import CHAT, TASKS, input_example
+from flavorkit.staging import current_stage, open_stage, reclaim
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -75,8 +74,8 @@ def package(
     signature = be.signature(task, opts)
     target = _check_target(path, overwrite, registered_model_name)
 
-    with tempfile.TemporaryDirectory(prefix="flavorkit-package-") as work:
-        workdir = Path(work)
+    with open_stage(target) as stage:
+        workdir = stage.work
         (workdir / "backend").mkdir()
         arts = be.artifacts(model, opts, str(workdir / "backend"))
         files = _check_artifact_files(be, arts.files, target)
@@ -110,6 +109,8 @@ def _check_target(
             "registration needs the model logged to a run; omit path= to log and register it",
         )
     target = Path(path).expanduser().resolve()
+    if target.parent.exists():
+        reclaim(target.parent)  # a killed run's staging folders, and its previous model put back first
     if not overwrite and _occupied(target):
         raise PackagingError(f"{target} already exists; pass overwrite=True to replace it")
     if not target.parent.exists():
@@ -213,24 +214,31 @@ def _quiet_mlflow_env() -> Iterator[None]:
 
 
 def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> ModelInfo:
+    """Save into the open staging folder, then swap it onto ``target`` with renames only.
+
+    A previous model is moved into the staging folder first and moved back if the final rename
+    fails; if the process dies between the two renames, the next call's ``reclaim`` moves it back.
+    """
     import mlflow
 
-    staging = target.parent / f".{target.name}.flavorkit-{uuid.uuid4().hex[:8]}"
-    backup: Path | None = None
+    stage = current_stage()
+    if stage.target != target:
+        raise RuntimeError(f"the open staging folder is for {stage.target}, not {target}")
     try:
-        mlflow.pyfunc.save_model(path=str(staging), **kwargs)
-        _verify_saved(staging)
-        if target.exists():
+        mlflow.pyfunc.save_model(path=str(stage.model), **kwargs)
+        _verify_saved(stage.model)
+        moved_aside = False
+        if os.path.lexists(target):
             if not overwrite and _occupied(target):
                 raise PackagingError(f"{target} appeared while packaging; pass overwrite=True to replace it")
-            backup = target.parent / f".{target.name}.flavorkit-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, backup)
+            os.replace(target, stage.backup)
+            moved_aside = True
         try:
-            os.replace(staging, target)
+            os.replace(stage.model, target)
         except BaseException:
-            if backup is not None:
-                os.replace(backup, target)
-                backup = None
+            if moved_aside:
+                with suppress(OSError):  # should this fail too, leaving the stage puts it back or keeps it
+                    os.replace(stage.backup, target)
             raise
     except FlavorkitError:
         raise
@@ -238,14 +246,6 @@ def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> M
         if isinstance(exc, Exception):
             raise PackagingError(f"saving the model to {target} failed: {exc}") from exc
         raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if backup is not None:
-            if backup.is_dir() and not backup.is_symlink():
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                backup.unlink(missing_ok=True)
     return _local_model_info(target)
 
 
