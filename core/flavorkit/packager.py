@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -214,10 +214,11 @@ def _quiet_mlflow_env() -> Iterator[None]:
 
 
 def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> ModelInfo:
-    """Save into the open staging folder, then swap it onto ``target`` with renames only.
+    """Save into the open staging folder, then swap it onto ``target`` with two renames.
 
-    A previous model is moved into the staging folder first and moved back if the final rename
-    fails; if the process dies between the two renames, the next call's ``reclaim`` moves it back.
+    A previous model is first moved into the staging folder (``stage.backup``). Should the final
+    rename fail, leaving the staging folder puts it back on ``target``; should the process die
+    between the renames, the next call's ``reclaim`` does.
     """
     import mlflow
 
@@ -227,19 +228,11 @@ def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> M
     try:
         mlflow.pyfunc.save_model(path=str(stage.model), **kwargs)
         _verify_saved(stage.model)
-        moved_aside = False
         if os.path.lexists(target):
             if not overwrite and _occupied(target):
                 raise PackagingError(f"{target} appeared while packaging; pass overwrite=True to replace it")
             os.replace(target, stage.backup)
-            moved_aside = True
-        try:
-            os.replace(stage.model, target)
-        except BaseException:
-            if moved_aside:
-                with suppress(OSError):  # should this fail too, leaving the stage puts it back or keeps it
-                    os.replace(stage.backup, target)
-            raise
+        os.replace(stage.model, target)
     except FlavorkitError:
         raise
     except BaseException as exc:
