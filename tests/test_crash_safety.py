@@ -350,3 +350,11 @@ def test_an_old_model_that_cannot_be_put_back_is_kept_for_the_next_call(
         flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=target)
     assert _max_tokens(target) == 7 and _stages(tmp_path) == []
     _assert_loads_and_answers(target)
+
+
+def test_an_output_folder_that_cannot_hold_a_staging_folder_is_named(tiny_ort: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PackagingError, match=r"cannot create a staging folder in .*a-file"):
+        flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=blocker / "m")
+    assert blocker.read_text() == "not a folder"

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from flavorkit.errors import PackagingError
+
 __all__ = ["LOCK_NAME", "Stage", "current_stage", "open_stage", "reclaim", "scratch_root"]
 
 log = logging.getLogger(__name__)
@@ -96,9 +98,12 @@ def open_stage(target: Path | None) -> Iterator[Stage]:
     previous model still in it has been put back on a missing target.
     """
     parent = target.parent if target is not None else scratch_root()
-    parent.mkdir(parents=True, exist_ok=True)
-    reclaim(parent)
-    stage = _create(parent, target)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        reclaim(parent)
+        stage = _create(parent, target)
+    except OSError as exc:
+        raise PackagingError(f"cannot create a staging folder in {parent}: {exc}") from exc
     _LIVE.add(stage.path)
     token = _CURRENT.set(stage)
     try:
@@ -197,7 +202,7 @@ def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
         name = owner.get("target")
         if name is not None and (not isinstance(name, str) or name in ("", ".", "..") or "/" in name):
             raise ValueError(f"bad target name {name!r}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         os.close(fd)
         return None, None
     return fd, (folder.parent / name if name is not None else None)
@@ -219,8 +224,24 @@ def _dispose(folder: Path, target: Path | None) -> bool:
         except OSError as exc:
             log.warning("could not restore the previous model %s to %s (%s); it is kept there", backup, target, exc)
             return False
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove(folder)
     return True
+
+
+def _remove(folder: Path) -> None:
+    """Delete ``folder``, its marker last, so a removal cut short stays marked and is reclaimed later."""
+    with suppress(OSError), os.scandir(folder) as entries:
+        for entry in list(entries):
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with suppress(OSError):
+                    os.unlink(entry.path)
+    with suppress(OSError):
+        os.unlink(folder / LOCK_NAME)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _vacant(target: Path) -> bool:
