@@ -16,19 +16,20 @@ folder without it, or with a lock someone holds, is never touched.
 
 Reclaiming a stale folder first puts a previous model back when the owner died between moving it
 aside and renaming the new one in (the output path is then missing), then deletes the folder.
-So the output path is always either the previous model or the complete new one.
+So the output path is always either the previous model or the complete new one. Windows has no
+flock: there staging folders work the same but are never reclaimed.
 """
 
 from __future__ import annotations
 
 import contextvars
 import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,10 +156,11 @@ def _create(parent: Path, target: Path | None) -> Stage:
             break
         except FileExistsError:  # pragma: no cover - 48 random bits
             continue
-    pending = path / f"{LOCK_NAME}.new"
-    fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    pending = path / (f"{LOCK_NAME}.new" if _CAN_LOCK else LOCK_NAME)
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _CAN_LOCK and not _try_lock(fd):
+            raise OSError(errno.EWOULDBLOCK, "a new marker is locked by someone else", str(pending))
         owner = {
             "flavorkit_stage": _FORMAT,
             "target": target.name if target is not None else None,
@@ -168,7 +170,8 @@ def _create(parent: Path, target: Path | None) -> Stage:
         }
         os.write(fd, json.dumps(owner).encode())
         os.fsync(fd)
-        os.replace(pending, path / LOCK_NAME)  # the marker appears complete and already locked
+        if _CAN_LOCK:
+            os.replace(pending, path / LOCK_NAME)  # the marker appears complete and already locked
         (path / "work").mkdir()
     except BaseException:
         os.close(fd)
@@ -179,18 +182,21 @@ def _create(parent: Path, target: Path | None) -> Stage:
 
 def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
     """Take the lock of a flavorkit staging folder whose owner is gone; (None, None) otherwise."""
+    if not _CAN_LOCK:
+        return None, None  # no way to tell a live owner from a dead one: leave every folder
     lock = folder / LOCK_NAME
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None, None  # no marker (not ours, or not finished), or not readable by us
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = _try_lock(fd)
     except OSError as exc:
+        log.debug("cannot lock %s: %s", lock, exc)
+        locked = False  # the filesystem cannot say whether the owner lives: leave it
+    if not locked:
         os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            log.debug("cannot lock %s: %s", lock, exc)
-        return None, None  # its owner is alive (or the filesystem cannot say: leave it)
+        return None, None
     try:
         info = os.fstat(fd)
         now = os.stat(lock, follow_symlinks=False)
@@ -206,6 +212,25 @@ def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
         os.close(fd)
         return None, None
     return fd, (folder.parent / name if name is not None else None)
+
+
+_CAN_LOCK = sys.platform != "win32"
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False while another holder has it.
+
+    Windows has no flock: staging folders still work there, but none is ever reclaimed.
+    """
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _dispose(folder: Path, target: Path | None) -> bool:
