@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from flavorkit.cache import cache_root, cached_dir, content_key, tree_digest
+from flavorkit.cache import cache_root, cached_dir, content_key, reclaim_interrupted_builds, tree_digest
+
+CORE = Path(__file__).resolve().parents[1] / "core"
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +88,72 @@ def test_keys_follow_content_not_names(tmp_path: Path) -> None:
     assert tree_digest(a) != tree_digest(b)
     assert content_key({"src": tree_digest(a), "p": "int4"}) != content_key({"src": tree_digest(a), "p": "fp32"})
     assert content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})
+
+
+KILLED_BUILDER = r"""
+import time
+from flavorkit.cache import cached_dir
+
+def build(out):
+    (out / "partial.bin").write_bytes(b"x" * 4096)
+    time.sleep(600)
+
+cached_dir("kind", "k4", build)
+"""
+
+
+def test_a_killed_build_is_reclaimed_by_the_next_build() -> None:
+    env = dict(os.environ, PYTHONPATH=str(CORE))  # FLAVORKIT_CACHE is this test's private cache
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER], env=env)
+    kind = cache_root() / "kind"
+    deadline = time.monotonic() + 120
+    while not list(kind.glob(".k4.tmp-*/partial.bin")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the builder never started its build"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (left,) = kind.glob(".k4.tmp-*")
+
+    other = cached_dir("another-kind", "k5", lambda out: (out / "f").write_text("y"))
+    assert not left.exists(), "a build of any entry reclaims a killed build's folder"
+    assert (other / "f").is_file()
+    again = cached_dir("kind", "k4", lambda out: (out / "done").write_text("ok"))
+    assert sorted(p.name for p in again.iterdir()) == ["done"]
+    assert sorted(p.name for p in kind.iterdir()) == [".k4.lock", "k4", "k4.json"]
+
+
+def test_a_build_in_progress_is_left_alone() -> None:
+    started = threading.Event()
+    finish = threading.Event()
+    results: list[Path] = []
+
+    def slow(out: Path) -> None:
+        (out / "partial").write_text("half")
+        started.set()
+        finish.wait(60)
+        (out / "rest").write_text("done")
+
+    worker = threading.Thread(target=lambda: results.append(cached_dir("kind", "k6", slow)))
+    worker.start()
+    try:
+        assert started.wait(60)
+        (building,) = (cache_root() / "kind").glob(".k6.tmp-*")
+        cached_dir("kind", "k7", lambda out: (out / "f").write_text("x"))
+        assert reclaim_interrupted_builds() == []
+        assert (building / "partial").is_file(), "a live build's folder stays"
+    finally:
+        finish.set()
+        worker.join()
+    assert sorted(p.name for p in results[0].iterdir()) == ["partial", "rest"]
+
+
+def test_folders_the_cache_did_not_make_are_left_alone() -> None:
+    kind = cache_root() / "kind"
+    kind.mkdir(parents=True)
+    no_lock = kind / ".mine.tmp-0123abcd"  # no .mine.lock beside it: not a cache build
+    no_lock.mkdir()
+    odd = kind / ".k8.tmp-notahexsuffix"
+    odd.mkdir()
+    (kind / ".k8.lock").write_text("")
+    assert reclaim_interrupted_builds() == []
+    assert no_lock.is_dir() and odd.is_dir()

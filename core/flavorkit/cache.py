@@ -3,7 +3,8 @@
 Conversions (GGUF to transformers, transformers to ORT-genai or ONNX) are slow and deterministic,
 so their output is stored under a key derived from the input files' sha256 and the recipe. Entries
 are built in a temporary sibling and renamed into place, under a file lock, so concurrent or
-interrupted builds never leave a half-written entry.
+interrupted builds never leave a half-written entry, and the build folders of killed builds are
+deleted by the next build (see ``reclaim_interrupted_builds``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from flavorkit.manifest import sha256_file
 
-__all__ = ["CACHE_ENV", "cache_root", "cached_dir", "content_key", "tree_digest"]
+__all__ = ["CACHE_ENV", "cache_root", "cached_dir", "content_key", "reclaim_interrupted_builds", "tree_digest"]
 
 CACHE_ENV = "FLAVORKIT_CACHE"
 
@@ -52,14 +53,61 @@ def content_key(recipe: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def _locked(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on ``lock_path``; yields False (without waiting) when ``wait=False`` and it is held."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(lock_path, "a") as fh:
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _tmp_key(name: str) -> str | None:
+    """The key of a build folder ``.<key>.tmp-<hex>``; None for any other name."""
+    if not name.startswith("."):
+        return None
+    key, sep, suffix = name[1:].rpartition(".tmp-")
+    if not sep or not key or len(suffix) != 8 or any(c not in "0123456789abcdef" for c in suffix):
+        return None
+    return key
+
+
+def reclaim_interrupted_builds(root: Path | None = None) -> list[Path]:
+    """Delete the build folders that killed conversions left under the cache; return them.
+
+    A build folder ``<kind>/.<key>.tmp-<hex>`` is only ever written while its builder holds
+    ``<kind>/.<key>.lock``, so one whose lock is free (taken here without waiting) has no builder
+    left. Folders for keys being built right now, and anything without such a lock file, stay.
+    """
+    root = cache_root() if root is None else root
+    removed: list[Path] = []
+    try:
+        kinds = [Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for kind in kinds:
+        stale: dict[str, list[Path]] = {}
+        with suppress(OSError), os.scandir(kind) as entries:
+            for entry in entries:
+                key = _tmp_key(entry.name)
+                if key is not None and entry.is_dir(follow_symlinks=False):
+                    stale.setdefault(key, []).append(Path(entry.path))
+        for key, folders in stale.items():
+            lock = kind / f".{key}.lock"
+            if not lock.is_file() or lock.is_symlink():
+                continue
+            with _locked(lock, wait=False) as free:
+                if free:
+                    for folder in folders:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        removed.append(folder)
+    return removed
 
 
 def cached_dir(kind: str, key: str, build: Callable[[Path], None], *, recipe: Mapping[str, Any] | None = None) -> Path:
@@ -73,6 +121,7 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None], *, recipe: Ma
     marker = target.with_name(f"{key}.json")
     if marker.is_file() and target.is_dir():
         return target
+    reclaim_interrupted_builds()  # before taking this key's lock, so its own leftovers go too
     with _locked(target.with_name(f".{key}.lock")):
         if marker.is_file() and target.is_dir():
             return target

@@ -15,8 +15,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +30,7 @@ from flavorkit.registry import Backend, get_backend
 from flavorkit.requirements import core_requirements, merge_requirements
 from flavorkit.schema import validate_generation_defaults
 from flavorkit.signatures import CHAT, TASKS, input_example
+from flavorkit.staging import current_stage, open_stage, reclaim
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -75,8 +74,8 @@ def package(
     signature = be.signature(task, opts)
     target = _check_target(path, overwrite, registered_model_name)
 
-    with tempfile.TemporaryDirectory(prefix="flavorkit-package-") as work:
-        workdir = Path(work)
+    with open_stage(target) as stage:
+        workdir = stage.work
         (workdir / "backend").mkdir()
         arts = be.artifacts(model, opts, str(workdir / "backend"))
         files = _check_artifact_files(be, arts.files, target)
@@ -110,6 +109,8 @@ def _check_target(
             "registration needs the model logged to a run; omit path= to log and register it",
         )
     target = Path(path).expanduser().resolve()
+    if target.parent.exists():
+        reclaim(target.parent)  # a killed run's staging folders, and its previous model put back first
     if not overwrite and _occupied(target):
         raise PackagingError(f"{target} already exists; pass overwrite=True to replace it")
     if not target.parent.exists():
@@ -213,39 +214,31 @@ def _quiet_mlflow_env() -> Iterator[None]:
 
 
 def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> ModelInfo:
+    """Save into the open staging folder, then swap it onto ``target`` with two renames.
+
+    A previous model is first moved into the staging folder (``stage.backup``). Should the final
+    rename fail, leaving the staging folder puts it back on ``target``; should the process die
+    between the renames, the next call's ``reclaim`` does.
+    """
     import mlflow
 
-    staging = target.parent / f".{target.name}.flavorkit-{uuid.uuid4().hex[:8]}"
-    backup: Path | None = None
+    stage = current_stage()
+    if stage.target != target:
+        raise RuntimeError(f"the open staging folder is for {stage.target}, not {target}")
     try:
-        mlflow.pyfunc.save_model(path=str(staging), **kwargs)
-        _verify_saved(staging)
-        if target.exists():
+        mlflow.pyfunc.save_model(path=str(stage.model), **kwargs)
+        _verify_saved(stage.model)
+        if os.path.lexists(target):
             if not overwrite and _occupied(target):
                 raise PackagingError(f"{target} appeared while packaging; pass overwrite=True to replace it")
-            backup = target.parent / f".{target.name}.flavorkit-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, backup)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, target)
-                backup = None
-            raise
+            os.replace(target, stage.backup)
+        os.replace(stage.model, target)
     except FlavorkitError:
         raise
     except BaseException as exc:
         if isinstance(exc, Exception):
             raise PackagingError(f"saving the model to {target} failed: {exc}") from exc
         raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if backup is not None:
-            if backup.is_dir() and not backup.is_symlink():
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                backup.unlink(missing_ok=True)
     return _local_model_info(target)
 
 
