@@ -359,3 +359,10 @@ def test_a_lone_surrogate_in_a_top_level_string_is_still_invalid_parameter_value
     request_ = chat("hi", stop="a\ud800")
     assert _runtime_error(tiny_pyfunc, request_).field == "stop"
     _pyfunc_error(tiny_pyfunc, request_)
+
+
+def test_an_unknown_field_whose_name_is_not_valid_text_is_named_in_valid_text(tiny_pyfunc: Any) -> None:
+    request_ = chat("hi", max_tokens=2, **{"x\ud800": 1})
+    assert _runtime_error(tiny_pyfunc, request_).field == "x\\ud800"
+    message = _pyfunc_error(tiny_pyfunc, request_).message
+    message.encode("utf-8")

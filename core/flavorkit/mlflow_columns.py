@@ -52,6 +52,8 @@ class _DroppedColumns(logging.Filter):
                     names = [str(n) for n in ast.literal_eval(match.group(1))]
                 except (ValueError, SyntaxError):
                     names = [match.group(1)]
+                # A name may hold a lone surrogate; the error message must still be valid text.
+                names = [n.encode("utf-8", "backslashreplace").decode("utf-8") for n in names]
                 self.local.seen = (context, names)
         return True
 
