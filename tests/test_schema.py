@@ -17,8 +17,8 @@ from flavorkit.stopping import StopMatcher
 OK = [{"role": "user", "content": "hi"}]
 
 
-def _nested(depth: int) -> object:
-    value: object = "x"
+def _nested(depth: int, leaf: object = "x") -> object:
+    value = leaf
     for _ in range(depth):
         value = [value]
     return value
@@ -250,3 +250,17 @@ def test_streaming_cut_equals_cutting_the_whole_text(text: str, stops: list[str]
     assert out == expected
     assert hit == bool(found)
     assert not any(s in out for s in stops)
+
+
+def test_depth_counts_containers_not_numpy_scalars() -> None:
+    # stop sits one level down; 31 lists put the leaf at depth 32, the limit: a scalar there is fine.
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": _nested(31, np.float64(1.0))}, "llm/v1/chat")
+    assert exc.value.field.startswith("stop[0]") and "nested" not in str(exc.value)
+    # numpy object arrays (as DataFrame cells hold lists) count as containers.
+    deep: object = "x"
+    for _ in range(40):
+        deep = np.array([deep, "pad"], dtype=object)
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": deep}, "llm/v1/chat")
+    assert exc.value.field == "stop" and "nested more than 32 levels" in str(exc.value)

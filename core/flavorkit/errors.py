@@ -12,12 +12,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
+    "MAX_LISTED_ERRORS",
     "BackendError",
     "BackendNotFound",
     "BackendUnavailable",
     "FlavorkitError",
     "IntegrityError",
-    "MAX_LISTED_ERRORS",
     "InvalidRequest",
     "ModelSourceError",
     "PackagingError",

@@ -210,7 +210,7 @@ def _clean_at(value: Any, loc: list[int | str], depth: int) -> Any:
     if isinstance(value, str):
         _check_text(value, loc)
         return value
-    if depth >= MAX_DEPTH and (isinstance(value, (Mapping, list, tuple)) or hasattr(value, "tolist")):
+    if depth >= MAX_DEPTH and (isinstance(value, (Mapping, list, tuple)) or getattr(value, "ndim", 0) > 0):
         # Name the field that holds the nesting, not the path down to where the limit was hit.
         named = max((i for i, part in enumerate(loc) if isinstance(part, str)), default=-1)
         raise InvalidRequest(
