@@ -17,6 +17,13 @@ from flavorkit.stopping import StopMatcher
 OK = [{"role": "user", "content": "hi"}]
 
 
+def _nested(depth: int, leaf: object = "x") -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("request_", "field", "fragment"),
     [
@@ -52,6 +59,16 @@ OK = [{"role": "user", "content": "hi"}]
         ({"messages": OK, "seed": -1}, "seed", "greater than or equal to 0"),
         ({"messages": OK, "seed": 2**31}, "seed", "less than or equal to 2147483647"),
         ({"messages": OK, "frequency_penalty": 0.5}, "frequency_penalty", "unknown field"),
+        # Lone surrogates are not Unicode text: no tokenizer can encode them.
+        ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content", "lone surrogate U+D800"),
+        ({"messages": [*OK, {"role": "user", "content": "\udfff"}]}, "messages[1].content", "position 0"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "x\udc80"}]}, "messages[0].name", "lone surrogate"),
+        ({"messages": OK, "stop": "\ud83d"}, "stop", "lone surrogate"),
+        ({"messages": OK, "stop": ["ok", "\ud83d"]}, "stop[1]", "lone surrogate"),
+        # Nesting far beyond anything valid is refused before any recursive walk can overflow.
+        ({"messages": [{"role": "user", "content": _nested(5000)}]}, "messages[0].content", "nested more than"),
+        ({"messages": OK, "stop": _nested(100)}, "stop", "nested more than"),
+        ({"messages": _nested(3000)}, "messages", "nested more than"),
     ],
 )
 def test_invalid_chat_requests_name_the_field(request_: dict, field: str, fragment: str) -> None:
@@ -94,6 +111,48 @@ def test_a_dataframe_row_with_integral_floats_is_accepted() -> None:
     rows = frame.to_dict(orient="records")
     assert parse_request(rows[0], "llm/v1/chat").max_tokens == 3
     assert parse_request(rows[1], "llm/v1/chat").max_tokens is None
+
+
+def test_integers_are_accepted_wherever_floats_are() -> None:
+    req = parse_request({"messages": OK, "temperature": 2, "top_p": 1}, "llm/v1/chat")
+    assert req.temperature == 2.0 and req.top_p == 1.0
+    req = parse_request({"messages": OK, "temperature": np.int64(1), "top_p": np.int32(1)}, "llm/v1/chat")
+    assert req.temperature == 1.0 and req.top_p == 1.0
+
+
+def test_valid_text_with_surrogate_pairs_and_moderate_nesting_is_fine() -> None:
+    # A properly paired astral character is valid; only lone surrogates are refused.
+    req = parse_request({"messages": [{"role": "user", "content": "\U0001f642 caf\u00e9"}]}, "llm/v1/chat")
+    assert req.messages[0].content == "\U0001f642 caf\u00e9"
+    # Nesting below the limit is judged by the ordinary type rules.
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": [{"role": "user", "content": _nested(20)}]}, "llm/v1/chat")
+    assert exc.value.field == "messages[0].content" and "valid string" in str(exc.value)
+
+
+def test_a_lone_surrogate_in_a_key_or_a_text_prompt_names_the_field() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"prompt": "hi\ud800"}, "text-generation")
+    assert exc.value.field == "prompt" and "lone surrogate" in str(exc.value)
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "x\ud800": 1}, "llm/v1/chat")
+    assert "lone surrogate" in str(exc.value)
+    str(exc.value).encode("utf-8")  # the message itself is valid text
+
+
+def test_errors_of_several_rows_list_each_up_to_a_limit() -> None:
+    one = InvalidRequest("inputs[0].n", "bad", allowed="1 to 16")
+    assert InvalidRequest.for_rows([one]) is one and one.errors == [one]
+    rows = [InvalidRequest(f"inputs[{i}].top_p", f"bad {i}") for i in range(1, 13)]
+    err = InvalidRequest.for_rows([one, *rows])
+    assert (err.field, err.detail, err.allowed) == ("inputs[0].n", "bad", "1 to 16")
+    assert err.errors == [one, *rows]
+    text = str(err)
+    assert text.startswith(
+        "invalid request: 13 bad rows: field 'inputs[0].n': bad (allowed: 1 to 16); field 'inputs[1]"
+    )
+    assert "'inputs[9].top_p'" in text and "'inputs[10].top_p'" not in text
+    assert text.endswith("; and 3 more")
 
 
 def test_stop_accepts_a_plain_string() -> None:
@@ -191,3 +250,17 @@ def test_streaming_cut_equals_cutting_the_whole_text(text: str, stops: list[str]
     assert out == expected
     assert hit == bool(found)
     assert not any(s in out for s in stops)
+
+
+def test_depth_counts_containers_not_numpy_scalars() -> None:
+    # stop sits one level down; 31 lists put the leaf at depth 32, the limit: a scalar there is fine.
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": _nested(31, np.float64(1.0))}, "llm/v1/chat")
+    assert exc.value.field.startswith("stop[0]") and "nested" not in str(exc.value)
+    # numpy object arrays (as DataFrame cells hold lists) count as containers.
+    deep: object = "x"
+    for _ in range(40):
+        deep = np.array([deep, "pad"], dtype=object)
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": deep}, "llm/v1/chat")
+    assert exc.value.field == "stop" and "nested more than 32 levels" in str(exc.value)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
+    "MAX_LISTED_ERRORS",
     "BackendError",
     "BackendNotFound",
     "BackendUnavailable",
@@ -63,17 +64,48 @@ class PluginSpecError(FlavorkitError):
     """A plugin violates the hook specification (unknown hook, missing required hook, bad return)."""
 
 
-class InvalidRequest(FlavorkitError, ValueError):
-    """A request (or a packaging-time default) failed validation; names the offending field."""
+#: How many bad rows of a batch an :class:`InvalidRequest` message lists before "and N more".
+MAX_LISTED_ERRORS = 10
 
-    def __init__(self, field: str, message: str, allowed: str | None = None) -> None:
+
+def _describe(field: str, message: str, allowed: str | None) -> str:
+    text = f"field {field!r}: {message}"
+    return f"{text} (allowed: {allowed})" if allowed else text
+
+
+class InvalidRequest(FlavorkitError, ValueError):
+    """A request (or a packaging-time default) failed validation; names the offending field.
+
+    ``field``, ``detail`` and ``allowed`` describe the first problem. A batch with several bad rows
+    raises one error whose ``errors`` lists every bad row (see :meth:`for_rows`); otherwise
+    ``errors`` is ``[self]``.
+    """
+
+    def __init__(
+        self, field: str, message: str, allowed: str | None = None, *, errors: Sequence[InvalidRequest] = ()
+    ) -> None:
         self.field = field
         self.detail = message
         self.allowed = allowed
-        text = f"invalid request: field {field!r}: {message}"
-        if allowed:
-            text += f" (allowed: {allowed})"
+        self.errors: list[InvalidRequest] = list(errors) or [self]
+        if len(self.errors) == 1:
+            text = "invalid request: " + _describe(field, message, allowed)
+        else:
+            listed = "; ".join(_describe(e.field, e.detail, e.allowed) for e in self.errors[:MAX_LISTED_ERRORS])
+            text = f"invalid request: {len(self.errors)} bad rows: {listed}"
+            if len(self.errors) > MAX_LISTED_ERRORS:
+                text += f"; and {len(self.errors) - MAX_LISTED_ERRORS} more"
         super().__init__(text)
+
+    @classmethod
+    def for_rows(cls, errors: Sequence[InvalidRequest]) -> InvalidRequest:
+        """One error for the bad rows of a batch: the first is the primary field, each is listed."""
+        if not errors:
+            raise ValueError("for_rows needs at least one error")
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        return cls(first.field, first.detail, first.allowed, errors=errors)
 
 
 class ModelSourceError(FlavorkitError, FileNotFoundError):

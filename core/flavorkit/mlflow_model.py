@@ -25,7 +25,9 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
     def load_context(self, context: PythonModelContext) -> None:
         """Verify the artifacts and load the backend runtime."""
         from flavorkit.loading import load_packaged
+        from flavorkit.mlflow_columns import watch_dropped_columns
 
+        watch_dropped_columns()  # so that unknown fields MLflow drops are refused, not ignored
         self._model = load_packaged(context.artifacts, context.model_config or {})
 
     @property
@@ -37,8 +39,10 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
     def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
         """Answer each request (dict, list of dicts or DataFrame rows), in order."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
+        from flavorkit.mlflow_columns import refuse_dropped_columns
 
         try:
+            refuse_dropped_columns(self._model.task)
             return self._model.predict(model_input)
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc
@@ -48,8 +52,10 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
     ) -> Iterator[Any]:
         """Stream one request as OpenAI ``chat.completion.chunk`` dicts (or text pieces)."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
+        from flavorkit.mlflow_columns import refuse_dropped_columns
 
         try:
+            refuse_dropped_columns(self._model.task)
             stream = self._model.predict_stream(model_input)
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc

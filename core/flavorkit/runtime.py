@@ -129,6 +129,7 @@ class LoadedModel:
     def _prepare(self, raw_rows: Sequence[Any]) -> list[_Row]:
         """Validate and encode every row before any generation starts, so bad input costs nothing."""
         rows: list[_Row] = []
+        errors: list[InvalidRequest] = []
         many = len(raw_rows) > 1
         for i, raw in enumerate(raw_rows):
             try:
@@ -136,7 +137,9 @@ class LoadedModel:
             except InvalidRequest as exc:
                 if not many:
                     raise
-                raise InvalidRequest(f"inputs[{i}].{exc.field}", exc.detail, exc.allowed) from None
+                errors.append(InvalidRequest(f"inputs[{i}].{exc.field}", exc.detail, exc.allowed))
+        if errors:  # every bad row is named, not only the first
+            raise InvalidRequest.for_rows(errors)
         return rows
 
     def _prepare_row(self, i: int, raw: Any) -> _Row:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from flavorkit.errors import InvalidRequest
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_N",
     "MAX_SEED",
     "MAX_STOP",
@@ -34,6 +35,8 @@ __all__ = [
 ROLES = ("system", "user", "assistant")
 MAX_N = 16
 MAX_STOP = 4
+#: Deepest nesting of lists and objects a request may have (a valid one needs three levels).
+MAX_DEPTH = 32
 #: Seeds are 31-bit so every runtime can take them (onnxruntime-genai's random_seed is an int32).
 MAX_SEED = 2**31 - 1
 
@@ -192,15 +195,62 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     return InvalidRequest(field, f"{message}; got {shown}{extra}", allowed=allowed)
 
 
-def _clean(value: Any) -> Any:
-    """Recursively turn numpy arrays/scalars and NaN cells (from DataFrames) into plain Python."""
+def _clean(value: Any, prefix: str = "") -> Any:
+    """Turn numpy arrays/scalars and NaN cells (from DataFrames) into plain Python, checking the text.
+
+    Nothing valid is nested more than a few levels, so anything deeper than :data:`MAX_DEPTH` is
+    refused before any recursive walk (this one, pydantic's, a repr) can exhaust the stack; a string
+    with a lone surrogate (not Unicode text, so no tokenizer can encode it) is refused here too.
+    Both errors name the field.
+    """
+    return _clean_at(value, [prefix] if prefix else [], 0)
+
+
+def _clean_at(value: Any, loc: list[int | str], depth: int) -> Any:
+    if isinstance(value, str):
+        _check_text(value, loc)
+        return value
+    if depth >= MAX_DEPTH and (isinstance(value, (Mapping, list, tuple)) or getattr(value, "ndim", 0) > 0):
+        # Name the field that holds the nesting, not the path down to where the limit was hit.
+        named = max((i for i, part in enumerate(loc) if isinstance(part, str)), default=-1)
+        raise InvalidRequest(
+            _field_path(loc[: named + 1]),
+            f"is nested more than {MAX_DEPTH} levels deep",
+            allowed=_ALLOWED.get(str(loc[named])) if named >= 0 else None,
+        )
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items() if not _is_missing(v)}
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        out = {}
+        for k, v in value.items():
+            key = str(k)
+            _check_text(key, [*loc, _printable(key)], what="field name")
+            if not _is_missing(v):
+                out[key] = _clean_at(v, [*loc, key], depth + 1)
+        return out
+    if hasattr(value, "tolist") and not isinstance(value, bytes):
         value = value.tolist()
+        if isinstance(value, str):
+            _check_text(value, loc)
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [_clean_at(v, [*loc, i], depth + 1) for i, v in enumerate(value)]
     return value
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates written as escapes, so messages about it are valid text."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(text: str, loc: list[int | str], what: str = "text") -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            _field_path(loc),
+            f"{what} is not valid Unicode: lone surrogate U+{ord(text[exc.start]):04X} at position {exc.start}",
+            allowed="Unicode text without lone UTF-16 surrogates",
+        ) from None
 
 
 def _is_missing(value: Any) -> bool:
@@ -241,7 +291,7 @@ def validate_generation_defaults(generation: Mapping[str, Any] | None) -> dict[s
     if not isinstance(generation, Mapping):
         raise InvalidRequest("generation", f"must be a dict, got {type(generation).__name__}")
     try:
-        params = GenerationParams.model_validate(_clean(generation))
+        params = GenerationParams.model_validate(_clean(generation, prefix="generation"))
     except ValidationError as exc:
         raise format_validation_error(exc, GenerationParams, prefix="generation") from None
     if len(params.stop_strings()) > MAX_STOP:

@@ -3,8 +3,8 @@
 ``llm/v1/chat`` uses the field names of MLflow's own ``llm/v1/chat`` schema, restricted to the
 fields flavorkit honours (a signature never lists a field the model would reject).
 ``text-generation`` is ``{"prompt": str}`` in and ``str`` out, with the same optional settings.
-``stop`` and the integer settings are typed ``Any`` (see :func:`_generation_columns`); flavorkit
-validates them itself.
+``stop``, the numeric settings and the message properties are typed ``Any`` (see
+:func:`_generation_columns` and docs/architecture.md section 4); flavorkit validates them itself.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ TASKS = (CHAT, TEXT)
 def _generation_columns(*, with_n: bool) -> list[Any]:
     from mlflow.types.schema import AnyType, ColSpec, DataType
 
-    # Integer settings are typed Any: MLflow turns a batch in which only some rows set an integer
-    # field into a float column with NaN, which a `long` column rejects (and `double` rejects plain
-    # ints). flavorkit validates these fields itself, with the field name and allowed range.
+    # Numeric settings are typed Any: MLflow turns a batch in which only some rows set an integer
+    # field into a float column with NaN, which a `long` column rejects, and a `double` column
+    # rejects plain ints other than 0 and 1 (so `temperature: 2` would fail). flavorkit validates
+    # these fields itself, with the field name and allowed range.
     cols = [
-        ColSpec(name="temperature", type=DataType.double, required=False),
+        ColSpec(name="temperature", type=AnyType(), required=False),
         ColSpec(name="max_tokens", type=AnyType(), required=False),
         # OpenAI (and flavorkit) accept a string or a list of strings for stop.
         ColSpec(name="stop", type=AnyType(), required=False),
@@ -37,7 +38,7 @@ def _generation_columns(*, with_n: bool) -> list[Any]:
         cols.append(ColSpec(name="n", type=AnyType(), required=False))
     cols += [
         ColSpec(name="stream", type=DataType.boolean, required=False),
-        ColSpec(name="top_p", type=DataType.double, required=False),
+        ColSpec(name="top_p", type=AnyType(), required=False),
         ColSpec(name="top_k", type=AnyType(), required=False),
         ColSpec(name="seed", type=AnyType(), required=False),
     ]
@@ -47,14 +48,17 @@ def _generation_columns(*, with_n: bool) -> list[Any]:
 def standard_signature(task: str) -> ModelSignature | None:
     """The signature of a core task, or None when ``task`` is not one of :data:`TASKS`."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Object, Property, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Object, Property, Schema
 
     if task == CHAT:
+        # The message properties are MLflow's, typed Any: MLflow's string check fails on a lone
+        # surrogate with pandas' error, and on deep nesting it overflows the stack while formatting its
+        # own message, before flavorkit can name the field. flavorkit checks them (content a string).
         message = Object(
             [
-                Property("role", DataType.string),
-                Property("content", DataType.string),
-                Property("name", DataType.string, required=False),
+                Property("role", AnyType()),
+                Property("content", AnyType()),
+                Property("name", AnyType(), required=False),
             ]
         )
         inputs = Schema([ColSpec(name="messages", type=Array(message)), *_generation_columns(with_n=True)])
