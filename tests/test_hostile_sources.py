@@ -196,6 +196,10 @@ def test_staging_hard_links_and_checks_every_entry(tmp_path: Path) -> None:
     assert (out / "a" / "w.bin").stat().st_ino == (src / "a" / "w.bin").stat().st_ino  # a hard link, not a copy
     flat = stage_tree(src, tmp_path / "flat", recursive=False)
     assert sorted(p.name for p in flat.iterdir()) == [".hidden", "link.json", "top.json"]
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    skipped = stage_tree(src, tmp_path / "skipped", keep=lambda p: p.name != ".git")
+    assert not (skipped / ".git").exists(), "a folder keep() rejects is skipped whole"
 
 
 # --- inside a Hub cache, links into that repo's blobs (and only those) are allowed -------------------
@@ -237,7 +241,7 @@ def test_a_hub_blob_that_is_itself_a_link_out_is_refused(tiny_ort: Path, tmp_pat
 
 
 def test_resolve_model_dir_reports_the_hub_roots(tiny_ort: Path, tmp_path: Path) -> None:
-    from flavorkit.sources import ModelDir, resolve_model_dir
+    from flavorkit.sources import ModelDir, check_links, resolve_model_dir
 
     snapshot = hub_cache(tmp_path / "hub", "acme/tiny", tiny_ort, "onnx/cpu").resolve()
     with hub_env(tmp_path / "hub", online=False):
@@ -246,3 +250,6 @@ def test_resolve_model_dir_reports_the_hub_roots(tiny_ort: Path, tmp_path: Path)
     assert snapshot.name == COMMIT
     local = resolve_model_dir(tiny_ort)
     assert local == ModelDir(path=tiny_ort.resolve(), root=tiny_ort.resolve(), blobs=None)
+    inside = resolve_model_dir(snapshot / "onnx" / "cpu")  # a snapshot folder given as a local path
+    assert inside.blobs == snapshot.parent.parent / "blobs"
+    assert check_links(inside) == len([p for p in tiny_ort.rglob("*") if p.is_file()])

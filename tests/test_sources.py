@@ -55,7 +55,7 @@ def test_local_subfolder(tiny_ort: Path, tmp_path: Path) -> None:
 
 
 def _package_in_subprocess(
-    source: str, cache: Path, out: Path, subfolder: str, *, online: bool = False
+    source: str, cache: Path, out: Path, subfolder: str, *, online: bool = False, backend: str = "onnx-cpu"
 ) -> subprocess.CompletedProcess[str]:
     """Package and predict in a fresh interpreter, with huggingface_hub configured by real environment variables.
 
@@ -64,7 +64,7 @@ def _package_in_subprocess(
     """
     code = f"""
 import json, flavorkit, mlflow
-info = flavorkit.package(model={source!r}, backend="onnx-cpu", path={str(out)!r},
+info = flavorkit.package(model={source!r}, backend={backend!r}, path={str(out)!r},
                          options={{"subfolder": {subfolder!r}}}, generation={{"temperature": 0}})
 m = mlflow.pyfunc.load_model(info.model_uri)
 print(json.dumps(m.predict({{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 3}})))
@@ -88,6 +88,18 @@ def test_hub_repo_id_plus_subfolder_from_the_local_hub_cache(tiny_ort: Path, tmp
     assert out[0]["usage"]["completion_tokens"] <= 3
     packaged = tmp_path / "m" / "artifacts" / "model"
     assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in tiny_ort.iterdir())
+    assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
+
+
+def test_transformers_hub_id_with_the_hub_unreachable(tiny_hf: Path, tmp_path: Path) -> None:
+    """Without HF_HUB_OFFLINE, packaging and loading a transformers model from the cache never needs the Hub."""
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/tiny-chat", tiny_hf, "chat")
+    proc = _package_in_subprocess("acme/tiny-chat", cache, tmp_path / "m", "chat", online=True, backend="transformers")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])[0]["usage"]["completion_tokens"] <= 3
+    packaged = tmp_path / "m" / "artifacts" / "model"
+    assert (packaged / "model.safetensors").read_bytes() == (tiny_hf / "model.safetensors").read_bytes()
     assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
 
 
