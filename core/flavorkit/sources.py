@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flavorkit.errors import BackendUnavailable, ModelSourceError
-from flavorkit.staging import ModelDir, check_links, model_dir, stage_tree
+from flavorkit.source_tree import ModelDir, check_links, model_dir, stage_tree
 
 __all__ = [
     "ModelDir",
