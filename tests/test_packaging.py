@@ -285,10 +285,10 @@ def test_symlinked_folders_inside_the_source_are_packaged(tiny_ort: Path, tmp_pa
 
     source = tmp_path / "src"
     shutil.copytree(tiny_ort, source)
-    notes = tmp_path / "elsewhere"
+    notes = source / "shared"  # a folder link out of the source is refused (tests/test_hostile_sources.py)
     notes.mkdir()
     (notes / "notes.txt").write_text("kept beside the model")
-    (source / "docs").symlink_to(notes, target_is_directory=True)
+    (source / "docs").symlink_to("shared", target_is_directory=True)
     info = flavorkit.package(model=str(source), backend="onnx-cpu", path=tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / "artifacts" / "manifest.json").read_text())
     assert "model/docs/notes.txt" in manifest["files"]

@@ -14,19 +14,9 @@ import pytest
 import flavorkit
 from flavorkit.errors import ModelSourceError
 from flavorkit.sources import looks_like_hub_id, resolve_local_dir
+from hub_layout import closed_endpoint, hub_cache
 
 SUBFOLDER = "cpu_and_mobile/cpu-fp32"
-
-
-def _hub_cache(root: Path, repo_id: str, model: Path, subfolder: str, revision: str = "main") -> Path:
-    """Lay out ``model`` the way huggingface_hub stores a downloaded snapshot."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    shutil.copytree(model, snapshot / subfolder)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / revision).write_text(commit)
-    return root
 
 
 @pytest.mark.parametrize(
@@ -64,30 +54,58 @@ def test_local_subfolder(tiny_ort: Path, tmp_path: Path) -> None:
     assert Path(info.model_uri, "MLmodel").is_file()
 
 
-def _package_in_subprocess(source: str, cache: Path, out: Path, subfolder: str) -> subprocess.CompletedProcess[str]:
+def _package_in_subprocess(
+    source: str, cache: Path, out: Path, subfolder: str, *, online: bool = False, backend: str = "onnx-cpu"
+) -> subprocess.CompletedProcess[str]:
+    """Package and predict in a fresh interpreter, with huggingface_hub configured by real environment variables.
+
+    Offline sets ``HF_HUB_OFFLINE=1``; online unsets it (and ``TRANSFORMERS_OFFLINE``, which implies
+    it) and points ``HF_ENDPOINT`` at a closed loopback port, so the Hub is tried and unreachable.
+    """
     code = f"""
 import json, flavorkit, mlflow
-info = flavorkit.package(model={source!r}, backend="onnx-cpu", path={str(out)!r},
+info = flavorkit.package(model={source!r}, backend={backend!r}, path={str(out)!r},
                          options={{"subfolder": {subfolder!r}}}, generation={{"temperature": 0}})
 m = mlflow.pyfunc.load_model(info.model_uri)
 print(json.dumps(m.predict({{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 3}})))
 """
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    if online:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.pop(name, None)
+        env["HF_ENDPOINT"] = closed_endpoint()
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
-def test_hub_repo_id_plus_subfolder_from_the_local_hub_cache(tiny_ort: Path, tmp_path: Path) -> None:
-    cache = _hub_cache(tmp_path / "hub", "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
-    proc = _package_in_subprocess("acme/tiny-chat-onnx", cache, tmp_path / "m", SUBFOLDER)
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online-unreachable"])
+def test_hub_repo_id_plus_subfolder_from_the_local_hub_cache(tiny_ort: Path, tmp_path: Path, online: bool) -> None:
+    """The cache holds relative links from the snapshot into blobs/, as huggingface_hub writes it."""
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
+    proc = _package_in_subprocess("acme/tiny-chat-onnx", cache, tmp_path / "m", SUBFOLDER, online=online)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out[0]["usage"]["completion_tokens"] <= 3
-    packaged = {p.name for p in (tmp_path / "m" / "artifacts").iterdir()}
-    assert "cpu-fp32" in packaged, "only the requested subfolder is packaged"
+    packaged = tmp_path / "m" / "artifacts" / "model"
+    assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in tiny_ort.iterdir())
+    assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
+
+
+def test_transformers_hub_id_with_the_hub_unreachable(tiny_hf: Path, tmp_path: Path) -> None:
+    """Without HF_HUB_OFFLINE, packaging and loading a transformers model from the cache never needs the Hub."""
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/tiny-chat", tiny_hf, "chat")
+    proc = _package_in_subprocess("acme/tiny-chat", cache, tmp_path / "m", "chat", online=True, backend="transformers")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])[0]["usage"]["completion_tokens"] <= 3
+    packaged = tmp_path / "m" / "artifacts" / "model"
+    assert (packaged / "model.safetensors").read_bytes() == (tiny_hf / "model.safetensors").read_bytes()
+    assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(tiny_ort: Path, tmp_path: Path) -> None:
-    cache = _hub_cache(tmp_path / "hub", "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)
     proc = _package_in_subprocess("acme/not-downloaded", cache, tmp_path / "m", SUBFOLDER)
     assert proc.returncode != 0
     assert "ModelSourceError" in proc.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 from flavorkit.errors import ModelSourceError
 from flavorkit.progress import step
+from flavorkit.sources import ModelDir
 from flavorkit_hf.common import CODE_SUFFIXES, WEIGHT_SUFFIXES, check_remote_code, stage_files, weight_files
 
 __all__ = ["save_pipeline", "stage_checkpoint", "validate_checkpoint"]
@@ -83,7 +84,7 @@ def validate_checkpoint(folder: Path, *, trust_remote_code: bool) -> dict[str, A
     }
 
 
-def stage_checkpoint(folder: Path, dest: Path, *, weights: list[str], trust_remote_code: bool) -> Path:
+def stage_checkpoint(folder: ModelDir | Path, dest: Path, *, weights: list[str], trust_remote_code: bool) -> Path:
     """Stage the config, tokenizer, generation config and the used weights (plus code when trusted)."""
     used = set(weights)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flavorkit import Capability, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.handles import HandleHooks
-from flavorkit.sources import looks_like_hub_id, resolve_local_dir
+from flavorkit.sources import ModelDir, looks_like_hub_id, resolve_model_dir, stage_tree
 
 __all__ = [
     "CODE_SUFFIXES",
@@ -84,20 +83,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def resolve_source(source: Any, options: Mapping[str, Any], *, weights: bool) -> Path:
-    """A local folder for a path or Hub id; Hub downloads skip weight formats that are not used."""
+def resolve_source(source: Any, options: Mapping[str, Any], *, weights: bool) -> ModelDir:
+    """The local folder for a path or Hub id (with where its links may lead); Hub downloads skip unused weights."""
     if not isinstance(source, (str, os.PathLike)):
         raise ModelSourceError(type(source).__name__, "expected a local path or a Hugging Face Hub id")
     subfolder, revision = options.get("subfolder"), options.get("revision")
     text = os.fspath(source)
     if not looks_like_hub_id(text):
-        return resolve_local_dir(text, subfolder=subfolder, revision=revision)
+        return resolve_model_dir(text, subfolder=subfolder, revision=revision)
     patterns = [*_HUB_METADATA, "*.safetensors"] if weights else [*_HUB_METADATA, "*.onnx", "*.onnx_data", "*.data"]
-    folder = resolve_local_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
-    if weights and not weight_files(folder, required=False):
+    found = resolve_model_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
+    if weights and not weight_files(found.path, required=False):
         patterns = [*_HUB_METADATA, "*.bin"]
-        folder = resolve_local_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
-    return folder
+        found = resolve_model_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
+    return found
 
 
 def check_remote_code(folder: Path, trust_remote_code: bool) -> list[str]:
@@ -141,16 +140,9 @@ def weight_files(folder: Path, *, required: bool = True) -> list[Path]:
     return []
 
 
-def stage_files(folder: Path, dest: Path, keep: Callable[[Path], bool]) -> Path:
-    """Hard-link (or copy) the top-level files of ``folder`` that ``keep`` accepts into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not keep(path):
-            continue
-        target = dest / path.name
-        real = path.resolve()  # Hub snapshots hold symlinks into the blob store
-        try:
-            os.link(real, target)
-        except OSError:
-            shutil.copy2(real, target)
-    return dest
+def stage_files(folder: ModelDir | Path, dest: Path, keep: Callable[[Path], bool]) -> Path:
+    """Stage the visible top-level files of ``folder`` that ``keep`` accepts into ``dest`` as real files.
+
+    Every link in ``folder`` is checked first (see :func:`flavorkit.sources.stage_tree`).
+    """
+    return stage_tree(folder, dest, keep=lambda path: not path.name.startswith(".") and keep(path), recursive=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from flavorkit.cache import cached_dir, content_key, tree_digest
 from flavorkit.errors import PackagingError
 from flavorkit.progress import step
+from flavorkit.sources import ModelDir, check_links, model_dir
 
 __all__ = ["RECIPE_VERSION", "TASK", "export_checkpoint", "main"]
 
@@ -37,9 +38,15 @@ def _version(dist: str) -> str:
         return "missing"
 
 
-def export_checkpoint(checkpoint: str | Path, *, trust_remote_code: bool = False) -> Path:
-    """Return a cached fp32 ONNX export (with past key values) of the transformers ``checkpoint`` folder."""
-    source = Path(checkpoint)
+def export_checkpoint(checkpoint: str | Path | ModelDir, *, trust_remote_code: bool = False) -> Path:
+    """Return a cached fp32 ONNX export (with past key values) of the transformers ``checkpoint`` folder.
+
+    The checkpoint's links are checked first (:func:`flavorkit.sources.check_links`), so the
+    exporter never reads a file from outside it.
+    """
+    found = checkpoint if isinstance(checkpoint, ModelDir) else model_dir(checkpoint)
+    check_links(found)
+    source = found.path
     recipe = {
         "recipe": RECIPE_VERSION,
         "source": tree_digest(source),

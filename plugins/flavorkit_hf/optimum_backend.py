@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import installed_version, pinned
-from flavorkit.sources import looks_like_hub_id
+from flavorkit.sources import ModelDir, check_links, looks_like_hub_id, model_dir
 from flavorkit_hf.common import (
     CODE_SUFFIXES,
     WEIGHT_SUFFIXES,
@@ -139,11 +139,14 @@ class OptimumBackend(HFBackendBase):
                 "the optimum-onnx backend takes a path or Hub id of an ONNX export or a transformers checkpoint",
             )
         trust = bool(options.get("trust_remote_code", False))
-        folder = resolve_source(source, options, weights=False)
-        if not _onnx_files(folder) and looks_like_hub_id(os.fspath(source)):
-            folder = resolve_source(source, options, weights=True)
+        found = resolve_source(source, options, weights=False)
+        if not _onnx_files(found.path) and looks_like_hub_id(os.fspath(source)):
+            found = resolve_source(source, options, weights=True)
+        check_links(found)  # before onnx, transformers or the exporter read a file of it
+        folder = found.path
         metadata: dict[str, Any] = {"provider": options.get("provider", "CPUExecutionProvider")}
         exported = False
+        staged_from: ModelDir = found
         if not _onnx_files(folder):
             if not (folder / "config.json").is_file():
                 raise ModelSourceError(folder, "neither ONNX files nor a transformers checkpoint (config.json) found")
@@ -151,7 +154,8 @@ class OptimumBackend(HFBackendBase):
             from flavorkit_hf.export import export_checkpoint
 
             info = validate_checkpoint(folder, trust_remote_code=trust)
-            folder = export_checkpoint(folder, trust_remote_code=trust)
+            folder = export_checkpoint(found, trust_remote_code=trust)
+            staged_from = model_dir(folder)
             metadata["exported_from"] = {k: info[k] for k in ("model_type", "architectures")}
             exported = True
 
@@ -161,7 +165,7 @@ class OptimumBackend(HFBackendBase):
             return trust or path.suffix not in CODE_SUFFIXES
 
         metadata.update(_check_export(folder, options, read_graph=not exported))
-        staged = stage_files(folder, Path(workdir) / "model", keep)
+        staged = stage_files(staged_from, Path(workdir) / "model", keep)
         requirements = [pinned(ort_distribution(options.get("provider"))), *(pinned(d) for d in RUNTIME)]
         return Artifacts(files={"model": str(staged)}, requirements=requirements, metadata=metadata)
 

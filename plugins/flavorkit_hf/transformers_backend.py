@@ -2,7 +2,8 @@
 
 Sources: a local checkpoint folder, a Hub id (downloaded with huggingface_hub), or an already built
 ``transformers.Pipeline``. A folder is validated (config, causal-LM class, weight headers,
-tokenizer) without loading the weights and its files are packaged as they are; a pipeline's model
+tokenizer) without loading the weights and its files are staged as real files (no link in it may lead
+outside the source, see :func:`flavorkit.sources.stage_tree`); a pipeline's model
 and tokenizer are saved with ``save_pretrained``. This module is what the entry point names, so it
 stays light: torch and transformers are imported only inside hooks.
 """
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import pinned
+from flavorkit.sources import check_links
 from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]
@@ -69,9 +71,10 @@ class TransformersBackend(HFBackendBase):
         trust = bool(options.get("trust_remote_code", False))
         dest = Path(workdir) / "model"
         if isinstance(source, (str, os.PathLike)):
-            folder = resolve_source(source, options, weights=True)
-            info = validate_checkpoint(folder, trust_remote_code=trust)
-            stage_checkpoint(folder, dest, weights=info["weights"], trust_remote_code=trust)
+            found = resolve_source(source, options, weights=True)
+            check_links(found)  # before transformers reads a file of it
+            info = validate_checkpoint(found.path, trust_remote_code=trust)
+            stage_checkpoint(found, dest, weights=info["weights"], trust_remote_code=trust)
             origin = "checkpoint"
         else:
             from transformers import Pipeline

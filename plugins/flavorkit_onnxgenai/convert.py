@@ -18,6 +18,7 @@ from flavorkit.cache import cached_dir, content_key, tree_digest
 from flavorkit.errors import BackendUnavailable, PackagingError
 from flavorkit.progress import step
 from flavorkit.requirements import installed_version
+from flavorkit.sources import ModelDir, check_links, model_dir
 
 __all__ = ["RECIPE_VERSION", "convert_checkpoint"]
 
@@ -27,13 +28,19 @@ _BUILDER_NEEDS = ("transformers", "torch", "onnx")
 
 
 def convert_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | ModelDir,
     *,
     precision: str = "int4",
     execution_provider: str = "cpu",
     builder_options: Mapping[str, str] | None = None,
 ) -> Path:
-    """Return a cached ORT-genai folder built from the transformers ``checkpoint`` directory."""
+    """Return a cached ORT-genai folder built from the transformers ``checkpoint`` directory.
+
+    The checkpoint's links are checked first (:func:`flavorkit.sources.check_links`): the builder
+    reads the folder in place and must never read a file from outside it. A :class:`ModelDir`
+    (from :func:`flavorkit.sources.resolve_model_dir`) says where its links may lead; a plain
+    path allows links inside itself (and into the Hub cache blobs of a snapshot).
+    """
     missing = [d for d in _BUILDER_NEEDS if installed_version(d) is None]
     if missing:
         raise BackendUnavailable(
@@ -41,7 +48,9 @@ def convert_checkpoint(
             f"converting a transformers checkpoint needs {', '.join(missing)}",
             "pip install 'onnxruntime-genai>=0.15,<0.19' 'transformers>=4.45,<4.58' torch onnx onnx-ir onnxscript",
         )
-    source = Path(checkpoint)
+    found = checkpoint if isinstance(checkpoint, ModelDir) else model_dir(checkpoint)
+    check_links(found)
+    source = found.path
     options = dict(builder_options or {})
     recipe = {
         "recipe": RECIPE_VERSION,

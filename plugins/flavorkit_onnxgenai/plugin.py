@@ -16,7 +16,7 @@ from flavorkit import Artifacts, Capability, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.handles import HandleHooks
 from flavorkit.requirements import pinned
-from flavorkit.sources import resolve_local_dir
+from flavorkit.sources import check_links, resolve_model_dir, stage_tree
 
 __all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
 
@@ -87,15 +87,25 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
-        """An ORT-genai folder as is, or a transformers checkpoint converted with the model builder."""
+        """An ORT-genai folder as is, or a transformers checkpoint converted with the model builder.
+
+        Every link in the source is checked first (none may lead outside it). A folder holding links
+        (a Hub cache snapshot always does) is staged into ``workdir`` as real files; one without is
+        packaged in place, which saves a copy of the weights.
+        """
         if not isinstance(source, (str, Path)):
             raise ModelSourceError(
                 type(source).__name__,
                 "onnx backends take a path or Hub id of an ORT-genai folder or a transformers checkpoint",
             )
-        folder = resolve_local_dir(source, subfolder=options.get("subfolder"), revision=options.get("revision"))
+        found = resolve_model_dir(source, subfolder=options.get("subfolder"), revision=options.get("revision"))
+        links = check_links(found)
+        folder = found.path
         metadata: dict[str, Any] = {"provider": self.provider}
-        if not (folder / "genai_config.json").is_file():
+        if (folder / "genai_config.json").is_file():
+            if links:
+                folder = stage_tree(found, Path(workdir) / "model")
+        else:
             if not (folder / "config.json").is_file():
                 raise ModelSourceError(
                     folder,
@@ -104,7 +114,7 @@ class OnnxGenaiBackend(HandleHooks):
             from flavorkit_onnxgenai.convert import convert_checkpoint
 
             folder = convert_checkpoint(
-                folder,
+                found,
                 precision=options.get("precision", "int4"),
                 execution_provider=self.provider,
                 builder_options=options.get("builder_options", {}),
