@@ -7,6 +7,7 @@ The model is SmolLM2-135M-Instruct (Q4_1 GGUF, about 100 MB) from the llm-smollm
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,20 @@ class TestLlamaCppConformance(BackendConformance):
 
 
 def test_a_folder_with_one_gguf_is_accepted(gguf: Path, tmp_path: Path) -> None:
-    (tmp_path / gguf.name).symlink_to(gguf)
-    arts = get_backend("llama-cpp").artifacts(str(tmp_path), {}, str(tmp_path))
-    assert arts.files == {"model": str(gguf.resolve())}
+    folder = tmp_path / "src"
+    folder.mkdir()
+    shutil.copyfile(gguf, folder / gguf.name)
+    (folder / "alias.bin").symlink_to(gguf.name)  # a link inside the source is fine
+    arts = get_backend("llama-cpp").artifacts(str(folder), {}, str(tmp_path))
+    assert arts.files == {"model": str((folder / gguf.name).resolve())}
     assert arts.requirements[0].startswith("llama-cpp-python==")
+
+
+def test_a_gguf_link_leading_out_of_the_folder_is_refused(gguf: Path, tmp_path: Path) -> None:
+    (tmp_path / gguf.name).symlink_to(gguf)
+    with pytest.raises(ModelSourceError, match="leads outside the model source") as info:
+        get_backend("llama-cpp").artifacts(str(tmp_path), {}, str(tmp_path))
+    assert gguf.name in str(info.value)
 
 
 def test_sources_that_are_not_one_gguf_file_are_refused(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from flavorkit import Artifacts, Capability, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.handles import HandleHooks
 from flavorkit.requirements import pinned
+from flavorkit.sources import check_links
 
 __all__ = ["DISTRIBUTION", "LlamaCppBackend", "LlamaCppOptions", "backend"]
 
@@ -43,6 +44,8 @@ def _find_gguf(source: Any) -> Path:
     if not path.exists():
         raise ModelSourceError(path, "no such file or directory")
     if path.is_dir():
+        # A folder is a model source: a .gguf link that leads outside it is refused, not followed.
+        check_links(path)
         found = sorted(path.glob("*.gguf"))
         if len(found) != 1:
             listed = ", ".join(p.name for p in found) or "none"
