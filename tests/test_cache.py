@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flavorkit.cache import cache_root, cached_dir, content_key, reclaim_interrupted_builds, tree_digest
+from flavorkit.cache import build_scratch, cache_root, cached_dir, content_key, reclaim_interrupted_builds, tree_digest
 
 CORE = Path(__file__).resolve().parents[1] / "core"
 
@@ -157,3 +157,33 @@ def test_folders_the_cache_did_not_make_are_left_alone() -> None:
     (kind / ".k8.lock").write_text("")
     assert reclaim_interrupted_builds() == []
     assert no_lock.is_dir() and odd.is_dir()
+
+
+def test_build_scratch_lives_beside_the_build_and_goes_with_it() -> None:
+    seen: list[Path] = []
+
+    def build(out: Path) -> None:
+        with build_scratch(out) as scratch:
+            seen.append(scratch)
+            (scratch / "log.txt").write_text("tool output")
+            assert scratch.parent == out.parent and scratch != out
+            assert reclaim_interrupted_builds() == [], "a live build's scratch stays"
+            assert (scratch / "log.txt").is_file()
+        (out / "model.onnx").write_text("done")
+
+    entry = cached_dir("kind", "k9", build)
+    assert not seen[0].exists()
+    assert sorted(p.name for p in entry.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".k9.lock", "k9", "k9.json"]
+
+
+def test_a_killed_builds_scratch_is_reclaimed() -> None:
+    kind = cache_root() / "kind"
+    kind.mkdir(parents=True)
+    (kind / ".k10.lock").write_text("")
+    leftover = kind / ".k10.tmp-0123abcd"  # as build_scratch names it, its builder gone
+    leftover.mkdir()
+    with pytest.raises(ValueError, match="not a cache build folder"), build_scratch(kind / "k10"):
+        pass
+    assert reclaim_interrupted_builds() == [leftover]
+    assert not leftover.exists()

@@ -22,7 +22,15 @@ from typing import Any
 
 from flavorkit.manifest import sha256_file
 
-__all__ = ["CACHE_ENV", "cache_root", "cached_dir", "content_key", "reclaim_interrupted_builds", "tree_digest"]
+__all__ = [
+    "CACHE_ENV",
+    "build_scratch",
+    "cache_root",
+    "cached_dir",
+    "content_key",
+    "reclaim_interrupted_builds",
+    "tree_digest",
+]
 
 CACHE_ENV = "FLAVORKIT_CACHE"
 
@@ -108,6 +116,24 @@ def reclaim_interrupted_builds(root: Path | None = None) -> list[Path]:
                         shutil.rmtree(folder, ignore_errors=True)
                         removed.append(folder)
     return removed
+
+
+@contextmanager
+def build_scratch(out: Path) -> Iterator[Path]:
+    """A scratch folder beside the build folder ``out`` of :func:`cached_dir`, removed afterwards.
+
+    It is named like a build folder of the same key, so a build killed mid-way leaves nothing that
+    the next :func:`reclaim_interrupted_builds` does not delete; tools' scratch never goes to TMPDIR.
+    """
+    key = _tmp_key(out.name)
+    if key is None:
+        raise ValueError(f"{out} is not a cache build folder")
+    scratch = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def cached_dir(kind: str, key: str, build: Callable[[Path], None], *, recipe: Mapping[str, Any] | None = None) -> Path:

@@ -13,11 +13,10 @@ import importlib.metadata as md
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from flavorkit.cache import cached_dir, content_key, tree_digest
+from flavorkit.cache import build_scratch, cached_dir, content_key, tree_digest
 from flavorkit.errors import PackagingError
 from flavorkit.progress import step
 from flavorkit.sources import ModelDir, check_links, model_dir
@@ -63,7 +62,7 @@ def export_checkpoint(checkpoint: str | Path | ModelDir, *, trust_remote_code: b
         env = dict(os.environ)
         plugins = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, env.get("PYTHONPATH")) if p)
-        with tempfile.TemporaryDirectory(prefix="flavorkit-optimum-") as scratch:
+        with build_scratch(out) as scratch:
             log = Path(scratch) / "export.log"
             with step(f"Exporting {source.name} to ONNX with Optimum (fp32, {TASK})"), open(log, "w") as fh:
                 proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from flavorkit.cache import cached_dir, content_key, tree_digest
+from flavorkit.cache import build_scratch, cached_dir, content_key, tree_digest
 from flavorkit.errors import BackendUnavailable, PackagingError
 from flavorkit.progress import step
 from flavorkit.requirements import installed_version
@@ -75,8 +74,8 @@ def convert_checkpoint(
             "-e",
             execution_provider,
         ]
-        with tempfile.TemporaryDirectory(prefix="flavorkit-builder-") as scratch:
-            cmd += ["-c", scratch]
+        with build_scratch(out) as scratch:
+            cmd += ["-c", str(scratch)]
             if options:
                 cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
             log = Path(scratch) / "builder.log"
