@@ -331,3 +331,42 @@ def test_text_generation_refuses_default_n(tiny_ort: Path, tmp_path: Path) -> No
             model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", task="text-generation", generation={"n": 4}
         )
     assert exc.value.field == "generation.n"
+
+
+NOT_SHIPPED = ["flavorkit.packager", "flavorkit.cli", "flavorkit.quickstart", "flavorkit.smollm2", "flavorkit.testing"]
+
+
+def test_the_model_ships_only_the_code_loading_needs(tiny_model_dir: Path) -> None:
+    shipped = {p.relative_to(tiny_model_dir / "code").as_posix() for p in (tiny_model_dir / "code").rglob("*.py")}
+    for module in NOT_SHIPPED:
+        rel = module.replace(".", "/")
+        assert f"{rel}.py" not in shipped and not any(f.startswith(f"{rel}/") for f in shipped), module
+    assert {"flavorkit/loading.py", "flavorkit/manifest.py", "flavorkit/config.py", "flavorkit/signing.py"} <= shipped
+
+
+def test_loading_in_a_fresh_interpreter_uses_only_the_shipped_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from flavorkit.testing._probes import child_env
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    script = f"""
+import json, sys, mlflow
+m = mlflow.pyfunc.load_model({str(model)!r})
+out = m.predict({{"messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 2}})
+mods = {{n: getattr(mod, "__file__", None) for n, mod in list(sys.modules.items()) if n.split(".")[0] == "flavorkit"}}
+print("RESULT " + json.dumps({{"modules": mods, "tokens": out[0]["usage"]["completion_tokens"]}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+    assert result["tokens"] <= 2
+    modules = result["modules"]
+    assert "flavorkit.loading" in modules and "flavorkit.runtime" in modules
+    outside = {n: f for n, f in modules.items() if f and not f.startswith(str(model / "code"))}
+    assert outside == {}, "every flavorkit module comes from the model's code/ folder"
+    assert not [m for m in modules if any(m == x or m.startswith(f"{x}.") for x in NOT_SHIPPED)]

@@ -100,7 +100,7 @@ def package(
             "signature": signature,
             "input_example": input_example(task),
             "pip_requirements": merge_requirements(
-                core_requirements(), arts.requirements, [pinned("model-signing")] if signer else []
+                core_requirements(), arts.requirements, [pinned(d) for d in signer.requirements] if signer else []
             ),
             "metadata": {"flavorkit": config.summary()},
             "model_config": config.to_model_config(),

@@ -9,14 +9,20 @@ hashing, signing and verifying are ``model_signing``'s.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from flavorkit.errors import PackagingError, SignatureError
 from flavorkit.manifest import MLMODEL_FILE, REGISTRY_MARKER, SIGNATURE_FILE
 
-__all__ = ["SIGNATURE_FILE", "TRUSTED_KEY_ENV", "Signer", "trusted_key", "verify_signature"]
+__all__ = ["REQUIREMENTS", "SIGNATURE_FILE", "TRUSTED_KEY_ENV", "Signer", "trusted_key", "verify_signature"]
+
+#: What verifying needs where a signed model runs. model-signing 1.1 imports ``OpenSSL`` (from its
+#: certificate signer) without declaring pyOpenSSL, so that is pinned too.
+REQUIREMENTS = ("model-signing", "pyopenssl")
 
 #: Names a PEM public key; when set, loading refuses a model without a valid signature by that key.
 TRUSTED_KEY_ENV = "FLAVORKIT_TRUSTED_KEY"
@@ -52,6 +58,7 @@ class Signer:
             raise PackagingError(f"signing key {key} is not a usable elliptic-curve private key (PEM): {exc}") from exc
         self._ms = ms
         self.key = key
+        self.requirements = REQUIREMENTS
 
     def sign(self, model_dir: str | os.PathLike[str]) -> Path:
         """Sign every file of ``model_dir`` but MLmodel; write and return ``flavorkit.sig``."""
@@ -99,19 +106,36 @@ def verify_signature(
         missing = Path(exc.filename).relative_to(root).as_posix() if exc.filename else str(exc)
         raise SignatureError([f"{missing}: missing (it was signed)"]) from None
     except Exception as exc:
-        raise SignatureError([_reason(exc, key)]) from None
+        raise SignatureError(_reasons(exc, key)) from None
 
 
-def _reason(exc: Exception, key: Path) -> str:
+def _reasons(exc: Exception, key: Path) -> list[str]:
     from cryptography.exceptions import InvalidSignature
 
     text = str(exc)
     if isinstance(exc, InvalidSignature):
-        return (
-            f"{SIGNATURE_FILE}: the signature is not valid for the key {key} (wrong key, or the signature was edited)"
-        )
+        return [f"{SIGNATURE_FILE}: the signature does not verify with the key {key} (another key, or an edit)"]
     if text.startswith("Key mismatch"):
-        return f"{SIGNATURE_FILE}: signed with another key than {key}"
-    if text.startswith("Signature mismatch"):
-        return f"the files differ from the signed ones: {text.removeprefix('Signature mismatch: ')}"
-    return f"{SIGNATURE_FILE}: cannot be verified: {type(exc).__name__}: {text}"
+        return [f"{SIGNATURE_FILE}: signed with another key than {key}"]
+    if text.startswith("Signature mismatch: "):
+        return _differences(text.removeprefix("Signature mismatch: "))
+    return [f"{SIGNATURE_FILE}: cannot be verified: {type(exc).__name__}: {text}"]
+
+
+def _differences(listing: str) -> list[str]:
+    """model-signing's mismatch list (a Python list literal) as one line per file."""
+    try:
+        items = ast.literal_eval(listing)
+    except (ValueError, SyntaxError):
+        return [f"the files differ from the signed ones: {listing}"]
+    out = []
+    for item in items if isinstance(items, list) else [listing]:
+        text = str(item)
+        if match := re.match(r"Hash mismatch for '(.+?)': ", text):
+            out.append(f"{match.group(1)}: changed since signing")
+        elif match := re.match(r"(Extra|Missing) files (?:found )?in model '.*?': (.*)$", text):
+            what = "added since signing" if match.group(1) == "Extra" else "removed since signing"
+            out += [f"{name}: {what}" for name in match.group(2).split(", ")]
+        else:
+            out.append(text)
+    return out
