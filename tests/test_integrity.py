@@ -65,10 +65,11 @@ def test_an_edit_to_any_file_of_the_model_fails_the_load_naming_it(
 
 def test_a_file_added_to_the_shipped_code_fails_the_load(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = _copy(tiny_model_dir, tmp_path)
-    (model / "code" / "pydantic.py").write_text("raise SystemExit('shadowed')\n")
+    # code/ is on sys.path while the model loads: an added module could shadow a real one.
+    (model / "code" / "flavorkit_extra_module.py").write_text("raise SystemExit('not shipped')\n")
     with pytest.raises(IntegrityError) as exc:
         mlflow.pyfunc.load_model(str(model))
-    assert exc.value.problems == ["code/pydantic.py: not in the manifest"]
+    assert exc.value.problems == ["code/flavorkit_extra_module.py: not in the manifest"]
 
 
 def test_a_removed_file_fails_the_load(tiny_model_dir: Path, tmp_path: Path) -> None:

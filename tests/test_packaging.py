@@ -345,13 +345,18 @@ def test_the_model_ships_only_the_code_loading_needs(tiny_model_dir: Path) -> No
 
 
 def test_loading_in_a_fresh_interpreter_uses_only_the_shipped_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
     import shutil
     import subprocess
     import sys
 
+    import flavorkit_onnxgenai
     from flavorkit.testing._probes import child_env
 
     model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    # This checkout's sources only: not the code/ folders of models other tests loaded into sys.path.
+    sources = [Path(flavorkit.__file__).parents[1], Path(flavorkit_onnxgenai.__file__).parents[1]]
+    env = {**child_env(), "PYTHONPATH": os.pathsep.join(str(p) for p in sources)}
     script = f"""
 import json, sys, mlflow
 m = mlflow.pyfunc.load_model({str(model)!r})
@@ -360,7 +365,7 @@ mods = {{n: getattr(mod, "__file__", None) for n, mod in list(sys.modules.items(
 print("RESULT " + json.dumps({{"modules": mods, "tokens": out[0]["usage"]["completion_tokens"]}}))
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), cwd=tmp_path, check=False
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))

@@ -122,10 +122,10 @@ def test_a_changed_file_fails_verification_naming_it(
 def test_an_added_file_fails_verification_naming_it(
     signed_copy: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (signed_copy / "code" / "sitecustomize.py").write_text("print('hi')\n")
+    (signed_copy / "code" / "extra_module.py").write_text("print('hi')\n")
     code, out = _verify(capsys, signed_copy, keys["public"])
     assert code == 1
-    assert "code/sitecustomize.py: added since signing" in out
+    assert "code/extra_module.py: added since signing" in out
 
 
 def test_a_removed_file_fails_verification_naming_it(

@@ -27,12 +27,9 @@ MANIFEST_ARTIFACT = "flavorkit_manifest"
 VERIFY_ENV = "FLAVORKIT_VERIFY_ARTIFACTS"
 
 
-def resolve_backend(config: Mapping[str, Any] | PackagedConfig) -> Backend:
+def resolve_backend(config: PackagedConfig) -> Backend:
     """Find the packaged backend: its entry point if installed, else the shipped plugin object."""
-    if isinstance(config, PackagedConfig):
-        name, obj = config.backend, config.plugin.object
-    else:
-        name, obj = config["backend"], config.get("plugin", {}).get("object")
+    name, obj = config.backend, config.plugin.object
     registry = get_registry()
     if name in registry.names():
         backend = registry.get(name, require_available=False)

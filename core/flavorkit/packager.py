@@ -40,6 +40,8 @@ from flavorkit.signatures import CHAT, TASKS, input_example
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
+    from flavorkit.signing import Signer
+
 __all__ = ["package"]
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,7 @@ def _model_config(
     )
 
 
-def _signer(signing_key: str | os.PathLike[str] | None) -> Any:
+def _signer(signing_key: str | os.PathLike[str] | None) -> Signer | None:
     """A :class:`flavorkit.signing.Signer` for ``signing_key`` (read now, so a bad key fails before any work)."""
     if signing_key is None:
         return None
@@ -303,7 +305,7 @@ def _local_model_info(target: Path) -> ModelInfo:
 class _Sealer:
     """The post-save step: flavorkit's flavor in MLmodel, the whole-model manifest, the signature."""
 
-    def __init__(self, config: PackagedConfig, sources: Mapping[str, FileEntry], signer: Any) -> None:
+    def __init__(self, config: PackagedConfig, sources: Mapping[str, FileEntry], signer: Signer | None) -> None:
         self.config = config
         self.sources = sources  # artifact name/relative path -> digest, hashed from the backend's files
         self.signer = signer
