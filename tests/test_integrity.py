@@ -247,3 +247,25 @@ def test_the_manifest_covers_every_file_but_mlmodel_and_itself(tiny_model_dir: P
     assert any(f.startswith("artifacts/") for f in manifest.files)
     for rel, entry in manifest.files.items():
         assert entry.sha256 == sha256_file(tiny_model_dir / rel)
+
+
+def test_a_bad_copy_by_mlflow_fails_packaging_and_leaves_nothing(
+    tiny_ort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flavorkit
+
+    real_save = mlflow.pyfunc.save_model
+
+    def save_then_corrupt(*args: Any, path: str, **kwargs: Any) -> None:
+        real_save(*args, path=path, **kwargs)
+        copied = next(Path(path, "artifacts").glob("*/genai_config.json"))
+        copied.write_text(copied.read_text().replace('"context_length": 256', '"context_length": 255'))
+
+    monkeypatch.setattr(mlflow.pyfunc, "save_model", save_then_corrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IntegrityError) as exc:
+        flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=out / "m")
+    (problem,) = exc.value.problems
+    assert problem.startswith("artifacts/") and "genai_config.json: MLflow's copy differs" in problem
+    assert list(out.iterdir()) == []

@@ -52,9 +52,13 @@ def verify_packaged(
     naming what failed. ``strict=False`` (the loader) tolerates Python byte-code caches, which
     importing the shipped code writes into a writable model folder; ``flavorkit verify`` is strict.
     """
-    if public_key is not None:
-        verify_signature(model_dir, public_key, ignore_unsigned_files=not strict)
-    return verify_model(model_dir, skip_bytecode=not strict)
+    if public_key is None:
+        return verify_model(model_dir, skip_bytecode=not strict)
+    verify_signature(model_dir, public_key, ignore_unsigned_files=not strict)
+    # A flavorkit signature covers the manifest and every file it lists, so the loader need not
+    # hash the weights a second time: it checks that no file was added and MLmodel's digest.
+    # ``flavorkit verify`` (strict) hashes everything again, whoever made the signature.
+    return verify_model(model_dir, skip_bytecode=not strict, hash_contents=strict)
 
 
 def load_packaged(
