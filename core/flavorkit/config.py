@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flavorkit.errors import InvalidRequest, ModelConfigError
+from flavorkit.signatures import TASKS
 
 if TYPE_CHECKING:
     from flavorkit.registry import Backend
@@ -26,7 +27,6 @@ __all__ = ["CONFIG_VERSION", "FLAVOR_NAME", "PackagedConfig", "PluginRef"]
 CONFIG_VERSION: Literal[1] = 1
 #: The name of the flavor flavorkit adds to MLmodel, beside ``python_function``.
 FLAVOR_NAME = "flavorkit"
-_TASKS = ("llm/v1/chat", "text-generation")
 
 
 class PluginRef(BaseModel):
@@ -47,7 +47,7 @@ class PackagedConfig(BaseModel):
     spec_version: int
     backend: str
     plugin: PluginRef
-    task: Literal["llm/v1/chat", "text-generation"]
+    task: Literal["llm/v1/chat", "text-generation"]  # signatures.TASKS
     model_name: str | None = None
     options: dict[str, Any] = {}
     generation: dict[str, Any] = {}
@@ -94,7 +94,7 @@ class PackagedConfig(BaseModel):
             if err["type"] == "extra_forbidden":
                 raise ModelConfigError(field, "unknown field", allowed=", ".join(cls.model_fields)) from None
             if field == "task":
-                raise ModelConfigError(field, f"unknown task {raw.get('task')!r}", allowed=", ".join(_TASKS)) from None
+                raise ModelConfigError(field, f"unknown task {raw.get('task')!r}", allowed=", ".join(TASKS)) from None
             raise ModelConfigError(field, err["msg"]) from None
         from flavorkit.schema import validate_generation_defaults
 
