@@ -100,10 +100,10 @@ def test_model_directory_holds_no_pickle(tiny_model_dir: Path) -> None:
 
 
 def test_manifest_covers_every_artifact_file(tiny_model_dir: Path) -> None:
-    manifest = json.loads((tiny_model_dir / "artifacts" / "manifest.json").read_text())
-    listed = set(manifest["files"])
+    manifest = json.loads((tiny_model_dir / "flavorkit_manifest.json").read_text())
     art_root = next(p for p in (tiny_model_dir / "artifacts").iterdir() if p.is_dir())
-    on_disk = {f"model/{p.relative_to(art_root).as_posix()}" for p in art_root.rglob("*") if p.is_file()}
+    on_disk = {p.relative_to(tiny_model_dir).as_posix() for p in art_root.rglob("*") if p.is_file()}
+    listed = {rel for rel in manifest["files"] if rel.startswith("artifacts/")}
     assert listed == on_disk
     assert all(len(v["sha256"]) == 64 for v in manifest["files"].values())
 
@@ -122,13 +122,13 @@ def test_tampered_artifacts_are_detected_at_load(tiny_model_dir: Path, tmp_path:
     if tamper == "modify":
         target = art / "genai_config.json"
         target.write_text(target.read_text().replace('"context_length": 256', '"context_length": 255'))
-        expected = "model/genai_config.json: sha256 differs"
+        expected = f"{art.relative_to(model).as_posix()}/genai_config.json: sha256 differs"
     elif tamper == "delete":
         (art / "tokenizer.json").unlink()
-        expected = "model/tokenizer.json: missing"
+        expected = f"{art.relative_to(model).as_posix()}/tokenizer.json: missing"
     else:
         (art / "evil.py").write_text("print('hi')")
-        expected = "model/evil.py: not in the manifest"
+        expected = f"{art.relative_to(model).as_posix()}/evil.py: not in the manifest"
     with pytest.raises(IntegrityError) as exc:
         mlflow.pyfunc.load_model(str(model))
     assert expected in str(exc.value)
@@ -140,7 +140,7 @@ def test_same_size_modification_is_caught_by_the_hash(tiny_model_dir: Path, tmp_
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
-    with pytest.raises(IntegrityError, match=r"model/model.onnx.data: sha256 differs"):
+    with pytest.raises(IntegrityError, match=r"artifacts/\w+/model.onnx.data: sha256 differs"):
         mlflow.pyfunc.load_model(str(model))
 
 
@@ -290,8 +290,8 @@ def test_symlinked_folders_inside_the_source_are_packaged(tiny_ort: Path, tmp_pa
     (notes / "notes.txt").write_text("kept beside the model")
     (source / "docs").symlink_to("shared", target_is_directory=True)
     info = flavorkit.package(model=str(source), backend="onnx-cpu", path=tmp_path / "m")
-    manifest = json.loads((tmp_path / "m" / "artifacts" / "manifest.json").read_text())
-    assert "model/docs/notes.txt" in manifest["files"]
+    manifest = json.loads((tmp_path / "m" / "flavorkit_manifest.json").read_text())
+    assert any(rel.endswith("/docs/notes.txt") for rel in manifest["files"])
     mlflow.pyfunc.load_model(info.model_uri)
 
 
@@ -331,3 +331,47 @@ def test_text_generation_refuses_default_n(tiny_ort: Path, tmp_path: Path) -> No
             model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", task="text-generation", generation={"n": 4}
         )
     assert exc.value.field == "generation.n"
+
+
+NOT_SHIPPED = ["flavorkit.packager", "flavorkit.cli", "flavorkit.quickstart", "flavorkit.smollm2", "flavorkit.testing"]
+
+
+def test_the_model_ships_only_the_code_loading_needs(tiny_model_dir: Path) -> None:
+    shipped = {p.relative_to(tiny_model_dir / "code").as_posix() for p in (tiny_model_dir / "code").rglob("*.py")}
+    for module in NOT_SHIPPED:
+        rel = module.replace(".", "/")
+        assert f"{rel}.py" not in shipped and not any(f.startswith(f"{rel}/") for f in shipped), module
+    assert {"flavorkit/loading.py", "flavorkit/manifest.py", "flavorkit/config.py", "flavorkit/signing.py"} <= shipped
+
+
+def test_loading_in_a_fresh_interpreter_uses_only_the_shipped_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import flavorkit_onnxgenai
+    from flavorkit.testing._probes import child_env
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    # This checkout's sources only: not the code/ folders of models other tests loaded into sys.path.
+    sources = [Path(flavorkit.__file__).parents[1], Path(flavorkit_onnxgenai.__file__).parents[1]]
+    env = {**child_env(), "PYTHONPATH": os.pathsep.join(str(p) for p in sources)}
+    script = f"""
+import json, sys, mlflow
+m = mlflow.pyfunc.load_model({str(model)!r})
+out = m.predict({{"messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 2}})
+mods = {{n: getattr(mod, "__file__", None) for n, mod in list(sys.modules.items()) if n.split(".")[0] == "flavorkit"}}
+print("RESULT " + json.dumps({{"modules": mods, "tokens": out[0]["usage"]["completion_tokens"]}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+    assert result["tokens"] <= 2
+    modules = result["modules"]
+    assert "flavorkit.loading" in modules and "flavorkit.runtime" in modules
+    outside = {n: f for n, f in modules.items() if f and not f.startswith(str(model / "code"))}
+    assert outside == {}, "every flavorkit module comes from the model's code/ folder"
+    assert not [m for m in modules if any(m == x or m.startswith(f"{x}.") for x in NOT_SHIPPED)]

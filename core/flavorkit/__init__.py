@@ -22,9 +22,11 @@ from flavorkit.errors import (
     FlavorkitError,
     IntegrityError,
     InvalidRequest,
+    ModelConfigError,
     ModelSourceError,
     PackagingError,
     PluginSpecError,
+    SignatureError,
 )
 from flavorkit.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.registry import backends
@@ -45,10 +47,12 @@ __all__ = [
     "GenerationRequest",
     "IntegrityError",
     "InvalidRequest",
+    "ModelConfigError",
     "ModelSourceError",
     "PackagingError",
     "PluginSpecError",
     "RuntimeInfo",
+    "SignatureError",
     "__version__",
     "backends",
     "hookimpl",

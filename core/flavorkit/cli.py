@@ -1,14 +1,18 @@
-"""The ``flavorkit`` command line: list backends, package a model, run the quickstart or the kit."""
+"""The ``flavorkit`` command line: list backends, package or verify a model, run the quickstart or the kit."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from flavorkit.errors import FlavorkitError
+from flavorkit.errors import FlavorkitError, IntegrityError, ModelSourceError
 
 __all__ = ["main"]
 
@@ -72,8 +76,52 @@ def cmd_package(args: argparse.Namespace) -> int:
         options=_parse_kv(args.option, "--option"),
         registered_model_name=args.register,
         overwrite=args.overwrite,
+        signing_key=args.signing_key,
     )
     print(json.dumps({"model_uri": info.model_uri, "registered_model_version": info.registered_model_version}))
+    return 0
+
+
+@contextmanager
+def _local_model(uri: str) -> Iterator[Path]:
+    """A local folder holding the model at ``uri``: the path itself, or a download of runs:/, models:/, ..."""
+    local = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
+    if local.exists():
+        yield local
+        return
+    if "://" not in uri and ":/" not in uri:
+        raise ModelSourceError(uri, "no such folder, and not a model URI (runs:/..., models:/...)")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="flavorkit-verify-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise ModelSourceError(uri, f"cannot be downloaded: {exc}") from exc
+        yield Path(path)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a packaged model's signature and manifest without running any of its code; exit 1 if it fails."""
+    from flavorkit.loading import verify_packaged
+    from flavorkit.signing import TRUSTED_KEY_ENV, trusted_key
+
+    key = Path(args.key) if args.key else trusted_key()
+    with _local_model(args.model_uri) as model_dir:
+        try:
+            manifest = verify_packaged(model_dir, public_key=key, strict=True)
+        except IntegrityError as exc:
+            print(f"flavorkit: verification failed: {exc}", file=sys.stderr)
+            return 1
+    checked = f"{len(manifest.files)} files and MLmodel's flavorkit part match the manifest"
+    if key is None:
+        print(
+            f"OK (integrity only): {args.model_uri}: {checked}. No key given (--key or {TRUSTED_KEY_ENV}): "
+            "who made the model is not checked, and a re-hashed manifest would pass."
+        )
+    else:
+        print(f"OK: {args.model_uri}: signed with the key {os.fspath(key)}; {checked}.")
     return 0
 
 
@@ -112,7 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option")
     p.add_argument("--register", metavar="NAME", help="register the logged model under this name")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.add_argument("--signing-key", metavar="PEM", help="sign the model with this EC private key (flavorkit[signing])")
     p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a model's signature and manifest before loading it (exit 0: valid, 1: failed)",
+        description="Runs none of the model's code: use it on untrusted models before loading them.",
+    )
+    p.add_argument("model_uri", help="a model folder, or an MLflow model URI (runs:/..., models:/...)")
+    p.add_argument("--key", metavar="PEM", help="the signer's EC public key (default: $FLAVORKIT_TRUSTED_KEY)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("quickstart", help="package SmolLM2-135M with onnx-cpu, register it and ask a question")
     p.add_argument("--workdir", default=".flavorkit/quickstart", help="where the MLflow store is created")

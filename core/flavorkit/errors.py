@@ -19,9 +19,11 @@ __all__ = [
     "FlavorkitError",
     "IntegrityError",
     "InvalidRequest",
+    "ModelConfigError",
     "ModelSourceError",
     "PackagingError",
     "PluginSpecError",
+    "SignatureError",
     "to_mlflow_exception",
 ]
 
@@ -121,11 +123,32 @@ class PackagingError(FlavorkitError):
 
 
 class IntegrityError(FlavorkitError):
-    """A packaged artifact does not match the sha256 manifest written at packaging time."""
+    """A packaged model's file (or MLmodel's flavorkit part) does not match its sha256 manifest."""
+
+    _what = "the packaged model failed the integrity check"
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems = list(problems)
-        super().__init__("model artifacts failed the integrity check: " + "; ".join(self.problems))
+        super().__init__(f"{self._what}: " + "; ".join(self.problems))
+
+
+class SignatureError(IntegrityError):
+    """A packaged model is unsigned, or its signature does not verify with the trusted public key."""
+
+    _what = "the packaged model failed the signature check"
+
+
+class ModelConfigError(FlavorkitError, ValueError):
+    """A packaged model's configuration (MLmodel ``model_config``) is invalid; names the field."""
+
+    def __init__(self, field: str, message: str, allowed: str | None = None) -> None:
+        self.field = field
+        self.detail = message
+        self.allowed = allowed
+        text = f"invalid packaged model_config: field {field!r}: {message}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
 
 
 class BackendError(FlavorkitError, RuntimeError):

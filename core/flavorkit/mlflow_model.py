@@ -3,15 +3,22 @@
 The packager passes this file as ``python_model=``; MLflow copies it into the model and runs it at
 load time, so no Python object is ever pickled. Everything model-specific comes from the
 ``model_config`` and artifacts stored beside it.
+
+Because MLflow executes this file before any flavorkit code runs, an edit to it is detected (the
+manifest lists it) only after it has run; ``flavorkit verify`` with the installed flavorkit checks a
+model without running any of its code.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
+
+_MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class FlavorkitModel(PythonModel):  # type: ignore[misc]
@@ -23,12 +30,13 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
     _skip_type_hint_validation = True
 
     def load_context(self, context: PythonModelContext) -> None:
-        """Verify the artifacts and load the backend runtime."""
+        """Verify the whole model (signature, manifest), check its configuration and load the backend."""
         from flavorkit.loading import load_packaged
         from flavorkit.mlflow_columns import watch_dropped_columns
 
+        # MLflow runs this file from the model's root folder, so that folder is the model to verify.
+        self._model = load_packaged(context.artifacts, context.model_config, _MODEL_DIR)
         watch_dropped_columns()  # so that unknown fields MLflow drops are refused, not ignored
-        self._model = load_packaged(context.artifacts, context.model_config or {})
 
     @property
     def loaded(self) -> Any:

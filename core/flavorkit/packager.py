@@ -2,7 +2,10 @@
 
 Nothing here knows a backend by name. The backend supplies artifacts, requirements and metadata
 through its hooks; the packager adds the contract (signature, input example, generation defaults),
-the sha256 manifest and flavorkit's own code, then saves or logs the model with models-from-code.
+the typed configuration and what loading needs of flavorkit's own code, then saves or logs the
+model with models-from-code. Right after MLflow has written the model folder, a post-save step
+("sealing") writes the whole-model sha256 manifest and, with ``signing_key``, the signature; when
+logging, that happens before the upload.
 
 Saving to ``path`` is atomic: the model is written to a hidden sibling directory and renamed into
 place only when complete, so a failure or interrupt leaves nothing half-written, and an existing
@@ -15,19 +18,20 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import flavorkit
-from flavorkit.errors import FlavorkitError, InvalidRequest, PackagingError
+from flavorkit.config import FLAVOR_NAME, PackagedConfig, PluginRef
+from flavorkit.errors import FlavorkitError, IntegrityError, InvalidRequest, PackagingError
 from flavorkit.hookspec import SPEC_VERSION
 from flavorkit.loading import MANIFEST_ARTIFACT
-from flavorkit.manifest import build_manifest, write_manifest
+from flavorkit.manifest import FileEntry, build_manifest, hash_files, write_manifest
 from flavorkit.registry import Backend, get_backend
-from flavorkit.requirements import core_requirements, merge_requirements
+from flavorkit.requirements import core_requirements, merge_requirements, pinned
 from flavorkit.schema import validate_generation_defaults
 from flavorkit.signatures import CHAT, TASKS, input_example
 from flavorkit.staging import current_stage, open_stage, reclaim
@@ -35,12 +39,18 @@ from flavorkit.staging import current_stage, open_stage, reclaim
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
+    from flavorkit.signing import Signer
+
 __all__ = ["package"]
 
 log = logging.getLogger(__name__)
 
 _MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".mypy_cache", ".pytest_cache")
+#: Parts of flavorkit that loading never imports, so they are not shipped in a model's ``code/``:
+#: the packager, the CLI, the quickstart, the SmolLM2 builder and the conformance kit (with its
+#: test-model builders).
+_NOT_SHIPPED = frozenset({"packager.py", "cli.py", "quickstart.py", "smollm2.py", "testing", "__main__.py"})
 
 
 def package(
@@ -55,6 +65,7 @@ def package(
     overwrite: bool = False,
     name: str = "model",
     model_name: str | None = None,
+    signing_key: str | os.PathLike[str] | None = None,
 ) -> ModelInfo:
     """Package ``model`` with ``backend`` as an MLflow pyfunc model and return its ``ModelInfo``.
 
@@ -63,6 +74,8 @@ def package(
     ``registered_model_name`` when given. ``generation`` sets default generation settings
     (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``n``, ``stop``, ``seed``) that each
     request may override; ``options`` are backend-specific (see ``flavorkit backends``).
+    ``signing_key`` (an EC private key, PEM) signs the whole model with ``model-signing``
+    (``pip install 'flavorkit[signing]'``) before it is moved into place or uploaded.
     """
     be = get_backend(backend)
     if task not in TASKS:
@@ -73,29 +86,31 @@ def package(
         raise InvalidRequest("generation.n", f"{task} returns one string per prompt", allowed="1")
     signature = be.signature(task, opts)
     target = _check_target(path, overwrite, registered_model_name)
+    signer = _signer(signing_key)
 
     with open_stage(target) as stage:
         workdir = stage.work
         (workdir / "backend").mkdir()
         arts = be.artifacts(model, opts, str(workdir / "backend"))
         files = _check_artifact_files(be, arts.files, target)
-        manifest_path = workdir / "manifest.json"
-        write_manifest(build_manifest(files), manifest_path)
         config = _model_config(be, task, opts, defaults, arts.metadata, model_name or _default_name(model))
         kwargs: dict[str, Any] = {
             "python_model": str(_MODEL_FILE),
-            "artifacts": {**files, MANIFEST_ARTIFACT: str(manifest_path)},
+            "artifacts": files,
             "code_paths": _code_paths(be, workdir / "code"),
             "signature": signature,
             "input_example": input_example(task),
-            "pip_requirements": merge_requirements(core_requirements(), arts.requirements),
-            "metadata": {"flavorkit": {k: v for k, v in config.items() if k != "options"}},
-            "model_config": config,
+            "pip_requirements": merge_requirements(
+                core_requirements(), arts.requirements, [pinned(d) for d in signer.requirements] if signer else []
+            ),
+            "metadata": {"flavorkit": config.summary()},
+            "model_config": config.to_model_config(),
         }
+        seal = _Sealer(config, hash_files(files), signer)
         with _quiet_mlflow_env():
             if target is not None:
-                return _save_atomically(target, overwrite, kwargs)
-            return _log(name, registered_model_name, kwargs)
+                return _save_atomically(target, overwrite, lambda staging: seal.save(staging, kwargs))
+            return _log(name, registered_model_name, kwargs, seal)
 
 
 def _check_target(
@@ -155,18 +170,27 @@ def _model_config(
     defaults: Mapping[str, Any],
     metadata: Mapping[str, Any],
     model_name: str | None,
-) -> dict[str, Any]:
-    return {
-        "flavorkit_version": flavorkit.__version__,
-        "spec_version": SPEC_VERSION,
-        "backend": be.name,
-        "plugin": {"object": be.object_path, "distribution": be.distribution, "version": be.version},
-        "task": task,
-        "model_name": model_name,
-        "options": dict(options),
-        "generation": dict(defaults),
-        "backend_metadata": dict(metadata),
-    }
+) -> PackagedConfig:
+    return PackagedConfig(
+        flavorkit_version=flavorkit.__version__,
+        spec_version=SPEC_VERSION,
+        backend=be.name,
+        plugin=PluginRef(object=be.object_path, distribution=be.distribution, version=be.version),
+        task=task,  # type: ignore[arg-type]  # checked against TASKS above
+        model_name=model_name,
+        options=dict(options),
+        generation=dict(defaults),
+        backend_metadata=dict(metadata),
+    )
+
+
+def _signer(signing_key: str | os.PathLike[str] | None) -> Signer | None:
+    """A :class:`flavorkit.signing.Signer` for ``signing_key`` (read now, so a bad key fails before any work)."""
+    if signing_key is None:
+        return None
+    from flavorkit.signing import Signer
+
+    return Signer(signing_key)
 
 
 def _package_dir(module: str) -> Path | None:
@@ -178,8 +202,20 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.origin) if spec.origin else None
 
 
+def _ignore_for(top: str) -> Callable[[str, list[str]], set[str]]:
+    """The copytree ignore: caches everywhere and, at flavorkit's top level, the parts loading never needs."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(_IGNORE(folder, names))
+        if top == "flavorkit" and Path(folder).name == "flavorkit":
+            skipped |= _NOT_SHIPPED & set(names)
+        return skipped
+
+    return ignore
+
+
 def _code_paths(be: Backend, dest: Path) -> list[str]:
-    """Copy flavorkit and the backend's top-level package, without caches, for ``code_paths``."""
+    """Copy what loading needs of flavorkit, and the backend's top-level package, for ``code_paths``."""
     dest.mkdir()
     tops = ["flavorkit"]
     plugin_top = be.object_path.partition(":")[0].split(".")[0]
@@ -191,7 +227,7 @@ def _code_paths(be: Backend, dest: Path) -> list[str]:
         if src is None or src.name == "__main__.py":
             raise PackagingError(f"cannot ship the code of {top!r} (backend {be.name!r}): module not found on disk")
         if src.is_dir():
-            shutil.copytree(src, dest / top, ignore=_IGNORE)
+            shutil.copytree(src, dest / top, ignore=_ignore_for(top))
         else:
             shutil.copy2(src, dest / src.name)
         out.append(str(dest / (top if src.is_dir() else src.name)))
@@ -213,21 +249,18 @@ def _quiet_mlflow_env() -> Iterator[None]:
             os.environ[key] = old
 
 
-def _save_atomically(target: Path, overwrite: bool, kwargs: dict[str, Any]) -> ModelInfo:
+def _save_atomically(target: Path, overwrite: bool, save: Callable[[Path], None]) -> ModelInfo:
     """Save into the open staging folder, then swap it onto ``target`` with two renames.
 
     A previous model is first moved into the staging folder (``stage.backup``). Should the final
     rename fail, leaving the staging folder puts it back on ``target``; should the process die
     between the renames, the next call's ``reclaim`` does.
     """
-    import mlflow
-
     stage = current_stage()
     if stage.target != target:
         raise RuntimeError(f"the open staging folder is for {stage.target}, not {target}")
     try:
-        mlflow.pyfunc.save_model(path=str(stage.model), **kwargs)
-        _verify_saved(stage.model)
+        save(stage.model)  # MLflow's save_model, then the post-save step (_Sealer)
         if os.path.lexists(target):
             if not overwrite and _occupied(target):
                 raise PackagingError(f"{target} appeared while packaging; pass overwrite=True to replace it")
@@ -262,25 +295,53 @@ def _local_model_info(target: Path) -> ModelInfo:
     )
 
 
-def _verify_saved(model_dir: Path) -> None:
-    """Re-hash the copies MLflow made, so a bad copy fails packaging instead of the first load."""
-    from mlflow.models import Model
+class _Sealer:
+    """The post-save step: flavorkit's flavor in MLmodel, the whole-model manifest, the signature."""
 
-    from flavorkit.manifest import read_manifest, verify_manifest
+    def __init__(self, config: PackagedConfig, sources: Mapping[str, FileEntry], signer: Signer | None) -> None:
+        self.config = config
+        self.sources = sources  # artifact name/relative path -> digest, hashed from the backend's files
+        self.signer = signer
 
-    conf = Model.load(str(model_dir)).flavors["python_function"]
-    arts = {k: str(model_dir / v["path"]) for k, v in conf.get("artifacts", {}).items()}
-    manifest = read_manifest(arts.pop(MANIFEST_ARTIFACT))
-    verify_manifest(manifest, arts)
+    def save(self, path: Path, kwargs: Mapping[str, Any], mlflow_model: Any = None) -> None:
+        """``mlflow.pyfunc.save_model`` into ``path`` (with the flavorkit flavor), then seal it."""
+        import mlflow
+        from mlflow.models import Model
+
+        model = mlflow_model if mlflow_model is not None else Model()
+        model.add_flavor(FLAVOR_NAME, **self.config.flavor())
+        mlflow.pyfunc.save_model(path=str(path), mlflow_model=model, **kwargs)
+        self.seal(Path(path))
+
+    def seal(self, model_dir: Path) -> None:
+        """Write the manifest of what MLflow saved, check MLflow's copies against the sources, sign."""
+        from mlflow.models import Model
+
+        for cache in list(model_dir.rglob("__pycache__")):
+            shutil.rmtree(cache, ignore_errors=True)  # as Model.log does; byte-code is never shipped
+        manifest = build_manifest(model_dir)
+        arts = Model.load(str(model_dir)).flavors["python_function"].get("artifacts", {})
+        bad = []
+        for rel, entry in self.sources.items():
+            name, _, inner = rel.partition("/")
+            copied = f"{arts[name]['path']}/{inner}" if inner else arts[name]["path"]
+            if manifest.files.get(copied) != entry:
+                bad.append(f"{copied}: MLflow's copy differs from {name!r} as the backend returned it")
+        if bad:
+            raise IntegrityError(bad)
+        write_manifest(manifest, model_dir)
+        if self.signer is not None:
+            self.signer.sign(model_dir)
 
 
-def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -> ModelInfo:
+def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any], seal: _Sealer) -> ModelInfo:
     import mlflow
     from mlflow.models import Model
 
-    def save_without_reload(path: str, mlflow_model: Any = None, **save_kwargs: Any) -> Any:
+    def save_without_reload(path: str, mlflow_model: Any = None, **save_kwargs: Any) -> None:
         save_kwargs.pop("validate_serving_input", None)
-        return mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **save_kwargs)
+        # Sealed here, in Model.log's local folder, before Model.log uploads it.
+        seal.save(Path(path), save_kwargs, mlflow_model)
 
     # Model.log with pyfunc's save_model, not pyfunc.log_model: the latter always reloads the model
     # in-process to check the input example, loading the weights a second time while packaging.

@@ -37,7 +37,9 @@ class Clause:
 _ALL = (
     Clause("entry_point_light", "the entry point loads without importing heavy runtimes (torch, onnxruntime, ...)"),
     Clause("hook_spec", "the plugin implements the hook spec: required hooks, no unknown or unmarked hooks"),
-    Clause("artifacts_manifest", "artifacts() returns existing files and the packaged manifest verifies"),
+    Clause(
+        "artifacts_manifest", "artifacts() returns existing files; the whole-model manifest lists and verifies them"
+    ),
     Clause("requirements_pinned", "packaged requirements are pinned, installed at that version and importable"),
     Clause("signature", "the signature of each supported task is valid and its input example predicts"),
     Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls and across loads"),
@@ -52,7 +54,9 @@ _ALL = (
     Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),
     Clause("package_load_predict", "package -> mlflow.pyfunc.load_model -> predict returns chat completions"),
     Clause("fresh_process", "the packaged model loads and predicts the same answer in a fresh process"),
-    Clause("tamper_detected", "a modified or added artifact file fails the load with IntegrityError naming it"),
+    Clause(
+        "tamper_detected", "a modified or added artifact file, or edited plugin code, fails the load naming the file"
+    ),
     Clause(
         "streaming_incremental", "generate() yields text as it is produced, in several deltas", Capability.STREAMING
     ),

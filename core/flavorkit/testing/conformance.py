@@ -213,7 +213,7 @@ class BackendConformance:
     def test_artifacts_manifest(self, conformance: Harness) -> None:
         """artifacts() names existing files; the packaged copies match the manifest."""
         from flavorkit.loading import MANIFEST_ARTIFACT
-        from flavorkit.manifest import read_manifest, verify_manifest
+        from flavorkit.manifest import verify_model
 
         arts = conformance.raw_artifacts()
         for key, location in arts.files.items():
@@ -231,15 +231,17 @@ class BackendConformance:
         except TypeError as exc:
             raise ClauseFailed(f"artifacts().metadata must be JSON-serialisable: {exc}") from None
         packaged = conformance.packaged_artifacts()
-        check(MANIFEST_ARTIFACT in packaged, "the packaged model has no flavorkit_manifest artifact")
-        manifest = read_manifest(packaged.pop(MANIFEST_ARTIFACT))
         check(
             set(packaged) == set(arts.files),
             f"packaged artifacts {sorted(packaged)} differ from the names artifacts() returned {sorted(arts.files)}",
         )
-        verify_manifest(manifest, packaged)
-        listed = {rel.split("/", 1)[0] for rel in manifest["files"]}
-        empty = sorted(set(packaged) - listed)
+        model_dir = conformance.packaged()
+        manifest = verify_model(model_dir)
+        empty = []
+        for name, location in sorted(packaged.items()):
+            rel = Path(location).relative_to(model_dir).as_posix()
+            if not any(f == rel or f.startswith(f"{rel}/") for f in manifest.files):
+                empty.append(name)
         check(not empty, f"artifact(s) {', '.join(empty)} hold no files, so the manifest cannot protect them")
 
     @clause("requirements_pinned")
@@ -683,44 +685,43 @@ class BackendConformance:
 
     @clause("tamper_detected")
     def test_tamper_detected(self, conformance: Harness) -> None:
-        """Changing one packaged file, or adding one, makes loading fail with IntegrityError naming it."""
+        """Changing or adding an artifact file, or editing the shipped plugin code, fails the load naming it."""
         import mlflow
 
         from flavorkit.errors import IntegrityError
-        from flavorkit.loading import MANIFEST_ARTIFACT
         from flavorkit.manifest import read_manifest
 
         source = conformance.packaged()
-        arts = conformance.packaged_artifacts()
-        manifest = read_manifest(arts.pop(MANIFEST_ARTIFACT))
-        entries: dict[str, Any] = manifest["files"]
-        check(entries, "the manifest lists no files")
-        sized = sorted((e.get("size", 0), rel) for rel, e in entries.items())
-        rel = next((r for size, r in sized if size > 0), sized[0][1])
-        art_name, _, inner = rel.partition("/")
+        arts = {n: Path(p).relative_to(source).as_posix() for n, p in conformance.packaged_artifacts().items()}
+        entries = read_manifest(source).files
+        in_artifacts = [(e.size, rel) for rel, e in entries.items() if rel.startswith("artifacts/")]
+        check(in_artifacts, "the manifest lists no artifact files")
+        rel = next((r for size, r in sorted(in_artifacts) if size > 0), min(in_artifacts)[1])
 
         changed = conformance.workdir / "tampered-changed"
         shutil.copytree(source, changed)
-        target = changed / Path(arts[art_name]).relative_to(source)
-        if inner:
-            target = target / inner
-        data = bytearray(target.read_bytes())
+        data = bytearray((changed / rel).read_bytes())
         if data:
             data[-1] ^= 0xFF
         else:
             data = bytearray(b"\x00")
-        target.write_bytes(bytes(data))
-        added = conformance.workdir / "tampered-added"
-        shutil.copytree(source, added)
-        extra_rel = None
-        dir_art = next((n for n, p in arts.items() if Path(p).is_dir()), None)
+        (changed / rel).write_bytes(bytes(data))
+        cases: list[tuple[Path, str]] = [(changed, rel)]
+        dir_art = next((p for p in arts.values() if (source / p).is_dir()), None)
         if dir_art is not None:
-            extra = added / Path(arts[dir_art]).relative_to(source) / "flavorkit-kit-extra.bin"
-            extra.write_bytes(b"not in the manifest")
-            extra_rel = f"{dir_art}/flavorkit-kit-extra.bin"
-        for model_dir, named in ((changed, rel), (added, extra_rel)):
-            if named is None:
-                continue
+            added = conformance.workdir / "tampered-added"
+            shutil.copytree(source, added)
+            (added / dir_art / "flavorkit-kit-extra.bin").write_bytes(b"not in the manifest")
+            cases.append((added, f"{dir_art}/flavorkit-kit-extra.bin"))
+        plugin_top = conformance.backend().object_path.partition(":")[0].split(".")[0]
+        plugin_code = sorted(r for r in entries if r.startswith(f"code/{plugin_top}") and r.endswith(".py"))
+        if plugin_top != "flavorkit" and plugin_code:
+            edited = conformance.workdir / "tampered-code"
+            shutil.copytree(source, edited)
+            with open(edited / plugin_code[0], "a", encoding="utf-8") as fh:
+                fh.write("\n# edited after packaging\n")
+            cases.append((edited, plugin_code[0]))
+        for model_dir, named in cases:
             try:
                 mlflow.pyfunc.load_model(str(model_dir))
             except IntegrityError as exc:
