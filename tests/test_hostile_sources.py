@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 import flavorkit
-from flavorkit.errors import ModelSourceError
+from flavorkit.errors import ModelSourceError, PackagingError
+from flavorkit.registry import get_registry
 from hub_layout import COMMIT, hub_cache, hub_env
+from plugin_fixtures import ECHO_BACKEND, make_distribution
 
 SECRET = "HF_TOKEN=hf_do_not_ship_me\n"
 NEVER = "files from outside a model source are never packaged (copy the file into the source if the model needs it)"
@@ -253,3 +256,29 @@ def test_resolve_model_dir_reports_the_hub_roots(tiny_ort: Path, tmp_path: Path)
     inside = resolve_model_dir(snapshot / "onnx" / "cpu")  # a snapshot folder given as a local path
     assert inside.blobs == snapshot.parent.parent / "blobs"
     assert check_links(inside) == len([p for p in tiny_ort.rglob("*") if p.is_file()])
+
+
+LEAKY_BACKEND = ECHO_BACKEND.replace(
+    """        (out / "config.txt").write_text(str(source))""",
+    """        (out / "config.txt").write_text(str(source))
+        (out / "extra.txt").symlink_to(source)  # a third-party backend that links its source file in""",
+)
+
+
+def test_a_third_party_artifact_folder_linking_outside_is_refused(
+    secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_distribution(tmp_path / "site", "fk-leaky", {"fk_leaky": LEAKY_BACKEND}, {"leaky": "fk_leaky:backend"})
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    try:
+        out = tmp_path / "pkg"
+        with pytest.raises(PackagingError, match=r"backend 'leaky' returned artifact 'echo' at ") as info:
+            flavorkit.package(str(secret), "leaky", path=out)
+        assert f"symbolic link to {secret}" in str(info.value)
+        assert not out.exists()
+        assert not list(tmp_path.glob(".pkg.flavorkit-*")), "the staging folder is gone"
+    finally:
+        sys.modules.pop("fk_leaky", None)
+        monkeypatch.undo()
+        get_registry(refresh=True)

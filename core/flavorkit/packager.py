@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import flavorkit
 from flavorkit.config import FLAVOR_NAME, PackagedConfig, PluginRef
-from flavorkit.errors import FlavorkitError, IntegrityError, InvalidRequest, PackagingError
+from flavorkit.errors import FlavorkitError, IntegrityError, InvalidRequest, ModelSourceError, PackagingError
 from flavorkit.hookspec import SPEC_VERSION
 from flavorkit.loading import MANIFEST_ARTIFACT
 from flavorkit.manifest import FileEntry, build_manifest, hash_files, write_manifest
@@ -34,6 +34,7 @@ from flavorkit.registry import Backend, get_backend
 from flavorkit.requirements import core_requirements, merge_requirements, pinned
 from flavorkit.schema import validate_generation_defaults
 from flavorkit.signatures import CHAT, TASKS, input_example
+from flavorkit.source_tree import check_links
 from flavorkit.staging import current_stage, open_stage, reclaim
 
 if TYPE_CHECKING:
@@ -151,6 +152,11 @@ def _check_artifact_files(be: Backend, files: Mapping[str, str], target: Path | 
                 f"the output path {target} is inside the model files at {path}: the model would copy itself; "
                 "choose a path outside the model source"
             )
+        if path.is_dir():
+            try:  # a backend's artifact folder is packaged as is: nothing it links to outside it is copied
+                check_links(path)
+            except ModelSourceError as exc:
+                raise PackagingError(f"backend {be.name!r} returned artifact {key!r} at {location}: {exc}") from None
         checked[key] = str(location)
     return checked
 
