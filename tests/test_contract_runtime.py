@@ -391,7 +391,7 @@ def test_model_name_comes_from_the_package_or_the_backend() -> None:
     assert response["model"] == "my-model"
     assert response["object"] == "chat.completion"
     assert response["id"].startswith("chatcmpl-") and len(response["id"]) == len("chatcmpl-") + 32
-    assert list(named.predict_stream(chat("a")))[0]["model"] == "my-model"
+    assert next(iter(named.predict_stream(chat("a"))))["model"] == "my-model"
 
 
 def test_an_unknown_task_is_refused() -> None:
