@@ -287,7 +287,9 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any]) -
 
     def save_without_reload(path: str, mlflow_model: Any = None, **save_kwargs: Any) -> Any:
         save_kwargs.pop("validate_serving_input", None)
-        return mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **save_kwargs)
+        saved = mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **save_kwargs)
+        _verify_saved(Path(path))  # before Model.log uploads the copies to the run
+        return saved
 
     # Model.log with pyfunc's save_model, not pyfunc.log_model: the latter always reloads the model
     # in-process to check the input example, loading the weights a second time while packaging.
