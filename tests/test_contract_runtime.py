@@ -511,7 +511,7 @@ BAD_RETURNS = [
     ("encode", None, "hook encode() must return a list of token ids, got NoneType"),
     ("generate", None, "hook generate() must return an iterator of flavorkit.Delta, got NoneType"),
     ("generate", 5, "hook generate() must return an iterator of flavorkit.Delta, got int"),
-    ("generate", iter(["text"]), "hook generate() must return flavorkit.Delta items, got str"),
+    ("generate", ["text"], "hook generate() must return flavorkit.Delta items, got str"),
     ("capabilities", ["telepathy"], "declares unknown capability 'telepathy'"),
 ]
 
