@@ -232,7 +232,54 @@ def test_a_backend_overshooting_max_tokens_is_cut_with_a_warning(caplog: pytest.
     assert text_of(response) == "ab"
     assert response["choices"][0]["finish_reason"] == "length"
     assert response["usage"]["completion_tokens"] == 2
-    assert "backend 'scripted' produced more than max_tokens=2 tokens; output cut" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "backend 'scripted' produced more than max_tokens=2 tokens; output cut"
+    ]
+
+
+def test_deltas_after_a_request_is_capped_are_ignored_while_others_finish() -> None:
+    model = engine(Overshooting())
+    responses = model.predict([chat("a|b|c|d", max_tokens=2), chat("x|y")])
+    assert [text_of(r) for r in responses] == ["ab", "xy"]
+    assert [r["choices"][0]["finish_reason"] for r in responses] == ["length", "stop"]
+    assert [r["usage"]["completion_tokens"] for r in responses] == [2, 3]
+
+
+def test_the_whole_response_shape() -> None:
+    response = engine(model_name="m").predict(chat("a|b", n=2))[0]
+    assert isinstance(response.pop("created"), int)
+    assert response.pop("id").startswith("chatcmpl-")
+    assert response == {
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ab"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": "ab"}, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
+    }
+
+
+def test_the_whole_chunk_shape_and_an_empty_answer() -> None:
+    model = engine(model_name="m")
+    chunks = list(model.predict_stream(chat("|a")))  # an empty first increment is not a chunk of its own
+    ids = {c.pop("id") for c in chunks}
+    created = {c.pop("created") for c in chunks}
+    assert len(ids) == 1 and next(iter(ids)).startswith("chatcmpl-") and len(next(iter(ids))) == 41
+    assert len(created) == 1 and isinstance(next(iter(created)), int)
+    head = {"object": "chat.completion.chunk", "model": "m"}
+    assert chunks == [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}, "finish_reason": None}]},
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        },
+    ]
+    # An answer that is only the end of sequence still opens with the role (and an empty content).
+    (only,) = list(model.predict_stream(chat("")))
+    assert only["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]
+    assert only["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
 
 
 def test_the_default_max_tokens_is_clamped_to_the_context() -> None:
