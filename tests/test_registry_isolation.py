@@ -17,7 +17,7 @@ import pytest
 import flavorkit
 from flavorkit.cli import main
 from flavorkit.errors import BackendNotFound, PluginSpecError
-from flavorkit.registry import Registry, get_backend, get_registry
+from flavorkit.registry import Registry, get_backend, get_registry, strict_from_env
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
 RAISES_WHILE_LISTED = ECHO_BACKEND.replace(
@@ -180,12 +180,13 @@ def test_cli_backends_strict_fails_on_a_broken_plugin(
 @pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
 def test_strict_env_values(site: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", value)
-    assert get_registry(refresh=True).strict is True
+    assert strict_from_env() is True
 
 
 @pytest.mark.parametrize("value", ["", "0", "false", "no"])
 def test_non_strict_env_values(site: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", value)
+    assert strict_from_env() is False
     assert get_registry(refresh=True).strict is False
 
 
