@@ -367,9 +367,13 @@ def test_a_bad_row_in_a_batch_is_named_by_its_index_and_nothing_is_generated() -
         model.predict([chat("a"), chat("b", top_p=3.0)])
     assert exc.value.field == "inputs[1].top_p"
     assert model.handle.seen == []
-    with pytest.raises(InvalidRequest) as exc:
+    with pytest.raises(InvalidRequest) as single:
         model.predict(chat("b", top_p=3.0))
-    assert exc.value.field == "top_p"
+    assert single.value.field == "top_p"
+    # The batch error keeps the single error's message and allowed values.
+    assert (exc.value.detail, exc.value.allowed) == (single.value.detail, single.value.allowed)
+    assert single.value.allowed == "a number greater than 0 and at most 1"
+    assert "less than or equal to 1" in single.value.detail
 
 
 # -- defaults --------------------------------------------------------------------------------------
@@ -499,8 +503,28 @@ def test_a_delta_for_a_request_outside_the_batch_is_a_backend_error() -> None:
 def test_a_request_that_never_finishes_is_a_backend_error() -> None:
     with pytest.raises(BackendError) as exc:
         engine(NeverFinishes()).predict([chat("a|b"), chat("c")])
-    assert "stopped without finishing 2 request(s)" in str(exc.value)
-    assert "every request must end with a Delta carrying finish_reason" in str(exc.value)
+    assert str(exc.value) == (
+        "backend 'scripted' stopped without finishing 2 request(s); "
+        "every request must end with a Delta carrying finish_reason"
+    )
+
+
+class Chatty(Scripted):
+    """Keeps yielding deltas for requests that already finished, up to 100 of them."""
+
+    def decode(self, handle: Handle, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        handle.produced[-1] = []
+        for i in range(len(requests)):
+            yield Delta(i, "ok", 1, "stop")
+        for _ in range(100):
+            handle.produced[-1].append("junk")
+            yield Delta(0, "junk", 1)
+
+
+def test_the_core_stops_reading_once_every_request_finished() -> None:
+    model = engine(Chatty())
+    assert [text_of(r) for r in model.predict([chat("a"), chat("b")])] == ["ok", "ok"]
+    assert model.handle.produced[-1] == [], "not one delta was asked for after the last finish"
 
 
 class _Bad(Scripted):
