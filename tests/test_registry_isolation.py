@@ -227,3 +227,31 @@ def test_a_broken_backend_is_named_when_asked_for_and_when_another_is_unknown(
     assert "Plugins that failed to load: broken" in str(missing.value)
     assert "broken" not in missing.value.available
     assert "onnx-cpu" in missing.value.available
+
+
+def test_load_object_reuses_the_installed_backend_or_builds_one_apart() -> None:
+    registry = get_registry(refresh=True)
+    installed = registry.get("onnx-cpu", require_available=False)
+    assert registry.load_object("onnx-cpu", "flavorkit_onnxgenai.plugin:cpu") is installed
+    shipped = registry.load_object("shipped-cpu", "flavorkit_onnxgenai.plugin:cpu")
+    assert shipped is not installed
+    assert (shipped.name, shipped.object_path, shipped.distribution) == (
+        "shipped-cpu",
+        "flavorkit_onnxgenai.plugin:cpu",
+        None,
+    )
+    assert registry.load_object("shipped-cpu", "flavorkit_onnxgenai.plugin:cpu") is shipped
+    assert "shipped-cpu" not in registry.names()
+
+
+def test_load_object_names_what_cannot_be_imported() -> None:
+    registry = get_registry(refresh=True)
+    with pytest.raises(PluginSpecError) as exc:
+        registry.load_object("ghost", "fk_no_such_module:backend")
+    assert str(exc.value).startswith(
+        "backend 'ghost': cannot import fk_no_such_module:backend: "
+        "ModuleNotFoundError: No module named 'fk_no_such_module' (at "
+    )
+    with pytest.raises(PluginSpecError) as exc:
+        registry.load_object("ghost", "flavorkit_onnxgenai.plugin:nothing_here")
+    assert "AttributeError" in str(exc.value) and "nothing_here" in str(exc.value)
