@@ -35,3 +35,39 @@ def test_the_name_field_of_a_message_is_kept_and_must_be_a_string() -> None:
     with pytest.raises(InvalidRequest) as exc:
         parse_request({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "llm/v1/chat")
     assert exc.value.field == "messages[0].name"
+
+
+def test_a_matcher_without_stops_passes_text_through() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    for stops in ([], [""]):
+        matcher = StopMatcher(stops)
+        assert matcher.matched is False
+        assert matcher.feed("abc") == ("abc", False)
+        assert matcher.flush() == ("", False)
+
+
+def test_a_matcher_ignores_everything_after_a_match() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    matcher = StopMatcher(["END"])
+    assert matcher.feed("abEN") == ("ab", False)
+    assert matcher.matched is False
+    assert matcher.feed("Dmore") == ("", True)
+    assert matcher.matched is True
+    assert matcher.feed("even more") == ("", True)
+    assert matcher.flush() == ("", True)
+
+
+def test_flush_settles_a_held_tail_that_completes_a_stop_or_not() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    matcher = StopMatcher(["xyz", "y"])
+    assert matcher.feed("axy") == ("a", False)  # "xy" could still become "xyz"; "y" starts later
+    assert matcher.flush() == ("x", True)  # the stream ended: "y" is the earliest complete stop
+    assert matcher.matched is True
+    held = StopMatcher(["xyz"])
+    assert held.feed("axy") == ("a", False)
+    assert held.flush() == ("xy", False)
+    assert held.matched is False
+    assert held.flush() == ("", False), "flush empties the buffer"
