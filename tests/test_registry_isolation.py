@@ -260,3 +260,35 @@ def test_load_object_names_what_cannot_be_imported() -> None:
     with pytest.raises(PluginSpecError) as exc:
         registry.load_object("ghost", "flavorkit_onnxgenai.plugin:nothing_here")
     assert "AttributeError" in str(exc.value) and "nothing_here" in str(exc.value)
+
+
+def test_a_packaged_model_finds_its_backend_by_entry_point_or_shipped_object() -> None:
+    from flavorkit.errors import BackendUnavailable
+    from flavorkit.loading import resolve_backend
+
+    registry = get_registry(refresh=True)
+    installed = registry.get("onnx-cpu")
+    assert resolve_backend({"backend": "onnx-cpu"}) is installed
+    assert resolve_backend({"backend": "onnx-cpu", "plugin": {"object": "flavorkit_onnxgenai.plugin:cpu"}}) is installed
+    # Recorded under a name no entry point provides: the shipped object is imported under that name.
+    shipped = resolve_backend({"backend": "renamed", "plugin": {"object": "flavorkit_onnxgenai.plugin:cpu"}})
+    assert shipped is not installed and shipped.name == "renamed"
+    # The installed id with another object: that object, checked for its own runtime.
+    with pytest.raises(BackendUnavailable) as exc:
+        resolve_backend({"backend": "onnx-cpu", "plugin": {"object": "flavorkit_onnxgenai.plugin:dml"}})
+    assert exc.value.install_hint == "pip install 'onnxruntime-genai-directml>=0.15,<0.19'"
+    with pytest.raises(BackendUnavailable) as exc:
+        resolve_backend({"backend": "onnx-cuda", "plugin": {"object": "flavorkit_onnxgenai.plugin:cuda"}})
+    assert exc.value.install_hint == "pip install 'onnxruntime-genai-cuda>=0.15,<0.19'"
+    with pytest.raises(BackendNotFound) as missing:
+        resolve_backend({"backend": "nope", "plugin": {}})
+    assert missing.value.name == "nope"
+
+
+def test_a_model_config_without_a_backend_is_not_a_flavorkit_model() -> None:
+    from flavorkit.errors import PackagingError
+    from flavorkit.loading import load_packaged
+
+    with pytest.raises(PackagingError) as exc:
+        load_packaged({}, {"task": "llm/v1/chat"})
+    assert str(exc.value) == "model_config has no 'backend': this is not a flavorkit model"
