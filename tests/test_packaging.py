@@ -280,6 +280,7 @@ def test_logging_into_an_active_run_keeps_it_open(tiny_ort: Path) -> None:
         info = flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", name="chat")
         assert mlflow.active_run() is not None and mlflow.active_run().info.run_id == run.info.run_id
     assert info.run_id == run.info.run_id
+    assert info.name == "chat"
 
 
 def test_registration_needs_logging(tiny_ort: Path, tmp_path: Path) -> None:
