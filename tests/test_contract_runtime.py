@@ -295,8 +295,10 @@ def test_the_default_max_tokens_is_clamped_to_the_context() -> None:
     assert model.handle.seen[0].max_tokens == 20 - len(SEP + "abc")
     with pytest.raises(InvalidRequest) as exc:
         model.predict(chat("abc", max_tokens=17))
-    assert exc.value.field == "max_tokens"
-    assert exc.value.allowed == "at most 16 for this prompt"
+    assert str(exc.value) == (
+        "invalid request: field 'max_tokens': prompt (4 tokens) + max_tokens (17) exceeds the context of "
+        "20 tokens (allowed: at most 16 for this prompt)"
+    )
     model.predict(chat("abc", max_tokens=16))
     assert model.handle.seen[-1].max_tokens == 16
 
@@ -406,8 +408,9 @@ def test_a_greedy_only_backend_defaults_to_temperature_zero_and_refuses_sampling
     assert model.handle.seen[0].temperature == 0.0
     with pytest.raises(InvalidRequest) as exc:
         model.predict(chat("a", temperature=0.7))
-    assert exc.value.field == "temperature"
-    assert exc.value.allowed == "0"
+    assert str(exc.value) == (
+        "invalid request: field 'temperature': backend 'scripted' supports greedy decoding only (allowed: 0)"
+    )
     # A package default above 0 is refused per request too: the backend cannot honour it.
     with pytest.raises(InvalidRequest) as exc:
         engine(defaults={"temperature": 0.5}).predict(chat("a"))
@@ -453,8 +456,27 @@ def test_model_name_comes_from_the_package_or_the_backend() -> None:
 def test_an_unknown_task_is_refused() -> None:
     with pytest.raises(InvalidRequest) as exc:
         engine(task="llm/v1/completions")
-    assert exc.value.field == "task"
-    assert exc.value.allowed == "llm/v1/chat, text-generation"
+    assert str(exc.value) == (
+        "invalid request: field 'task': unknown task 'llm/v1/completions' (allowed: llm/v1/chat, text-generation)"
+    )
+
+
+def test_text_generation_always_makes_one_completion() -> None:
+    model = engine(task="text-generation", defaults={"n": 3})
+    assert model.predict({"prompt": "a"}) == ["a"]
+    assert len(model.handle.seen) == 1
+
+
+def test_a_chat_prompt_filling_the_context_names_messages() -> None:
+    model = engine()
+    model.handle.context_length = 4
+    model.info = model.backend.describe(model.handle)
+    with pytest.raises(InvalidRequest) as exc:
+        model.predict(chat("abcd"))
+    assert str(exc.value) == (
+        "invalid request: field 'messages': the prompt is 5 tokens but the model's context is 4 tokens "
+        "(allowed: a prompt of at most 3 tokens)"
+    )
 
 
 def test_close_unloads_the_handle() -> None:
