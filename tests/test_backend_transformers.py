@@ -306,7 +306,9 @@ def test_batch_equals_single_requests(tiny_tf: LoadedModel) -> None:
 
 def test_exact_mode_replays_rows_alone_identically(tiny_hf: Path) -> None:
     model = load_engine("transformers", tiny_hf)
-    model.handle.tie_tolerance = float("inf")  # every greedy step counts as a near tie
+    # Private knob, on purpose: a near tie cannot be produced on demand with random weights, and an
+    # infinite tolerance (every greedy step is a near tie) is the only way to drive the replay path.
+    model.handle.tie_tolerance = float("inf")
     requests = [chat(p, max_tokens=12) for p in PROMPTS[:4]]
     _batch_vs_single(model, requests)
     assert model.handle.stats["replays"] == len(requests)
@@ -317,7 +319,8 @@ def test_rows_leaving_a_batch_mid_way_are_finished_exactly(tiny_hf: Path) -> Non
     model = load_engine("transformers", tiny_hf)
     handle = model.handle
     # Treat the 4th step of every row as a near tie: each row leaves the batch with 3 tokens already
-    # emitted, which the single-request path must replay before it continues.
+    # emitted, which the single-request path must replay before it continues. Private knob, on
+    # purpose: no public input makes a row leave mid-way at a chosen step.
     handle._near_tie = lambda row, logits: len(row.generated) == 3
     requests = [chat(p, max_tokens=14) for p in PROMPTS[:4]]
     _batch_vs_single(model, requests)
@@ -362,7 +365,8 @@ def test_batching_modes(tiny_hf: Path) -> None:
     assert sequential.handle.stats["forward"] == 3 * 6
 
     padded = load_engine("transformers", tiny_hf, batching="padded", max_batch_size=2)
-    padded.handle.tie_tolerance = float("inf")  # ignored outside exact mode
+    # Private knob: proves that padded mode ignores near ties, which no public input can force.
+    padded.handle.tie_tolerance = float("inf")
     padded.predict(requests)
     assert padded.handle.stats["batches"] == 1  # groups of two: one batch and one single request
     assert padded.handle.stats["replays"] == 0
@@ -387,11 +391,18 @@ def test_max_tokens_is_a_hard_limit_per_row(tiny_tf: LoadedModel) -> None:
 def test_cancelled_requests_stop_decoding(tiny_tf: LoadedModel) -> None:
     full = content(tiny_tf.predict(chat(PROMPTS[1], max_tokens=40))[0])
     stop = full[:3]
-    before = tiny_tf.handle.stats["forward"]
-    response = tiny_tf.predict(chat(PROMPTS[1], max_tokens=40, stop=[stop]))[0]
-    assert content(response) == ""
-    assert response["choices"][0]["finish_reason"] == "stop"
-    assert tiny_tf.handle.stats["forward"] - before <= 4  # not 40: the core cancelled, the engine stopped
+    other = chat(PROMPTS[3], max_tokens=40)
+    before = tiny_tf.handle.stats["rows"]
+    alone = tiny_tf.predict(other)[0]["usage"]["completion_tokens"]
+    rows_alone = tiny_tf.handle.stats["rows"] - before
+    # In a batch with a longer request, so the core keeps reading the stream: only the core's
+    # cancellation (not the stream being closed) can make the engine drop the stopped row.
+    before = tiny_tf.handle.stats["rows"]
+    stopped, kept = tiny_tf.predict([chat(PROMPTS[1], max_tokens=40, stop=[stop]), other])
+    assert content(stopped) == ""
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert kept["usage"]["completion_tokens"] == alone
+    assert tiny_tf.handle.stats["rows"] - before <= rows_alone + 4  # not + 40: the stopped row left the batch
 
 
 def test_generation_never_touches_the_network(tiny_tf: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,7 +413,8 @@ def test_generation_never_touches_the_network(tiny_tf: LoadedModel, monkeypatch:
     monkeypatch.setattr(socket, "create_connection", refuse)
     requests = [chat(PROMPTS[1], max_tokens=16, stop=["e", "\n"]), chat(PROMPTS[3], max_tokens=16, stop="the")]
     responses = tiny_tf.predict(requests)
-    assert all("e" not in content(r) for r in responses[:1])
+    assert "e" not in content(responses[0]) and "\n" not in content(responses[0])
+    assert "the" not in content(responses[1])
     chunks = list(tiny_tf.predict_stream(requests[1]))
     assert "the" not in joined(chunks)
 

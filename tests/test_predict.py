@@ -16,7 +16,7 @@ from helpers import chat, content
 PROMPTS = ["Hello", "What is the capital of Spain? Tell me more, please.", "x", "Write a haiku about the sea."]
 
 
-def test_single_dict_list_and_dataframe_give_the_same_answer(tiny_pyfunc: Any) -> None:
+def test_single_dict_list_and_dataframe_give_the_same_answer(tiny_pyfunc: Any, tiny_ort: Path) -> None:
     req = chat("Hello", max_tokens=12)
     as_dict = tiny_pyfunc.predict(req)
     as_list = tiny_pyfunc.predict([req])
@@ -26,7 +26,8 @@ def test_single_dict_list_and_dataframe_give_the_same_answer(tiny_pyfunc: Any) -
     response = as_dict[0]
     assert response["object"] == "chat.completion"
     assert response["id"].startswith("chatcmpl-") and isinstance(response["created"], int)
-    assert response["model"] and response["choices"][0]["message"]["role"] == "assistant"
+    assert response["model"] == tiny_ort.name, "the source folder's name by default"
+    assert response["choices"][0]["message"]["role"] == "assistant"
     assert set(response["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
 
 
@@ -48,17 +49,18 @@ def test_batch_returns_one_result_per_row_in_order_each_equal_to_its_single(tiny
 def test_a_dataframe_batch_with_missing_cells(tiny_pyfunc: Any) -> None:
     frame = pd.DataFrame([chat("Hello", max_tokens=4), chat("x")])
     out = tiny_pyfunc.predict(frame)
-    assert len(out) == 2
+    assert [o["object"] for o in out] == ["chat.completion", "chat.completion"]
     assert out[0]["usage"]["completion_tokens"] <= 4
+    assert content(out[1]) == content(tiny_pyfunc.predict(chat("x"))[0]), "the missing cell takes the default"
 
 
 def test_max_tokens_is_a_hard_limit_with_finish_reason_length(tiny_pyfunc: Any) -> None:
     for limit in (1, 2, 7):
         response = tiny_pyfunc.predict(chat("Write a haiku about the sea.", max_tokens=limit))[0]
         usage = response["usage"]
-        assert usage["completion_tokens"] <= limit
-        if response["choices"][0]["finish_reason"] == "length":
-            assert usage["completion_tokens"] == limit
+        # Greedy on this prompt the model never ends within 7 tokens: every answer is cut.
+        assert usage["completion_tokens"] == limit
+        assert response["choices"][0]["finish_reason"] == "length"
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
@@ -153,8 +155,15 @@ def test_streaming_chunks_follow_openai_and_join_to_predict(tiny_pyfunc: Any) ->
 
 
 def test_streaming_takes_one_request(tiny_pyfunc: Any) -> None:
-    with pytest.raises(MlflowException):
+    # MLflow refuses a list itself (its own code); flavorkit's check is in test_contract_runtime.py.
+    with pytest.raises(MlflowException) as exc:
         list(tiny_pyfunc.predict_stream([chat("a"), chat("b")]))
+    assert exc.value.error_code == "INTERNAL_ERROR"
+    assert "'predict_stream' requires single input" in exc.value.message
+    with pytest.raises(MlflowException) as exc:
+        tiny_pyfunc.unwrap_python_model().predict_stream(None, [chat("a"), chat("b")])
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "field 'inputs'" in exc.value.message
 
 
 def test_stream_field_is_accepted_by_predict(tiny_pyfunc: Any) -> None:
@@ -221,10 +230,19 @@ def test_explicit_max_tokens_beyond_the_context_is_rejected_and_default_is_clamp
 
 
 def test_unsupported_input_types(tiny_pyfunc: Any) -> None:
-    with pytest.raises(MlflowException):
-        tiny_pyfunc.predict("just a string")
-    with pytest.raises(MlflowException):
-        tiny_pyfunc.predict(json.dumps(chat("hi")))
+    # Through pyfunc, MLflow's schema enforcement answers first (with the same error code).
+    for value in ("just a string", json.dumps(chat("hi")), 42):
+        with pytest.raises(MlflowException) as exc:
+            tiny_pyfunc.predict(value)
+        assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert "Failed to enforce schema" in exc.value.message
+    # flavorkit's own check, reached when the model is called without MLflow's enforcement.
+    python_model = tiny_pyfunc.unwrap_python_model()
+    for value, field in (("just a string", "request"), (42, "inputs")):
+        with pytest.raises(MlflowException) as exc:
+            python_model.predict(None, value)
+        assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert f"invalid request: field {field!r}" in exc.value.message
 
 
 # -- request edges: the runtime, pyfunc and (in test_serving.py) the scoring server agree ---------

@@ -101,14 +101,19 @@ def test_invocations_answers_a_chat_request(server: str) -> None:
     assert body[0]["usage"]["completion_tokens"] <= 5
 
 
-def test_invocations_dataframe_records_batch(server: str) -> None:
+def test_invocations_dataframe_records_batch(server: str, tiny_pyfunc: Any) -> None:
     rows = [
         {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3},
         {"messages": [{"role": "user", "content": "x"}]},
     ]
     status, body = _post(f"{server}/invocations", {"dataframe_records": rows})
     assert status == 200
-    assert len(body["predictions"]) == 2
+    predictions = body["predictions"]
+    assert [p["object"] for p in predictions] == ["chat.completion", "chat.completion"]
+    assert predictions[0]["usage"]["completion_tokens"] <= 3
+    local = tiny_pyfunc.predict(rows)
+    assert [p["choices"][0]["message"] for p in predictions] == [r["choices"][0]["message"] for r in local]
+    assert [p["usage"] for p in predictions] == [r["usage"] for r in local]
 
 
 def test_invalid_request_is_a_400_naming_the_field_and_the_server_keeps_serving(server: str) -> None:

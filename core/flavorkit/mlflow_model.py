@@ -58,16 +58,19 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
     def predict_stream(  # type: ignore[no-untyped-def]
         self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None
     ) -> Iterator[Any]:
-        """Stream one request as OpenAI ``chat.completion.chunk`` dicts (or text pieces)."""
+        """Stream one request as OpenAI ``chat.completion.chunk`` dicts (or text pieces).
+
+        Not a generator: a bad request (or more than one) raises ``INVALID_PARAMETER_VALUE`` here,
+        when the call is made, rather than being deferred to the first ``next()``.
+        """
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
         from flavorkit.mlflow_columns import refuse_dropped_columns
 
         try:
             refuse_dropped_columns(self._model.task)
-            stream = self._model.predict_stream(model_input)
+            return self._model.predict_stream(model_input)  # type: ignore[no-any-return]
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc
-        yield from stream
 
 
 mlflow.models.set_model(FlavorkitModel())

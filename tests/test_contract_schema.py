@@ -1,0 +1,78 @@
+"""Request parsing details the chat contract promises: numpy values from DataFrames, flags, messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flavorkit.errors import InvalidRequest
+from flavorkit.schema import ChatRequest, parse_request
+
+OK = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store() -> None:
+    """Replaces conftest's per-test MLflow store: nothing here logs to a tracking store (0.3 s a test)."""
+
+
+def test_numpy_flags_and_numbers_from_a_dataframe_are_plain_python() -> None:
+    req = parse_request({"messages": OK, "stream": np.bool_(True), "max_tokens": np.int64(5)}, "llm/v1/chat")
+    assert isinstance(req, ChatRequest)
+    assert req.stream is True and type(req.stream) is bool
+    assert req.max_tokens == 5 and type(req.max_tokens) is int
+    assert parse_request({"messages": OK, "stream": False}, "llm/v1/chat").stream is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, np.int64(1), 0.0])
+def test_a_flag_must_be_a_boolean(value: object) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stream": value}, "llm/v1/chat")
+    assert exc.value.field == "stream"
+    assert exc.value.allowed == "true or false"
+    assert exc.value.detail.startswith("must be true or false, got ")
+
+
+def test_the_name_field_of_a_message_is_kept_and_must_be_a_string() -> None:
+    req = parse_request({"messages": [{"role": "user", "content": "hi", "name": "alice"}]}, "llm/v1/chat")
+    assert isinstance(req, ChatRequest)
+    assert req.messages[0].name == "alice"
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "llm/v1/chat")
+    assert exc.value.field == "messages[0].name"
+
+
+def test_a_matcher_without_stops_passes_text_through() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    for stops in ([], [""]):
+        matcher = StopMatcher(stops)
+        assert matcher.matched is False
+        assert matcher.feed("abc") == ("abc", False)
+        assert matcher.flush() == ("", False)
+
+
+def test_a_matcher_ignores_everything_after_a_match() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    matcher = StopMatcher(["END"])
+    assert matcher.feed("abEN") == ("ab", False)
+    assert matcher.matched is False
+    assert matcher.feed("Dmore") == ("", True)
+    assert matcher.matched is True
+    assert matcher.feed("even more") == ("", True)
+    assert matcher.flush() == ("", True)
+
+
+def test_flush_settles_a_held_tail_that_completes_a_stop_or_not() -> None:
+    from flavorkit.stopping import StopMatcher
+
+    matcher = StopMatcher(["xyz", "y"])
+    assert matcher.feed("axy") == ("a", False)  # "xy" could still become "xyz"; "y" starts later
+    assert matcher.flush() == ("x", True)  # the stream ended: "y" is the earliest complete stop
+    assert matcher.matched is True
+    held = StopMatcher(["xyz"])
+    assert held.feed("axy") == ("a", False)
+    assert held.flush() == ("xy", False)
+    assert held.matched is False
+    assert held.flush() == ("", False), "flush empties the buffer"
