@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import chat, load_engine
 
 from flavorkit.errors import InvalidRequest
 from flavorkit.runtime import LoadedModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, QueueFull, Scheduler, ShuttingDown
+from helpers import chat, load_engine
 
 pytest.importorskip("prometheus_client")
 
@@ -52,7 +52,10 @@ def test_run_batch_gives_each_request_its_own_answer(engine: LoadedModel) -> Non
 
 
 def test_a_request_cancelled_before_the_batch_is_skipped(engine: LoadedModel) -> None:
-    prepared = [engine.prepare_request(chat("Hi", max_tokens=40, n=2)), engine.prepare_request(chat("Hi", max_tokens=8))]
+    prepared = [
+        engine.prepare_request(chat("Hi", max_tokens=40, n=2)),
+        engine.prepare_request(chat("Hi", max_tokens=8)),
+    ]
     prepared[0].cancel()
     events = list(engine.run_batch(prepared))
     assert {e.request for e in events} == {1}

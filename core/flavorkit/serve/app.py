@@ -98,12 +98,17 @@ class FlavorkitApp:
             return
         path: str = scope.get("path", "")
         route = path if path in _ROUTES else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
-        status = 500
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                self.metrics.requests.labels(route=route, status=str(status)).inc()
 
         async def counting_send(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                count(int(message["status"]))  # before the client can see the answer
             await send(message)
 
         try:
@@ -117,7 +122,7 @@ class FlavorkitApp:
                     return
             await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
+            count(500)  # nothing was sent: the app failed
 
 
 def create_app(

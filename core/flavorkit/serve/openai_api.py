@@ -90,7 +90,8 @@ def _parse(body: Any, prompt_field: str, fields: tuple[str, ...], task: str, ser
             raise _bad("stream_options", "'stream_options' must be an object like {\"include_usage\": true}")
         extra = [k for k in options if k != "include_usage"]
         if extra:
-            raise _bad(f"stream_options.{extra[0]}", "unsupported field; supported: include_usage", "unknown_field")
+            message = f"unsupported field {extra[0]!r} in stream_options; supported: include_usage"
+            raise _bad(f"stream_options.{extra[0]}", message, "unknown_field")
         include_usage = options.get("include_usage", False)
         if not isinstance(include_usage, bool):
             raise _bad("stream_options.include_usage", f"must be true or false, got {include_usage!r}")

@@ -243,7 +243,7 @@ class Scheduler:
         if not tickets:
             return
         self.metrics.batch_size.observe(len(tickets))
-        self.metrics.active.set(len(tickets))
+        self.metrics.active.inc(len(tickets))
         first: set[int] = set()
         last: dict[tuple[int, int], float] = {}
         try:
@@ -261,19 +261,19 @@ class Scheduler:
                 if ticket.stream:
                     ticket.push(Event("delta", ev))
                 if ev.finish_reason is not None and prepared[ev.request].finished and not ticket.done:
-                    self._finish(ticket, prepared[ev.request])
+                    self._finish(ticket, Event("done", prepared[ev.request]))
         except Exception as exc:
             log.exception("generation failed for a batch of %d request(s)", len(tickets))
             for ticket in tickets:
                 if not ticket.done:
-                    ticket.done = True
-                    ticket.push(Event("error", exc))
+                    self._finish(ticket, Event("error", exc))
         finally:
             for ticket, p in zip(tickets, prepared, strict=True):
                 if not ticket.done:  # cancelled ones end here
-                    self._finish(ticket, p)
-            self.metrics.active.set(0)
+                    self._finish(ticket, Event("done", p))
 
-    def _finish(self, ticket: Ticket, prepared: PreparedRequest) -> None:
+    def _finish(self, ticket: Ticket, event: Event) -> None:
+        """The ticket's last event; the metrics are updated before the reader can see it."""
         ticket.done = True
-        ticket.push(Event("done", prepared))
+        self.metrics.active.dec()
+        ticket.push(event)
