@@ -53,3 +53,21 @@ def metric(text: str, name: str, **labels: str) -> float:
         if got == want:
             return float(m.group(3))
     return 0.0
+
+
+def hold_worker(scheduler: Any) -> threading.Event:
+    """Occupy the scheduler's worker with a job until the returned event is set (requests then queue)."""
+    import asyncio
+
+    gate = threading.Event()
+
+    async def submit() -> None:
+        scheduler.submit_job(gate.wait)
+
+    asyncio.run(submit())
+    deadline = time.monotonic() + 10
+    while not scheduler._running:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not take the job")
+        time.sleep(0.005)
+    return gate
