@@ -145,6 +145,7 @@ def test_request_timeout_is_a_504_and_cancels_the_request(hf_model_dir: Path) ->
         assert _spent(before, _metrics(url)) == 2, "the timed-out requests generated nothing"
 
 
+@pytest.mark.slow  # a fresh process that imports torch: about 20 s here
 def test_sigterm_drains_in_flight_requests_then_exits(hf_model_dir: Path, full_length: int) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
