@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serve_fixtures import metric, running
 
@@ -351,3 +353,51 @@ def test_default_model_name_from_the_uri() -> None:
     assert default_model_name("runs:/abc123/model") == "model"
     assert default_model_name("/srv/models/tiny-chat/") == "tiny-chat"
     assert default_model_name("file:///srv/models/tiny") == "tiny"
+
+
+def test_a_stream_refused_by_the_model_is_a_plain_400(client: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=NAME, messages=_messages(), max_tokens=100_000, stream=True)
+    assert err.value.param == "max_tokens"
+    assert "context" in err.value.message
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_FIELDS = ["messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop"]
+_FIELDS += ["seed", "stream", "stream_options", "user", "top_k", "tools", "logprobs"]
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", 3]), "content": st.text(max_size=30) | _JSON}
+)
+_VALUES = {
+    "messages": st.lists(_MESSAGE, max_size=3) | _JSON,
+    "max_tokens": st.integers(-5, 300) | _JSON,
+    "n": st.integers(-1, 20) | _JSON,
+    "temperature": st.floats(-1, 3) | _JSON,
+    "stream": st.booleans() | _JSON,
+    "model": st.sampled_from([NAME, "other"]) | _JSON,
+}
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> Any:
+    keys = draw(st.lists(st.sampled_from(_FIELDS), unique=True, max_size=6))
+    body = {k: draw(_VALUES.get(k, _JSON)) for k in keys}
+    if draw(st.booleans()):
+        body.setdefault("max_tokens", 4)
+    return body
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_bodies())
+def test_no_body_gets_a_5xx(base: str, body: Any) -> None:
+    status, _, raw = _http(
+        "POST", f"{base}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    assert status in (200, 400, 404), (status, raw[:500])
+    if status != 200:
+        err = json.loads(raw)["error"]
+        assert err["type"] == "invalid_request_error" and err["message"]

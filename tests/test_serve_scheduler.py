@@ -130,6 +130,28 @@ def test_requests_that_queue_up_share_the_next_generate_call(engine: LoadedModel
         assert text == engine.predict(raw)[0]["choices"][0]["message"]["content"]
 
 
+def test_the_worker_waits_briefly_for_the_clients_of_the_last_batch(engine: LoadedModel) -> None:
+    metrics = Metrics()
+    scheduler = Scheduler(engine, metrics, max_batch=8, max_queue=10, batch_wait=30.0)
+    scheduler._last_batch = 3  # the previous batch had three clients
+
+    async def main() -> None:
+        first = scheduler.submit(chat("Hi", max_tokens=2), stream=False)
+        await asyncio.sleep(0.2)  # the others come back later, one by one
+        second = scheduler.submit(chat("Hi", max_tokens=2), stream=False)
+        await asyncio.sleep(0.2)
+        third = scheduler.submit(chat("Hi", max_tokens=2), stream=False)
+        for ticket in (first, second, third):
+            assert (await _collect(ticket))[-1].kind == "done"
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.shutdown(5)
+    samples = {s.name: s.value for s in metrics.batch_size.collect()[0].samples}
+    assert (samples["flavorkit_batch_size_count"], samples["flavorkit_batch_size_sum"]) == (1, 3)
+
+
 def test_a_bad_request_fails_alone_and_the_batch_runs(engine: LoadedModel) -> None:
     scheduler = Scheduler(engine, Metrics(), max_batch=8, max_queue=10)
 

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "request_timeout": 600.0,
     "max_body_bytes": 4 * 1024 * 1024,
     "drain_timeout": 30.0,
+    "batch_wait": 0.02,
 }
 
 _PROTECTED = ("/v1/", "/invocations")
@@ -135,13 +136,15 @@ def create_app(
     request_timeout: float = DEFAULTS["request_timeout"],
     max_body_bytes: int = DEFAULTS["max_body_bytes"],
     drain_timeout: float = DEFAULTS["drain_timeout"],
+    batch_wait: float = DEFAULTS["batch_wait"],
 ) -> FlavorkitApp:
     """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
 
     The model is loaded here, through ``mlflow.pyfunc.load_model``; a background worker starts
     at once (so the app also works mounted inside another app, without lifespan events) and is
     drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
-    the API is open (bind it to loopback).
+    the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
+    the clients of the previous batch to come back before it starts a smaller batch.
     """
     if api_key is None:
         api_key = os.environ.get("FLAVORKIT_API_KEY") or None
@@ -152,7 +155,7 @@ def create_app(
         raise ValueError(f"request_timeout must be positive, got {request_timeout}")
     pyfunc, loaded = load_flavorkit_model(model_uri)
     metrics = Metrics()
-    scheduler = Scheduler(loaded, metrics, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Scheduler(loaded, metrics, max_batch=max_batch, max_queue=max_queue, batch_wait=batch_wait)
     state = routes.ServerState(
         pyfunc=pyfunc,
         model=loaded,

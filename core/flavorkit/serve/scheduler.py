@@ -93,7 +93,15 @@ class Ticket:
 class Scheduler:
     """A bounded queue in front of one worker thread that owns the model."""
 
-    def __init__(self, model: LoadedModel, metrics: Metrics, *, max_batch: int = 8, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        metrics: Metrics,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        batch_wait: float = 0.02,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_queue < 1:
@@ -102,6 +110,8 @@ class Scheduler:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.batch_wait = batch_wait
+        self._last_batch = 1
         self._queue: collections.deque[Ticket] = collections.deque()
         self._cond = threading.Condition()
         self._running: list[Ticket] = []
@@ -183,11 +193,23 @@ class Scheduler:
             head = self._queue.popleft()
             batch = [head]
             if head.job is None:
-                while self._queue and len(batch) < self.max_batch and self._queue[0].job is None:
-                    batch.append(self._queue.popleft())
+                self._fill(batch)
+                # Clients of the last batch got their answers together and are about to send their next
+                # requests together: wait briefly for them, or the first to arrive would run alone.
+                target = min(self.max_batch, self._last_batch)
+                end = time.monotonic() + self.batch_wait
+                while len(batch) < target and not self._stop and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                    self._fill(batch)
+                self._last_batch = len(batch)
             self._running = batch
             self.metrics.queue_depth.set(len(self._queue))
             return batch
+
+    def _fill(self, batch: list[Ticket]) -> None:
+        """Move queued generation tickets into ``batch``, up to ``max_batch`` (a job waits its turn)."""
+        while self._queue and len(batch) < self.max_batch and self._queue[0].job is None:
+            batch.append(self._queue.popleft())
 
     def _work(self) -> None:
         while True:
