@@ -150,3 +150,45 @@ def test_completions_bad_input_and_the_chat_route(text_url: str) -> None:
         client.chat.completions.create(model="tiny-text", messages=MESSAGES)
     assert missing.value.code == "unsupported_endpoint"
     assert client.completions.create(model="tiny-text", prompt="Hi", max_tokens=2).usage.completion_tokens <= 2
+
+
+# -- model URIs ---------------------------------------------------------------------------------------
+
+
+def test_serves_a_registered_model_by_alias(tiny_ort: Path) -> None:
+    from mlflow import MlflowClient
+
+    import flavorkit
+
+    info = flavorkit.package(
+        model=str(tiny_ort), backend="onnx-cpu", registered_model_name="tiny-reg", generation={"temperature": 0.0}
+    )
+    MlflowClient().set_registered_model_alias("tiny-reg", "champion", str(info.registered_model_version))
+    app = create_app("models:/tiny-reg@champion")
+    with running(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny-reg"]
+        r = client.chat.completions.create(model="tiny-reg", messages=MESSAGES, max_tokens=3)
+        assert r.model == "tiny-reg" and r.usage.completion_tokens <= 3
+
+
+def test_a_model_flavorkit_did_not_package_is_refused(tmp_path: Path) -> None:
+    import mlflow
+
+    from flavorkit.cli import main
+    from flavorkit.serve.errors import NotAFlavorkitModel
+
+    code = tmp_path / "echo_model.py"
+    code.write_text(
+        "import mlflow\n"
+        "from mlflow.pyfunc import PythonModel\n\n"
+        "class Echo(PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        return model_input\n\n"
+        "mlflow.models.set_model(Echo())\n"
+    )
+    path = tmp_path / "echo"
+    mlflow.pyfunc.save_model(str(path), python_model=str(code))
+    with pytest.raises(NotAFlavorkitModel, match="not one packaged by flavorkit"):
+        create_app(str(path))
+    assert main(["serve", str(path), "--port", "1"]) == 2  # a clean error, before binding any port
