@@ -104,6 +104,38 @@ def _workload(send: Callable[[list[dict[str, str]]], int], clients: int, request
     return tokens / (time.perf_counter() - start)
 
 
+def _ttft(base: str, max_tokens: int) -> float:
+    """Seconds from sending a streamed request to its first content chunk (the rest is read, too)."""
+    body = {"model": "smollm2-chat", "messages": BATCH[1], "max_tokens": max_tokens, "stream": True}
+    req = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    first = None
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for line in resp:
+            if first is None and line.startswith(b"data: {"):
+                delta = json.loads(line[len(b"data: ") :])["choices"][0]["delta"]
+                if delta.get("content"):
+                    first = time.perf_counter() - start
+    assert first is not None, "no content chunk"
+    return first
+
+
+def _late_arrival(base: str, rounds: int, long_tokens: int) -> tuple[list[float], list[float]]:
+    """TTFT when idle, and TTFT of a request sent while 4 long streams are running."""
+    idle, late = [], []
+    for _ in range(rounds):
+        idle.append(_ttft(base, 16))
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(_ttft, base, long_tokens) for _ in range(4)]
+            time.sleep(0.5)  # the four are decoding
+            late.append(_ttft(base, 16))
+            for f in running:
+                f.result()
+    return idle, late
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print (or write) the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {clients} | {statistics.median(ml):.1f} | {statistics.median(fk):.1f} | "
                     f"**{statistics.median(ratio):.2f}x** ({q[0]:.2f}-{q[2]:.2f}) |"
                 )
+            idle, late = _late_arrival(fk_base, args.rounds, 256)
+            print(f"late arrival: idle TTFT {idle}, late TTFT {late}")
         finally:
             for proc in procs:
                 _stop(proc)
@@ -171,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             "| concurrent clients | mlflow models serve tokens/s | flavorkit serve tokens/s | ratio |",
             "|---:|---:|---:|---:|",
             *rows,
+            "",
+            "| flavorkit serve, time to first token | idle | during 4 streams of 256 tokens | ratio (target <= 4x) |",
+            "|---|---:|---:|---:|",
+            f"| median of {args.rounds} | {statistics.median(idle) * 1000:.0f} ms | "
+            f"{statistics.median(late) * 1000:.0f} ms | **{statistics.median(late) / statistics.median(idle):.1f}x** |",
         ]
     )
     print(body)
