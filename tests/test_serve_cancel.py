@@ -8,12 +8,14 @@ same request run to its end (the longest answer the tiny model's context allows)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +210,33 @@ def test_cli_serve_defaults_bind_loopback() -> None:
         ["serve", "m", "--served-model-name", "x", "--api-key", "k", "--request-timeout", "5", "--log-level", "debug"]
     )
     assert (args.served_model_name, args.api_key, args.request_timeout, args.log_level) == ("x", "k", 5.0, "debug")
+
+
+def test_an_invocations_job_that_times_out_while_queued_never_runs(hf_model_dir: Path) -> None:
+    app = create_app(str(hf_model_dir), request_timeout=0.5)
+    with running(app) as url:
+        before = _metrics(url)
+        gate = hold_worker(app.server.scheduler)
+        try:
+            req = urllib.request.Request(
+                f"{url}/invocations",
+                data=json.dumps({"messages": PROMPT, "max_tokens": LONG}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 504
+            assert json.loads(err.value.read())["error"]["code"] == "request_timeout"
+            _wait_cancelled(url, "timeout", before)
+        finally:
+            gate.set()
+        status = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{url}/invocations",
+                data=json.dumps({"messages": PROMPT, "max_tokens": 2}).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        ).status
+        assert status == 200
+        assert _spent(before, _metrics(url)) == 2, "only the second request generated (counted by the job guard)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,24 @@ def test_request_timeout_stops_a_running_generation(base: str) -> None:
     assert time.perf_counter() - t0 < 10
     after = _settle(base, "timeout", before)
     assert 0 < _spent(before, after) < 1000
+
+
+def test_invocations_timeout_stops_the_running_predict(base: str) -> None:
+    import json
+
+    before = _metrics(base)
+    t0 = time.perf_counter()
+    req = urllib.request.Request(
+        f"{base}/invocations",
+        data=json.dumps({"messages": STORY, "max_tokens": 1000}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=60)
+    assert err.value.code == 504
+    assert time.perf_counter() - t0 < 10
+    after = _settle(base, "timeout", before)
+    spent = _spent(before, after)  # MLflow's predict is counted through the job guard
+    assert 0 < spent < 1000
+    time.sleep(0.5)
+    assert _spent(before, _metrics(base)) == spent, "nothing is generated for the abandoned request"

@@ -19,15 +19,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flavorkit.errors import InvalidRequest
+from flavorkit.errors import FlavorkitError, InvalidRequest
+from flavorkit.hookspec import hookimpl
 from flavorkit.runtime import LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
 
-__all__ = ["ClientDisconnected", "Event", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
+__all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,47 @@ class ClientDisconnected(Exception):
 
 class ShuttingDown(Exception):
     """The server is draining and takes no new work; the caller answers 503."""
+
+
+class JobCancelled(FlavorkitError):
+    """A running job's client went away or timed out; its generation was stopped."""
+
+
+class _JobGuard:
+    """Backend middleware that makes exclusive jobs (``/invocations``) cancellable and counted.
+
+    A job calls MLflow's ``predict``, which reaches the backend through the core's own loop; this
+    ``generate`` wrapper (registered on the backend's plugin manager, the designed place for
+    cross-cutting plugins) sees every delta of the job: it counts the tokens and, once the job's
+    ticket is cancelled, marks the batch's requests cancelled and stops the call.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.current: Ticket | None = None  # set by the worker while a job runs
+
+    @hookimpl(wrapper=True)
+    def generate(self, handle: Any, requests: Sequence[Any]) -> Any:
+        """Wrap the backend's stream while a job runs."""
+        stream = yield
+        ticket = self.current
+        if ticket is None:
+            return stream
+        return self._watch(stream, requests, ticket)
+
+    def _watch(self, stream: Any, requests: Sequence[Any], ticket: Ticket) -> Iterator[Any]:
+        try:
+            for delta in stream:
+                if ticket.cancel_reason is not None:
+                    for request in requests:
+                        request.cancelled = True
+                    raise JobCancelled(f"the request was cancelled ({ticket.cancel_reason})")
+                self.metrics.completion_tokens.inc(delta.tokens)
+                yield delta
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +159,10 @@ class Scheduler:
         self._running: list[Ticket] = []
         self._accepting = True
         self._stop = False
+        self._guard = _JobGuard(metrics)
+        pm = getattr(model.backend, "pm", None)
+        if pm is not None:
+            pm.register(self._guard, name=f"flavorkit-serve-job-guard-{id(self)}")
         self._thread = threading.Thread(target=self._work, name="flavorkit-serve-worker", daemon=True)
         self._thread.start()
 
@@ -230,6 +276,7 @@ class Scheduler:
 
     def _run_job(self, ticket: Ticket) -> None:
         assert ticket.job is not None
+        self._guard.current = ticket
         try:
             result = ticket.job()
         except BaseException as exc:
@@ -238,6 +285,8 @@ class Scheduler:
         else:
             ticket.done = True
             ticket.push(Event("result", result))
+        finally:
+            self._guard.current = None
 
     def _run_batch(self, batch: list[Ticket]) -> None:
         tickets: list[Ticket] = []
