@@ -139,6 +139,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(run_check(args.backend, args.model, options=_parse_kv(args.option, "--option"), json_path=args.json))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a packaged model over an OpenAI-compatible HTTP API (needs the ``serve`` extra)."""
+    try:
+        from flavorkit.serve import run
+    except ImportError as exc:
+        raise SystemExit(f"flavorkit serve needs the serve extra: pip install 'flavorkit[serve]' ({exc})") from None
+    run(
+        args.model_uri,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        drain_timeout=args.drain_timeout,
+        served_model_name=args.served_model_name,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flavorkit`` command."""
     parser = argparse.ArgumentParser(prog="flavorkit", description=__doc__)
@@ -184,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option")
     p.add_argument("--json", metavar="REPORT", help="also write a JSON report here")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("serve", help="serve a packaged model over an OpenAI-compatible HTTP API")
+    p.add_argument("model_uri", help="an MLflow model URI: a path, runs:/..., models:/name/1, models:/name@alias")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the URI)")
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $FLAVORKIT_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests per backend batch")
+    p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

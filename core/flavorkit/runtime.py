@@ -22,7 +22,7 @@ from flavorkit.signatures import CHAT, TASKS
 from flavorkit.stopping import StopMatcher
 from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
 
-__all__ = ["CORE_DEFAULTS", "LoadedModel"]
+__all__ = ["CORE_DEFAULTS", "BatchEvent", "LoadedModel", "PreparedRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,89 @@ class _Row:
     request: ChatRequest | TextRequest
     choices: list[_Choice]
     prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One increment of :meth:`LoadedModel.run_batch`: text for choice ``choice`` of request ``request``.
+
+    ``request`` is the position of the :class:`PreparedRequest` in the batch; ``tokens`` counts the
+    generated tokens this event accounts for (``text`` may be empty while a stop string or a
+    multi-byte character is held back); the last event of a choice carries ``finish_reason``.
+    """
+
+    request: int
+    choice: int
+    text: str
+    tokens: int
+    finish_reason: str | None
+
+
+class PreparedRequest:
+    """One validated, encoded request that can share a backend batch with others (see ``run_batch``).
+
+    The generated text, finish reasons and usage accumulate here while the batch runs. ``cancel``
+    may be called from any thread: the backend drops the request within a few decoding steps.
+    """
+
+    __slots__ = ("_cancelled", "_row")
+
+    def __init__(self, row: _Row) -> None:
+        self._row = row
+        self._cancelled = False
+
+    @property
+    def request(self) -> ChatRequest | TextRequest:
+        """The validated request."""
+        return self._row.request
+
+    @property
+    def n(self) -> int:
+        """How many choices (sequences) the request asked for."""
+        return len(self._row.choices)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the encoded prompt."""
+        return self._row.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, over all choices."""
+        return sum(c.tokens for c in self._row.choices)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancelled
+
+    @property
+    def finished(self) -> bool:
+        """True when every choice has a finish reason (``"cancelled"`` included)."""
+        return all(c.finish is not None for c in self._row.choices)
+
+    def texts(self) -> list[str]:
+        """The text generated so far for each choice, in choice order."""
+        return ["".join(c.parts) for c in self._row.choices]
+
+    def finish_reasons(self) -> list[str | None]:
+        """The finish reason of each choice (None while it is still generating)."""
+        return [c.finish for c in self._row.choices]
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI usage counts: the prompt is counted once, completions over all choices."""
+        completion = self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def cancel(self) -> None:
+        """Stop generating for this request (thread-safe): backends see ``GenerationRequest.cancelled``."""
+        self._cancelled = True
+        for choice in self._row.choices:
+            choice.request.cancelled = True
 
 
 class LoadedModel:
@@ -90,6 +173,67 @@ class LoadedModel:
             raise InvalidRequest("inputs", f"predict_stream takes exactly one request, got {len(raw)}")
         rows = self._prepare(raw)
         return self._stream(rows[0], rows)
+
+    def prepare_request(self, raw: Any) -> PreparedRequest:
+        """Validate and encode one request for :meth:`run_batch`; raise ``InvalidRequest`` naming the field."""
+        return PreparedRequest(self._prepare([raw])[0])
+
+    def run_batch(self, requests: Sequence[PreparedRequest]) -> Iterator[BatchEvent]:
+        """Run independent requests through one backend ``generate`` call; yield per-choice events.
+
+        Each request keeps its own settings (``n``, stop strings, ``max_tokens``, sampling): the core
+        expands every choice into its own :class:`GenerationRequest`, so one call serves them all. A
+        request cancelled before or during the batch gets ``finish_reason="cancelled"`` on its
+        unfinished choices and yields no more events; the others are not disturbed.
+        """
+        live: list[tuple[int, _Choice]] = []
+        for i, prepared in enumerate(requests):
+            for choice in prepared._row.choices:
+                if prepared.cancelled:
+                    choice.finish = choice.finish or "cancelled"
+                elif choice.finish is None:
+                    live.append((i, choice))
+        if not live:
+            return
+        pending = len(live)
+        seen_cancelled: set[int] = set()
+        stream = self.backend.generate(self.handle, [c.request for _, c in live])
+        try:
+            for delta in stream:
+                for i, prepared in enumerate(requests):  # cancellations from other threads
+                    if prepared.cancelled and i not in seen_cancelled:
+                        seen_cancelled.add(i)
+                        for choice in prepared._row.choices:
+                            if choice.finish is None:
+                                choice.finish = "cancelled"
+                                pending -= 1
+                if pending == 0:
+                    break
+                i, choice = live[delta.index]
+                if choice.finish is not None:
+                    continue  # cancelled or capped; the backend may still be winding down
+                before = choice.tokens
+                out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
+                if finish is not None:
+                    pending -= 1
+                if out or finish is not None or choice.tokens > before:
+                    yield BatchEvent(i, choice.index, out, choice.tokens - before, finish)
+                if pending == 0:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        for prepared in requests:
+            if prepared.cancelled:
+                for choice in prepared._row.choices:
+                    choice.finish = choice.finish or "cancelled"
+        unfinished = [c for _, c in live if c.finish is None]
+        if unfinished:
+            raise BackendError(
+                f"backend {self.backend.name!r} stopped without finishing {len(unfinished)} request(s); "
+                "every request must end with a Delta carrying finish_reason"
+            )
 
     def close(self) -> None:
         """Release the backend handle."""
@@ -241,6 +385,29 @@ class LoadedModel:
                 f"backend {self.backend.name!r} stopped without finishing {len(unfinished)} request(s); "
                 "every request must end with a Delta carrying finish_reason"
             )
+
+    def _advance(self, choice: _Choice, text: str, tokens: int, finish: str | None) -> tuple[str, str | None]:
+        """Apply one backend delta to a choice (max_tokens cap, stop strings); return new text and finish."""
+        if choice.tokens + tokens > choice.request.max_tokens:
+            log.warning(
+                "backend %r produced more than max_tokens=%d tokens; output cut",
+                self.backend.name,
+                choice.request.max_tokens,
+            )
+            text, finish = "", "length"
+        choice.tokens = min(choice.tokens + tokens, choice.request.max_tokens)
+        out, hit = choice.matcher.feed(text)
+        if not hit and finish is not None:
+            tail, hit = choice.matcher.flush()
+            out += tail
+        if hit:
+            finish = "stop"
+        if finish is not None:
+            choice.finish = finish
+            choice.request.cancelled = True
+        if out:
+            choice.parts.append(out)
+        return out, finish
 
     # -- response shaping -----------------------------------------------------------------------
 

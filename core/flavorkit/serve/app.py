@@ -1,0 +1,232 @@
+"""``create_app``: the ASGI application serving one packaged flavorkit model, and ``run`` (uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flavorkit.serve import routes
+from flavorkit.serve.auth import check_bearer
+from flavorkit.serve.errors import APIError, NotAFlavorkitModel
+from flavorkit.serve.metrics import Metrics
+from flavorkit.serve.scheduler import Scheduler
+
+__all__ = ["DEFAULTS", "FlavorkitApp", "create_app", "default_model_name", "load_flavorkit_model", "run"]
+
+log = logging.getLogger(__name__)
+
+#: Defaults shared by ``create_app`` and ``flavorkit serve``.
+DEFAULTS: dict[str, Any] = {
+    "max_batch": 8,
+    "max_queue": 64,
+    "request_timeout": 600.0,
+    "max_body_bytes": 4 * 1024 * 1024,
+    "drain_timeout": 30.0,
+    "batch_wait": 0.02,
+}
+
+_PROTECTED = ("/v1/", "/invocations")
+_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/invocations",
+    "/ping",
+    "/health",
+    "/version",
+    "/metrics",
+)
+
+
+def load_flavorkit_model(model_uri: str) -> tuple[Any, Any]:
+    """Load ``model_uri`` with ``mlflow.pyfunc.load_model``; return the pyfunc and its ``LoadedModel``."""
+    import mlflow
+
+    from flavorkit.runtime import LoadedModel
+
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    try:
+        python_model = pyfunc.unwrap_python_model()
+    except Exception as exc:
+        raise NotAFlavorkitModel(f"{model_uri!r} is not a flavorkit model ({exc})") from None
+    loaded = getattr(python_model, "loaded", None)
+    if not isinstance(loaded, LoadedModel):
+        raise NotAFlavorkitModel(
+            f"{model_uri!r} is an MLflow pyfunc model but not one packaged by flavorkit; "
+            "serve it with `mlflow models serve`"
+        )
+    return pyfunc, loaded
+
+
+def default_model_name(model_uri: str) -> str:
+    """The name clients use in ``model``: the registered name of ``models:/name/...`` or the folder name."""
+    parsed = urlparse(model_uri)
+    if parsed.scheme == "models":
+        path = (parsed.netloc + parsed.path).strip("/")
+        return path.split("/")[0].split("@")[0]
+    path = parsed.path if parsed.scheme else model_uri
+    name = PurePosixPath(path.replace(os.sep, "/").rstrip("/")).name
+    return name or "flavorkit-model"
+
+
+class FlavorkitApp:
+    """The ASGI app: Bearer auth on the API routes, requests counted by route and status, then the routes.
+
+    ``server`` holds the model, scheduler and metrics (:class:`flavorkit.serve.routes.ServerState`).
+    """
+
+    def __init__(self, app: ASGIApp, server: routes.ServerState, api_key: str | None) -> None:
+        self.app = app
+        self.server = server
+        self.metrics = server.metrics
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        route = path if path in _ROUTES else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                self.metrics.requests.labels(route=route, status=str(status)).inc()
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                count(int(message["status"]))  # before the client can see the answer
+            await send(message)
+
+        try:
+            if self.api_key and path.startswith(_PROTECTED):
+                headers = dict(scope.get("headers") or [])
+                raw = headers.get(b"authorization")
+                try:
+                    check_bearer(raw.decode("latin-1") if raw else None, self.api_key)
+                except APIError as exc:
+                    await exc.response()(scope, receive, counting_send)
+                    return
+            await self.app(scope, receive, counting_send)
+        finally:
+            count(500)  # nothing was sent: the app failed
+
+
+def create_app(
+    model_uri: str,
+    *,
+    served_model_name: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = DEFAULTS["max_batch"],
+    max_queue: int = DEFAULTS["max_queue"],
+    request_timeout: float = DEFAULTS["request_timeout"],
+    max_body_bytes: int = DEFAULTS["max_body_bytes"],
+    drain_timeout: float = DEFAULTS["drain_timeout"],
+    batch_wait: float = DEFAULTS["batch_wait"],
+) -> FlavorkitApp:
+    """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
+
+    The model is loaded here, through ``mlflow.pyfunc.load_model``; a background worker starts
+    at once (so the app also works mounted inside another app, without lifespan events) and is
+    drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
+    the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
+    the clients of the previous batch to come back before it starts a smaller batch.
+    """
+    if api_key is None:
+        api_key = os.environ.get("FLAVORKIT_API_KEY") or None
+    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_body_bytes", max_body_bytes)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if request_timeout <= 0:
+        raise ValueError(f"request_timeout must be positive, got {request_timeout}")
+    pyfunc, loaded = load_flavorkit_model(model_uri)
+    metrics = Metrics()
+    scheduler = Scheduler(loaded, metrics, max_batch=max_batch, max_queue=max_queue, batch_wait=batch_wait)
+    state = routes.ServerState(
+        pyfunc=pyfunc,
+        model=loaded,
+        scheduler=scheduler,
+        metrics=metrics,
+        served_name=served_model_name or default_model_name(model_uri),
+        created=int(time.time()),
+        request_timeout=float(request_timeout),
+        max_body_bytes=int(max_body_bytes),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        import asyncio
+
+        clean = await asyncio.to_thread(scheduler.shutdown, drain_timeout)
+        if not clean:
+            log.warning("shutdown: requests still running after %g s were cancelled", drain_timeout)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route("/v1/completions", routes.completions, methods=["POST"]),
+            Route("/v1/models", routes.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
+            Route("/invocations", routes.invocations, methods=["POST"]),
+            Route("/ping", routes.ping, methods=["GET"]),
+            Route("/health", routes.ping, methods=["GET"]),
+            Route("/version", routes.version, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
+        ],
+        exception_handlers={APIError: routes.on_api_error, HTTPException: routes.on_http_error},
+        lifespan=lifespan,
+    )
+    app.state.flavorkit = state
+    return FlavorkitApp(app, state, api_key)
+
+
+def run(
+    model_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    drain_timeout: float = DEFAULTS["drain_timeout"],
+    **options: Any,
+) -> None:
+    """Load the model and serve it with uvicorn until SIGINT or SIGTERM.
+
+    On a signal, new requests are answered 503 and in-flight ones get ``drain_timeout`` seconds to
+    finish before the rest is cancelled.
+    """
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(model_uri, drain_timeout=drain_timeout, **options)
+    state = app.server
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.scheduler.stop_accepting()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=max(1, int(drain_timeout)),
+        lifespan="on",
+    )
+    log.info("serving %r as %r on http://%s:%d/v1", model_uri, state.served_name, host, port)
+    Server(config).run()

@@ -1,0 +1,57 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from flavorkit.errors import FlavorkitError, InvalidRequest
+
+__all__ = ["APIError", "NotAFlavorkitModel", "error_body", "from_invalid_request"]
+
+
+class APIError(Exception):
+    """An error answered to the client with ``status`` and OpenAI's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body OpenAI's clients parse."""
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def response(self) -> JSONResponse:
+        """The HTTP response for this error."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def from_invalid_request(exc: InvalidRequest, prefix: str = "") -> APIError:
+    """A flavorkit request error as a 400 naming the field (``param``) and the allowed values."""
+    param = f"{prefix}{exc.field}" if prefix else exc.field
+    return APIError(400, str(exc), param=param, code="invalid_value")
+
+
+class NotAFlavorkitModel(FlavorkitError, TypeError):
+    """The model URI points at an MLflow model that flavorkit did not package."""

@@ -1,0 +1,350 @@
+"""The scheduler: one background worker owns the model and batches the requests that queue up.
+
+Runtimes and backends are not thread-safe, so exactly one thread (the worker) ever touches the
+:class:`~flavorkit.runtime.LoadedModel`: it encodes prompts, runs ``generate`` and executes
+exclusive jobs (the MLflow ``/invocations`` route). Request handlers on the event loop only
+submit :class:`Ticket` objects and read their events.
+
+Batching is request-level for every backend: while a batch runs, new requests wait in a bounded
+queue; the next ``generate`` call takes all of them together (up to ``max_batch``). Each request
+keeps its own settings; :meth:`LoadedModel.run_batch` routes the per-choice events back.
+A full queue is refused at once (:class:`QueueFull`); memory never grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flavorkit.errors import FlavorkitError, InvalidRequest
+from flavorkit.hookspec import hookimpl
+from flavorkit.runtime import LoadedModel, PreparedRequest
+from flavorkit.serve.metrics import Metrics
+
+__all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` requests already; the caller answers 429."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away; its ticket was cancelled."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining and takes no new work; the caller answers 503."""
+
+
+class JobCancelled(FlavorkitError):
+    """A running job's client went away or timed out; its generation was stopped."""
+
+
+class _JobGuard:
+    """Backend middleware that makes exclusive jobs (``/invocations``) cancellable and counted.
+
+    A job calls MLflow's ``predict``, which reaches the backend through the core's own loop; this
+    ``generate`` wrapper (registered on the backend's plugin manager, the designed place for
+    cross-cutting plugins) sees every delta of the job: it counts the tokens and, once the job's
+    ticket is cancelled, marks the batch's requests cancelled and stops the call.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.current: Ticket | None = None  # set by the worker while a job runs
+
+    @hookimpl(wrapper=True)
+    def generate(self, handle: Any, requests: Sequence[Any]) -> Any:
+        """Wrap the backend's stream while a job runs."""
+        stream = yield
+        ticket = self.current
+        if ticket is None:
+            return stream
+        return self._watch(stream, requests, ticket)
+
+    def _watch(self, stream: Any, requests: Sequence[Any], ticket: Ticket) -> Iterator[Any]:
+        try:
+            for delta in stream:
+                if ticket.cancel_reason is not None:
+                    for request in requests:
+                        request.cancelled = True
+                    raise JobCancelled(f"the request was cancelled ({ticket.cancel_reason})")
+                self.metrics.completion_tokens.inc(delta.tokens)
+                yield delta
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the worker tells a ticket's reader.
+
+    ``kind`` is ``"start"`` (the request was validated and joined a batch; payload: the
+    :class:`PreparedRequest`), ``"delta"`` (a :class:`BatchEvent`, streaming tickets only),
+    ``"done"`` (every choice finished; payload: the PreparedRequest), ``"result"`` (a job's return
+    value) or ``"error"`` (an exception).
+    """
+
+    kind: str
+    payload: Any = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One unit of queued work and the asyncio queue its events arrive on."""
+
+    raw: Any
+    job: Callable[[], Any] | None
+    stream: bool
+    loop: asyncio.AbstractEventLoop
+    scheduler: Scheduler
+    route: str = ""
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    submitted: float = field(default_factory=time.perf_counter)
+    prepared: PreparedRequest | None = None
+    cancel_reason: str | None = None
+    done: bool = False
+
+    def push(self, event: Event) -> None:
+        """Hand an event to the reader (called from the worker thread)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def cancel(self, reason: str) -> None:
+        """Stop this request (any thread): leave the queue, or make the backend drop it within a step."""
+        if self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        self.scheduler._cancelled(self, reason)
+        prepared = self.prepared
+        if prepared is not None:
+            prepared.cancel()
+
+
+class Scheduler:
+    """A bounded queue in front of one worker thread that owns the model."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        metrics: Metrics,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        batch_wait: float = 0.02,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        self.model = model
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.batch_wait = batch_wait
+        self._last_batch = 1
+        self._queue: collections.deque[Ticket] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: list[Ticket] = []
+        self._accepting = True
+        self._stop = False
+        self._guard = _JobGuard(metrics)
+        pm = getattr(model.backend, "pm", None)
+        if pm is not None:
+            pm.register(self._guard, name=f"flavorkit-serve-job-guard-{id(self)}")
+        self._thread = threading.Thread(target=self._work, name="flavorkit-serve-worker", daemon=True)
+        self._thread.start()
+
+    # -- called on the event loop -------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """False once draining began."""
+        return self._accepting
+
+    def submit(self, raw: Any, *, stream: bool, route: str = "") -> Ticket:
+        """Queue one generation request; raise :class:`QueueFull` or :class:`ShuttingDown`."""
+        return self._enqueue(Ticket(raw, None, stream, asyncio.get_running_loop(), self, route))
+
+    def submit_job(self, job: Callable[[], Any], *, route: str = "") -> Ticket:
+        """Queue a callable that runs alone on the worker (it may use the model); its result comes back."""
+        return self._enqueue(Ticket(None, job, False, asyncio.get_running_loop(), self, route))
+
+    def _enqueue(self, ticket: Ticket) -> Ticket:
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDown
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull
+            self._queue.append(ticket)
+            self.metrics.queue_depth.set(len(self._queue))
+            self._cond.notify()
+        return ticket
+
+    def _cancelled(self, ticket: Ticket, reason: str) -> None:
+        with self._cond:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(ticket)
+            self.metrics.queue_depth.set(len(self._queue))
+        if not ticket.done:
+            self.metrics.cancelled.labels(reason=reason).inc()
+
+    # -- shutdown -----------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Refuse new work from now on (draining)."""
+        with self._cond:
+            self._accepting = False
+
+    def shutdown(self, deadline: float) -> bool:
+        """Drain, then stop the worker; True when everything finished in time.
+
+        New work is refused; queued and running requests get ``deadline`` seconds to finish, then
+        what is left is cancelled.
+        """
+        self.stop_accepting()
+        end = time.monotonic() + deadline
+        with self._cond:
+            while (self._queue or self._running) and time.monotonic() < end:
+                self._cond.wait(timeout=min(0.05, max(0.0, end - time.monotonic())))
+            clean = not self._queue and not self._running
+            left = [*self._queue, *self._running]
+            self._stop = True
+            self._cond.notify_all()
+        for ticket in left:
+            ticket.cancel("shutdown")
+            ticket.push(Event("error", ShuttingDown()))
+        self._thread.join(timeout=max(1.0, end - time.monotonic()))
+        return clean
+
+    # -- the worker ---------------------------------------------------------------------------------
+
+    def _take(self) -> list[Ticket] | None:
+        with self._cond:
+            while not self._queue and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            head = self._queue.popleft()
+            batch = [head]
+            if head.job is None:
+                self._fill(batch)
+                # Clients of the last batch got their answers together and are about to send their next
+                # requests together: wait briefly for them, or the first to arrive would run alone.
+                target = min(self.max_batch, self._last_batch)
+                end = time.monotonic() + self.batch_wait
+                while len(batch) < target and not self._stop and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                    self._fill(batch)
+                self._last_batch = len(batch)
+            self._running = batch
+            self.metrics.queue_depth.set(len(self._queue))
+            return batch
+
+    def _fill(self, batch: list[Ticket]) -> None:
+        """Move queued generation tickets into ``batch``, up to ``max_batch`` (a job waits its turn)."""
+        while self._queue and len(batch) < self.max_batch and self._queue[0].job is None:
+            batch.append(self._queue.popleft())
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                if batch[0].job is not None:
+                    self._run_job(batch[0])
+                else:
+                    self._run_batch(batch)
+            except BaseException:  # pragma: no cover - _run_* report their own errors
+                log.exception("scheduler worker failed")
+            finally:
+                with self._cond:
+                    self._running = []
+                    self._cond.notify_all()
+
+    def _run_job(self, ticket: Ticket) -> None:
+        assert ticket.job is not None
+        self._guard.current = ticket
+        try:
+            result = ticket.job()
+        except BaseException as exc:
+            ticket.done = True
+            ticket.push(Event("error", exc))
+        else:
+            ticket.done = True
+            ticket.push(Event("result", result))
+        finally:
+            self._guard.current = None
+
+    def _run_batch(self, batch: list[Ticket]) -> None:
+        tickets: list[Ticket] = []
+        prepared: list[PreparedRequest] = []
+        for ticket in batch:
+            try:
+                p = self.model.prepare_request(ticket.raw)
+            except InvalidRequest as exc:
+                ticket.done = True
+                ticket.push(Event("error", exc))
+                continue
+            except Exception as exc:
+                log.exception("preparing a request failed")
+                ticket.done = True
+                ticket.push(Event("error", exc))
+                continue
+            ticket.prepared = p
+            if ticket.cancel_reason is not None:  # cancelled while it waited
+                p.cancel()
+                continue
+            tickets.append(ticket)
+            prepared.append(p)
+            self.metrics.prompt_tokens.inc(p.prompt_tokens)
+            ticket.push(Event("start", p))
+        if not tickets:
+            return
+        self.metrics.batch_size.observe(len(tickets))
+        self.metrics.active.inc(len(tickets))
+        first: set[int] = set()
+        last: dict[tuple[int, int], float] = {}
+        try:
+            for ev in self.model.run_batch(prepared):
+                ticket = tickets[ev.request]
+                now = time.perf_counter()
+                if ev.request not in first:
+                    first.add(ev.request)
+                    self.metrics.ttft.observe(now - ticket.submitted)
+                key = (ev.request, ev.choice)
+                if key in last and ev.tokens:
+                    self.metrics.itl.observe((now - last[key]) / ev.tokens)
+                last[key] = now
+                self.metrics.completion_tokens.inc(ev.tokens)
+                if ticket.stream:
+                    ticket.push(Event("delta", ev))
+                if ev.finish_reason is not None and prepared[ev.request].finished and not ticket.done:
+                    self._finish(ticket, Event("done", prepared[ev.request]))
+        except Exception as exc:
+            log.exception("generation failed for a batch of %d request(s)", len(tickets))
+            for ticket in tickets:
+                if not ticket.done:
+                    self._finish(ticket, Event("error", exc))
+        finally:
+            for ticket, p in zip(tickets, prepared, strict=True):
+                if not ticket.done:  # cancelled ones end here
+                    self._finish(ticket, Event("done", p))
+
+    def _finish(self, ticket: Ticket, event: Event) -> None:
+        """The ticket's last event; the metrics are updated before the reader can see it."""
+        ticket.done = True
+        self.metrics.active.dec()
+        ticket.push(event)

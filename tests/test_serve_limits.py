@@ -1,0 +1,194 @@
+"""``flavorkit serve`` limits and the text-generation route: API keys, a full queue, /v1/completions."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve_fixtures import hold_worker, running
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("prometheus_client")
+
+from flavorkit.serve import create_app  # noqa: E402
+
+KEY = "sk-test-0123456789"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model_dir: Path) -> Iterator[tuple[Any, str]]:
+    app = create_app(str(tiny_model_dir), api_key=KEY, max_queue=1, served_model_name="guarded")
+    with running(app) as url:
+        yield app, url
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_api_key_is_required_on_the_api_routes(guarded: tuple[Any, str]) -> None:
+    _, url = guarded
+    status, headers, body = _get(f"{url}/v1/models")
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert json.loads(body)["error"]["code"] == "missing_api_key"
+    status, _, body = _get(f"{url}/v1/models", {"Authorization": "Bearer wrong"})
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    status, _, body = _get(f"{url}/v1/models", {"Authorization": f"Basic {KEY}"})
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError) as err:
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    assert err.value.code == "invalid_api_key"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["guarded"]
+    assert client.chat.completions.create(model="guarded", messages=MESSAGES, max_tokens=2).usage.completion_tokens
+    req = urllib.request.Request(f"{url}/invocations", data=b"{}", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(req, timeout=30)
+    assert http.value.code == 401
+    # health checks and metrics stay open for load balancers and Prometheus
+    assert _get(f"{url}/ping")[0] == 200
+    assert _get(f"{url}/metrics")[0] == 200
+
+
+def test_api_key_from_the_environment(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAVORKIT_API_KEY", KEY)
+    app = create_app(str(tiny_model_dir))
+    with running(app) as url:
+        assert _get(f"{url}/v1/models")[0] == 401
+        assert _get(f"{url}/v1/models", {"Authorization": f"Bearer {KEY}"})[0] == 200
+
+
+def test_a_full_queue_is_a_429_with_retry_after(guarded: tuple[Any, str]) -> None:
+    app, url = guarded
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    gate = hold_worker(app.server.scheduler)
+    import asyncio
+
+    async def main() -> Any:
+        waiting = asyncio.ensure_future(
+            aclient.chat.completions.create(model="guarded", messages=MESSAGES, max_tokens=3)
+        )
+        while app.server.metrics.queue_depth._value.get() < 1:  # the one queue slot is taken
+            await asyncio.sleep(0.01)
+        with pytest.raises(openai.RateLimitError) as err:
+            await asyncio.to_thread(client.chat.completions.create, model="guarded", messages=MESSAGES, max_tokens=3)
+        assert err.value.code == "queue_full"
+        assert err.value.response.headers["retry-after"] == "1"
+        gate.set()
+        return await waiting
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        gate.set()
+    assert waited.usage.completion_tokens <= 3, "the queued request was served once the worker was free"
+    assert client.chat.completions.create(model="guarded", messages=MESSAGES, max_tokens=2).usage.completion_tokens
+
+
+# -- text-generation models: /v1/completions --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_url(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Iterator[str]:
+    import flavorkit
+
+    path = tmp_path_factory.mktemp("serve-text") / "tiny-text"
+    flavorkit.package(
+        model=str(tiny_ort), backend="onnx-cpu", path=path, task="text-generation", generation={"temperature": 0.0}
+    )
+    with running(create_app(str(path))) as url:
+        yield url
+
+
+def test_completions_streamed_equals_non_streamed(text_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{text_url}/v1", api_key="x", max_retries=0)
+    whole = client.completions.create(model="tiny-text", prompt="Once upon a time", max_tokens=20)
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens <= 20
+    chunks = list(
+        client.completions.create(
+            model="tiny-text",
+            prompt="Once upon a time",
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason
+    ]
+    assert chunks[-1].usage == whole.usage
+
+
+def test_completions_bad_input_and_the_chat_route(text_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{text_url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-text", prompt="Hi", n=2)
+    assert err.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-text", prompt=["a", "b"])
+    assert err.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-text", prompt="Hi", echo=True)
+    assert err.value.param == "echo" and err.value.code == "unknown_field"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="tiny-text", messages=MESSAGES)
+    assert missing.value.code == "unsupported_endpoint"
+    assert client.completions.create(model="tiny-text", prompt="Hi", max_tokens=2).usage.completion_tokens <= 2
+
+
+# -- model URIs ---------------------------------------------------------------------------------------
+
+
+def test_serves_a_registered_model_by_alias(tiny_ort: Path) -> None:
+    from mlflow import MlflowClient
+
+    import flavorkit
+
+    info = flavorkit.package(
+        model=str(tiny_ort), backend="onnx-cpu", registered_model_name="tiny-reg", generation={"temperature": 0.0}
+    )
+    MlflowClient().set_registered_model_alias("tiny-reg", "champion", str(info.registered_model_version))
+    app = create_app("models:/tiny-reg@champion")
+    with running(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny-reg"]
+        r = client.chat.completions.create(model="tiny-reg", messages=MESSAGES, max_tokens=3)
+        assert r.model == "tiny-reg" and r.usage.completion_tokens <= 3
+
+
+def test_a_model_flavorkit_did_not_package_is_refused(tmp_path: Path) -> None:
+    import mlflow
+
+    from flavorkit.cli import main
+    from flavorkit.serve.errors import NotAFlavorkitModel
+
+    code = tmp_path / "echo_model.py"
+    code.write_text(
+        "import mlflow\n"
+        "from mlflow.pyfunc import PythonModel\n\n"
+        "class Echo(PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        return model_input\n\n"
+        "mlflow.models.set_model(Echo())\n"
+    )
+    path = tmp_path / "echo"
+    mlflow.pyfunc.save_model(str(path), python_model=str(code))
+    with pytest.raises(NotAFlavorkitModel, match="not one packaged by flavorkit"):
+        create_app(str(path))
+    assert main(["serve", str(path), "--port", "1"]) == 2  # a clean error, before binding any port
