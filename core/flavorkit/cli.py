@@ -6,13 +6,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flavorkit.errors import FlavorkitError, IntegrityError, ModelSourceError
+from flavorkit.errors import FlavorkitError, IntegrityError
 
 __all__ = ["main"]
 
@@ -82,33 +80,14 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _local_model(uri: str) -> Iterator[Path]:
-    """A local folder holding the model at ``uri``: the path itself, or a download of runs:/, models:/, ..."""
-    local = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
-    if local.exists():
-        yield local
-        return
-    if "://" not in uri and ":/" not in uri:
-        raise ModelSourceError(uri, "no such folder, and not a model URI (runs:/..., models:/...)")
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="flavorkit-verify-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except (MlflowException, OSError) as exc:
-            raise ModelSourceError(uri, f"cannot be downloaded: {exc}") from exc
-        yield Path(path)
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check a packaged model's signature and manifest without running any of its code; exit 1 if it fails."""
     from flavorkit.loading import verify_packaged
+    from flavorkit.model_uri import local_model
     from flavorkit.signing import TRUSTED_KEY_ENV, trusted_key
 
     key = Path(args.key) if args.key else trusted_key()
-    with _local_model(args.model_uri) as model_dir:
+    with local_model(args.model_uri) as model_dir:
         try:
             manifest = verify_packaged(model_dir, public_key=key, strict=True)
         except IntegrityError as exc:
@@ -145,18 +124,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from flavorkit.serve import run
     except ImportError as exc:
         raise SystemExit(f"flavorkit serve needs the serve extra: pip install 'flavorkit[serve]' ({exc})") from None
-    run(
-        args.model_uri,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        drain_timeout=args.drain_timeout,
-        served_model_name=args.served_model_name,
-        api_key=args.api_key,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        request_timeout=args.request_timeout,
-    )
+    try:
+        run(
+            args.model_uri,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            drain_timeout=args.drain_timeout,
+            served_model_name=args.served_model_name,
+            api_key=args.api_key,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            request_timeout=args.request_timeout,
+            trusted_key=args.trusted_key,
+        )
+    except IntegrityError as exc:
+        print(f"flavorkit serve: refusing to load {args.model_uri}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -217,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--trusted-key",
+        metavar="PEM",
+        help="verify the model's signature with this EC public key before loading anything "
+        "(default: $FLAVORKIT_TRUSTED_KEY; needs flavorkit[signing])",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -16,11 +16,14 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flavorkit.loading import verify_packaged
+from flavorkit.model_uri import local_model
 from flavorkit.serve import routes
 from flavorkit.serve.auth import check_bearer
 from flavorkit.serve.errors import APIError, NotAFlavorkitModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Scheduler
+from flavorkit.signing import trusted_key as trusted_key_from_env
 
 __all__ = ["DEFAULTS", "FlavorkitApp", "create_app", "default_model_name", "load_flavorkit_model", "run"]
 
@@ -137,6 +140,7 @@ def create_app(
     max_body_bytes: int = DEFAULTS["max_body_bytes"],
     drain_timeout: float = DEFAULTS["drain_timeout"],
     batch_wait: float = DEFAULTS["batch_wait"],
+    trusted_key: str | os.PathLike[str] | None = None,
 ) -> FlavorkitApp:
     """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
 
@@ -145,6 +149,10 @@ def create_app(
     drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
     the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
     the clients of the previous batch to come back before it starts a smaller batch.
+    ``trusted_key`` (default ``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model is fetched,
+    its signature and manifest are checked with the installed flavorkit before any of its code
+    runs, and exactly the checked files are loaded; a failure raises ``SignatureError`` or
+    ``IntegrityError`` naming the files.
     """
     if api_key is None:
         api_key = os.environ.get("FLAVORKIT_API_KEY") or None
@@ -153,7 +161,23 @@ def create_app(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if request_timeout <= 0:
         raise ValueError(f"request_timeout must be positive, got {request_timeout}")
-    pyfunc, loaded = load_flavorkit_model(model_uri)
+    verified = contextlib.ExitStack()
+    key = trusted_key if trusted_key is not None else trusted_key_from_env()
+    if key:
+        model_dir = verified.enter_context(local_model(model_uri))
+        try:
+            verify_packaged(model_dir, public_key=Path(key), strict=True)
+        except BaseException:
+            verified.close()
+            raise
+        load_uri = str(model_dir)
+    else:
+        load_uri = model_uri
+    try:
+        pyfunc, loaded = load_flavorkit_model(load_uri)
+    except BaseException:
+        verified.close()
+        raise
     metrics = Metrics()
     scheduler = Scheduler(loaded, metrics, max_batch=max_batch, max_queue=max_queue, batch_wait=batch_wait)
     state = routes.ServerState(
@@ -173,6 +197,7 @@ def create_app(
         import asyncio
 
         clean = await asyncio.to_thread(scheduler.shutdown, drain_timeout)
+        verified.close()  # the checked download, if the model was fetched to be verified
         if not clean:
             log.warning("shutdown: requests still running after %g s were cancelled", drain_timeout)
 
