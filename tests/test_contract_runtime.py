@@ -683,7 +683,7 @@ def test_error_messages_carry_their_fields() -> None:
     assert unavailable.install_hint == "pip install y"
     integrity = IntegrityError(["a: missing", "b: not in the manifest"])
     assert integrity.problems == ["a: missing", "b: not in the manifest"]
-    assert str(integrity) == "model artifacts failed the integrity check: a: missing; b: not in the manifest"
+    assert str(integrity) == "the packaged model failed the integrity check: a: missing; b: not in the manifest"
     source = ModelSourceError("models/x", "no config.json")
     assert source.source == "models/x" and str(source) == "model source models/x: no config.json"
     missing = BackendNotFound("nope", ["b", "a"], broken=["z"])

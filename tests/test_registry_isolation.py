@@ -262,33 +262,43 @@ def test_load_object_names_what_cannot_be_imported() -> None:
     assert "AttributeError" in str(exc.value) and "nothing_here" in str(exc.value)
 
 
+def _config(backend: str, obj: str | None = None) -> Any:
+    from flavorkit.config import PackagedConfig, PluginRef
+
+    return PackagedConfig(
+        flavorkit_version="0", spec_version=1, backend=backend, plugin=PluginRef(object=obj or ""), task="llm/v1/chat"
+    )
+
+
 def test_a_packaged_model_finds_its_backend_by_entry_point_or_shipped_object() -> None:
     from flavorkit.errors import BackendUnavailable
     from flavorkit.loading import resolve_backend
 
     registry = get_registry(refresh=True)
     installed = registry.get("onnx-cpu")
-    assert resolve_backend({"backend": "onnx-cpu"}) is installed
-    assert resolve_backend({"backend": "onnx-cpu", "plugin": {"object": "flavorkit_onnxgenai.plugin:cpu"}}) is installed
+    assert resolve_backend(_config("onnx-cpu")) is installed
+    assert resolve_backend(_config("onnx-cpu", "flavorkit_onnxgenai.plugin:cpu")) is installed
     # Recorded under a name no entry point provides: the shipped object is imported under that name.
-    shipped = resolve_backend({"backend": "renamed", "plugin": {"object": "flavorkit_onnxgenai.plugin:cpu"}})
+    shipped = resolve_backend(_config("renamed", "flavorkit_onnxgenai.plugin:cpu"))
     assert shipped is not installed and shipped.name == "renamed"
     # The installed id with another object: that object, checked for its own runtime.
     with pytest.raises(BackendUnavailable) as exc:
-        resolve_backend({"backend": "onnx-cpu", "plugin": {"object": "flavorkit_onnxgenai.plugin:dml"}})
+        resolve_backend(_config("onnx-cpu", "flavorkit_onnxgenai.plugin:dml"))
     assert exc.value.install_hint == "pip install 'onnxruntime-genai-directml>=0.15,<0.19'"
     with pytest.raises(BackendUnavailable) as exc:
-        resolve_backend({"backend": "onnx-cuda", "plugin": {"object": "flavorkit_onnxgenai.plugin:cuda"}})
+        resolve_backend(_config("onnx-cuda", "flavorkit_onnxgenai.plugin:cuda"))
     assert exc.value.install_hint == "pip install 'onnxruntime-genai-cuda>=0.15,<0.19'"
     with pytest.raises(BackendNotFound) as missing:
-        resolve_backend({"backend": "nope", "plugin": {}})
+        resolve_backend(_config("nope"))
     assert missing.value.name == "nope"
 
 
-def test_a_model_config_without_a_backend_is_not_a_flavorkit_model() -> None:
-    from flavorkit.errors import PackagingError
+def test_a_model_config_without_a_backend_is_not_a_flavorkit_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flavorkit.errors import ModelConfigError
     from flavorkit.loading import load_packaged
 
-    with pytest.raises(PackagingError) as exc:
-        load_packaged({}, {"task": "llm/v1/chat"})
-    assert str(exc.value) == "model_config has no 'backend': this is not a flavorkit model"
+    monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", "0")  # reach the configuration check itself
+    with pytest.raises(ModelConfigError) as exc:
+        load_packaged({}, {"task": "llm/v1/chat"}, None)
+    assert exc.value.field == "backend"
+    assert str(exc.value) == "invalid packaged model_config: field 'backend': missing: this is not a flavorkit model"
