@@ -192,3 +192,23 @@ def test_a_model_flavorkit_did_not_package_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NotAFlavorkitModel, match="not one packaged by flavorkit"):
         create_app(str(path))
     assert main(["serve", str(path), "--port", "1"]) == 2  # a clean error, before binding any port
+
+
+def test_api_key_and_route_labels_hold_when_mounted_inside_another_app(tiny_model_dir: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    inner = create_app(str(tiny_model_dir), api_key=KEY, served_model_name="mounted")
+    host = Starlette(routes=[Mount("/llm", app=inner)])
+    with running(host) as url:
+        status, _, body = _get(f"{url}/llm/v1/models")
+        assert status == 401 and json.loads(body)["error"]["code"] == "missing_api_key"
+        client = openai.OpenAI(base_url=f"{url}/llm/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["mounted"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/llm/v1", api_key="wrong", max_retries=0).chat.completions.create(
+                model="mounted", messages=MESSAGES, max_tokens=2
+            )
+        metrics = _get(f"{url}/llm/metrics")[2].decode()
+        assert 'route="/v1/models",status="401"' in metrics and 'route="/v1/models",status="200"' in metrics
+    inner.server.scheduler.shutdown(5)  # the host app does not forward lifespan events to a mount

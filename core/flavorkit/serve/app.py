@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Route, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flavorkit.loading import verify_packaged
@@ -100,7 +100,9 @@ class FlavorkitApp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
+        # Mounted inside another app, scope["path"] keeps the mount prefix (in root_path): match
+        # routes and API-key protection on the path within this app, as Starlette's router does.
+        path: str = get_route_path(scope)
         route = path if path in _ROUTES else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
         counted = False
 
