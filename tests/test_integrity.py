@@ -269,3 +269,27 @@ def test_a_bad_copy_by_mlflow_fails_packaging_and_leaves_nothing(
     (problem,) = exc.value.problems
     assert problem.startswith("artifacts/") and "genai_config.json: MLflow's copy differs" in problem
     assert list(out.iterdir()) == []
+
+
+def test_links_in_a_packaged_model_are_refused_without_following_them(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flavorkit.cli import main
+
+    model = _copy(tiny_model_dir, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any model")
+    (model / "code" / "a").symlink_to("..")  # two loops back to the root: exponential if followed
+    (model / "code" / "b").symlink_to("..")
+    (model / "artifacts" / "notes.txt").symlink_to(secret)
+    expected = [
+        "artifacts/notes.txt: a symbolic link (a packaged model holds none)",
+        "code/a: a symbolic link (a packaged model holds none)",
+        "code/b: a symbolic link (a packaged model holds none)",
+    ]
+    with pytest.raises(IntegrityError) as exc:
+        mlflow.pyfunc.load_model(str(model))
+    assert exc.value.problems == expected
+    assert main(["verify", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert all(problem in err for problem in expected), err

@@ -125,11 +125,23 @@ def model_files(model_dir: str | os.PathLike[str], *, skip_bytecode: bool = Fals
     """
     root = Path(model_dir)
     out = {}
-    for path in _walk(root):
-        rel = path.relative_to(root).as_posix()
-        if rel in UNLISTED or (skip_bytecode and _is_bytecode_cache(rel)):
-            continue
-        out[rel] = path
+    links = []
+    # Never follow links: a packaged model holds none (MLflow copies real files), and following one
+    # could hash a file outside the model or loop for ever on a hostile folder.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                links.append(f"{path.relative_to(root).as_posix()}: a symbolic link (a packaged model holds none)")
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() or rel in UNLISTED or (skip_bytecode and _is_bytecode_cache(rel)):
+                continue
+            out[rel] = path
+    if links:
+        raise IntegrityError(sorted(links))
     return out
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route, get_route_path
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flavorkit.loading import verify_packaged
@@ -40,6 +40,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _PROTECTED = ("/v1/", "/invocations")
+
+
+def _route_path(scope: Scope) -> str:
+    """The request path within this app: without the prefix of a ``Mount`` (kept in ``root_path``)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 _ROUTES = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -102,7 +111,7 @@ class FlavorkitApp:
             return
         # Mounted inside another app, scope["path"] keeps the mount prefix (in root_path): match
         # routes and API-key protection on the path within this app, as Starlette's router does.
-        path: str = get_route_path(scope)
+        path = _route_path(scope)
         route = path if path in _ROUTES else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
         counted = False
 
