@@ -212,3 +212,24 @@ def test_api_key_and_route_labels_hold_when_mounted_inside_another_app(tiny_mode
         metrics = _get(f"{url}/llm/metrics")[2].decode()
         assert 'route="/v1/models",status="401"' in metrics and 'route="/v1/models",status="200"' in metrics
     inner.server.scheduler.shutdown(5)  # the host app does not forward lifespan events to a mount
+
+
+def test_each_server_leaves_the_shared_backend_as_it_found_it(tiny_model_dir: Path) -> None:
+    first = create_app(str(tiny_model_dir))
+    pm = first.server.model.backend.pm  # backends are cached: every model of this backend shares it
+
+    def guards() -> list[str]:
+        return sorted(name for name, _ in pm.list_name_plugin() if name.startswith("flavorkit-serve-job-guard-"))
+
+    before = len(guards())
+    second = create_app(str(tiny_model_dir))
+    assert second.server.model.backend.pm is pm
+    assert len(guards()) == before + 1
+    # A batch of the second server runs through the first one's guard untouched.
+    with running(second) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model=second.server.served_name, messages=MESSAGES, max_tokens=2)
+        assert answer.usage is not None and answer.usage.completion_tokens >= 1
+    assert len(guards()) == before, "a stopped server unregisters its guard"
+    first.server.scheduler.shutdown(5)
+    assert len(guards()) == before - 1

@@ -58,16 +58,18 @@ class _JobGuard:
     ticket is cancelled, marks the batch's requests cancelled and stops the call.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, handle: Any) -> None:
         self.metrics = metrics
+        self.handle = handle  # the backend plugin manager is shared by every model of that backend
         self.current: Ticket | None = None  # set by the worker while a job runs
+        self.worker: int | None = None  # the worker thread's ident
 
     @hookimpl(wrapper=True)
     def generate(self, handle: Any, requests: Sequence[Any]) -> Any:
-        """Wrap the backend's stream while a job runs."""
+        """Wrap the backend's stream while this scheduler's job runs, on its worker, for its model."""
         stream = yield
         ticket = self.current
-        if ticket is None:
+        if ticket is None or handle is not self.handle or threading.get_ident() != self.worker:
             return stream
         return self._watch(stream, requests, ticket)
 
@@ -159,12 +161,13 @@ class Scheduler:
         self._running: list[Ticket] = []
         self._accepting = True
         self._stop = False
-        self._guard = _JobGuard(metrics)
-        pm = getattr(model.backend, "pm", None)
-        if pm is not None:
-            pm.register(self._guard, name=f"flavorkit-serve-job-guard-{id(self)}")
+        self._guard = _JobGuard(metrics, model.handle)
+        self._pm = getattr(model.backend, "pm", None)
+        if self._pm is not None:
+            self._pm.register(self._guard, name=f"flavorkit-serve-job-guard-{id(self)}")
         self._thread = threading.Thread(target=self._work, name="flavorkit-serve-worker", daemon=True)
         self._thread.start()
+        self._guard.worker = self._thread.ident
 
     # -- called on the event loop -------------------------------------------------------------------
 
@@ -226,6 +229,8 @@ class Scheduler:
             ticket.cancel("shutdown")
             ticket.push(Event("error", ShuttingDown()))
         self._thread.join(timeout=max(1.0, end - time.monotonic()))
+        if self._pm is not None and self._pm.is_registered(self._guard):
+            self._pm.unregister(self._guard)  # the manager outlives this server (backends are cached)
         return clean
 
     # -- the worker ---------------------------------------------------------------------------------
