@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -16,13 +17,14 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flavorkit.loading import verify_packaged
+from flavorkit.loading import VERIFY_ENV, verify_packaged
 from flavorkit.model_uri import local_model
 from flavorkit.serve import routes
 from flavorkit.serve.auth import check_bearer
 from flavorkit.serve.errors import APIError, NotAFlavorkitModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Scheduler
+from flavorkit.signing import TRUSTED_KEY_ENV
 from flavorkit.signing import trusted_key as trusted_key_from_env
 
 __all__ = ["DEFAULTS", "FlavorkitApp", "create_app", "default_model_name", "load_flavorkit_model", "run"]
@@ -79,6 +81,30 @@ def load_flavorkit_model(model_uri: str) -> tuple[Any, Any]:
             "serve it with `mlflow models serve`"
         )
     return pyfunc, loaded
+
+
+@contextlib.contextmanager
+def _load_verified() -> Iterator[None]:
+    """Load a model just checked strictly: no second hashing, and no byte-code written into it.
+
+    The installed flavorkit has verified the signature and every file, so the shipped loader's own
+    check is skipped (it would hash the weights again); and Python writes no ``__pycache__`` into the
+    model folder, which would make the next strict check of the same folder fail.
+    """
+    saved = {name: os.environ.get(name) for name in (VERIFY_ENV, TRUSTED_KEY_ENV)}
+    bytecode = sys.dont_write_bytecode
+    os.environ[VERIFY_ENV] = "0"
+    os.environ.pop(TRUSTED_KEY_ENV, None)
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = bytecode
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def default_model_name(model_uri: str) -> str:
@@ -160,10 +186,10 @@ def create_app(
     drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
     the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
     the clients of the previous batch to come back before it starts a smaller batch.
-    ``trusted_key`` (default ``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model is fetched,
-    its signature and manifest are checked with the installed flavorkit before any of its code
-    runs, and exactly the checked files are loaded; a failure raises ``SignatureError`` or
-    ``IntegrityError`` naming the files.
+    ``trusted_key`` (default ``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model's signature
+    and manifest are checked with the installed flavorkit before any of its code runs (a model URI
+    is downloaded first and the checked download is loaded; a local folder is checked and loaded
+    in place); a failure raises ``SignatureError`` or ``IntegrityError`` naming the files.
     """
     if api_key is None:
         api_key = os.environ.get("FLAVORKIT_API_KEY") or None
@@ -174,18 +200,14 @@ def create_app(
         raise ValueError(f"request_timeout must be positive, got {request_timeout}")
     verified = contextlib.ExitStack()
     key = trusted_key if trusted_key is not None else trusted_key_from_env()
-    if key:
-        model_dir = verified.enter_context(local_model(model_uri))
-        try:
-            verify_packaged(model_dir, public_key=Path(key), strict=True)
-        except BaseException:
-            verified.close()
-            raise
-        load_uri = str(model_dir)
-    else:
-        load_uri = model_uri
     try:
-        pyfunc, loaded = load_flavorkit_model(load_uri)
+        if key:
+            model_dir = verified.enter_context(local_model(model_uri))
+            verify_packaged(model_dir, public_key=Path(key), strict=True)
+            with _load_verified():
+                pyfunc, loaded = load_flavorkit_model(str(model_dir))
+        else:
+            pyfunc, loaded = load_flavorkit_model(model_uri)
     except BaseException:
         verified.close()
         raise
