@@ -113,8 +113,13 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def _is_bytecode_cache(rel: str) -> bool:
+    """A ``__pycache__/*.pyc`` that importing the shipped code writes: under ``code/`` or at the root.
+
+    Artifact folders are packaged as the backend returned them, caches included, and stay checked.
+    """
     parts = PurePosixPath(rel).parts
-    return len(parts) >= 2 and parts[-2] == "__pycache__" and rel.endswith(".pyc")
+    shipped = parts[0] == "code" or len(parts) == 2
+    return shipped and len(parts) >= 2 and parts[-2] == "__pycache__" and rel.endswith(".pyc")
 
 
 def model_files(model_dir: str | os.PathLike[str], *, skip_bytecode: bool = False) -> dict[str, Path]:

@@ -323,8 +323,10 @@ class _Sealer:
         """Write the manifest of what MLflow saved, check MLflow's copies against the sources, sign."""
         from mlflow.models import Model
 
-        for cache in list(model_dir.rglob("__pycache__")):
-            shutil.rmtree(cache, ignore_errors=True)  # as Model.log does; byte-code is never shipped
+        # Byte-code of the shipped code is never shipped (as Model.log does); an artifact folder is
+        # packaged as the backend returned it, caches included, so it is left alone.
+        for cache in [model_dir / "__pycache__", *(model_dir / "code").rglob("__pycache__")]:
+            shutil.rmtree(cache, ignore_errors=True)
         manifest = build_manifest(model_dir)
         arts = Model.load(str(model_dir)).flavors["python_function"].get("artifacts", {})
         bad = []

@@ -133,6 +133,11 @@ class PreparedRequest:
             choice.request.cancelled = True
 
 
+def _is_template_error(exc: BaseException) -> bool:
+    """True for a Jinja template error (what ``raise_exception`` in a chat template raises)."""
+    return any(cls.__module__.split(".")[0] == "jinja2" for cls in type(exc).__mro__)
+
+
 class LoadedModel:
     """A backend handle plus the contract: what the packaged pyfunc model delegates to."""
 
@@ -301,7 +306,14 @@ class LoadedModel:
                 f"backend {self.backend.name!r} supports greedy decoding only",
                 allowed="0",
             )
-        prompt_ids = self.backend.encode(self.handle, messages)
+        try:
+            prompt_ids = self.backend.encode(self.handle, messages)
+        except Exception as exc:
+            if not _is_template_error(exc):
+                raise
+            # A chat template may refuse a conversation (roles that do not alternate, a system turn
+            # it does not support): that is the request's fault, so it is named, not a server error.
+            raise InvalidRequest(prompt_field, f"the model's chat template refuses these messages: {exc}") from None
         ctx = self.info.context_length
         n_prompt = len(prompt_ids)
         if n_prompt >= ctx:

@@ -260,10 +260,11 @@ def _is_missing(value: Any) -> bool:
         return True
     try:
         import numpy as np
-
-        return isinstance(value, np.floating) and bool(np.isnan(value))
-    except ImportError:  # pragma: no cover - numpy is always present with mlflow
+        import pandas as pd
+    except ImportError:  # pragma: no cover - numpy and pandas always come with mlflow
         return False
+    # pandas' missing markers: NA in nullable columns (Int64, boolean, string), NaT in datetimes.
+    return value is pd.NA or value is pd.NaT or (isinstance(value, np.floating) and bool(np.isnan(value)))
 
 
 def parse_request(row: Any, task: str) -> ChatRequest | TextRequest:

@@ -186,9 +186,16 @@ def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
         return None, None  # no way to tell a live owner from a dead one: leave every folder
     lock = folder / LOCK_NAME
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        # Read-write where allowed: on NFS, flock is emulated with fcntl locks, and an exclusive one
+        # needs a file open for writing (flock(2), NOTES).
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError:
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None, None
     except OSError:
-        return None, None  # no marker (not ours, or not finished), or not readable by us
+        return None, None  # no marker (not ours, or not finished), or a link
     try:
         locked = _try_lock(fd)
     except OSError as exc:
