@@ -119,18 +119,23 @@ class PreparedRequest:
 
     def usage(self) -> dict[str, int]:
         """OpenAI usage counts: the prompt is counted once, completions over all choices."""
-        completion = self.completion_tokens
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
+        return _usage(self._row)
 
     def cancel(self) -> None:
         """Stop generating for this request (thread-safe): backends see ``GenerationRequest.cancelled``."""
         self._cancelled = True
         for choice in self._row.choices:
             choice.request.cancelled = True
+
+
+def _usage(row: _Row) -> dict[str, int]:
+    """OpenAI usage counts of one input row: its prompt once, plus every choice's tokens."""
+    completion = sum(c.tokens for c in row.choices)
+    return {
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": row.prompt_tokens + completion,
+    }
 
 
 def _is_template_error(exc: BaseException) -> bool:
@@ -361,28 +366,9 @@ class LoadedModel:
                 choice = choices[delta.index]
                 if choice.finish is not None:
                     continue  # cancelled or capped; the backend may still be winding down
-                finish = delta.finish_reason
-                text = delta.text
-                if choice.tokens + delta.tokens > choice.request.max_tokens:
-                    log.warning(
-                        "backend %r produced more than max_tokens=%d tokens; output cut",
-                        self.backend.name,
-                        choice.request.max_tokens,
-                    )
-                    text, finish = "", "length"
-                choice.tokens = min(choice.tokens + delta.tokens, choice.request.max_tokens)
-                out, hit = choice.matcher.feed(text)
-                if not hit and finish is not None:
-                    tail, hit = choice.matcher.flush()
-                    out += tail
-                if hit:
-                    finish = "stop"
+                out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
                 if finish is not None:
-                    choice.finish = finish
-                    choice.request.cancelled = True
                     pending -= 1
-                if out:
-                    choice.parts.append(out)
                 if out or finish is not None:
                     yield choice, out, finish
                 if pending == 0:
@@ -423,14 +409,6 @@ class LoadedModel:
 
     # -- response shaping -----------------------------------------------------------------------
 
-    def _usage(self, row: _Row) -> dict[str, int]:
-        completion = sum(c.tokens for c in row.choices)
-        return {
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": row.prompt_tokens + completion,
-        }
-
     def _response(self, row: _Row) -> Any:
         if self.task != CHAT:
             return "".join(row.choices[0].parts)
@@ -447,7 +425,7 @@ class LoadedModel:
                 }
                 for c in row.choices
             ],
-            "usage": self._usage(row),
+            "usage": _usage(row),
         }
 
     def _stream(self, row: _Row, rows: list[_Row]) -> Iterator[Any]:
@@ -478,5 +456,5 @@ class LoadedModel:
             if finish is not None:
                 remaining -= 1
                 if remaining == 0:
-                    chunk["usage"] = self._usage(row)
+                    chunk["usage"] = _usage(row)
             yield chunk
