@@ -9,11 +9,11 @@ deleted by the next build (see ``reclaim_interrupted_builds``).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -30,6 +30,7 @@ __all__ = [
     "content_key",
     "reclaim_interrupted_builds",
     "tree_digest",
+    "try_lock",
 ]
 
 CACHE_ENV = "FLAVORKIT_CACHE"
@@ -62,18 +63,40 @@ def content_key(recipe: Mapping[str, Any]) -> str:
 
 @contextmanager
 def _locked(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
-    """Hold an exclusive flock on ``lock_path``; yields False (without waiting) when ``wait=False`` and it is held."""
+    """Hold an exclusive flock on ``lock_path``; yields False (without waiting) when ``wait=False`` and it is held.
+
+    Windows has no flock: there the lock is not taken (yields True), so concurrent builds of one
+    entry are not serialised and no interrupted build is ever reclaimed as abandoned.
+    """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    if sys.platform == "win32":
+        yield wait
+        return
+    import fcntl
+
     with open(lock_path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if wait:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        elif not try_lock(fh.fileno()):
             yield False
             return
         try:
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False while another holder has it (and on Windows)."""
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _tmp_key(name: str) -> str | None:

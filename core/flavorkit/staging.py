@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from flavorkit.cache import try_lock
 from flavorkit.errors import PackagingError
 
 __all__ = ["LOCK_NAME", "Stage", "current_stage", "open_stage", "reclaim", "scratch_root"]
@@ -159,7 +160,7 @@ def _create(parent: Path, target: Path | None) -> Stage:
     pending = path / (f"{LOCK_NAME}.new" if _CAN_LOCK else LOCK_NAME)
     fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        if _CAN_LOCK and not _try_lock(fd):
+        if _CAN_LOCK and not try_lock(fd):
             raise OSError(errno.EWOULDBLOCK, "a new marker is locked by someone else", str(pending))
         owner = {
             "flavorkit_stage": _FORMAT,
@@ -197,7 +198,7 @@ def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
     except OSError:
         return None, None  # no marker (not ours, or not finished), or a link
     try:
-        locked = _try_lock(fd)
+        locked = try_lock(fd)
     except OSError as exc:
         log.debug("cannot lock %s: %s", lock, exc)
         locked = False  # the filesystem cannot say whether the owner lives: leave it
@@ -222,22 +223,6 @@ def _lock_if_stale(folder: Path) -> tuple[int | None, Path | None]:
 
 
 _CAN_LOCK = sys.platform != "win32"
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive flock on ``fd`` without waiting; False while another holder has it.
-
-    Windows has no flock: staging folders still work there, but none is ever reclaimed.
-    """
-    if sys.platform == "win32":
-        return False
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _dispose(folder: Path, target: Path | None) -> bool:
