@@ -16,6 +16,7 @@ import pytest
 
 import flavorkit
 from flavorkit.errors import ModelSourceError
+from flavorkit.manifest import MANIFEST_FILE
 from hub_layout import COMMIT, hub_cache, hub_env
 
 REPO = "acme/tiny-chat"
@@ -45,8 +46,7 @@ def _no_links(folder: Path) -> None:
 
 
 def _manifest_files(model_dir: Path) -> set[str]:
-    (manifest,) = (model_dir / "artifacts").glob("*manifest*")
-    return set(json.loads(manifest.read_text())["files"])
+    return set(json.loads((model_dir / MANIFEST_FILE).read_text())["files"])
 
 
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online-unreachable"])
@@ -77,7 +77,7 @@ def test_every_backend_packages_a_hub_id_from_the_cache(
         info = flavorkit.package(model=REPO, backend=backend, path=tmp_path / "m", options=options)
     model_dir = Path(info.model_uri)
     _no_links(model_dir)
-    assert f"model/{marker}" in _manifest_files(model_dir)
+    assert f"artifacts/model/{marker}" in _manifest_files(model_dir)
     out = _predict(info.model_uri)
     assert out["usage"]["completion_tokens"] <= 3
     assert out["choices"][0]["finish_reason"] in ("stop", "length")
