@@ -122,14 +122,18 @@ def _fit(rows: list[list[float]], times: list[float]) -> list[float]:
     return best[1]
 
 
-def calibrate(backend: str, rounds: int) -> dict[str, float]:
-    """Time every point in ``rounds`` shuffled rounds and fit the cost model's coefficients (ms)."""
+def calibrate(backend: str, rounds: int, max_tokens: int | None = None) -> dict[str, float]:
+    """Time every point in ``rounds`` shuffled rounds and fit the cost model's coefficients (ms).
+
+    ``max_tokens`` leaves out the points of more than that many prompt tokens (rows x width).
+    """
     runner = RUNNERS[backend]()
     runner.run(1, 64)  # warm-up
-    samples: dict[tuple[int, int], list[tuple[float, float]]] = {p: [] for p in POINTS}
+    points = [p for p in POINTS if max_tokens is None or p[0] * p[1] <= max_tokens]
+    samples: dict[tuple[int, int], list[tuple[float, float]]] = {p: [] for p in points}
     rng = random.Random(7)
     for r in range(rounds):
-        order = POINTS[:]
+        order = points[:]
         rng.shuffle(order)
         for rows, width in order:
             samples[(rows, width)].append(runner.run(rows, width))
@@ -160,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backends", nargs="+", choices=sorted(RUNNERS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, help="skip points of more prompt tokens (rows x width)")
     args = parser.parse_args(argv)
     for backend in args.backends:
         print(f"{backend}:", flush=True)
-        coef = calibrate(backend, args.rounds)
+        coef = calibrate(backend, args.rounds, args.max_tokens)
         print("  CostModel(" + ", ".join(f"{k}={v:.3g}" for k, v in coef.items()) + ")  # milliseconds", flush=True)
     return 0
 
