@@ -48,10 +48,15 @@ class CostModel:
 
     def batch(self, lengths: Sequence[int], tokens: Sequence[int]) -> float:
         """Estimated milliseconds of one padded batch of these prompt lengths and ``max_tokens``."""
-        width, steps, rows = max(lengths), max(tokens), len(lengths)
+        return self._estimate(len(lengths), max(lengths), max(tokens), sum(tokens), sum(n * n for n in tokens))
+
+    def _estimate(self, rows: int, width: int, steps: int, total: int, squares: int) -> float:
+        """:meth:`batch` from the group's size, width, steps and the sum of max_tokens and of its squares."""
         prompt = rows * width * (self.prompt_token + self.prompt_attention * width)
-        per_row = tokens if self.rows_leave else [steps] * rows
-        decode = steps * self.step + sum(n * (self.row_step + self.context * (width + n / 2)) for n in per_row)
+        if not self.rows_leave:
+            total, squares = rows * steps, rows * steps * steps
+        # Row i costs n_i * (row_step + context * (width + n_i / 2)) over its n_i steps.
+        decode = steps * self.step + total * (self.row_step + self.context * width) + self.context * squares / 2
         return prompt + decode
 
     def plan(
@@ -94,16 +99,18 @@ class CostModel:
         best = [0.0] + [float("inf")] * n
         cut = [0] * (n + 1)
         for end in range(1, n + 1):
+            width = steps = total = squares = 0
             for start in range(end - 1, max(-1, end - 1 - max_rows), -1):
-                members = order[start:end]
-                if len(members) == 1:
-                    cost = self.single(lengths[members[0]], tokens[members[0]])
+                i = order[start]
+                width, steps = max(width, lengths[i]), max(steps, tokens[i])
+                total, squares = total + tokens[i], squares + tokens[i] * tokens[i]
+                rows = end - start
+                if rows == 1:
+                    cost = self.single(lengths[i], tokens[i])
+                elif fits is not None and not fits(width, steps):
+                    continue
                 else:
-                    width = max(lengths[i] for i in members)
-                    steps = max(tokens[i] for i in members)
-                    if fits is not None and not fits(width, steps):
-                        continue
-                    cost = (1 + self.margin) * self.batch([lengths[i] for i in members], [tokens[i] for i in members])
+                    cost = (1 + self.margin) * self._estimate(rows, width, steps, total, squares)
                 if best[start] + cost < best[end]:
                     best[end], cut[end] = best[start] + cost, start
         groups: list[list[int]] = []

@@ -60,9 +60,10 @@ TIE_TOLERANCE = 1e-4
 _REPLACEMENT = "\ufffd"
 
 #: Milliseconds of a batch of the engine on CPU, measured with ``python -m benchmarks.calibrate
-#: transformers`` (SmolLM2-135M fp32, 2 cores). Finished rows leave the batch.
+#: transformers`` (SmolLM2-135M fp32, 2 cores, one torch thread: with two, the loaded machine's
+#: thread contention swamped the measurement). Finished rows leave the batch.
 CPU_COST = CostModel(
-    prompt_token=3.91, prompt_attention=0.00146, step=13.6, row_step=3.79, context=0.017, rows_leave=True
+    prompt_token=3.9, prompt_attention=0.000774, step=59.2, row_step=8.03, context=0.0168, rows_leave=True
 )
 #: Accelerators (not measured): only steps count, so requests share batches of max_batch_size.
 GPU_COST = CostModel(
