@@ -383,13 +383,13 @@ def _mixed_lines(results: list[dict[str, Any]]) -> list[str]:
         "",
         f"### Mixed lengths: 6 conversations in one predict vs one predict per row (max_tokens={m0['max_tokens']})",
         "",
-        f"Prompt lengths {', '.join(str(n) for n in m0['prompt_tokens'])} tokens; {m0['rounds']} interleaved rounds. "
+        f"Prompt lengths {', '.join(str(n) for n in m0['prompt_tokens'])} tokens. "
         "Seconds are medians (interquartile range); speed-up is the median of per-round "
         "(one by one) / (one predict), so at least 1.0 means the batch is not slower.",
         "",
-        "| backend | one by one | one predict | speed-up | groups (prompt tokens) | answers equal | "
+        "| backend | rounds | one by one | one predict | speed-up | groups (prompt tokens) | answers equal | "
         "all in one padded batch | its speed-up |",
-        "|---|---:|---:|---:|---|---|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in mixed:
         m = r["mixed"]
@@ -404,7 +404,8 @@ def _mixed_lines(results: list[dict[str, Any]]) -> list[str]:
             x, xlo, xhi = m["one_batch_speedup"]
             one_sp = f"{x:.2f}x ({xlo:.2f}-{xhi:.2f})"
         lines.append(
-            f"| {r['label']} | {sec['singles'][0]:.1f} s ({sec['singles'][1]:.1f}-{sec['singles'][2]:.1f}) "
+            f"| {r['label']} | {m['rounds']} "
+            f"| {sec['singles'][0]:.1f} s ({sec['singles'][1]:.1f}-{sec['singles'][2]:.1f}) "
             f"| {sec['batch'][0]:.1f} s ({sec['batch'][1]:.1f}-{sec['batch'][2]:.1f}) "
             f"| **{sp:.2f}x** ({lo:.2f}-{hi:.2f}) | {groups} | {'yes' if m['equal_to_singles'] else '**no**'} "
             f"| {one} | {one_sp} |"
@@ -415,13 +416,18 @@ def _mixed_lines(results: list[dict[str, Any]]) -> list[str]:
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """Markdown tables of the results (a table only for the parts that were measured)."""
     batch_rounds = next((r["batch_rounds"] for r in results if "batch_rounds" in r), "-")
+    overhead = [r for r in results if "ratio" in r or "ttft_delta_ms" in r]
+    rounds = next((r["rounds"] for r in results if "rounds" in r), args.rounds)
+    settings = (
+        f", max_tokens={args.max_tokens}, {rounds} interleaved rounds (batch: {batch_rounds})"
+        if overhead or batch_rounds != "-"
+        else ""
+    )
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}; SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, "
-        f"{args.rounds} interleaved rounds (batch: {batch_rounds}). "
+        f"Python {platform.python_version()}; SmolLM2-135M-Instruct, greedy{settings}. "
         "Ratios are medians of per-round ratios, with the interquartile range.",
     ]
-    overhead = [r for r in results if "ratio" in r or "ttft_delta_ms" in r]
     if overhead:
         lines += [
             "",
@@ -506,12 +512,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
     parser.add_argument("--section", default="bench", help="marker name of the section --write replaces")
+    parser.add_argument(
+        "--from-json", nargs="+", type=Path, help="render these --json outputs (of separate runs) instead of measuring"
+    )
     parser.add_argument("--mixed-rounds", type=int, default=5)
     parser.add_argument("--mixed-tokens", type=int, default=64, help="max_tokens of the mixed-length case")
     parser.add_argument(
         "--no-one-batch", dest="one_batch", action="store_false", help="mixed case: skip the all-in-one-batch side"
     )
     args = parser.parse_args(argv)
+
+    if args.from_json:
+        results = [r for path in args.from_json for r in json.loads(path.read_text())]
+        return _report(results, args)
 
     import flavorkit
 
@@ -539,10 +552,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             shutil.rmtree(Path(tmp) / name, ignore_errors=True)
-    body = render(results, args)
-    print(body)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    return _report(results, args)
+
+
+def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    body = render(results, args)
+    print(body)
     if args.write:
         write(args.write, body, args.section)
     return 0

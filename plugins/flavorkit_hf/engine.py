@@ -8,14 +8,13 @@ streaming), checks ``request.cancelled`` between steps, enforces ``max_tokens`` 
 the Hub for anything (``generate(stop_strings=...)`` would fetch a tokenizer), and samples each row
 with its own seeded ``torch.Generator`` so a seed reproduces whatever else is in the batch.
 
-Batching: requests are sorted by prompt length and decoded in left-padded batches with explicit
-attention masks and position ids, so every row sees exactly its own tokens at its own positions;
-finished and cancelled rows leave the batch (their KV-cache rows are dropped). Which requests share
-a batch is decided by a cost model (:class:`flavorkit.batching.CostModel`, calibrated on CPU): every
-row of a batch is computed at the widest prompt, so prompts of very different lengths are decoded
-apart. A padded batch is
-mathematically equal to one request at a time but not bit-for-bit (other matmul shapes, padded
-keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a
+Batching: requests are decoded in left-padded batches with explicit attention masks and position
+ids, so every row sees exactly its own tokens at its own positions; finished and cancelled rows
+leave the batch (their KV-cache rows are dropped). Which requests share a batch is decided by a
+cost model (:class:`flavorkit.batching.CostModel`, calibrated on CPU): every row of a batch is
+computed at the widest prompt, so prompts of very different lengths are decoded apart. A padded
+batch is mathematically equal to one request at a time but not bit-for-bit (other matmul shapes,
+padded keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a
 row whose top-2 logits come within :data:`TIE_TOLERANCE` (relative) of each other leaves the batch
 and is finished by the single-request path, which first replays the tokens the row already produced
 with the very same calls a single request makes, so from then on it *is* the single-request
