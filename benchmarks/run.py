@@ -417,11 +417,10 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """Markdown tables of the results (a table only for the parts that were measured)."""
     batch_rounds = next((r["batch_rounds"] for r in results if "batch_rounds" in r), "-")
     overhead = [r for r in results if "ratio" in r or "ttft_delta_ms" in r]
-    rounds = next((r["rounds"] for r in results if "rounds" in r), args.rounds)
+    rounds = {r["rounds"] for r in overhead if "rounds" in r} or {args.rounds}
+    counted = f"{rounds.pop()} interleaved rounds" if len(rounds) == 1 else "interleaved rounds as labelled"
     settings = (
-        f", max_tokens={args.max_tokens}, {rounds} interleaved rounds (batch: {batch_rounds})"
-        if overhead or batch_rounds != "-"
-        else ""
+        f", max_tokens={args.max_tokens}, {counted} (batch: {batch_rounds})" if overhead or batch_rounds != "-" else ""
     )
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores, "
