@@ -156,7 +156,16 @@ def test_greedy_tokens_match_transformers(tiny_hf: Path, tiny_opt: LoadedModel) 
         assert tiny_opt.handle.token_ids(request) == tf.handle.token_ids(request)
 
 
+def one_batch(model: LoadedModel) -> LoadedModel:
+    """Batch every request together whatever its length, to test the padded batch itself."""
+    from flavorkit_hf.engine import GPU_COST
+
+    model.handle.cost = GPU_COST
+    return model
+
+
 def test_batch_equals_single_requests(tiny_opt: LoadedModel) -> None:
+    one_batch(tiny_opt)
     requests = [chat(p, max_tokens=m) for p, m in zip(PROMPTS, [7, 24, 15, 24, 9], strict=True)]
     singles = [tiny_opt.predict(r)[0] for r in requests]
     before = tiny_opt.handle.stats["batches"]
@@ -167,7 +176,7 @@ def test_batch_equals_single_requests(tiny_opt: LoadedModel) -> None:
 
 
 def test_exact_mode_replays_rows_alone_identically(tiny_onnx: Path) -> None:
-    model = load_engine("optimum-onnx", tiny_onnx, max_batch_size=4)
+    model = one_batch(load_engine("optimum-onnx", tiny_onnx, max_batch_size=4))
     # Private knob, on purpose: random weights give no near tie on demand; an infinite tolerance
     # makes every greedy step one, the only way to drive the replay path.
     model.handle.tie_tolerance = float("inf")

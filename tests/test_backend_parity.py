@@ -13,7 +13,9 @@ emit a stop string.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,22 @@ def core(model: Any) -> LoadedModel:
     inner = model.unwrap_python_model().loaded
     assert isinstance(inner, LoadedModel)
     return inner
+
+
+@contextlib.contextmanager
+def one_batch(model: Any) -> Iterator[Any]:
+    """Batch every request together whatever its length, to test the padded batch itself.
+
+    The default cost model keeps prompts of very different lengths apart (tests/test_length_batching.py).
+    """
+    from flavorkit_hf.engine import GPU_COST
+
+    handle = core(model).handle
+    planned, handle.cost = handle.cost, GPU_COST
+    try:
+        yield model
+    finally:
+        handle.cost = planned
 
 
 def stream_pieces(model: Any, request: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -246,7 +264,11 @@ def test_stop_string_straddling_chunks_is_never_emitted(models: dict[str, Any], 
 
 @pytest.mark.parametrize("backend", HF_BACKENDS)
 def test_batch_equals_single_requests(models: dict[str, Any], backend: str) -> None:
-    model = models[backend]
+    with one_batch(models[backend]) as model:
+        _batch_equals_single_requests(model, backend)
+
+
+def _batch_equals_single_requests(model: Any, backend: str) -> None:
     requests = [{"messages": m, "max_tokens": 24} for m in CONVERSATIONS]
     started = time.perf_counter()
     singles = [model.predict(r)[0] for r in requests]
@@ -270,13 +292,13 @@ def test_absolute_positions_batch_exactly(tiny_gpt2: Path, tmp_path: Path, backe
 
     path = tmp_path / backend
     flavorkit.package(model=str(tiny_gpt2), backend=backend, path=path, generation={"temperature": 0.0})
-    model = mlflow.pyfunc.load_model(str(path))
     texts = ["Hi", "Summarise: packaging a model means writing everything down.", "7", "café, Zürich, 日本 🙂 and more"]
     requests = [{"messages": [{"role": "user", "content": t}], "max_tokens": 16} for t in texts]
-    singles = [model.predict(r)[0] for r in requests]
-    assert len({content(r) for r in singles}) == len(texts)
-    batch = model.predict(requests)
-    for one, many in zip(singles, batch, strict=True):
-        assert many["choices"] == one["choices"]
-        assert many["usage"] == one["usage"]
-    assert core(model).handle.stats["batches"] == 1
+    with one_batch(mlflow.pyfunc.load_model(str(path))) as model:
+        singles = [model.predict(r)[0] for r in requests]
+        assert len({content(r) for r in singles}) == len(texts)
+        batch = model.predict(requests)
+        for one, many in zip(singles, batch, strict=True):
+            assert many["choices"] == one["choices"]
+            assert many["usage"] == one["usage"]
+        assert core(model).handle.stats["batches"] == 1

@@ -289,7 +289,19 @@ def test_incremental_detokenizer_never_splits_characters(tiny_hf: Path) -> None:
 # -- batching --------------------------------------------------------------------------------------
 
 
+def one_batch(model: LoadedModel) -> LoadedModel:
+    """Batch every request together whatever its length, to test the padded batch itself.
+
+    The default cost model keeps prompts of very different lengths apart (tests/test_length_batching.py).
+    """
+    from flavorkit_hf.engine import GPU_COST
+
+    model.handle.cost = GPU_COST
+    return model
+
+
 def _batch_vs_single(model: LoadedModel, requests: list[dict[str, Any]]) -> None:
+    one_batch(model)
     singles = [model.predict(r)[0] for r in requests]
     before = model.handle.stats["batches"]
     batch = model.predict(requests)
@@ -329,7 +341,7 @@ def test_rows_leaving_a_batch_mid_way_are_finished_exactly(tiny_hf: Path) -> Non
 
 
 def test_generate_honours_cancellation_between_steps(tiny_tf: LoadedModel) -> None:
-    be, handle = tiny_tf.backend, tiny_tf.handle
+    be, handle = tiny_tf.backend, one_batch(tiny_tf).handle
     prompts = [be.encode(handle, [{"role": "user", "content": p}]) for p in PROMPTS[:3]]
 
     single = GenerationRequest(prompt_ids=prompts[0], max_tokens=30)
@@ -364,7 +376,7 @@ def test_batching_modes(tiny_hf: Path) -> None:
     assert sequential.handle.stats["batches"] == 0
     assert sequential.handle.stats["forward"] == 3 * 6
 
-    padded = load_engine("transformers", tiny_hf, batching="padded", max_batch_size=2)
+    padded = one_batch(load_engine("transformers", tiny_hf, batching="padded", max_batch_size=2))
     # Private knob: proves that padded mode ignores near ties, which no public input can force.
     padded.handle.tie_tolerance = float("inf")
     padded.predict(requests)

@@ -8,11 +8,13 @@ streaming), checks ``request.cancelled`` between steps, enforces ``max_tokens`` 
 the Hub for anything (``generate(stop_strings=...)`` would fetch a tokenizer), and samples each row
 with its own seeded ``torch.Generator`` so a seed reproduces whatever else is in the batch.
 
-Batching: requests are sorted by prompt length and decoded in left-padded batches with explicit
-attention masks and position ids, so every row sees exactly its own tokens at its own positions;
-finished and cancelled rows leave the batch (their KV-cache rows are dropped). A padded batch is
-mathematically equal to one request at a time but not bit-for-bit (other matmul shapes, padded
-keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a
+Batching: requests are decoded in left-padded batches with explicit attention masks and position
+ids, so every row sees exactly its own tokens at its own positions; finished and cancelled rows
+leave the batch (their KV-cache rows are dropped). Which requests share a batch is decided by a
+cost model (:class:`flavorkit.batching.CostModel`, calibrated on CPU): every row of a batch is
+computed at the widest prompt, so prompts of very different lengths are decoded apart. A padded
+batch is mathematically equal to one request at a time but not bit-for-bit (other matmul shapes,
+padded keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a
 row whose top-2 logits come within :data:`TIE_TOLERANCE` (relative) of each other leaves the batch
 and is finished by the single-request path, which first replays the tokens the row already produced
 with the very same calls a single request makes, so from then on it *is* the single-request
@@ -34,9 +36,12 @@ from typing import Any, Literal
 
 import torch
 
+from flavorkit.batching import CostModel
 from flavorkit.types import Delta, GenerationRequest, Message
 
 __all__ = [
+    "CPU_COST",
+    "GPU_COST",
     "TIE_TOLERANCE",
     "Batching",
     "Engine",
@@ -52,6 +57,17 @@ Batching = Literal["exact", "padded", "sequential"]
 #: Relative margin between the two best logits under which a batched greedy step is redone alone.
 TIE_TOLERANCE = 1e-4
 _REPLACEMENT = "\ufffd"
+
+#: Milliseconds of a batch of the engine on CPU, measured with ``python -m benchmarks.calibrate
+#: transformers`` (SmolLM2-135M fp32, 2 cores, one torch thread: with two, the loaded machine's
+#: thread contention swamped the measurement). Finished rows leave the batch.
+CPU_COST = CostModel(
+    prompt_token=3.9, prompt_attention=0.000774, step=59.2, row_step=8.03, context=0.0168, rows_leave=True
+)
+#: Accelerators (not measured): only steps count, so requests share batches of max_batch_size.
+GPU_COST = CostModel(
+    prompt_token=0.0, prompt_attention=0.0, step=1.0, row_step=0.0, context=0.0, rows_leave=True, margin=0.0
+)
 _EXACT_DTYPES = (torch.float32, torch.float64)
 
 
@@ -236,6 +252,7 @@ class Engine:
         self.position_ids = position_ids
         self.logits_to_keep = logits_to_keep
         self.device = torch.device(device)
+        self.cost = CPU_COST if self.device.type == "cpu" else GPU_COST
         #: None when batched greedy decoding cannot be bounded (16-bit weights): "exact" then decodes alone.
         self.tie_tolerance: float | None = TIE_TOLERANCE if dtype in _EXACT_DTYPES else None
         #: Counters for observability and tests: forward calls, rows computed over all calls, batches,
@@ -279,7 +296,7 @@ class Engine:
                 yield Delta(i, "", 0, "length")
             else:
                 todo.append(i)
-        for group in self._plan(requests, todo):
+        for group in self.plan(requests, todo):
             rows = [self._row(i, requests[i]) for i in group]
             if len(rows) == 1:
                 yield from self._solo(rows[0])
@@ -300,12 +317,14 @@ class Engine:
             return False
         return not (self.batching == "exact" and self.tie_tolerance is None)
 
-    def _plan(self, requests: Sequence[GenerationRequest], todo: Sequence[int]) -> list[list[int]]:
-        """Groups of request indices decoded together: similar prompt lengths, at most max_batch_size."""
+    def plan(self, requests: Sequence[GenerationRequest], todo: Sequence[int]) -> list[list[int]]:
+        """Groups of request indices decoded together: the cost model's plan, at most max_batch_size each."""
         if len(todo) <= 1 or not self.batches:
             return [[i] for i in todo]
-        ordered = sorted(todo, key=lambda i: len(requests[i].prompt_ids))
-        return [ordered[k : k + self.max_batch_size] for k in range(0, len(ordered), self.max_batch_size)]
+        plan = self.cost.plan(
+            [len(requests[i].prompt_ids) for i in todo], [requests[i].max_tokens for i in todo], self.max_batch_size
+        )
+        return [[todo[k] for k in group] for group in plan]
 
     def _row(self, index: int, request: GenerationRequest) -> _Row:
         return _Row(index, request, IncrementalDetokenizer(self.tokenizer), _Sampler(request))

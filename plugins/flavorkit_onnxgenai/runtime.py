@@ -1,10 +1,13 @@
 """The onnxruntime-genai runtime behind the onnx backends (imported only when a model loads).
 
 Decoding uses ``og.Generator`` with ``append_tokens``/``generate_next_token``. Requests that share
-their sampling settings run together in one right-padded batch (``batch_size`` > 1), which on
-these models is faster than ``og.Engine`` and, unlike the 0.15 Engine, can stop early and survives
-bad requests; greedy rows give exactly their single-request output. Limits that onnxruntime-genai
-applies per batch (``max_length``, EOS) are enforced per row here.
+their sampling settings run together in right-padded batches (``batch_size`` > 1), which on these
+models is faster than ``og.Engine`` and, unlike the 0.15 Engine, can stop early and survives bad
+requests; greedy rows give exactly their single-request output. Which requests share a batch is
+decided by a cost model (:class:`flavorkit.batching.CostModel`, calibrated for the CPU provider):
+a padded batch computes every row at the widest prompt and until the longest request ends, so
+prompts of very different lengths or ``max_tokens`` are decoded apart. Limits that
+onnxruntime-genai applies per batch (``max_length``, EOS) are enforced per row here.
 """
 
 from __future__ import annotations
@@ -16,13 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flavorkit.batching import CostModel
 from flavorkit.errors import BackendUnavailable, ModelSourceError
 from flavorkit.types import Delta, GenerationRequest, Message
 
-__all__ = ["MAX_BATCH", "OgHandle"]
+__all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle"]
 
 #: Upper bound on rows per og.Generator batch; the KV cache grows with rows x max_length.
 MAX_BATCH = 16
+
+#: Milliseconds of an og.Generator batch on the CPU provider, measured with ``python -m
+#: benchmarks.calibrate onnx-cpu`` (SmolLM2-135M int4, 2 cores). Finished rows stay in the batch.
+CPU_COST = CostModel(prompt_token=3.91, prompt_attention=0.00146, step=13.6, row_step=3.79, context=0.017)
+
+#: GPU providers (not measured): only steps count, so requests that fit share one batch.
+GPU_COST = CostModel(prompt_token=0.0, prompt_attention=0.0, step=1.0, row_step=0.0, context=0.0, margin=0.0)
 
 
 def _og() -> Any:
@@ -45,6 +56,7 @@ class OgHandle:
     name: str
     vocab_size: int = 0
     batching: str = "auto"
+    cost: CostModel = CPU_COST
 
     @classmethod
     def load(
@@ -89,6 +101,7 @@ class OgHandle:
             name=os.path.basename(os.path.normpath(folder)),
             vocab_size=int(genai.get("vocab_size", 0)),
             batching=batching,
+            cost=CPU_COST if provider == "cpu" else GPU_COST,
         )
 
     def close(self) -> None:
@@ -112,15 +125,19 @@ class OgHandle:
     # -- decoding ---------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
-        """Decode every request, batching those whose sampling settings match."""
-        for group in self._groups(requests):
+        """Decode every request, batching those whose sampling settings match and whose sizes suit."""
+        for group in self.groups(requests):
             if len(group) == 1:
                 yield from self._single(group[0], requests[group[0]])
             else:
                 yield from self._batch(group, [requests[i] for i in group])
 
-    def _groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
-        """Indices grouped by identical search settings, each group fitting the context and MAX_BATCH."""
+    def groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        """Request indices decoded together: same search settings, then the cost model's plan.
+
+        Each group fits the context (widest prompt + largest ``max_tokens``) and :data:`MAX_BATCH`;
+        groups are ordered by their first index.
+        """
         if self.batching == "sequential":
             return [[i] for i in range(len(requests))]
         buckets: dict[tuple[Any, ...], list[int]] = {}
@@ -133,18 +150,13 @@ class OgHandle:
             buckets.setdefault(key, []).append(i)
         groups: list[list[int]] = []
         for members in buckets.values():
-            current: list[int] = []
-            for i in sorted(members, key=lambda j: len(requests[j].prompt_ids)):
-                trial = [*current, i]
-                width = max(len(requests[j].prompt_ids) for j in trial)
-                budget = max(requests[j].max_tokens for j in trial)
-                if current and (len(trial) > MAX_BATCH or width + budget > self.context_length):
-                    groups.append(current)
-                    current = [i]
-                else:
-                    current = trial
-            if current:
-                groups.append(current)
+            plan = self.cost.plan(
+                [len(requests[i].prompt_ids) for i in members],
+                [requests[i].max_tokens for i in members],
+                MAX_BATCH,
+                fits=lambda width, steps: width + steps <= self.context_length,
+            )
+            groups.extend([members[k] for k in group] for group in plan)
         groups.sort(key=min)
         return groups
 
