@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from flavorkit.errors import InvalidRequest
-from flavorkit.schema import ChatRequest, parse_request
+from flavorkit.schema import ChatRequest, parse_request, validate_generation_defaults, validate_options
 
 OK = [{"role": "user", "content": "hi"}]
 
@@ -76,3 +77,49 @@ def test_flush_settles_a_held_tail_that_completes_a_stop_or_not() -> None:
     assert held.flush() == ("xy", False)
     assert held.matched is False
     assert held.flush() == ("", False), "flush empties the buffer"
+
+
+class _Opts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: int = Field(3, ge=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+def test_backend_options_are_validated_with_the_backend_schema() -> None:
+    assert validate_options("b", _Opts, {}) == {"level": 3, "tags": {}}
+    assert validate_options("b", _Opts, {"level": 5, "tags": {"x": "y"}}) == {"level": 5, "tags": {"x": "y"}}
+    with pytest.raises(InvalidRequest) as exc:
+        validate_options("b", _Opts, {"levle": 5})
+    assert str(exc.value) == (
+        "invalid request: field 'options.levle': unknown option for backend 'b' (allowed: level, tags)"
+    )
+    with pytest.raises(InvalidRequest) as exc:
+        validate_options("b", _Opts, {"level": 0})
+    assert str(exc.value) == "invalid request: field 'options.level': Input should be greater than or equal to 1"
+    with pytest.raises(InvalidRequest) as exc:
+        validate_options("b", _Opts, {"tags": {"x": 1}})
+    assert exc.value.field == "options.tags.x"
+    with pytest.raises(InvalidRequest) as exc:
+        validate_options("b", _Opts, ["level"])  # type: ignore[arg-type]
+    assert str(exc.value) == "invalid request: field 'options': must be a dict, got list"
+
+
+def test_a_backend_without_options_refuses_any() -> None:
+    assert validate_options("plain", None, {}) == {}
+    with pytest.raises(InvalidRequest) as exc:
+        validate_options("plain", None, {"speed": 1, "other": 2})
+    assert str(exc.value) == "invalid request: field 'options.speed': backend 'plain' takes no options (allowed: none)"
+
+
+def test_generation_defaults_are_checked_like_requests() -> None:
+    assert validate_generation_defaults(None) == {}
+    assert validate_generation_defaults({"temperature": 0, "stop": "x", "seed": None}) == {
+        "temperature": 0.0,
+        "stop": "x",
+    }
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults(["temperature"])  # type: ignore[arg-type]
+    assert str(exc.value) == "invalid request: field 'generation': must be a dict, got list"
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults({"stop": ["a", "b", "c", "d", "e"]})
+    assert exc.value.field == "generation.stop"
