@@ -38,6 +38,15 @@ class Greeter(EchoBackend):
         return GreetOptions
 
     @hookimpl
+    def artifacts(self, source, options, workdir):
+        out = Path(workdir) / "echo"
+        out.mkdir()
+        (out / "config.txt").write_text(str(source))
+        note = Path(workdir) / "note.txt"  # an artifact that is a single file, not a folder
+        note.write_text("a file artifact")
+        return Artifacts(files={"echo": str(out), "note": str(note)}, requirements=[])
+
+    @hookimpl
     def load(self, artifacts, options):
         return {"dir": artifacts["echo"], "options": dict(options)}
 
@@ -90,6 +99,7 @@ def test_packaged_options_defaults_and_name_reach_the_loaded_model(greeter: Path
     model = mlflow.pyfunc.load_model(info.model_uri)
     loaded = model.unwrap_python_model().loaded
     assert loaded.handle["options"] == {"greeting": "bonjour"}
+    assert Path(_artifacts(Path(info.model_uri))["note"]).read_text() == "a file artifact"
     answer = model.predict(HI)[0]
     assert answer["model"] == "custom"
     assert answer["choices"][0] == {
