@@ -123,3 +123,15 @@ def test_generation_defaults_are_checked_like_requests() -> None:
     with pytest.raises(InvalidRequest) as exc:
         validate_generation_defaults({"stop": ["a", "b", "c", "d", "e"]})
     assert exc.value.field == "generation.stop"
+
+
+def test_own_validators_show_the_input() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": 5}, "llm/v1/chat")
+    assert (exc.value.field, exc.value.detail) == ("stop", "must be a string or a list of strings, got int")
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "max_tokens": 1.5}, "llm/v1/chat")
+    assert (exc.value.field, exc.value.detail) == ("max_tokens", "must be an integer, got 1.5")
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "temperature": "hot"}, "llm/v1/chat")
+    assert (exc.value.field, exc.value.detail) == ("temperature", "must be a number, got str 'hot'")
