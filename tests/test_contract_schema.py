@@ -135,3 +135,62 @@ def test_own_validators_show_the_input() -> None:
     with pytest.raises(InvalidRequest) as exc:
         parse_request({"messages": OK, "temperature": "hot"}, "llm/v1/chat")
     assert (exc.value.field, exc.value.detail) == ("temperature", "must be a number, got str 'hot'")
+
+
+MESSAGES = [
+    (
+        {},
+        "llm/v1/chat",
+        "field 'messages': is required (allowed: a non-empty list of {'role': ..., 'content': ...} objects)",
+    ),
+    (
+        {"messages": OK, "frequency_penalty": 0.5},
+        "llm/v1/chat",
+        "field 'frequency_penalty': unknown field (allowed: max_tokens, temperature, top_p, top_k, n, stop, seed, "
+        "messages, stream)",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi", "tool": 1}]},
+        "llm/v1/chat",
+        "field 'messages[0].tool': unknown field (allowed: role, content, name)",
+    ),
+    (
+        {"messages": OK, "temperature": 5, "top_p": 7},
+        "llm/v1/chat",
+        "field 'temperature': Input should be less than or equal to 2; got 5 (and 1 more problem(s)) "
+        "(allowed: a number from 0 to 2)",
+    ),
+    (
+        {"messages": OK, "temperature": 5},
+        "llm/v1/chat",
+        "field 'temperature': Input should be less than or equal to 2; got 5 (allowed: a number from 0 to 2)",
+    ),
+    (
+        {"messages": OK, "stop": ["", ""]},
+        "llm/v1/chat",
+        "field 'stop[0]': String should have at least 1 character; got '' "
+        "(allowed: a non-empty string or a list of at most 4 non-empty strings)",
+    ),
+    (
+        {"prompt": "x", "n": 2},
+        "text-generation",
+        "field 'n': Input should be 1; got 2 (allowed: 1 (text-generation returns one string per prompt))",
+    ),
+    (
+        {"messages": "x" * 100},
+        "llm/v1/chat",
+        "field 'messages': Input should be a valid list; got str "
+        "(allowed: a non-empty list of {'role': ..., 'content': ...} objects)",
+    ),
+    ({"messages": [{"role": "user"}]}, "llm/v1/chat", "field 'messages[0].content': is required (allowed: a string)"),
+    ({"prompt": 5}, "text-generation", "field 'prompt': Input should be a valid string; got 5 (allowed: a string)"),
+    (["hi"], "llm/v1/chat", "field 'request': each input must be an object with 'messages', got list"),
+    (3, "text-generation", "field 'request': each input must be an object with 'prompt', got int"),
+]
+
+
+@pytest.mark.parametrize(("row", "task", "message"), MESSAGES, ids=[str(i) for i in range(len(MESSAGES))])
+def test_the_whole_error_message(row: object, task: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request(row, task)
+    assert str(exc.value) == f"invalid request: {message}"
