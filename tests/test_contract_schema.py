@@ -194,3 +194,21 @@ def test_the_whole_error_message(row: object, task: str, message: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         parse_request(row, task)
     assert str(exc.value) == f"invalid request: {message}"
+
+
+def test_four_stop_strings_are_allowed_and_five_are_not() -> None:
+    four = ["a", "b", "c", "d"]
+    req = parse_request({"messages": OK, "stop": four}, "llm/v1/chat")
+    assert req.stop_strings() == ("a", "b", "c", "d")
+    assert validate_generation_defaults({"stop": four}) == {"stop": four}
+    allowed = "a non-empty string or a list of at most 4 non-empty strings"
+    with pytest.raises(InvalidRequest) as exc:
+        parse_request({"messages": OK, "stop": [*four, "e"]}, "llm/v1/chat")
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == ("stop", "5 stop strings given", allowed)
+    with pytest.raises(InvalidRequest) as exc:
+        validate_generation_defaults({"stop": [*four, "e"]})
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "generation.stop",
+        "too many stop strings",
+        allowed,
+    )
