@@ -146,3 +146,22 @@ def test_a_model_without_its_manifest_is_refused_unless_verification_is_off(
     assert load_packaged(artifacts, {"backend": "greet"}).predict(HI)[0]["choices"][0]["message"]["content"] == (
         "abcdef"
     )
+
+
+def test_each_missing_or_changed_artifact_is_reported(greeter: Path) -> None:
+    from flavorkit.errors import IntegrityError
+
+    model = greeter / "m"
+    flavorkit.package(model="src", backend="greet", path=model)
+    artifacts = _artifacts(model)
+    config = Path(artifacts["echo"]) / "config.txt"
+    config.write_text("sr?")  # same size as "src": only the hash can tell
+    with pytest.raises(IntegrityError) as exc:
+        load_packaged(artifacts, {"backend": "greet"})
+    assert [p.split(":")[0] for p in exc.value.problems] == ["echo/config.txt"]
+    assert "sha256" in exc.value.problems[0]
+    config.unlink()
+    Path(artifacts["note"]).unlink()
+    with pytest.raises(IntegrityError) as exc:
+        load_packaged(artifacts, {"backend": "greet"})
+    assert [p.split(":")[0] for p in exc.value.problems] == ["echo/config.txt", "note"]
