@@ -360,12 +360,27 @@ def test_an_empty_batch_and_an_unknown_input_type_are_refused() -> None:
     model = engine()
     with pytest.raises(InvalidRequest) as exc:
         model.predict([])
-    assert exc.value.field == "inputs"
-    assert exc.value.allowed == "a request object or a non-empty list"
+    assert str(exc.value) == (
+        "invalid request: field 'inputs': no requests given (allowed: a request object or a non-empty list)"
+    )
     with pytest.raises(InvalidRequest) as exc:
         model.predict(42)
-    assert exc.value.field == "inputs"
-    assert "unsupported input type int" in exc.value.detail
+    assert str(exc.value) == (
+        "invalid request: field 'inputs': unsupported input type int "
+        "(allowed: a dict, a list of dicts or a pandas DataFrame)"
+    )
+
+
+def test_dataframes_and_arrays_of_requests_are_rows() -> None:
+    import numpy as np
+    import pandas as pd
+
+    model = engine()
+    rows = [chat("a|b"), chat("c")]
+    expected = ["ab", "c"]
+    assert [text_of(r) for r in model.predict(pd.DataFrame(rows))] == expected
+    assert [text_of(r) for r in model.predict(np.array(rows, dtype=object))] == expected
+    assert [text_of(r) for r in model.predict(tuple(rows))] == expected
 
 
 def test_a_bad_row_in_a_batch_is_named_by_its_index_and_nothing_is_generated() -> None:

@@ -126,3 +126,15 @@ def test_a_logged_copy_that_differs_from_what_was_hashed_fails_logging(echo: Pat
     assert exc.value.problems == [COPY_DIFFERS], exc.value.problems
     run = mlflow.last_active_run()
     assert run is not None and run.info.status == "FAILED"
+
+
+def test_every_bad_file_is_named_once(echo: Path) -> None:
+    model = _saved(echo)
+    packaged = _artifact_file(model)
+    (packaged.parent / "extra.bin").write_bytes(b"x")
+    packaged.unlink()
+    with pytest.raises(IntegrityError) as exc:
+        mlflow.pyfunc.load_model(str(model))
+    problems = exc.value.problems
+    assert len(problems) == 2, problems
+    assert [p.split(":")[0] for p in sorted(problems)] == ["echo/config.txt", "echo/extra.bin"]
