@@ -233,3 +233,13 @@ def test_each_server_leaves_the_shared_backend_as_it_found_it(tiny_model_dir: Pa
     assert len(guards()) == before, "a stopped server unregisters its guard"
     first.server.scheduler.shutdown(5)
     assert len(guards()) == before - 1
+
+
+def test_the_cli_names_a_model_it_cannot_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flavorkit.cli import main
+
+    missing = tmp_path / "no-model-here"
+    assert main(["serve", str(missing), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    hint = "no such folder (give a model folder or an MLflow model URI: runs:/..., models:/...)"
+    assert err == f"flavorkit serve: cannot load {missing}: {hint}\n"

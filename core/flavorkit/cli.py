@@ -141,6 +141,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except IntegrityError as exc:
         print(f"flavorkit serve: refusing to load {args.model_uri}: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, (MlflowException, OSError)):
+            raise
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        if ":/" not in args.model_uri and not Path(args.model_uri).expanduser().exists():
+            message = "no such folder (give a model folder or an MLflow model URI: runs:/..., models:/...)"
+        print(f"flavorkit serve: cannot load {args.model_uri}: {message}", file=sys.stderr)
+        return 2
     return 0
 
 
