@@ -9,13 +9,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 
 import flavorkit
-from flavorkit.errors import InvalidRequest, PackagingError
-from flavorkit.loading import MANIFEST_ARTIFACT, load_packaged
+from flavorkit.errors import PackagingError
+from flavorkit.loading import load_packaged
+from flavorkit.manifest import MANIFEST_FILE
 from flavorkit.registry import get_registry
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
@@ -52,6 +54,8 @@ class Greeter(EchoBackend):
 
     @hookimpl
     def describe(self, handle):
+        if handle["options"].get("greeting") == "boom":
+            raise RuntimeError("cannot describe a model that greets with boom")
         return RuntimeInfo(context_length=512, model_name=handle["options"].get("greeting", "none"))
 
     @hookimpl
@@ -111,41 +115,53 @@ def test_packaged_options_defaults_and_name_reach_the_loaded_model(greeter: Path
     assert mlflow.pyfunc.load_model(default_name.model_uri).predict(HI)[0]["model"] == "src"
 
 
-def test_a_minimal_config_loads_as_chat_with_the_backend_name(greeter: Path) -> None:
+def _config(model: Path) -> dict[str, Any]:
+    from mlflow.models import Model
+
+    return dict(Model.load(str(model)).flavors["python_function"]["config"])
+
+
+def test_the_packaged_config_loads_as_chat_with_the_backend_name(greeter: Path) -> None:
     model = greeter / "m"
     flavorkit.package(model="src", backend="greet", path=model, options={"greeting": "salut"})
-    loaded = load_packaged(_artifacts(model), {"backend": "greet", "options": {"greeting": "salut"}})
+    config = _config(model)
+    assert config["task"] == "llm/v1/chat" and config["options"] == {"greeting": "salut"}
+    loaded = load_packaged(_artifacts(model), {**config, "model_name": None}, model)
     assert loaded.task == "llm/v1/chat"
     assert loaded.defaults == {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0, "n": 1}
     assert loaded.model_name == "salut", "without model_name, the backend's describe() names the model"
-    bare = load_packaged(_artifacts(model), {"backend": "greet"})
-    assert bare.handle["options"] == {} and bare.model_name == "none"
+    bare = load_packaged(_artifacts(model), {**config, "options": {}, "model_name": None}, model)
+    assert bare.handle["options"] == {"greeting": "hello"} and bare.model_name == "hello"
 
 
 def test_a_model_failing_to_start_releases_its_handle(greeter: Path) -> None:
     model = greeter / "m"
-    flavorkit.package(model="src", backend="greet", path=model)
+    flavorkit.package(model="src", backend="greet", path=model, options={"greeting": "boom"})
     import fk_greet  # type: ignore[import-not-found]
 
-    with pytest.raises(InvalidRequest) as exc:
-        load_packaged(_artifacts(model), {"backend": "greet", "task": "llm/v1/completions"})
-    assert exc.value.field == "task"
-    assert len(fk_greet.unloaded) == 1 and fk_greet.unloaded[0]["options"] == {}
+    with pytest.raises(RuntimeError, match="cannot describe a model that greets with boom"):
+        load_packaged(_artifacts(model), _config(model), model)
+    assert len(fk_greet.unloaded) == 1 and fk_greet.unloaded[0]["options"] == {"greeting": "boom"}
 
 
 def test_a_model_without_its_manifest_is_refused_unless_verification_is_off(
     greeter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flavorkit.errors import IntegrityError
+
     model = greeter / "m"
     flavorkit.package(model="src", backend="greet", path=model)
-    artifacts = {k: v for k, v in _artifacts(model).items() if k != MANIFEST_ARTIFACT}
-    with pytest.raises(PackagingError) as exc:
-        load_packaged(artifacts, {"backend": "greet"})
-    assert str(exc.value) == "the model has no flavorkit_manifest artifact; it cannot be verified"
+    (model / MANIFEST_FILE).unlink()
+    with pytest.raises(IntegrityError) as exc:
+        load_packaged(_artifacts(model), _config(model), model)
+    assert len(exc.value.problems) == 1
+    assert exc.value.problems[0].startswith(f"{MANIFEST_FILE} cannot be read ([Errno 2] No such file or directory")
+    with pytest.raises(PackagingError) as unknown:
+        load_packaged(_artifacts(model), _config(model), None)
+    assert str(unknown.value) == "the packaged model's folder is unknown, so it cannot be verified"
     monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", "0")
-    assert load_packaged(artifacts, {"backend": "greet"}).predict(HI)[0]["choices"][0]["message"]["content"] == (
-        "abcdef"
-    )
+    answer = load_packaged(_artifacts(model), _config(model), None).predict(HI)[0]
+    assert answer["choices"][0]["message"]["content"] == "abcdef"
 
 
 def test_each_missing_or_changed_artifact_is_reported(greeter: Path) -> None:
@@ -157,11 +173,11 @@ def test_each_missing_or_changed_artifact_is_reported(greeter: Path) -> None:
     config = Path(artifacts["echo"]) / "config.txt"
     config.write_text("sr?")  # same size as "src": only the hash can tell
     with pytest.raises(IntegrityError) as exc:
-        load_packaged(artifacts, {"backend": "greet"})
-    assert [p.split(":")[0] for p in exc.value.problems] == ["echo/config.txt"]
+        load_packaged(artifacts, _config(model), model)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["artifacts/echo/config.txt"]
     assert "sha256" in exc.value.problems[0]
     config.unlink()
     Path(artifacts["note"]).unlink()
     with pytest.raises(IntegrityError) as exc:
-        load_packaged(artifacts, {"backend": "greet"})
-    assert [p.split(":")[0] for p in exc.value.problems] == ["echo/config.txt", "note"]
+        load_packaged(artifacts, _config(model), model)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["artifacts/echo/config.txt", "artifacts/note.txt"]

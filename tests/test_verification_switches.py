@@ -137,4 +137,4 @@ def test_every_bad_file_is_named_once(echo: Path) -> None:
         mlflow.pyfunc.load_model(str(model))
     problems = exc.value.problems
     assert len(problems) == 2, problems
-    assert [p.split(":")[0] for p in sorted(problems)] == ["echo/config.txt", "echo/extra.bin"]
+    assert [p.split(":")[0] for p in sorted(problems)] == ["artifacts/echo/config.txt", "artifacts/echo/extra.bin"]
