@@ -6,13 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 import flavorkit
 from flavorkit.cli import main
 from flavorkit.errors import SignatureError
 from serve_fixtures import running
+from signing_keys import keypair
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
@@ -20,24 +19,11 @@ pytest.importorskip("prometheus_client")
 from flavorkit.serve import create_app  # noqa: E402
 
 
-def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = folder / f"{name}.pem"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public = folder / f"{name}.pub.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public
-
-
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> tuple[Path, Path, Path]:
     folder = tmp_path_factory.mktemp("trusted")
-    private, public = _keypair(folder, "signer")
-    _, other = _keypair(folder, "other")
+    private, public = keypair(folder, "signer")
+    _, other = keypair(folder, "other")
     model = folder / "model"
     flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=model, signing_key=private)
     return model, public, other

@@ -11,35 +11,21 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 import flavorkit
 from flavorkit.cli import main
 from flavorkit.errors import PackagingError, SignatureError
 from flavorkit.manifest import SIGNATURE_FILE, build_manifest, write_manifest
+from signing_keys import keypair
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}
-
-
-def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = folder / f"{name}.pem"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public = folder / f"{name}.pub.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("keys")
-    private, public = _keypair(folder, "signer")
-    _, other = _keypair(folder, "other")
+    private, public = keypair(folder, "signer")
+    _, other = keypair(folder, "other")
     return {"private": private, "public": public, "other": other}
 
 

@@ -145,10 +145,7 @@ class ModelConfigError(FlavorkitError, ValueError):
         self.field = field
         self.detail = message
         self.allowed = allowed
-        text = f"invalid packaged model_config: field {field!r}: {message}"
-        if allowed:
-            text += f" (allowed: {allowed})"
-        super().__init__(text)
+        super().__init__("invalid packaged model_config: " + _describe(field, message, allowed))
 
 
 class BackendError(FlavorkitError, RuntimeError):
