@@ -153,3 +153,18 @@ def test_progress_lines_and_the_switch_that_silences_them(
     with step("converting"):
         pass
     assert "[flavorkit] converting" in capsys.readouterr().err
+
+
+def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    target = tmp_path / "m"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}  # conftest sets it
+    cmd = [sys.executable, "-m", "flavorkit.cli", "package", str(tiny_ort), "--backend", "onnx-cpu"]
+    proc = subprocess.run(
+        [*cmd, "--path", str(target)], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["model_uri"] == str(target)
+    assert "Downloading artifacts" not in proc.stderr, "MLflow's copy progress bars are off while packaging"

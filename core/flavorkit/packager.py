@@ -242,17 +242,18 @@ def _code_paths(be: Backend, dest: Path) -> list[str]:
 
 @contextmanager
 def _quiet_mlflow_env() -> Iterator[None]:
-    """Stop MLflow from copying a uv project found in the current directory into the model."""
-    key = "MLFLOW_UV_AUTO_DETECT"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
+    """Stop MLflow from copying a uv project found here into the model, and from drawing copy progress bars."""
+    settings = {"MLFLOW_UV_AUTO_DETECT": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    old = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _save_atomically(target: Path, overwrite: bool, save: Callable[[Path], None]) -> ModelInfo:
