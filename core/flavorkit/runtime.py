@@ -138,6 +138,13 @@ def _usage(row: _Row) -> dict[str, int]:
     }
 
 
+def _close(stream: Any) -> None:
+    """Close a backend's stream at once (a generator's cleanup frees its batch), if it can be closed."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
 def _is_template_error(exc: BaseException) -> bool:
     """True for a Jinja template error (what ``raise_exception`` in a chat template raises)."""
     return any(cls.__module__.split(".")[0] == "jinja2" for cls in type(exc).__mro__)
@@ -231,19 +238,12 @@ class LoadedModel:
                 if pending == 0:
                     break
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            _close(stream)
         for prepared in requests:
             if prepared.cancelled:
                 for choice in prepared._row.choices:
                     choice.finish = choice.finish or "cancelled"
-        unfinished = [c for _, c in live if c.finish is None]
-        if unfinished:
-            raise BackendError(
-                f"backend {self.backend.name!r} stopped without finishing {len(unfinished)} request(s); "
-                "every request must end with a Delta carrying finish_reason"
-            )
+        self._check_finished([c for _, c in live])
 
     def close(self) -> None:
         """Release the backend handle."""
@@ -374,13 +374,15 @@ class LoadedModel:
                 if pending == 0:
                     break
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-        unfinished = [c for c in choices if c.finish is None]
+            _close(stream)
+        self._check_finished(choices)
+
+    def _check_finished(self, choices: Sequence[_Choice]) -> None:
+        """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""
+        unfinished = sum(1 for c in choices if c.finish is None)
         if unfinished:
             raise BackendError(
-                f"backend {self.backend.name!r} stopped without finishing {len(unfinished)} request(s); "
+                f"backend {self.backend.name!r} stopped without finishing {unfinished} request(s); "
                 "every request must end with a Delta carrying finish_reason"
             )
 
