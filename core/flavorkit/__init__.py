@@ -30,7 +30,7 @@ from flavorkit.errors import (
 )
 from flavorkit.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.registry import backends
-from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo
+from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, GenerationSession, RuntimeInfo
 
 if TYPE_CHECKING:
     from flavorkit.packager import package as package
@@ -45,6 +45,7 @@ __all__ = [
     "Delta",
     "FlavorkitError",
     "GenerationRequest",
+    "GenerationSession",
     "IntegrityError",
     "InvalidRequest",
     "ModelConfigError",

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, Message, RuntimeInfo
+from flavorkit.types import (
+    Artifacts,
+    Capability,
+    Delta,
+    GenerationRequest,
+    GenerationSession,
+    Message,
+    RuntimeInfo,
+)
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -32,7 +40,7 @@ __all__ = ["PROJECT", "REQUIRED_HOOKS", "SPEC_VERSION", "WrapperBackend", "hooki
 #: The pluggy project name shared by the spec and every implementation.
 PROJECT = "flavorkit"
 #: Version of this hook specification; bumped when hooks or arguments are added.
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Marks a function as the implementation of a :class:`WrapperBackend` hook.
@@ -140,6 +148,18 @@ class WrapperBackend:
         core: a backend only needs to watch ``request.cancelled`` and drop cancelled requests.
 
         .. versionadded:: 1
+        """
+
+    @hookspec(firstresult=True)
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """Open a :class:`~flavorkit.types.GenerationSession`: a batch that requests join while it runs.
+
+        Optional; used by ``flavorkit serve`` so that a request arriving while others decode starts
+        within a step or two instead of waiting for them to finish. Return None (the default) to be
+        served with request-level batching through :meth:`generate`, or interleaved streams when
+        the backend declares ``concurrent_streams``. ``predict`` keeps using :meth:`generate`.
+
+        .. versionadded:: 2
         """
 
     @hookspec(firstresult=True)

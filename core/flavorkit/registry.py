@@ -36,7 +36,15 @@ from flavorkit.errors import (
     PluginSpecError,
 )
 from flavorkit.hookspec import PROJECT, REQUIRED_HOOKS, WrapperBackend
-from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, Message, RuntimeInfo
+from flavorkit.types import (
+    Artifacts,
+    Capability,
+    Delta,
+    GenerationRequest,
+    GenerationSession,
+    Message,
+    RuntimeInfo,
+)
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -264,6 +272,13 @@ class Backend:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """The backend's continuous-batching session for ``handle``, or None when it has none (spec v2)."""
+        session = self.pm.hook.generate_session(handle=handle)
+        if session is not None and not isinstance(session, GenerationSession):
+            raise self._bad_return("generate_session", "a flavorkit.GenerationSession or None", session)
+        return session
 
     def unload(self, handle: Any) -> None:
         """Release the handle's resources."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Artifacts",
@@ -17,6 +17,7 @@ __all__ = [
     "Delta",
     "FinishReason",
     "GenerationRequest",
+    "GenerationSession",
     "Message",
     "RuntimeInfo",
 ]
@@ -40,6 +41,12 @@ class Capability(str, enum.Enum):
     SEEDED_SAMPLING = "seeded_sampling"
     #: The backend runs on a GPU (CUDA, DirectML, ...); its conformance run needs one.
     GPU = "gpu"
+    #: Several ``generate`` streams of one handle may be open at once and advanced alternately from
+    #: one thread; the core then lets new requests start while others decode (continuous batching
+    #: by interleaving). A backend with its own ``generate_session`` does not need it.
+    #:
+    #: .. versionadded:: 2
+    CONCURRENT_STREAMS = "concurrent_streams"
 
 
 @dataclass(slots=True)
@@ -102,3 +109,31 @@ class RuntimeInfo:
     context_length: int
     #: The name reported in the ``model`` field of responses.
     model_name: str = "flavorkit-model"
+
+
+@runtime_checkable
+class GenerationSession(Protocol):
+    """A running batch that new requests can join between decoding steps (continuous batching).
+
+    Returned by the optional ``generate_session`` hook (spec version 2). The core drives it from one
+    thread: ``add`` between steps, ``step`` in a loop, ``close`` when the server goes idle or stops.
+    Cancellation is the request's ``cancelled`` flag, as in ``generate``: a request whose flag is set
+    is dropped at the next step and needs no more deltas.
+    """
+
+    def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Admit requests, which start at the next :meth:`step`; return their ids, unique in this session."""
+        ...
+
+    def step(self) -> list[Delta]:
+        """Advance every live request by one decoding step (a new one: its prompt and first token).
+
+        Deltas carry the ids returned by :meth:`add` as ``index`` and follow ``generate``'s rules
+        (one token per delta, a finish reason on each request's last). An empty list means that no
+        request is live any more.
+        """
+        ...
+
+    def close(self) -> None:
+        """Drop every request still in the session and free its state (KV caches, generators)."""
+        ...

@@ -7,7 +7,7 @@ change that removes or redefines a field bumps ``version``)::
       "format": "flavorkit-conformance-report",
       "version": 1,
       "flavorkit_version": "0.1.0",        # the kit that produced the report
-      "spec_version": 1,                   # the hook spec it checked
+      "spec_version": 2,                   # the hook spec it checked
       "created": "2026-01-31T12:00:00Z",   # UTC
       "ok": true,                          # no clause failed
       "summary": {"passed": 18, "failed": 0, "skipped": 5, "xfailed": 0},
