@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flavorkit.errors import BackendError, InvalidRequest
 from flavorkit.registry import Backend
@@ -21,6 +21,9 @@ from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, 
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.stopping import StopMatcher
 from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
+
+if TYPE_CHECKING:
+    from flavorkit.continuous import ContinuousBatch
 
 __all__ = ["CORE_DEFAULTS", "BatchEvent", "LoadedModel", "PreparedRequest"]
 
@@ -127,6 +130,11 @@ class PreparedRequest:
         for choice in self._row.choices:
             choice.request.cancelled = True
 
+    def _mark_cancelled(self) -> None:
+        """Give every unfinished choice ``finish_reason="cancelled"`` (on the thread that runs the batch)."""
+        for choice in self._row.choices:
+            choice.finish = choice.finish or "cancelled"
+
 
 def _usage(row: _Row) -> dict[str, int]:
     """OpenAI usage counts of one input row: its prompt once, plus every choice's tokens."""
@@ -205,11 +213,10 @@ class LoadedModel:
         """
         live: list[tuple[int, _Choice]] = []
         for i, prepared in enumerate(requests):
-            for choice in prepared._row.choices:
-                if prepared.cancelled:
-                    choice.finish = choice.finish or "cancelled"
-                elif choice.finish is None:
-                    live.append((i, choice))
+            if prepared.cancelled:
+                prepared._mark_cancelled()
+                continue
+            live.extend((i, choice) for choice in prepared._row.choices if choice.finish is None)
         if not live:
             return
         pending = len(live)
@@ -220,10 +227,8 @@ class LoadedModel:
                 for i, prepared in enumerate(requests):  # cancellations from other threads
                     if prepared.cancelled and i not in seen_cancelled:
                         seen_cancelled.add(i)
-                        for choice in prepared._row.choices:
-                            if choice.finish is None:
-                                choice.finish = "cancelled"
-                                pending -= 1
+                        pending -= sum(1 for c in prepared._row.choices if c.finish is None)
+                        prepared._mark_cancelled()
                 if pending == 0:
                     break
                 i, choice = live[delta.index]
@@ -241,9 +246,23 @@ class LoadedModel:
             _close(stream)
         for prepared in requests:
             if prepared.cancelled:
-                for choice in prepared._row.choices:
-                    choice.finish = choice.finish or "cancelled"
+                prepared._mark_cancelled()
         self._check_finished([c for _, c in live])
+
+    def open_session(self) -> ContinuousBatch | None:
+        """A :class:`~flavorkit.continuous.ContinuousBatch` that requests can join while it decodes.
+
+        It uses the backend's own ``generate_session`` (spec version 2) when it has one, else
+        interleaved ``generate`` streams when it declares ``concurrent_streams``; None when neither,
+        and the caller falls back to :meth:`run_batch`.
+        """
+        from flavorkit.continuous import ContinuousBatch
+        from flavorkit.interleave import InterleavedSession
+
+        session = self.backend.generate_session(self.handle)
+        if session is None and Capability.CONCURRENT_STREAMS in self.capabilities:
+            session = InterleavedSession(lambda requests: self.backend.generate(self.handle, requests))
+        return None if session is None else ContinuousBatch(self, session)
 
     def close(self) -> None:
         """Release the backend handle."""

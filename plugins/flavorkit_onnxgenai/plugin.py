@@ -74,8 +74,18 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming, native batching and (seeded) sampling; GPU for CUDA and DirectML."""
-        caps = [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+        """Streaming, native batching, (seeded) sampling and concurrent streams; GPU for CUDA and DirectML.
+
+        Each ``generate`` stream owns its ``og.Generator`` (its own KV cache and search state) over the
+        shared ``og.Model``, so streams can be advanced alternately: the core's continuous batching.
+        """
+        caps = [
+            Capability.STREAMING,
+            Capability.BATCHING,
+            Capability.SAMPLING,
+            Capability.SEEDED_SAMPLING,
+            Capability.CONCURRENT_STREAMS,
+        ]
         if self.provider != "cpu":
             caps.append(Capability.GPU)
         return caps

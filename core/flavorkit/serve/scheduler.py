@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -23,9 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flavorkit.continuous import ContinuousBatch
 from flavorkit.errors import FlavorkitError, InvalidRequest
 from flavorkit.hookspec import hookimpl
-from flavorkit.runtime import LoadedModel, PreparedRequest
+from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
 
 __all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
@@ -117,6 +119,8 @@ class Ticket:
     prepared: PreparedRequest | None = None
     cancel_reason: str | None = None
     done: bool = False
+    first_token: float | None = None
+    last_token: dict[int, float] = field(default_factory=dict)
 
     def push(self, event: Event) -> None:
         """Hand an event to the reader (called from the worker thread)."""
@@ -145,6 +149,7 @@ class Scheduler:
         max_batch: int = 8,
         max_queue: int = 64,
         batch_wait: float = 0.02,
+        join_wait: float = 0.05,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -155,6 +160,9 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait = batch_wait
+        self.join_wait = join_wait
+        self._continuous: bool | None = None  # decided on the worker when the first request runs
+        self._freed = 0  # requests finished since the last admission
         self._last_batch = 1
         self._queue: collections.deque[Ticket] = collections.deque()
         self._cond = threading.Condition()
@@ -270,6 +278,8 @@ class Scheduler:
             try:
                 if batch[0].job is not None:
                     self._run_job(batch[0])
+                elif self._continuous is not False:
+                    self._run_continuous(batch)
                 else:
                     self._run_batch(batch)
             except BaseException:  # pragma: no cover - _run_* report their own errors
@@ -293,9 +303,9 @@ class Scheduler:
         finally:
             self._guard.current = None
 
-    def _run_batch(self, batch: list[Ticket]) -> None:
-        tickets: list[Ticket] = []
-        prepared: list[PreparedRequest] = []
+    def _prepare(self, batch: Sequence[Ticket]) -> list[Ticket]:
+        """Validate and encode each ticket's request; the ones that fail get their error, the rest ``start``."""
+        admitted: list[Ticket] = []
         for ticket in batch:
             try:
                 p = self.model.prepare_request(ticket.raw)
@@ -312,41 +322,127 @@ class Scheduler:
             if ticket.cancel_reason is not None:  # cancelled while it waited
                 p.cancel()
                 continue
-            tickets.append(ticket)
-            prepared.append(p)
+            admitted.append(ticket)
             self.metrics.prompt_tokens.inc(p.prompt_tokens)
             ticket.push(Event("start", p))
+        self.metrics.active.inc(len(admitted))
+        return admitted
+
+    def _deliver(self, ticket: Ticket, ev: BatchEvent) -> None:
+        """Hand one generation event to its ticket (metrics first); finish the ticket with its last choice."""
+        now = time.perf_counter()
+        if ticket.first_token is None:
+            ticket.first_token = now
+            self.metrics.ttft.observe(now - ticket.submitted)
+        key = ev.choice
+        last = ticket.last_token.get(key)
+        if last is not None and ev.tokens:
+            self.metrics.itl.observe((now - last) / ev.tokens)
+        ticket.last_token[key] = now
+        self.metrics.completion_tokens.inc(ev.tokens)
+        if ticket.stream:
+            ticket.push(Event("delta", ev))
+        prepared = ticket.prepared
+        if ev.finish_reason is not None and prepared is not None and prepared.finished and not ticket.done:
+            self._finish(ticket, Event("done", prepared))
+
+    def _run_batch(self, batch: list[Ticket]) -> None:
+        """Request-level batching: every admitted ticket shares one ``run_batch`` (one ``generate`` call)."""
+        tickets = self._prepare(batch)
         if not tickets:
             return
         self.metrics.batch_size.observe(len(tickets))
-        self.metrics.active.inc(len(tickets))
-        first: set[int] = set()
-        last: dict[tuple[int, int], float] = {}
+        prepared = [t.prepared for t in tickets if t.prepared is not None]
         try:
             for ev in self.model.run_batch(prepared):
-                ticket = tickets[ev.request]
-                now = time.perf_counter()
-                if ev.request not in first:
-                    first.add(ev.request)
-                    self.metrics.ttft.observe(now - ticket.submitted)
-                key = (ev.request, ev.choice)
-                if key in last and ev.tokens:
-                    self.metrics.itl.observe((now - last[key]) / ev.tokens)
-                last[key] = now
-                self.metrics.completion_tokens.inc(ev.tokens)
-                if ticket.stream:
-                    ticket.push(Event("delta", ev))
-                if ev.finish_reason is not None and prepared[ev.request].finished and not ticket.done:
-                    self._finish(ticket, Event("done", prepared[ev.request]))
+                self._deliver(tickets[ev.request], ev)
         except Exception as exc:
             log.exception("generation failed for a batch of %d request(s)", len(tickets))
             for ticket in tickets:
                 if not ticket.done:
                     self._finish(ticket, Event("error", exc))
         finally:
-            for ticket, p in zip(tickets, prepared, strict=True):
+            for ticket in tickets:
                 if not ticket.done:  # cancelled ones end here
-                    self._finish(ticket, Event("done", p))
+                    self._finish(ticket, Event("done", ticket.prepared))
+
+    def _run_continuous(self, batch: list[Ticket]) -> None:
+        """Continuous batching: decode step by step, admitting queued requests between steps.
+
+        Runs until nothing is running or queued (or a job is next in line), then closes the backend
+        session; the next busy period opens a new one.
+        """
+        session = self.model.open_session()
+        if session is None:  # the backend cannot take requests mid-batch: request-level batching
+            self._continuous = False
+            self._run_batch(batch)
+            return
+        self._continuous = True
+        running: dict[int, Ticket] = {}
+        try:
+            self._admit(session, batch, running)
+            while running:
+                for ev in session.step():
+                    self._deliver(running[ev.request], ev)
+                for key, ticket in list(running.items()):
+                    if ticket.done or (ticket.prepared is not None and ticket.prepared.finished):
+                        if not ticket.done:  # cancelled: it ends without another event from the backend
+                            self._finish(ticket, Event("done", ticket.prepared))
+                        del running[key]
+                        self._freed += 1
+                if self._stop:
+                    break
+                joining = self._join(len(running))
+                if joining:
+                    self._admit(session, joining, running)
+            self._last_batch = max(1, self._freed)
+        except Exception as exc:
+            log.exception("generation failed with %d request(s) running", len(running))
+            for ticket in running.values():
+                if not ticket.done:
+                    self._finish(ticket, Event("error", exc))
+        finally:
+            session.close()
+            for ticket in running.values():
+                if not ticket.done:  # shutdown: cancelled
+                    self._finish(ticket, Event("done", ticket.prepared))
+
+    def _admit(self, session: ContinuousBatch, batch: Sequence[Ticket], running: dict[int, Ticket]) -> None:
+        """Prepare ``batch`` and add what is valid to the session; it starts at the next step."""
+        tickets = self._prepare(batch)
+        self._freed = 0
+        if not tickets:
+            return
+        self.metrics.batch_size.observe(len(tickets))
+        keys = session.add([t.prepared for t in tickets if t.prepared is not None])
+        running.update(zip(keys, tickets, strict=True))
+        with self._cond:
+            self._running = list(running.values())
+
+    def _join(self, running: int) -> list[Ticket]:
+        """Queued requests that join the running session now (called between steps).
+
+        Requests that arrive while others decode are held for up to ``join_wait`` seconds, unless as
+        many are waiting as rows finished since the last admission (clients of finished requests
+        coming back) or the batch is full: joining one by one would split the work into many small
+        backend batches. A job at the head of the queue waits for the session to drain.
+        """
+        with self._cond:
+            if not self._queue or self._queue[0].job is not None or self._stop:
+                return []
+            room = self.max_batch - running
+            if room <= 0:
+                return []
+            waited = time.perf_counter() - self._queue[0].submitted
+            ready = sum(1 for t in itertools.islice(self._queue, room) if t.job is None)
+            target = min(self._freed, room) if self._freed else room
+            if waited < self.join_wait and ready < target:
+                return []
+            joining: list[Ticket] = []
+            while self._queue and len(joining) < room and self._queue[0].job is None:
+                joining.append(self._queue.popleft())
+            self.metrics.queue_depth.set(len(self._queue))
+            return joining
 
     def _finish(self, ticket: Ticket, event: Event) -> None:
         """The ticket's last event; the metrics are updated before the reader can see it."""

@@ -1,0 +1,118 @@
+"""Continuous batching for any backend whose ``generate`` streams can run side by side.
+
+A backend that declares :attr:`~flavorkit.types.Capability.CONCURRENT_STREAMS` promises that
+several ``generate`` streams of one handle may be open at once and advanced alternately from one
+thread (each onnxruntime-genai ``og.Generator`` owns its own state, for instance).
+:class:`InterleavedSession` turns that promise into a :class:`~flavorkit.types.GenerationSession`:
+the requests admitted together become one ``generate`` call (a *cohort*, batched by the backend
+as it sees fit), and every :meth:`~InterleavedSession.step` advances each open cohort by one
+decoding step. A request that arrives while others decode therefore starts at the next step
+instead of waiting for the running batch to finish; cohorts do not merge, so their rows never
+share a forward pass with rows admitted at another step.
+
+Step boundaries are inferred from the stream: a cohort's step ends once every live row of it has
+produced a token, or when a row produces its second token (the first delta of the next step,
+which is kept for the next call). Deltas that carry no token (a held-back text tail) never end a
+step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from flavorkit.types import Delta, GenerationRequest
+
+__all__ = ["InterleavedSession"]
+
+Generate = Callable[[Sequence[GenerationRequest]], Iterator[Delta]]
+
+
+@dataclass(eq=False)
+class _Cohort:
+    """One ``generate`` stream: the requests admitted together and their session ids."""
+
+    ids: list[int]
+    requests: list[GenerationRequest]
+    stream: Iterator[Delta] | None = None
+    ahead: Delta | None = None  # the first delta of the next step, read while finding this step's end
+    finished: set[int] = field(default_factory=set)
+    exhausted: bool = False
+
+    def live(self) -> set[int]:
+        """Rows that still need tokens: not finished and not cancelled."""
+        return {k for k, req in enumerate(self.requests) if k not in self.finished and not req.cancelled}
+
+    def close(self) -> None:
+        """Close the backend's stream now, so it frees its state (generators, KV caches)."""
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+        self.stream = None
+        self.exhausted = True
+
+
+class InterleavedSession:
+    """A :class:`~flavorkit.types.GenerationSession` made of ``generate`` streams advanced in turn."""
+
+    def __init__(self, generate: Generate) -> None:
+        self._generate = generate
+        self._cohorts: list[_Cohort] = []
+        self._next_id = 0
+
+    @property
+    def cohorts(self) -> int:
+        """How many ``generate`` streams are open (for metrics and tests)."""
+        return len(self._cohorts)
+
+    def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Admit requests as one new cohort; its ``generate`` call starts at the next :meth:`step`."""
+        ids = list(range(self._next_id, self._next_id + len(requests)))
+        self._next_id += len(requests)
+        if requests:
+            self._cohorts.append(_Cohort(ids, list(requests)))
+        return ids
+
+    def step(self) -> list[Delta]:
+        """Advance every open cohort by one decoding step; return their deltas with session ids."""
+        out: list[Delta] = []
+        for cohort in list(self._cohorts):
+            out.extend(self._advance(cohort))
+            if cohort.exhausted or not cohort.live():
+                cohort.close()
+                self._cohorts.remove(cohort)
+        return out
+
+    def close(self) -> None:
+        """Close every cohort's stream."""
+        for cohort in self._cohorts:
+            cohort.close()
+        self._cohorts.clear()
+
+    def _advance(self, cohort: _Cohort) -> list[Delta]:
+        if not cohort.live():
+            return []
+        if cohort.stream is None:
+            cohort.stream = iter(self._generate(cohort.requests))
+        out: list[Delta] = []
+        stepped: set[int] = set()  # rows that produced their token of this step
+        while True:
+            delta, cohort.ahead = cohort.ahead, None
+            if delta is None:
+                try:
+                    delta = next(cohort.stream)
+                except StopIteration:
+                    cohort.exhausted = True
+                    break
+            row = delta.index
+            if delta.tokens and row in stepped:
+                cohort.ahead = delta  # the next step has begun: keep it for the next call
+                break
+            if delta.tokens:
+                stepped.add(row)
+            if delta.finish_reason is not None:
+                cohort.finished.add(row)
+            out.append(Delta(cohort.ids[row], delta.text, delta.tokens, delta.finish_reason))
+            if cohort.live() <= stepped:
+                break
+        return out
