@@ -134,6 +134,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             api_key=args.api_key,
             max_batch=args.max_batch,
+            batching=args.batching,
+            join_wait=args.join_wait,
             max_queue=args.max_queue,
             request_timeout=args.request_timeout,
             trusted_key=args.trusted_key,
@@ -206,7 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the URI)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $FLAVORKIT_API_KEY)")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests per backend batch")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests generating at once")
+    p.add_argument(
+        "--batching",
+        choices=["continuous", "request"],
+        default="continuous",
+        help="continuous: requests join running batches between decoding steps (when the backend can); "
+        "request: each batch of queued requests runs to the end before the next starts",
+    )
+    p.add_argument(
+        "--join-wait",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="how long a request arriving mid-batch may wait for others to join with it (default 0.05)",
+    )
     p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests")

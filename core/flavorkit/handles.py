@@ -2,7 +2,8 @@
 
 Most backends end up with a handle class holding the model and tokenizer, and hooks that only
 forward to it. Inheriting :class:`HandleHooks` provides those forwarding hooks (``describe``,
-``encode``, ``generate``, ``unload``); the backend then implements ``dependencies``,
+``encode``, ``generate``, ``unload``, and ``generate_session`` for a handle with a ``session()``
+method); the backend then implements ``dependencies``,
 ``artifacts`` and ``load`` (returning a :class:`RuntimeHandle`) and whatever optional hooks it needs.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from flavorkit.hookspec import hookimpl
-from flavorkit.types import Delta, GenerationRequest, Message, RuntimeInfo
+from flavorkit.types import Delta, GenerationRequest, GenerationSession, Message, RuntimeInfo
 
 __all__ = ["HandleHooks", "RuntimeHandle"]
 
@@ -56,6 +57,12 @@ class HandleHooks:
     def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
         """The handle's decoding loop."""
         return handle.generate(requests)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """The handle's ``session()`` when it has one (continuous batching, spec version 2), else None."""
+        session = getattr(handle, "session", None)
+        return None if session is None else session()  # type: ignore[no-any-return]
 
     @hookimpl
     def unload(self, handle: Any) -> None:

@@ -5,7 +5,9 @@ several ``generate`` streams of one handle may be open at once and advanced alte
 thread (each onnxruntime-genai ``og.Generator`` owns its own state, for instance).
 :class:`InterleavedSession` turns that promise into a :class:`~flavorkit.types.GenerationSession`:
 the requests admitted together become one ``generate`` call (a *cohort*, batched by the backend
-as it sees fit), and every :meth:`~InterleavedSession.step` advances each open cohort by one
+as it sees fit; a backend that returns this session from its own ``generate_session`` hook can pass
+its batching plan as ``split``, so that each group it would decode apart is a cohort of its own
+instead of waiting for the previous group), and every :meth:`~InterleavedSession.step` advances each open cohort by one
 decoding step. A request that arrives while others decode therefore starts at the next step
 instead of waiting for the running batch to finish; cohorts do not merge, so their rows never
 share a forward pass with rows admitted at another step.
@@ -26,6 +28,8 @@ from flavorkit.types import Delta, GenerationRequest
 __all__ = ["InterleavedSession"]
 
 Generate = Callable[[Sequence[GenerationRequest]], Iterator[Delta]]
+#: A backend's batching plan: groups of request indices that one ``generate`` call should decode together.
+Split = Callable[[Sequence[GenerationRequest]], list[list[int]]]
 
 
 @dataclass(eq=False)
@@ -55,8 +59,9 @@ class _Cohort:
 class InterleavedSession:
     """A :class:`~flavorkit.types.GenerationSession` made of ``generate`` streams advanced in turn."""
 
-    def __init__(self, generate: Generate) -> None:
+    def __init__(self, generate: Generate, split: Split | None = None) -> None:
         self._generate = generate
+        self._split = split
         self._cohorts: list[_Cohort] = []
         self._next_id = 0
 
@@ -66,11 +71,15 @@ class InterleavedSession:
         return len(self._cohorts)
 
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
-        """Admit requests as one new cohort; its ``generate`` call starts at the next :meth:`step`."""
+        """Admit requests as new cohorts (one, or one per group of ``split``); they start at the next :meth:`step`."""
         ids = list(range(self._next_id, self._next_id + len(requests)))
         self._next_id += len(requests)
-        if requests:
-            self._cohorts.append(_Cohort(ids, list(requests)))
+        groups = (
+            self._split(requests) if self._split is not None and len(requests) > 1 else [list(range(len(requests)))]
+        )
+        for group in groups:
+            if group:
+                self._cohorts.append(_Cohort([ids[k] for k in group], [requests[k] for k in group]))
         return ids
 
     def step(self) -> list[Delta]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from flavorkit.batching import CostModel
 from flavorkit.errors import BackendUnavailable, ModelSourceError
+from flavorkit.interleave import InterleavedSession
 from flavorkit.types import Delta, GenerationRequest, Message
 
 __all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle"]
@@ -131,6 +132,14 @@ class OgHandle:
                 yield from self._single(group[0], requests[group[0]])
             else:
                 yield from self._batch(group, [requests[i] for i in group])
+
+    def session(self) -> InterleavedSession:
+        """Continuous batching: each group of :meth:`groups` admitted together is its own ``og.Generator``.
+
+        Generators over one ``og.Model`` are independent, so the session advances them in turn, one
+        token each per step; a request admitted between steps starts at the next one.
+        """
+        return InterleavedSession(self.generate, split=self.groups)
 
     def groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
         """Request indices decoded together: same search settings, then the cost model's plan.

@@ -27,7 +27,15 @@ from flavorkit.serve.scheduler import Scheduler
 from flavorkit.signing import TRUSTED_KEY_ENV
 from flavorkit.signing import trusted_key as trusted_key_from_env
 
-__all__ = ["DEFAULTS", "FlavorkitApp", "create_app", "default_model_name", "load_flavorkit_model", "run"]
+__all__ = [
+    "BATCHING_MODES",
+    "DEFAULTS",
+    "FlavorkitApp",
+    "create_app",
+    "default_model_name",
+    "load_flavorkit_model",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "max_body_bytes": 4 * 1024 * 1024,
     "drain_timeout": 30.0,
     "batch_wait": 0.02,
+    "join_wait": 0.05,
+    "batching": "continuous",
 }
+
+#: ``batching`` values: join running batches between steps, or one ``generate`` call per batch of requests.
+BATCHING_MODES = ("continuous", "request")
 
 _PROTECTED = ("/v1/", "/invocations")
 
@@ -178,6 +191,8 @@ def create_app(
     drain_timeout: float = DEFAULTS["drain_timeout"],
     batch_wait: float = DEFAULTS["batch_wait"],
     trusted_key: str | os.PathLike[str] | None = None,
+    batching: str = DEFAULTS["batching"],
+    join_wait: float = DEFAULTS["join_wait"],
 ) -> FlavorkitApp:
     """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
 
@@ -186,6 +201,11 @@ def create_app(
     drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
     the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
     the clients of the previous batch to come back before it starts a smaller batch.
+    ``batching="continuous"`` (the default) lets requests join a running batch between decoding
+    steps when the backend supports it (its own ``generate_session``, or ``concurrent_streams``);
+    a request that arrives while others decode waits at most ``join_wait`` seconds for companions
+    to start with (less when rows have freed up). ``"request"`` runs each batch of queued requests
+    to completion before the next one starts.
     ``trusted_key`` (default ``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model's signature
     and manifest are checked with the installed flavorkit before any of its code runs (a model URI
     is downloaded first and the checked download is loaded; a local folder is checked and loaded
@@ -198,6 +218,10 @@ def create_app(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if request_timeout <= 0:
         raise ValueError(f"request_timeout must be positive, got {request_timeout}")
+    if batching not in BATCHING_MODES:
+        raise ValueError(f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}")
+    if join_wait < 0:
+        raise ValueError(f"join_wait must be at least 0, got {join_wait}")
     verified = contextlib.ExitStack()
     key = trusted_key if trusted_key is not None else trusted_key_from_env()
     try:
@@ -212,7 +236,15 @@ def create_app(
         verified.close()
         raise
     metrics = Metrics()
-    scheduler = Scheduler(loaded, metrics, max_batch=max_batch, max_queue=max_queue, batch_wait=batch_wait)
+    scheduler = Scheduler(
+        loaded,
+        metrics,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        batch_wait=batch_wait,
+        join_wait=join_wait,
+        continuous=batching == "continuous",
+    )
     state = routes.ServerState(
         pyfunc=pyfunc,
         model=loaded,

@@ -150,6 +150,7 @@ class Scheduler:
         max_queue: int = 64,
         batch_wait: float = 0.02,
         join_wait: float = 0.05,
+        continuous: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -161,7 +162,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.batch_wait = batch_wait
         self.join_wait = join_wait
-        self._continuous: bool | None = None  # decided on the worker when the first request runs
+        # None: decided on the worker when the first request runs (does the backend have a session?)
+        self._continuous: bool | None = None if continuous else False
         self._freed = 0  # requests finished since the last admission
         self._last_batch = 1
         self._queue: collections.deque[Ticket] = collections.deque()

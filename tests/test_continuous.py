@@ -1,0 +1,331 @@
+"""Continuous batching in the core: InterleavedSession, ContinuousBatch and the serve scheduler's joins.
+
+The backends are real: onnx-cpu on the tiny fixture model, and a pure-Python echo backend (one
+character per token) whose steps are exactly predictable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit.continuous import ContinuousBatch
+from flavorkit.errors import BackendError
+from flavorkit.interleave import InterleavedSession
+from flavorkit.registry import Backend
+from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
+from helpers import chat, load_engine
+
+pytest.importorskip("prometheus_client")
+
+from flavorkit.serve.metrics import Metrics
+from flavorkit.serve.scheduler import Event, Scheduler
+
+
+class EchoBackend:
+    """Echoes the last user message one character per token, then EOS; streams are independent."""
+
+    def __init__(self, capabilities: tuple[Capability, ...], step_seconds: float = 0.0) -> None:
+        self.caps = capabilities
+        self.step_seconds = step_seconds  # a decoding step's cost, so that a server has time to react
+        self.calls: list[int] = []  # batch size of every generate() call
+
+    @hookimpl
+    def dependencies(self) -> list[str]:
+        return []
+
+    @hookimpl
+    def capabilities(self) -> tuple[Capability, ...]:
+        return self.caps
+
+    @hookimpl
+    def artifacts(self, source: Any, options: Any, workdir: str) -> Artifacts:
+        return Artifacts(files={"echo": workdir})
+
+    @hookimpl
+    def load(self, artifacts: Any, options: Any) -> dict[str, str]:
+        return {"echo": "loaded"}
+
+    @hookimpl
+    def describe(self, handle: Any) -> RuntimeInfo:
+        return RuntimeInfo(context_length=512, model_name="echo")
+
+    @hookimpl
+    def encode(self, handle: Any, messages: Any) -> list[int]:
+        return [ord(c) for c in messages[-1]["content"]]
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Any) -> Any:
+        self.calls.append(len(requests))
+        texts = ["".join(chr(i) for i in r.prompt_ids) for r in requests]
+        produced = [0] * len(requests)
+        live = set(range(len(requests)))
+        while live:
+            time.sleep(self.step_seconds)
+            for i in sorted(live):
+                if requests[i].cancelled:
+                    live.discard(i)
+                    continue
+                produced[i] += 1
+                if produced[i] > len(texts[i]):
+                    live.discard(i)
+                    yield Delta(i, "", 1, "stop")
+                elif produced[i] >= requests[i].max_tokens:
+                    live.discard(i)
+                    yield Delta(i, texts[i][produced[i] - 1], 1, "length")
+                else:
+                    yield Delta(i, texts[i][produced[i] - 1], 1)
+
+
+def _echo(concurrent: bool = True, step_seconds: float = 0.0) -> tuple[LoadedModel, EchoBackend]:
+    caps = (Capability.STREAMING, Capability.BATCHING) + ((Capability.CONCURRENT_STREAMS,) if concurrent else ())
+    plugin = EchoBackend(caps, step_seconds)
+    backend = Backend("echo", plugin, object_path="tests.test_continuous:EchoBackend")
+    return LoadedModel(backend, backend.load({}, {}), defaults={"temperature": 0.0}), plugin
+
+
+def _drain(batch: ContinuousBatch, limit: int = 10_000) -> list[list[BatchEvent]]:
+    steps = []
+    while batch.live:
+        steps.append(batch.step())
+        assert len(steps) < limit
+    return steps
+
+
+@pytest.fixture(scope="module")
+def onnx(tiny_ort: Path) -> LoadedModel:
+    return load_engine("onnx-cpu", tiny_ort)
+
+
+# -- InterleavedSession -----------------------------------------------------------------------------
+
+
+def test_each_step_advances_every_cohort_by_one_token() -> None:
+    model, plugin = _echo()
+    session = InterleavedSession(lambda reqs: model.backend.generate(model.handle, reqs))
+    first = session.add([GenerationRequest([ord(c) for c in "abc"], 10), GenerationRequest([ord("x")] * 5, 10)])
+    assert first == [0, 1]
+    assert session.step() == [Delta(0, "a", 1), Delta(1, "x", 1)]
+    late = session.add([GenerationRequest([ord(c) for c in "hi"], 10)])
+    assert late == [2]
+    # the late request starts at the very next step, beside the running cohort
+    assert session.step() == [Delta(0, "b", 1), Delta(1, "x", 1), Delta(2, "h", 1)]
+    assert session.cohorts == 2 and plugin.calls == [2, 1]
+    assert session.step() == [Delta(0, "c", 1), Delta(1, "x", 1), Delta(2, "i", 1)]
+    assert session.step() == [Delta(0, "", 1, "stop"), Delta(1, "x", 1), Delta(2, "", 1, "stop")]
+    assert session.cohorts == 1, "a cohort whose rows all finished is closed"
+    assert session.step() == [Delta(1, "x", 1)]
+    assert session.step() == [Delta(1, "", 1, "stop")]
+    assert session.step() == [] and session.cohorts == 0
+
+
+def test_a_cancelled_cohort_is_closed_without_another_step() -> None:
+    model, _plugin = _echo()
+    session = InterleavedSession(lambda reqs: model.backend.generate(model.handle, reqs))
+    reqs = [GenerationRequest([ord("a")] * 9, 20), GenerationRequest([ord("b")] * 9, 20)]
+    session.add(reqs)
+    session.add([GenerationRequest([ord("c")] * 3, 20)])
+    session.step()
+    reqs[0].cancelled = reqs[1].cancelled = True
+    assert session.step() == [Delta(2, "c", 1)]
+    assert session.cohorts == 1
+
+
+# -- ContinuousBatch on onnx-cpu --------------------------------------------------------------------
+
+#: Requests with different settings; the first three start together, the other two join later.
+REQUESTS: list[dict[str, Any]] = [
+    chat("Hi", max_tokens=12),
+    chat("Summarise: packaging a model.", max_tokens=5, n=2),
+    chat("Unicode: café, Zürich", max_tokens=20, stop=["e"]),
+    chat("7", max_tokens=30, temperature=0.8, seed=3),
+    chat("Tell me about batching.", max_tokens=1),
+]
+
+
+def _check_events(prepared: list[PreparedRequest], keys: list[int], events: list[BatchEvent]) -> None:
+    for key, p in zip(keys, prepared, strict=True):
+        for j in range(p.n):
+            mine = [e for e in events if e.request == key and e.choice == j]
+            assert "".join(e.text for e in mine) == p.texts()[j]
+            assert [e.finish_reason for e in mine if e.finish_reason] == [p.finish_reasons()[j]]
+        assert sum(e.tokens for e in events if e.request == key) == p.usage()["completion_tokens"]
+
+
+def test_requests_joining_mid_flight_get_exactly_their_own_answers(onnx: LoadedModel) -> None:
+    alone = [onnx.predict(r)[0] for r in REQUESTS]
+    batch = onnx.open_session()
+    assert isinstance(batch, ContinuousBatch)
+    assert isinstance(batch.session, InterleavedSession), "onnx-cpu's session interleaves og.Generators"
+    prepared = [onnx.prepare_request(r) for r in REQUESTS]
+    keys = batch.add(prepared[:3])
+    events = batch.step() + batch.step()
+    keys += batch.add(prepared[3:])
+    assert batch.live == sum(not p.finished for p in prepared)
+    late = batch.step()
+    # both late requests start at the next step, each in its own generator (different settings)
+    assert {e.request for e in late if e.tokens} >= {keys[3], keys[4]}
+    events += late
+    for step in _drain(batch):
+        events += step
+    batch.close()
+    for p, want in zip(prepared, alone, strict=True):
+        assert p.texts() == [c["message"]["content"] for c in want["choices"]]
+        assert p.finish_reasons() == [c["finish_reason"] for c in want["choices"]]
+        assert p.usage() == want["usage"]
+    _check_events(prepared, keys, events)
+
+
+def test_a_request_cancelled_in_a_session_stops_at_once_and_the_others_go_on(onnx: LoadedModel) -> None:
+    batch = onnx.open_session()
+    assert batch is not None
+    prepared = [onnx.prepare_request(chat("Hi", max_tokens=60)), onnx.prepare_request(chat("Hello", max_tokens=60))]
+    keys = batch.add(prepared)
+    batch.step()
+    batch.step()
+    prepared[0].cancel()
+    after = [e for step in _drain(batch) for e in step]
+    batch.close()
+    assert [e for e in after if e.request == keys[0]] == []
+    assert prepared[0].finish_reasons() == ["cancelled"]
+    assert prepared[0].usage()["completion_tokens"] == 2
+    want = onnx.predict(chat("Hello", max_tokens=60))[0]
+    assert prepared[1].texts() == [want["choices"][0]["message"]["content"]]
+
+
+def test_a_request_cancelled_before_it_joins_never_reaches_the_backend() -> None:
+    model, plugin = _echo()
+    batch = model.open_session()
+    assert batch is not None
+    p = model.prepare_request(chat("abc", max_tokens=5))
+    p.cancel()
+    assert batch.add([p]) == [0]
+    assert batch.live == 0 and batch.step() == [] and plugin.calls == []
+    assert p.finish_reasons() == ["cancelled"]
+
+
+def test_closing_a_session_cancels_what_is_left_and_closes_the_streams() -> None:
+    model, _plugin = _echo()
+    batch = model.open_session()
+    assert batch is not None
+    p = model.prepare_request(chat("abcdef", max_tokens=5))
+    batch.add([p])
+    batch.step()
+    batch.close()
+    assert p.cancelled and p.finish_reasons() == ["cancelled"] and p.texts() == ["a"]
+    assert isinstance(batch.session, InterleavedSession) and batch.session.cohorts == 0
+
+
+def test_a_backend_without_sessions_or_concurrent_streams_has_no_session() -> None:
+    model, _plugin = _echo(concurrent=False)
+    assert model.open_session() is None
+
+
+# -- sessions that break the contract ---------------------------------------------------------------
+
+
+class _Reusing(InterleavedSession):
+    """Hands out the same ids again."""
+
+    def add(self, requests: Any) -> list[int]:
+        super().add(requests)
+        return list(range(len(requests)))
+
+
+class _Stray(InterleavedSession):
+    """Reports every delta under an id it never issued."""
+
+    def step(self) -> list[Delta]:
+        return [Delta(d.index + 1000, d.text, d.tokens, d.finish_reason) for d in super().step()]
+
+
+class _Quitter(InterleavedSession):
+    """Stops producing after the first step."""
+
+    def step(self) -> list[Delta]:
+        out = super().step()
+        self.close()
+        return out
+
+
+def test_sessions_that_break_the_contract_are_backend_errors() -> None:
+    model, _plugin = _echo()
+    gen = lambda reqs: model.backend.generate(model.handle, reqs)  # noqa: E731
+
+    reusing = ContinuousBatch(model, _Reusing(gen))
+    reusing.add([model.prepare_request(chat("ab"))])
+    with pytest.raises(BackendError, match=r"add\(\) must return one new, unique id per request; got \[0\]"):
+        reusing.add([model.prepare_request(chat("cd"))])
+
+    stray = ContinuousBatch(model, _Stray(gen))
+    stray.add([model.prepare_request(chat("ab"))])
+    with pytest.raises(BackendError, match="unknown session id 1000"):
+        stray.step()
+
+    quitter = ContinuousBatch(model, _Quitter(gen))
+    quitter.add([model.prepare_request(chat("abc", n=2))])
+    quitter.step()
+    with pytest.raises(BackendError, match="stopped without finishing 2 request"):
+        quitter.step()
+
+
+# -- the scheduler ----------------------------------------------------------------------------------
+
+
+async def _events(ticket: Any) -> list[Event]:
+    out = []
+    while True:
+        event = await asyncio.wait_for(ticket.events.get(), 30)
+        out.append(event)
+        if event.kind in ("done", "error", "result"):
+            return out
+
+
+def _order(join_wait: float) -> list[str]:
+    """Which ticket's deltas came in which order: a long request, and a short one sent mid-way."""
+    model, _plugin = _echo(step_seconds=0.005)
+    scheduler = Scheduler(model, Metrics(), max_batch=8, max_queue=8, join_wait=join_wait)
+    order: list[str] = []
+
+    async def main() -> None:
+        long = scheduler.submit(chat("L" * 200, max_tokens=200), stream=True)
+        seen = 0
+        while seen < 3:
+            event = await asyncio.wait_for(long.events.get(), 30)
+            seen += event.kind == "delta"
+        short = scheduler.submit(chat("s" * 3, max_tokens=10), stream=True)
+
+        async def follow(name: str, ticket: Any) -> None:
+            while True:
+                event = await asyncio.wait_for(ticket.events.get(), 30)
+                if event.kind == "delta":
+                    order.append(name)
+                if event.kind in ("done", "error"):
+                    order.append(name + ":" + event.kind)
+                    return
+
+        await asyncio.gather(follow("L", long), follow("s", short))
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.shutdown(5)
+    return order
+
+
+def test_a_late_request_joins_the_running_batch_within_a_few_steps() -> None:
+    order = _order(join_wait=0.0)
+    first = order.index("s")
+    assert order.index("s:done") < order.index("L:done"), "the short request does not wait for the long one"
+    assert order[:first].count("L") <= 3, order[:first]
+    assert order[first:].count("s") == 4  # "s", "s", "s" and the end-of-sequence step
+
+
+def test_without_freed_rows_a_newcomer_waits_up_to_join_wait() -> None:
+    order = _order(join_wait=60.0)  # longer than the long request takes
+    assert order.index("s") > order.index("L:done")
