@@ -83,7 +83,7 @@ class EchoBackend:
 
 
 def _echo(concurrent: bool = True, step_seconds: float = 0.0) -> tuple[LoadedModel, EchoBackend]:
-    caps = (Capability.STREAMING, Capability.BATCHING) + ((Capability.CONCURRENT_STREAMS,) if concurrent else ())
+    caps = (Capability.STREAMING, Capability.BATCHING) + ((Capability.CONTINUOUS_BATCHING,) if concurrent else ())
     plugin = EchoBackend(caps, step_seconds)
     backend = Backend("echo", plugin, object_path="tests.test_continuous:EchoBackend")
     return LoadedModel(backend, backend.load({}, {}), defaults={"temperature": 0.0}), plugin
@@ -221,7 +221,7 @@ def test_closing_a_session_cancels_what_is_left_and_closes_the_streams() -> None
     assert isinstance(batch.session, InterleavedSession) and batch.session.cohorts == 0
 
 
-def test_a_backend_without_sessions_or_concurrent_streams_has_no_session() -> None:
+def test_a_backend_without_continuous_batching_has_no_session() -> None:
     model, _plugin = _echo(concurrent=False)
     assert model.open_session() is None
 

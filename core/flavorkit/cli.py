@@ -219,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--join-wait",
         type=float,
-        default=0.05,
+        default=0.1,
         metavar="SECONDS",
-        help="how long a request arriving mid-batch may wait for others to join with it (default 0.05)",
+        help="how long a request arriving mid-batch may wait for others to join with it (default 0.1)",
     )
     p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")

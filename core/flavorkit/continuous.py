@@ -2,7 +2,8 @@
 
 :class:`ContinuousBatch` is what ``flavorkit serve`` drives when the backend can take requests
 while it decodes: either through its own ``generate_session`` hook (spec version 2) or, for a
-backend that declares ``concurrent_streams``, through :class:`~flavorkit.interleave.InterleavedSession`.
+backend that declares ``continuous_batching`` without that hook, through
+:class:`~flavorkit.interleave.InterleavedSession`.
 It applies exactly the contract of :meth:`LoadedModel.run_batch <flavorkit.runtime.LoadedModel.run_batch>`
 (``n`` choices, the ``max_tokens`` cap, stop strings, finish reasons, usage) to each request, only
 one decoding step at a time, so the caller can admit new requests between steps.

@@ -157,7 +157,9 @@ class WrapperBackend:
         Optional; used by ``flavorkit serve`` so that a request arriving while others decode starts
         within a step or two instead of waiting for them to finish. Return None (the default) to be
         served with request-level batching through :meth:`generate`, or interleaved streams when
-        the backend declares ``concurrent_streams``. ``predict`` keeps using :meth:`generate`.
+        the backend declares ``continuous_batching`` (the core then interleaves ``generate`` streams).
+        A backend that implements this hook should declare ``continuous_batching`` too: the
+        conformance kit checks the sessions of the backends that declare it. ``predict`` keeps using :meth:`generate`.
 
         .. versionadded:: 2
         """

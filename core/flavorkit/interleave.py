@@ -1,8 +1,9 @@
 """Continuous batching for any backend whose ``generate`` streams can run side by side.
 
-A backend that declares :attr:`~flavorkit.types.Capability.CONCURRENT_STREAMS` promises that
-several ``generate`` streams of one handle may be open at once and advanced alternately from one
-thread (each onnxruntime-genai ``og.Generator`` owns its own state, for instance).
+A backend that declares :attr:`~flavorkit.types.Capability.CONTINUOUS_BATCHING` without a
+``generate_session`` hook promises that several ``generate`` streams of one handle may be open at
+once and advanced alternately from one thread (each onnxruntime-genai ``og.Generator`` owns its
+own state, for instance).
 :class:`InterleavedSession` turns that promise into a :class:`~flavorkit.types.GenerationSession`:
 the requests admitted together become one ``generate`` call (a *cohort*, batched by the backend
 as it sees fit; a backend that returns this session from its own ``generate_session`` hook can pass

@@ -253,14 +253,14 @@ class LoadedModel:
         """A :class:`~flavorkit.continuous.ContinuousBatch` that requests can join while it decodes.
 
         It uses the backend's own ``generate_session`` (spec version 2) when it has one, else
-        interleaved ``generate`` streams when it declares ``concurrent_streams``; None when neither,
+        interleaved ``generate`` streams when it declares ``continuous_batching``; None when neither,
         and the caller falls back to :meth:`run_batch`.
         """
         from flavorkit.continuous import ContinuousBatch
         from flavorkit.interleave import InterleavedSession
 
         session = self.backend.generate_session(self.handle)
-        if session is None and Capability.CONCURRENT_STREAMS in self.capabilities:
+        if session is None and Capability.CONTINUOUS_BATCHING in self.capabilities:
             session = InterleavedSession(lambda requests: self.backend.generate(self.handle, requests))
         return None if session is None else ContinuousBatch(self, session)
 

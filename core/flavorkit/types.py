@@ -41,12 +41,13 @@ class Capability(str, enum.Enum):
     SEEDED_SAMPLING = "seeded_sampling"
     #: The backend runs on a GPU (CUDA, DirectML, ...); its conformance run needs one.
     GPU = "gpu"
-    #: Several ``generate`` streams of one handle may be open at once and advanced alternately from
-    #: one thread; the core then lets new requests start while others decode (continuous batching
-    #: by interleaving). A backend with its own ``generate_session`` does not need it.
+    #: Requests may join while others decode (``flavorkit serve``). A backend with a
+    #: ``generate_session`` hook does it itself; without one, the core opens a ``generate`` stream per
+    #: group of joining requests and advances the streams alternately from one thread, so each
+    #: stream must own its decoding state (its own generator, KV cache and sampler).
     #:
     #: .. versionadded:: 2
-    CONCURRENT_STREAMS = "concurrent_streams"
+    CONTINUOUS_BATCHING = "continuous_batching"
 
 
 @dataclass(slots=True)

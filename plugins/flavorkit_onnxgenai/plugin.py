@@ -74,17 +74,17 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming, native batching, (seeded) sampling and concurrent streams; GPU for CUDA and DirectML.
+        """Streaming, native batching, (seeded) sampling and continuous batching; GPU for CUDA and DirectML.
 
-        Each ``generate`` stream owns its ``og.Generator`` (its own KV cache and search state) over the
-        shared ``og.Model``, so streams can be advanced alternately: the core's continuous batching.
+        Continuous batching comes from the handle's ``session()`` (``og.Generator`` batches over the
+        shared ``og.Model`` advanced alternately; see ``OgHandle.session``).
         """
         caps = [
             Capability.STREAMING,
             Capability.BATCHING,
             Capability.SAMPLING,
             Capability.SEEDED_SAMPLING,
-            Capability.CONCURRENT_STREAMS,
+            Capability.CONTINUOUS_BATCHING,
         ]
         if self.provider != "cpu":
             caps.append(Capability.GPU)

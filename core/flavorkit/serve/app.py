@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "max_body_bytes": 4 * 1024 * 1024,
     "drain_timeout": 30.0,
     "batch_wait": 0.02,
-    "join_wait": 0.05,
+    "join_wait": 0.1,
     "batching": "continuous",
 }
 
@@ -202,7 +202,7 @@ def create_app(
     the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
     the clients of the previous batch to come back before it starts a smaller batch.
     ``batching="continuous"`` (the default) lets requests join a running batch between decoding
-    steps when the backend supports it (its own ``generate_session``, or ``concurrent_streams``);
+    steps when the backend supports it (it declares ``continuous_batching``);
     a request that arrives while others decode waits at most ``join_wait`` seconds for companions
     to start with (less when rows have freed up). ``"request"`` runs each batch of queued requests
     to completion before the next one starts.

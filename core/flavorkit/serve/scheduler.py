@@ -149,7 +149,7 @@ class Scheduler:
         max_batch: int = 8,
         max_queue: int = 64,
         batch_wait: float = 0.02,
-        join_wait: float = 0.05,
+        join_wait: float = 0.1,
         continuous: bool = True,
     ) -> None:
         if max_batch < 1:

@@ -69,6 +69,11 @@ _ALL = (
         Capability.SAMPLING,
     ),
     Clause("seeded_sampling", "sampling with the same seed repeats exactly", Capability.SEEDED_SAMPLING),
+    Clause(
+        "continuous_batching",
+        "a request joining a running session starts within two steps and gets its own answer; cancelled ones stop",
+        Capability.CONTINUOUS_BATCHING,
+    ),
     Clause("gpu", "a GPU is visible to the backend that declares it needs one", Capability.GPU),
 )
 

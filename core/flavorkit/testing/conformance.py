@@ -792,6 +792,51 @@ class BackendConformance:
         first, second = content(conformance.predict(request)), content(conformance.predict(request))
         check(first == second, f"predict with seed=99 gave {first!r} then {second!r}")
 
+    @clause("continuous_batching")
+    def test_continuous_batching(self, conformance: Harness) -> None:
+        """Requests join a running session between steps, get their single-request answers, and cancel."""
+        model = conformance.model()
+        batch = model.open_session()
+        check(batch is not None, "the backend declares 'continuous_batching' but the core could open no session")
+        assert batch is not None
+        probe = conformance.probe()
+        requests = [conformance.chat(m, max_tokens=PROBE_TOKENS) for m in (probe.messages, probe.other)]
+        alone = [content(model.predict(r)[0]) for r in requests]  # the same core contract, one at a time
+        first, late, dropped = (model.prepare_request(r) for r in (*requests, requests[0]))
+        try:
+            keys = batch.add([first])
+            batch.step()
+            keys += batch.add([late, dropped])
+            steps = 0
+            started = False
+            after_cancel = 0
+            while batch.live and steps < 10 * PROBE_TOKENS:
+                events = batch.step()
+                steps += 1
+                if not started and any(e.request == keys[1] and (e.tokens or e.text) for e in events):
+                    started = True
+                    check(steps <= 2, f"a request added to a running session produced no token for {steps} steps")
+                after_cancel += sum(1 for e in events if e.request == keys[2] and dropped.cancelled)
+                if not dropped.cancelled and any(e.request == keys[2] and (e.tokens or e.text) for e in events):
+                    dropped.cancel()
+        finally:
+            batch.close()
+        check(started, "a request added to a running session never produced a token")
+        check(
+            first.texts()[0] == alone[0],
+            f"the first request of a session gives {first.texts()[0]!r}, alone {alone[0]!r}",
+        )
+        check(
+            late.texts()[0] == alone[1],
+            f"a request that joined a running session gives {late.texts()[0]!r}, alone {alone[1]!r}",
+        )
+        check(
+            after_cancel == 0 and dropped.finish_reasons() == ["cancelled"],
+            f"a request cancelled after its first event got {after_cancel} more event(s) and finish reasons "
+            f"{dropped.finish_reasons()}; it must stop at the next step (the core finds the steps of a "
+            "generate() stream by Delta.tokens: one token per delta)",
+        )
+
     @clause("gpu")
     def test_gpu(self, conformance: Harness) -> None:
         """A backend that declares 'gpu' is checked on a machine with a visible GPU."""
