@@ -121,11 +121,10 @@ def _parse(
         if extra:
             message = f"unsupported field {extra[0]!r} in stream_options; supported: include_usage"
             raise _bad(f"stream_options.{extra[0]}", message, "unknown_field")
-        include_usage = options.get("include_usage")
-        if include_usage is None:  # null is "not given"
-            include_usage = False
-        if not isinstance(include_usage, bool):
-            raise _bad("stream_options.include_usage", f"must be true or false, got {include_usage!r}")
+        wanted = options.get("include_usage")
+        if wanted is not None and not isinstance(wanted, bool):  # null is "not given"
+            raise _bad("stream_options.include_usage", f"must be true or false, got {wanted!r}")
+        include_usage = bool(wanted)
     raw: dict[str, Any] = {k: body[k] for k in (prompt_field, *_SETTINGS) if k in body}
     if "max_completion_tokens" in body:
         mct = body["max_completion_tokens"]
