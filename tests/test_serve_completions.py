@@ -30,20 +30,33 @@ TOO_LONG = "word " * 100  # about 300 tokens: the tiny model's context is 256
 
 
 @pytest.fixture(scope="module")
-def text_app(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Any:
+def text_model(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Path:
     import flavorkit
 
     path = tmp_path_factory.mktemp("serve-completions") / TEXT
     flavorkit.package(
         model=str(tiny_ort), backend="onnx-cpu", path=path, task="text-generation", generation={"temperature": 0.0}
     )
-    return create_app(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_app(text_model: Path) -> Any:
+    return create_app(str(text_model))
 
 
 @pytest.fixture(scope="module")
 def text_url(text_app: Any) -> Iterator[str]:
     with running(text_app) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def small(text_model: Path) -> Iterator[tuple[Any, str]]:
+    """The same model behind a server with batches of 2 and a queue of 3."""
+    app = create_app(str(text_model), max_batch=2, max_queue=3)
+    with running(app) as url:
+        yield app, url
 
 
 @pytest.fixture()
@@ -196,6 +209,45 @@ def test_one_prompt_too_long_fails_the_whole_request_and_cancels_the_rest(client
     )
     assert cancelled >= 3, "the admitted prompts of the failed requests were cancelled"
     assert client.completions.create(model=TEXT, prompt=PROMPTS, max_tokens=2).usage.completion_tokens <= 8
+
+
+def test_prompts_spread_over_several_batches(small: tuple[Any, str], client: Any) -> None:
+    _, url = small
+    batches_of_2 = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    alone = [a.choices[0].text for a in _alone(client, PROMPTS[:3], max_tokens=10)]
+    assert [c.text for c in batches_of_2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10).choices] == alone
+    parts = ["", "", ""]
+    for c in batches_of_2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10, stream=True):
+        parts[c.choices[0].index] += c.choices[0].text
+    assert parts == alone
+    # the third prompt runs in the second batch: the stream still fails whole, before its first byte
+    with pytest.raises(openai.BadRequestError) as err:
+        batches_of_2.completions.create(model=TEXT, prompt=[PROMPTS[0], PROMPTS[1], TOO_LONG], max_tokens=50, stream=True)
+    assert err.value.param == "prompt[2]"
+
+
+def test_a_list_that_does_not_fit_the_queue_leaves_nothing_queued(small: tuple[Any, str]) -> None:
+    app, url = small
+    depth = app.server.metrics.queue_depth._value
+    gate = hold_worker(app.server.scheduler)
+
+    async def main() -> Any:
+        aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        waiting = asyncio.ensure_future(aclient.completions.create(model=TEXT, prompt=PROMPTS[0], max_tokens=3))
+        while depth.get() < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(openai.RateLimitError) as err:  # 2 of the 3 prompts fit, so none is queued
+            await aclient.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=3)
+        assert err.value.code == "queue_full" and err.value.response.headers["retry-after"] == "1"
+        assert depth.get() == 1
+        gate.set()
+        return await waiting
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        gate.set()
+    assert waited.usage.completion_tokens <= 3
 
 
 @pytest.mark.parametrize(
