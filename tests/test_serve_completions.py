@@ -213,16 +213,16 @@ def test_one_prompt_too_long_fails_the_whole_request_and_cancels_the_rest(client
 
 def test_prompts_spread_over_several_batches(small: tuple[Any, str], client: Any) -> None:
     _, url = small
-    batches_of_2 = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    by2 = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     alone = [a.choices[0].text for a in _alone(client, PROMPTS[:3], max_tokens=10)]
-    assert [c.text for c in batches_of_2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10).choices] == alone
+    assert [c.text for c in by2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10).choices] == alone
     parts = ["", "", ""]
-    for c in batches_of_2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10, stream=True):
+    for c in by2.completions.create(model=TEXT, prompt=PROMPTS[:3], max_tokens=10, stream=True):
         parts[c.choices[0].index] += c.choices[0].text
     assert parts == alone
     # the third prompt runs in the second batch: the stream still fails whole, before its first byte
     with pytest.raises(openai.BadRequestError) as err:
-        batches_of_2.completions.create(model=TEXT, prompt=[PROMPTS[0], PROMPTS[1], TOO_LONG], max_tokens=50, stream=True)
+        by2.completions.create(model=TEXT, prompt=[PROMPTS[0], PROMPTS[1], TOO_LONG], max_tokens=50, stream=True)
     assert err.value.param == "prompt[2]"
 
 
