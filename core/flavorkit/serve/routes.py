@@ -132,7 +132,7 @@ class _Watch:
         while True:
             event = await ticket.events.get()
             self._events.put_nowait((i, event))
-            if event.kind != "start" and event.kind != "delta":
+            if event.kind in ("done", "error", "result"):  # a ticket's last event
                 return
 
     def _cancel(self, reason: str) -> None:
@@ -274,6 +274,8 @@ async def _generate(
                     finished += 1
                     if finished == len(tickets):
                         break
+                    continue
+                if event.kind != "delta":
                     continue
                 ev: BatchEvent = event.payload
                 if ev.finish_reason == "cancelled":
