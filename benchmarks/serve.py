@@ -3,8 +3,16 @@
 Both servers run at once on loopback, each in its own process, serving SmolLM2-135M-Instruct
 packaged with onnx-cpu (ORT-genai int4). Each round sends the same workload to each server, in a
 random order: ``C`` concurrent clients, each sending its share of the requests one after another
-(greedy, ``max_tokens`` fixed, different prompts). Throughput is completion tokens (from the
-answers' usage) per second of wall time; the figure is the median of per-round ratios.
+(greedy, ``max_tokens`` fixed, different prompts; at least one request per client). Throughput is
+completion tokens (from the answers' usage) per second of wall time; the figure is the median of
+per-round ratios. flavorkit's requests are streamed (usage from the ``include_usage`` chunk), so
+each also gives a time to first token; ``mlflow models serve`` cannot stream, so its column is the
+time to the whole answer.
+
+Then, on flavorkit alone: the time to first token of a request that arrives while 4 long streams
+run, against idle; and the decoding speed (tokens per second after the first token) of a request
+sent just after 3 streaming clients disconnected mid-answer, against the same request on an idle
+server, with the disconnects ``/metrics`` counted.
 
     python -m benchmarks.serve --write docs/benchmarks.md
 """
@@ -12,6 +20,7 @@ answers' usage) per second of wall time; the figure is the median of per-round r
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -26,8 +35,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,6 +49,7 @@ BIN = Path(sys.executable).parent
 FK_CMD = [sys.executable, "-m", "flavorkit.cli", "serve"]
 ML_CMD = [str(BIN / "mlflow"), "models", "serve", "-m"]
 START, END = "<!-- serve-bench:start -->", "<!-- serve-bench:end -->"
+NAME = "smollm2-chat"
 
 
 def _free_port() -> int:
@@ -90,36 +102,74 @@ def _package(workdir: Path) -> Path:
     return path
 
 
-def _workload(send: Callable[[list[dict[str, str]]], int], clients: int, requests: int) -> float:
-    """Completion tokens per second for ``requests`` requests spread over ``clients`` threads."""
+@dataclass
+class Sent:
+    """One request's outcome: completion tokens, seconds to the first token (or the whole answer), in all."""
+
+    tokens: int
+    first: float
+    total: float
+
+
+def _workload(send: Callable[[list[dict[str, str]]], Sent], clients: int, requests: int) -> tuple[float, list[Sent]]:
+    """Completion tokens per second for ``requests`` requests spread over ``clients`` threads, and each outcome."""
     prompts = [BATCH[i % len(BATCH)] for i in range(requests)]
     shares = [prompts[i::clients] for i in range(clients)]
 
-    def client(share: list[list[dict[str, str]]]) -> int:
-        return sum(send(p) for p in share)
+    def client(share: list[list[dict[str, str]]]) -> list[Sent]:
+        return [send(p) for p in share]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        tokens = sum(pool.map(client, shares))
-    return tokens / (time.perf_counter() - start)
+        sent = [one for share in pool.map(client, shares) for one in share]
+    return sum(s.tokens for s in sent) / (time.perf_counter() - start), sent
+
+
+def _stream(base: str, messages: list[dict[str, str]], max_tokens: int, close_after: int | None = None) -> Sent:
+    """Send a streamed chat request; time its first content chunk and its end.
+
+    With ``close_after``, the connection is closed after that many content chunks (a client that
+    goes away mid-answer); ``tokens`` is then the number of chunks read.
+    """
+    url = urlparse(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=600)
+    body = {
+        "model": NAME,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first: float | None = None
+    chunks = tokens = 0
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+        for line in resp:
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[len(b"data: ") :])
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter() - start
+                if close_after is not None and chunks >= close_after:
+                    return Sent(chunks, first, time.perf_counter() - start)
+    finally:
+        conn.close()  # closes the socket: the server sees the client go away
+    if first is None:
+        raise RuntimeError("no content chunk")
+    return Sent(tokens, first, time.perf_counter() - start)
 
 
 def _ttft(base: str, max_tokens: int) -> float:
     """Seconds from sending a streamed request to its first content chunk (the rest is read, too)."""
-    body = {"model": "smollm2-chat", "messages": BATCH[1], "max_tokens": max_tokens, "stream": True}
-    req = urllib.request.Request(
-        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    start = time.perf_counter()
-    first = None
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        for line in resp:
-            if first is None and line.startswith(b"data: {"):
-                delta = json.loads(line[len(b"data: ") :])["choices"][0]["delta"]
-                if delta.get("content"):
-                    first = time.perf_counter() - start
-    assert first is not None, "no content chunk"
-    return first
+    return _stream(base, BATCH[1], max_tokens).first
 
 
 def _late_arrival(base: str, rounds: int, long_tokens: int) -> tuple[list[float], list[float]]:
@@ -136,13 +186,79 @@ def _late_arrival(base: str, rounds: int, long_tokens: int) -> tuple[list[float]
     return idle, late
 
 
+def _metrics(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as resp:
+        return str(resp.read().decode())
+
+
+def _metric(text: str, line_start: str) -> float:
+    """The value of the first Prometheus sample line starting with ``line_start`` (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+DISCONNECTS = 'flavorkit_cancelled_requests_total{reason="disconnect"}'
+
+
+def _wait_idle(base: str, timeout: float = 120.0) -> None:
+    """Wait until flavorkit has nothing queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = _metrics(base)
+        if _metric(text, "flavorkit_active_requests") == 0 and _metric(text, "flavorkit_queue_depth") == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("flavorkit serve did not become idle")
+        time.sleep(0.05)
+
+
+def _decode_speed(sent: Sent) -> float:
+    """Tokens per second after the first token."""
+    return (sent.tokens - 1) / (sent.total - sent.first)
+
+
+def _after_disconnects(
+    base: str, rounds: int, long_tokens: int, tokens: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Decoding speed idle and just after 3 clients left mid-stream, interleaved; disconnects /metrics saw."""
+    idle, after, seen = [], [], []
+    story = BATCH[0]
+    for _ in range(rounds):
+        for case in random.sample(["idle", "after"], 2):
+            _wait_idle(base)
+            if case == "idle":
+                idle.append(_decode_speed(_stream(base, story, tokens)))
+                continue
+            before = _metrics(base)
+            with ThreadPoolExecutor(3) as pool:  # three clients start long answers and leave after 4 chunks
+                left = [pool.submit(_stream, base, BATCH[i + 2], long_tokens, 4) for i in range(3)]
+                for f in left:
+                    f.result()
+            after.append(_decode_speed(_stream(base, story, tokens)))
+            seen.append(_metric(_metrics(base), DISCONNECTS) - _metric(before, DISCONNECTS))
+    return idle, after, seen
+
+
+def _pct(values: list[float], p: int) -> float:
+    """The ``p``-th percentile (inclusive method; the value itself for one sample)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print (or write) the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8])
-    parser.add_argument("--requests", type=int, default=16, help="requests per round at each concurrency")
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument(
+        "--requests", type=int, default=16, help="requests per round at each concurrency (at least one per client)"
+    )
+    parser.add_argument("--long-tokens", type=int, default=256, help="max_tokens of the long streams")
+    parser.add_argument("--decode-tokens", type=int, default=128, help="max_tokens of the decoding-speed request")
     parser.add_argument("--write", type=Path, help="update this markdown file between the serve-bench markers")
     args = parser.parse_args(argv)
 
@@ -162,23 +278,29 @@ def main(argv: list[str] | None = None) -> int:
         ]
         try:
 
-            def flavorkit_send(messages: list[dict[str, str]]) -> int:
-                body = {"model": "smollm2-chat", "messages": messages, "max_tokens": args.max_tokens}
-                return int(_post(f"{fk_base}/v1/chat/completions", body)["usage"]["completion_tokens"])
+            def flavorkit_send(messages: list[dict[str, str]]) -> Sent:
+                return _stream(fk_base, messages, args.max_tokens)
 
-            def mlflow_send(messages: list[dict[str, str]]) -> int:
+            def mlflow_send(messages: list[dict[str, str]]) -> Sent:
                 body = {"messages": messages, "max_tokens": args.max_tokens}
-                return int(_post(f"{ml_base}/invocations", body)[0]["usage"]["completion_tokens"])
+                start = time.perf_counter()
+                tokens = int(_post(f"{ml_base}/invocations", body)[0]["usage"]["completion_tokens"])
+                took = time.perf_counter() - start
+                return Sent(tokens, took, took)  # no streaming: the first token comes with the whole answer
 
             for send in (flavorkit_send, mlflow_send):  # warm-up
                 _workload(send, 2, 2)
-            rows = []
+            rows, ttft_rows = [], []
             for clients in args.clients:
                 fk, ml, ratio = [], [], []
+                first: dict[str, list[float]] = {"fk": [], "ml": []}
                 for r in range(args.rounds):
                     order = [("fk", flavorkit_send), ("ml", mlflow_send)]
                     random.shuffle(order)
-                    got = {name: _workload(send, clients, args.requests) for name, send in order}
+                    got = {}
+                    for name, send in order:
+                        got[name], sent = _workload(send, clients, max(args.requests, clients))
+                        first[name] += [s.first for s in sent]
                     fk.append(got["fk"])
                     ml.append(got["ml"])
                     ratio.append(got["fk"] / got["ml"])
@@ -188,28 +310,62 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {clients} | {statistics.median(ml):.1f} | {statistics.median(fk):.1f} | "
                     f"**{statistics.median(ratio):.2f}x** ({q[0]:.2f}-{q[2]:.2f}) |"
                 )
-            idle, late = _late_arrival(fk_base, args.rounds, 256)
+                ml_ms = [v * 1000 for v in first["ml"]]
+                fk_ms = [v * 1000 for v in first["fk"]]
+                ttft_rows.append(
+                    f"| {clients} | {_pct(ml_ms, 50):.0f} ms | {_pct(ml_ms, 95):.0f} ms | "
+                    f"{_pct(fk_ms, 50):.0f} ms | {_pct(fk_ms, 95):.0f} ms | {len(fk_ms)} |"
+                )
+            idle, late = _late_arrival(fk_base, args.rounds, args.long_tokens)
             print(f"late arrival: idle TTFT {idle}, late TTFT {late}")
+            speed_idle, speed_after, seen = _after_disconnects(
+                fk_base, args.rounds, args.long_tokens, args.decode_tokens
+            )
+            print(f"after 3 disconnects: idle {speed_idle} tok/s, after {speed_after} tok/s, disconnects seen {seen}")
         finally:
             for proc in procs:
                 _stop(proc)
 
+    speed_ratio = [a / i for a, i in zip(speed_after, speed_idle, strict=True)]
     body = "\n".join(
         [
             f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores, "
             f"Python {platform.python_version()}; SmolLM2-135M-Instruct packaged with onnx-cpu (ORT-genai int4), "
-            f"greedy, max_tokens={args.max_tokens}, {args.requests} requests per round, {args.rounds} interleaved "
-            "rounds; `flavorkit serve --max-batch 8` against `mlflow models serve --env-manager local`, both on "
-            "loopback. Ratios are medians of per-round ratios, with the interquartile range.",
+            f"greedy, max_tokens={args.max_tokens}, {args.requests} requests per round (at least one per client), "
+            f"{args.rounds} interleaved rounds; `flavorkit serve --max-batch 8` against "
+            "`mlflow models serve --env-manager local`, both on loopback. flavorkit's requests are streamed "
+            "(`stream_options.include_usage`), MLflow's are not (it cannot stream). Ratios are medians of "
+            "per-round ratios, with the interquartile range.",
             "",
             "| concurrent clients | mlflow models serve tokens/s | flavorkit serve tokens/s | ratio |",
             "|---:|---:|---:|---:|",
             *rows,
             "",
-            "| flavorkit serve, time to first token | idle | during 4 streams of 256 tokens | ratio (target <= 4x) |",
+            "Time to first token over every request of those rounds. `mlflow models serve` cannot stream, so its "
+            "columns are the time to the whole answer, which is when its client sees the first token.",
+            "",
+            "| concurrent clients | mlflow models serve p50 (whole answer) | p95 (whole answer) "
+            "| flavorkit serve TTFT p50 | TTFT p95 | requests |",
+            "|---:|---:|---:|---:|---:|---:|",
+            *ttft_rows,
+            "",
+            f"| flavorkit serve, time to first token | idle | during 4 streams of {args.long_tokens} tokens "
+            "| ratio (target <= 4x) |",
             "|---|---:|---:|---:|",
             f"| median of {args.rounds} | {statistics.median(idle) * 1000:.0f} ms | "
             f"{statistics.median(late) * 1000:.0f} ms | **{statistics.median(late) / statistics.median(idle):.1f}x** |",
+            "",
+            f"Decoding speed (tokens/s after the first token, max_tokens={args.decode_tokens}) of a request sent "
+            f"just after 3 clients closed their streams of {args.long_tokens} tokens after 4 chunks, against the "
+            "same request on an idle server (interleaved); the last column is the increase of "
+            f"`{DISCONNECTS}` in `/metrics` per round.",
+            "",
+            "| flavorkit serve, decoding speed | idle | after 3 disconnects | ratio (target >= 0.9x) "
+            "| disconnects counted |",
+            "|---|---:|---:|---:|---:|",
+            f"| median of {args.rounds} | {statistics.median(speed_idle):.1f} tok/s | "
+            f"{statistics.median(speed_after):.1f} tok/s | **{statistics.median(speed_ratio):.2f}x** | "
+            f"{', '.join(f'{v:.0f}' for v in seen)} |",
         ]
     )
     print(body)

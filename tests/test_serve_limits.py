@@ -141,7 +141,7 @@ def test_completions_bad_input_and_the_chat_route(text_url: str) -> None:
         client.completions.create(model="tiny-text", prompt="Hi", n=2)
     assert err.value.param == "n"
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="tiny-text", prompt=["a", "b"])
+        client.completions.create(model="tiny-text", prompt=[[1, 2]])  # token arrays
     assert err.value.param == "prompt"
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny-text", prompt="Hi", echo=True)

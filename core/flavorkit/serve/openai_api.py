@@ -3,14 +3,15 @@
 Validation of the generation settings themselves (ranges, message roles, stop strings) is the
 core's (:func:`flavorkit.schema.parse_request`), so the server and the pyfunc model reject the same
 inputs with the same messages. This module adds what only the HTTP API has: ``model``, ``user``,
-``stream``, ``stream_options``, ``max_completion_tokens`` and the refusal of unknown fields.
+``stream``, ``stream_options``, ``max_completion_tokens``, the refusal of unknown fields, and
+``/v1/completions``' list of prompts (one core request per prompt, so they share batches).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ __all__ = [
     "completion_chunk",
     "parse_chat",
     "parse_completion",
+    "prompt_error",
+    "usage",
     "usage_chunk",
 ]
 
@@ -42,18 +45,44 @@ COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY)
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """A validated HTTP request: the core request plus the HTTP-only options."""
+    """A validated HTTP request: its core requests (one per prompt) plus the HTTP-only options.
 
-    raw: dict[str, Any]
+    ``raws`` holds one core request for a chat body or a single ``prompt`` string, and one per
+    element when ``prompt`` is a list (``listed``); choice ``j`` of prompt ``i`` is then answered
+    as index ``i * n + j``, as OpenAI numbers them.
+    """
+
+    raws: tuple[dict[str, Any], ...]
     stream: bool
     include_usage: bool
+    listed: bool = False
+    tokens_field: str = "max_tokens"  # what the client called the token limit, for errors found later
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The first (for chat and a single prompt, the only) core request."""
+        return self.raws[0]
+
+
+def prompt_error(exc: InvalidRequest, i: int) -> InvalidRequest:
+    """An error about element ``i`` of a list ``prompt``: ``prompt`` becomes ``prompt[i]``; others say which."""
+    if exc.field == "prompt":
+        return InvalidRequest(f"prompt[{i}]", exc.detail, exc.allowed)
+    return InvalidRequest(exc.field, f"for prompt[{i}]: {exc.detail}", exc.allowed)
 
 
 def _bad(param: str | None, message: str, code: str = "invalid_value") -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
-def _parse(body: Any, prompt_field: str, fields: tuple[str, ...], task: str, served_name: str) -> ParsedRequest:
+def _parse(
+    body: Any,
+    prompt_field: str,
+    fields: tuple[str, ...],
+    task: str,
+    served_name: str,
+    prompts: list[str] | None = None,
+) -> ParsedRequest:
     if not isinstance(body, Mapping):
         raise _bad(None, f"the request body must be a JSON object, got {type(body).__name__}", "invalid_body")
     unknown = [k for k in body if k not in fields]
@@ -92,9 +121,10 @@ def _parse(body: Any, prompt_field: str, fields: tuple[str, ...], task: str, ser
         if extra:
             message = f"unsupported field {extra[0]!r} in stream_options; supported: include_usage"
             raise _bad(f"stream_options.{extra[0]}", message, "unknown_field")
-        include_usage = options.get("include_usage", False)
-        if not isinstance(include_usage, bool):
-            raise _bad("stream_options.include_usage", f"must be true or false, got {include_usage!r}")
+        wanted = options.get("include_usage")
+        if wanted is not None and not isinstance(wanted, bool):  # null is "not given"
+            raise _bad("stream_options.include_usage", f"must be true or false, got {wanted!r}")
+        include_usage = bool(wanted)
     raw: dict[str, Any] = {k: body[k] for k in (prompt_field, *_SETTINGS) if k in body}
     if "max_completion_tokens" in body:
         mct = body["max_completion_tokens"]
@@ -104,13 +134,16 @@ def _parse(body: Any, prompt_field: str, fields: tuple[str, ...], task: str, ser
                 f"'max_completion_tokens' ({mct!r}) and 'max_tokens' ({raw['max_tokens']!r}) disagree; give one",
             )
         raw["max_tokens"] = mct
-    try:
-        parse_request(raw, task)
-    except InvalidRequest as exc:
-        if exc.field == "max_tokens" and "max_completion_tokens" in body:
-            raise from_invalid_request(InvalidRequest("max_completion_tokens", exc.detail, exc.allowed)) from None
-        raise from_invalid_request(exc) from None
-    return ParsedRequest(raw=raw, stream=stream, include_usage=include_usage)
+    raws = (raw,) if prompts is None else tuple({**raw, prompt_field: p} for p in prompts)
+    for i, one in enumerate(raws):
+        try:
+            parse_request(one, task)
+        except InvalidRequest as exc:
+            if exc.field == "max_tokens" and "max_completion_tokens" in body:
+                exc = InvalidRequest("max_completion_tokens", exc.detail, exc.allowed)
+            raise from_invalid_request(prompt_error(exc, i) if prompts is not None else exc) from None
+    tokens_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    return ParsedRequest(raws, stream, include_usage, prompts is not None, tokens_field)
 
 
 def parse_chat(body: Any, served_name: str) -> ParsedRequest:
@@ -120,14 +153,54 @@ def parse_chat(body: Any, served_name: str) -> ParsedRequest:
     return _parse(body, "messages", CHAT_FIELDS, CHAT, served_name)
 
 
-def parse_completion(body: Any, served_name: str) -> ParsedRequest:
-    """Validate a ``/v1/completions`` body (text-generation models); raise :class:`APIError`."""
+_PROMPT_FORMS = "a non-empty string or a non-empty list of non-empty strings"
+
+
+def _is_tokens(value: Any) -> bool:
+    """A token id, or a list of them: OpenAI's token-array prompts."""
+    if isinstance(value, list):
+        return bool(value) and all(_is_tokens(t) and not isinstance(t, list) for t in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prompts(prompt: Any, max_prompts: int | None) -> list[str] | None:
+    """The prompts of a list ``prompt`` (None for a single string); raise a 400 naming the element."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise _bad("prompt", f"'prompt' is empty; allowed: {_PROMPT_FORMS}")
+        return None
+    if not isinstance(prompt, list):
+        raise _bad("prompt", f"'prompt' must be {_PROMPT_FORMS}, got {type(prompt).__name__}")
+    if not prompt:
+        raise _bad("prompt", f"'prompt' is an empty list; allowed: {_PROMPT_FORMS}")
+    if any(_is_tokens(p) for p in prompt):
+        message = f"token arrays are not supported as 'prompt'; allowed: {_PROMPT_FORMS}"
+        raise _bad("prompt", message, "unsupported_value")
+    if max_prompts is not None and len(prompt) > max_prompts:
+        raise _bad(
+            "prompt",
+            f"'prompt' lists {len(prompt)} prompts; this server takes at most {max_prompts} in one request",
+        )
+    for i, p in enumerate(prompt):
+        if not isinstance(p, str):
+            raise _bad(f"prompt[{i}]", f"'prompt[{i}]' must be a string, got {type(p).__name__}")
+        if not p:
+            raise _bad(f"prompt[{i}]", f"'prompt[{i}]' is empty; allowed: a non-empty string")
+    return list(prompt)
+
+
+def parse_completion(body: Any, served_name: str, max_prompts: int | None = None) -> ParsedRequest:
+    """Validate a ``/v1/completions`` body (text-generation models); raise :class:`APIError`.
+
+    ``prompt`` is a string or a list of strings (one core request each, at most ``max_prompts``);
+    token arrays are refused with a 400 naming ``prompt``.
+    """
+    prompts = None
     if isinstance(body, Mapping):
-        if "prompt" not in body:
-            raise _bad("prompt", "'prompt' is required: a string")
-        if not isinstance(body["prompt"], str):
-            raise _bad("prompt", "'prompt' must be a string (lists of prompts and token arrays are not supported)")
-    return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name)
+        if body.get("prompt") is None:
+            raise _bad("prompt", f"'prompt' is required: {_PROMPT_FORMS}")
+        prompts = _prompts(body["prompt"], max_prompts)
+    return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts)
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -187,7 +260,13 @@ def chat_chunk(
     return chunk
 
 
-def usage_chunk(rid: str, created: int, model: str, obj: str, p: PreparedRequest) -> dict[str, Any]:
+def usage(ps: Sequence[PreparedRequest]) -> dict[str, int]:
+    """OpenAI usage over every prompt of a request: each prompt counted once, every choice's tokens."""
+    each = [p.usage() for p in ps]
+    return {k: sum(u[k] for u in each) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def usage_chunk(rid: str, created: int, model: str, obj: str, ps: Sequence[PreparedRequest]) -> dict[str, Any]:
     """The last chunk when ``stream_options.include_usage`` is set: no choices, the usage."""
     return {
         "id": rid,
@@ -196,12 +275,13 @@ def usage_chunk(rid: str, created: int, model: str, obj: str, p: PreparedRequest
         "model": model,
         "system_fingerprint": None,
         "choices": [],
-        "usage": p.usage(),
+        "usage": usage(ps),
     }
 
 
-def completion(rid: str, created: int, model: str, p: PreparedRequest) -> dict[str, Any]:
-    """A ``text_completion`` object."""
+def completion(rid: str, created: int, model: str, ps: Sequence[PreparedRequest]) -> dict[str, Any]:
+    """A ``text_completion`` object: the choices of every prompt in order, the usage summed."""
+    pairs = [pair for p in ps for pair in zip(p.texts(), p.finish_reasons(), strict=True)]
     return {
         "id": rid,
         "object": "text_completion",
@@ -209,9 +289,9 @@ def completion(rid: str, created: int, model: str, p: PreparedRequest) -> dict[s
         "model": model,
         "choices": [
             {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-            for i, (text, finish) in enumerate(zip(p.texts(), p.finish_reasons(), strict=True))
+            for i, (text, finish) in enumerate(pairs)
         ],
-        "usage": p.usage(),
+        "usage": usage(ps),
         "system_fingerprint": None,
     }
 

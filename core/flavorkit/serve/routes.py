@@ -9,9 +9,10 @@ its ticket, and the worker drops it from the running batch within a decoding ste
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,39 +104,58 @@ def _error_for(exc: BaseException) -> APIError:
 
 
 class _Watch:
-    """Cancels a ticket when the client disconnects; enforces the request deadline."""
+    """Relays the events of a request's tickets (one per prompt) and watches the connection.
 
-    def __init__(self, ticket: Ticket, receive: Receive, timeout: float) -> None:
-        self.ticket = ticket
+    A client that disconnects cancels every ticket; past the deadline they are cancelled and a
+    504 raised. :meth:`next` returns ``(i, event)``: which ticket the event belongs to (``-1`` for
+    the disconnect itself).
+    """
+
+    def __init__(self, tickets: Sequence[Ticket], receive: Receive, timeout: float) -> None:
+        self.tickets = list(tickets)
         self.timeout = timeout
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + timeout
-        self._task = loop.create_task(self._listen(receive))
+        self._events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self._tasks = [loop.create_task(self._listen(receive))]
+        self._tasks += [loop.create_task(self._relay(i, t)) for i, t in enumerate(self.tickets)]
 
     async def _listen(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.ticket.cancel("disconnect")
-                self.ticket.push(Event("error", ClientDisconnected()))  # wakes the reader
+                self._cancel("disconnect")
+                self._events.put_nowait((-1, Event("error", ClientDisconnected())))  # wakes the reader
                 return
 
-    async def next(self) -> Event:
-        """The ticket's next event; on timeout the ticket is cancelled and a 504 raised."""
+    async def _relay(self, i: int, ticket: Ticket) -> None:
+        while True:
+            event = await ticket.events.get()
+            self._events.put_nowait((i, event))
+            if event.kind in ("done", "error", "result"):  # a ticket's last event
+                return
+
+    def _cancel(self, reason: str) -> None:
+        for ticket in self.tickets:
+            if not ticket.done:
+                ticket.cancel(reason)
+
+    async def next(self) -> tuple[int, Event]:
+        """The next event of any ticket; on timeout every ticket is cancelled and a 504 raised."""
         remaining = self.deadline - asyncio.get_running_loop().time()
         try:
             if remaining <= 0:
                 raise asyncio.TimeoutError
-            return await asyncio.wait_for(self.ticket.events.get(), remaining)
+            return await asyncio.wait_for(self._events.get(), remaining)
         except asyncio.TimeoutError:
-            self.ticket.cancel("timeout")
+            self._cancel("timeout")
             raise _timeout_error(self.timeout) from None
 
-    def close(self) -> None:
-        """Stop watching; cancel the ticket if it is still running (the handler is gone)."""
-        self._task.cancel()
-        if not self.ticket.done:
-            self.ticket.cancel("disconnect")
+    def close(self, reason: str = "disconnect") -> None:
+        """Stop watching; cancel the tickets still running (the handler is gone, or gave up)."""
+        for task in self._tasks:
+            task.cancel()
+        self._cancel(reason)
 
 
 def _submit(state: ServerState, submit: Callable[[], Ticket]) -> Ticket:
@@ -161,64 +181,115 @@ def _sse(obj: Any) -> bytes:
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _submit_all(state: ServerState, parsed: oa.ParsedRequest, route: str) -> list[Ticket]:
+    """One ticket per prompt, so the scheduler batches them; if one cannot be queued, none stays queued."""
+    tickets: list[Ticket] = []
+    try:
+        for raw in parsed.raws:
+            submit = functools.partial(state.scheduler.submit, raw, stream=parsed.stream, route=route)
+            tickets.append(_submit(state, submit))
+    except APIError:
+        for ticket in tickets:
+            ticket.cancel("error")
+        raise
+    return tickets
+
+
+def _failure(exc: BaseException, i: int, parsed: oa.ParsedRequest) -> APIError:
+    """The error for the whole request when ticket ``i`` failed (``prompt[i]`` named for a list prompt)."""
+    if not isinstance(exc, InvalidRequest):
+        return _error_for(exc)
+    if exc.field == "max_tokens" and parsed.tokens_field != "max_tokens":  # the name the client used
+        exc = InvalidRequest(parsed.tokens_field, exc.detail, exc.allowed)
+    if parsed.listed and i >= 0:
+        exc = oa.prompt_error(exc, i)
+    return from_invalid_request(exc)
+
+
 async def _generate(
     state: ServerState,
     request: Request,
     parsed: oa.ParsedRequest,
     route: str,
-    whole: Callable[[str, int, PreparedRequest], dict[str, Any]],
+    whole: Callable[[str, int, list[PreparedRequest]], dict[str, Any]],
     piece: Callable[[str, int, int, str, str | None], list[dict[str, Any]]],
-    start: Callable[[str, int, PreparedRequest], list[dict[str, Any]]],
+    start: Callable[[str, int, list[PreparedRequest]], list[dict[str, Any]]],
     prefix: str,
     obj: str,
 ) -> Response:
-    ticket = _submit(state, lambda: state.scheduler.submit(parsed.raw, stream=parsed.stream, route=route))
-    watch = _Watch(ticket, request.receive, state.request_timeout)
+    """Run a request's prompts as tickets; answer one JSON body, or server-sent events.
+
+    Nothing is sent before every prompt was admitted, so a prompt the model refuses (too long)
+    is a plain 400 for the whole request, and the other prompts are cancelled. Choice ``j`` of
+    prompt ``i`` is numbered after the choices of the prompts before it (``i * n + j``).
+    """
+    tickets = _submit_all(state, parsed, route)
+    watch = _Watch(tickets, request.receive, state.request_timeout)
     streaming = False
+    reason = "disconnect"
     try:
-        first = await watch.next()
-        if first.kind == "error":
-            raise _error_for(first.payload)
-        prepared: PreparedRequest = first.payload
+        admitted: list[PreparedRequest | None] = [None] * len(tickets)
+        early: list[tuple[int, Event]] = []  # events of admitted prompts while others wait for a batch
+        while any(p is None for p in admitted):
+            i, event = await watch.next()
+            if event.kind == "error":
+                reason = "error"
+                raise _failure(event.payload, i, parsed)
+            if event.kind == "start":
+                admitted[i] = event.payload
+            else:
+                early.append((i, event))
+        prepared = [p for p in admitted if p is not None]
+        offsets = [sum(p.n for p in prepared[:i]) for i in range(len(prepared))]
         rid, created = oa.new_id(prefix), oa.now()
         if parsed.stream:
             streaming = True  # the body below owns the watch from here
         else:
-            while True:
-                event = await watch.next()
+            finished = sum(1 for _, e in early if e.kind == "done")
+            while finished < len(tickets):
+                i, event = await watch.next()
                 if event.kind == "error":
-                    raise _error_for(event.payload)
+                    reason = "error"
+                    raise _failure(event.payload, i, parsed)
                 if event.kind == "done":
-                    return JSONResponse(whole(rid, created, prepared))
+                    finished += 1
+            return JSONResponse(whole(rid, created, prepared))
     finally:
         if not streaming:
-            watch.close()
+            watch.close(reason)
 
     async def body() -> AsyncIterator[bytes]:
+        end = "disconnect"
         try:
             for chunk in start(rid, created, prepared):
                 yield _sse(chunk)
+            finished = 0
             while True:
-                try:
-                    event = await watch.next()
-                except APIError as exc:
-                    yield _sse(exc.body())
-                    return
+                i, event = early.pop(0) if early else await watch.next()
                 if event.kind == "error":
-                    yield _sse(_error_for(event.payload).body())
+                    end = "error"
+                    yield _sse(_failure(event.payload, i, parsed).body())
                     return
                 if event.kind == "done":
-                    break
+                    finished += 1
+                    if finished == len(tickets):
+                        break
+                    continue
+                if event.kind != "delta":
+                    continue
                 ev: BatchEvent = event.payload
                 if ev.finish_reason == "cancelled":
                     continue
-                for chunk in piece(rid, created, ev.choice, ev.text, ev.finish_reason):
+                for chunk in piece(rid, created, offsets[i] + ev.choice, ev.text, ev.finish_reason):
                     yield _sse(chunk)
             if parsed.include_usage:
                 yield _sse(oa.usage_chunk(rid, created, state.served_name, obj, prepared))
             yield b"data: [DONE]\n\n"
+        except APIError as exc:  # the deadline passed mid-stream
+            end = "timeout"
+            yield _sse(exc.body())
         finally:
-            watch.close()
+            watch.close(end)
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -240,9 +311,10 @@ async def chat_completions(request: Request) -> Response:
     name = state.served_name
     usage = parsed.include_usage
 
-    def start(rid: str, created: int, p: PreparedRequest) -> list[dict[str, Any]]:
+    def start(rid: str, created: int, ps: list[PreparedRequest]) -> list[dict[str, Any]]:
         return [
-            oa.chat_chunk(rid, created, name, i, {"role": "assistant", "content": ""}, None, usage) for i in range(p.n)
+            oa.chat_chunk(rid, created, name, i, {"role": "assistant", "content": ""}, None, usage)
+            for i in range(ps[0].n)
         ]
 
     def piece(rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
@@ -253,8 +325,8 @@ async def chat_completions(request: Request) -> Response:
             out.append(oa.chat_chunk(rid, created, name, index, {}, finish, usage))
         return out
 
-    def whole(rid: str, created: int, p: PreparedRequest) -> dict[str, Any]:
-        return oa.chat_completion(rid, created, name, p)
+    def whole(rid: str, created: int, ps: list[PreparedRequest]) -> dict[str, Any]:
+        return oa.chat_completion(rid, created, name, ps[0])
 
     return await _generate(
         state, request, parsed, "/v1/chat/completions", whole, piece, start, "chatcmpl", "chat.completion.chunk"
@@ -271,11 +343,12 @@ async def completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    parsed = oa.parse_completion(await read_json(request, state.max_body_bytes), state.served_name)
+    body = await read_json(request, state.max_body_bytes)
+    parsed = oa.parse_completion(body, state.served_name, max_prompts=state.scheduler.max_queue)
     name = state.served_name
     usage = parsed.include_usage
 
-    def start(rid: str, created: int, p: PreparedRequest) -> list[dict[str, Any]]:
+    def start(rid: str, created: int, ps: list[PreparedRequest]) -> list[dict[str, Any]]:
         return []
 
     def piece(rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
@@ -283,8 +356,8 @@ async def completions(request: Request) -> Response:
             return []
         return [oa.completion_chunk(rid, created, name, index, text, finish, usage)]
 
-    def whole(rid: str, created: int, p: PreparedRequest) -> dict[str, Any]:
-        return oa.completion(rid, created, name, p)
+    def whole(rid: str, created: int, ps: list[PreparedRequest]) -> dict[str, Any]:
+        return oa.completion(rid, created, name, ps)
 
     return await _generate(state, request, parsed, "/v1/completions", whole, piece, start, "cmpl", "text_completion")
 
@@ -330,9 +403,9 @@ async def invocations(request: Request) -> Response:
         return scoring_server.invocations(data, content_type, pyfunc, schema)
 
     ticket = _submit(state, lambda: state.scheduler.submit_job(job, route="/invocations"))
-    watch = _Watch(ticket, request.receive, state.request_timeout)
+    watch = _Watch([ticket], request.receive, state.request_timeout)
     try:
-        event = await watch.next()
+        _, event = await watch.next()
     finally:
         watch.close()
     if event.kind == "error":
