@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -158,7 +158,10 @@ class _Watch:
         self._cancel(reason)
 
 
-def _submit(state: ServerState, submit: Callable[[], Ticket]) -> Ticket:
+T = TypeVar("T")
+
+
+def _submit(state: ServerState, submit: Callable[[], T]) -> T:
     """Queue work; a full queue is a 429 and a draining server a 503, both with Retry-After."""
     try:
         return submit()
@@ -182,17 +185,10 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _submit_all(state: ServerState, parsed: oa.ParsedRequest, route: str) -> list[Ticket]:
-    """One ticket per prompt, so the scheduler batches them; if one cannot be queued, none stays queued."""
-    tickets: list[Ticket] = []
-    try:
-        for raw in parsed.raws:
-            submit = functools.partial(state.scheduler.submit, raw, stream=parsed.stream, route=route)
-            tickets.append(_submit(state, submit))
-    except APIError:
-        for ticket in tickets:
-            ticket.cancel("error")
-        raise
-    return tickets
+    """One ticket per prompt, queued together so the scheduler batches them; all are queued or none."""
+    return _submit(
+        state, functools.partial(state.scheduler.submit_many, parsed.raws, stream=parsed.stream, route=route)
+    )
 
 
 def _failure(exc: BaseException, i: int, parsed: oa.ParsedRequest) -> APIError:

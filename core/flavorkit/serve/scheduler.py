@@ -190,6 +190,23 @@ class Scheduler:
         """Queue one generation request; raise :class:`QueueFull` or :class:`ShuttingDown`."""
         return self._enqueue(Ticket(raw, None, stream, asyncio.get_running_loop(), self, route))
 
+    def submit_many(self, raws: Sequence[Any], *, stream: bool, route: str = "") -> list[Ticket]:
+        """Queue several requests at once (a list prompt): all of them, or none when they do not fit.
+
+        They enter the queue together, so the worker admits them together (up to ``max_batch``).
+        """
+        loop = asyncio.get_running_loop()
+        tickets = [Ticket(raw, None, stream, loop, self, route) for raw in raws]
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDown
+            if len(self._queue) + len(tickets) > self.max_queue:
+                raise QueueFull
+            self._queue.extend(tickets)
+            self.metrics.queue_depth.set(len(self._queue))
+            self._cond.notify()
+        return tickets
+
     def submit_job(self, job: Callable[[], Any], *, route: str = "") -> Ticket:
         """Queue a callable that runs alone on the worker (it may use the model); its result comes back."""
         return self._enqueue(Ticket(None, job, False, asyncio.get_running_loop(), self, route))
