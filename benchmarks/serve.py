@@ -264,12 +264,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = _package(Path(tmp))
-        fk_port, ml_port = _free_port(), _free_port()
+        fk_port, rq_port, ml_port = _free_port(), _free_port(), _free_port()
         fk_base, ml_base = f"http://127.0.0.1:{fk_port}", f"http://127.0.0.1:{ml_port}"
+        rq_base = f"http://127.0.0.1:{rq_port}"
         procs = [
             _start(
                 [*FK_CMD, str(model), "--port", str(fk_port), "--max-batch", "8", "--log-level", "warning"],
                 fk_base,
+            ),
+            _start(  # the alternative: request-level batching (each batch runs to its end)
+                [*FK_CMD, str(model), "--port", str(rq_port), "--max-batch", "8", "--batching", "request"],
+                rq_base,
             ),
             _start(
                 [*ML_CMD, str(model), "-h", "127.0.0.1", "-p", str(ml_port), "--env-manager", "local"],
@@ -281,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             def flavorkit_send(messages: list[dict[str, str]]) -> Sent:
                 return _stream(fk_base, messages, args.max_tokens)
 
+            def request_send(messages: list[dict[str, str]]) -> Sent:
+                return _stream(rq_base, messages, args.max_tokens)
+
             def mlflow_send(messages: list[dict[str, str]]) -> Sent:
                 body = {"messages": messages, "max_tokens": args.max_tokens}
                 start = time.perf_counter()
@@ -288,36 +296,46 @@ def main(argv: list[str] | None = None) -> int:
                 took = time.perf_counter() - start
                 return Sent(tokens, took, took)  # no streaming: the first token comes with the whole answer
 
-            for send in (flavorkit_send, mlflow_send):  # warm-up
+            for send in (flavorkit_send, request_send, mlflow_send):  # warm-up
                 _workload(send, 2, 2)
             rows, ttft_rows = [], []
             for clients in args.clients:
-                fk, ml, ratio = [], [], []
-                first: dict[str, list[float]] = {"fk": [], "ml": []}
+                fk, rq, ml, ratio, rq_ratio = [], [], [], [], []
+                first: dict[str, list[float]] = {"fk": [], "rq": [], "ml": []}
                 for r in range(args.rounds):
-                    order = [("fk", flavorkit_send), ("ml", mlflow_send)]
+                    order = [("fk", flavorkit_send), ("rq", request_send), ("ml", mlflow_send)]
                     random.shuffle(order)
                     got = {}
                     for name, send in order:
                         got[name], sent = _workload(send, clients, max(args.requests, clients))
                         first[name] += [s.first for s in sent]
                     fk.append(got["fk"])
+                    rq.append(got["rq"])
                     ml.append(got["ml"])
                     ratio.append(got["fk"] / got["ml"])
-                    print(f"clients={clients} round {r + 1}: flavorkit {got['fk']:.1f} tok/s, mlflow {got['ml']:.1f}")
+                    rq_ratio.append(got["rq"] / got["ml"])
+                    print(
+                        f"clients={clients} round {r + 1}: flavorkit {got['fk']:.1f} tok/s, "
+                        f"request-level {got['rq']:.1f}, mlflow {got['ml']:.1f}"
+                    )
                 q = statistics.quantiles(ratio, n=4) if len(ratio) > 1 else [ratio[0]] * 3
                 rows.append(
                     f"| {clients} | {statistics.median(ml):.1f} | {statistics.median(fk):.1f} | "
-                    f"**{statistics.median(ratio):.2f}x** ({q[0]:.2f}-{q[2]:.2f}) |"
+                    f"**{statistics.median(ratio):.2f}x** ({q[0]:.2f}-{q[2]:.2f}) | {statistics.median(rq):.1f} | "
+                    f"{statistics.median(rq_ratio):.2f}x |"
                 )
                 ml_ms = [v * 1000 for v in first["ml"]]
                 fk_ms = [v * 1000 for v in first["fk"]]
+                rq_ms = [v * 1000 for v in first["rq"]]
                 ttft_rows.append(
                     f"| {clients} | {_pct(ml_ms, 50):.0f} ms | {_pct(ml_ms, 95):.0f} ms | "
-                    f"{_pct(fk_ms, 50):.0f} ms | {_pct(fk_ms, 95):.0f} ms | {len(fk_ms)} |"
+                    f"{_pct(fk_ms, 50):.0f} ms | {_pct(fk_ms, 95):.0f} ms | "
+                    f"{_pct(rq_ms, 50):.0f} ms | {_pct(rq_ms, 95):.0f} ms | {len(fk_ms)} |"
                 )
             idle, late = _late_arrival(fk_base, args.rounds, args.long_tokens)
             print(f"late arrival: idle TTFT {idle}, late TTFT {late}")
+            rq_idle, rq_late = _late_arrival(rq_base, args.rounds, args.long_tokens)
+            print(f"late arrival, request-level: idle TTFT {rq_idle}, late TTFT {rq_late}")
             speed_idle, speed_after, seen = _after_disconnects(
                 fk_base, args.rounds, args.long_tokens, args.decode_tokens
             )
@@ -337,23 +355,27 @@ def main(argv: list[str] | None = None) -> int:
             "(`stream_options.include_usage`), MLflow's are not (it cannot stream). Ratios are medians of "
             "per-round ratios, with the interquartile range.",
             "",
-            "| concurrent clients | mlflow models serve tokens/s | flavorkit serve tokens/s | ratio |",
-            "|---:|---:|---:|---:|",
+            "| concurrent clients | mlflow models serve tokens/s | flavorkit serve tokens/s | ratio "
+            "| `--batching request` tokens/s | its ratio |",
+            "|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             "Time to first token over every request of those rounds. `mlflow models serve` cannot stream, so its "
             "columns are the time to the whole answer, which is when its client sees the first token.",
             "",
             "| concurrent clients | mlflow models serve p50 (whole answer) | p95 (whole answer) "
-            "| flavorkit serve TTFT p50 | TTFT p95 | requests |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| flavorkit serve TTFT p50 | TTFT p95 | `--batching request` p50 | p95 | requests |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
             *ttft_rows,
             "",
             f"| flavorkit serve, time to first token | idle | during 4 streams of {args.long_tokens} tokens "
             "| ratio (target <= 4x) |",
             "|---|---:|---:|---:|",
-            f"| median of {args.rounds} | {statistics.median(idle) * 1000:.0f} ms | "
+            f"| continuous (default), median of {args.rounds} | {statistics.median(idle) * 1000:.0f} ms | "
             f"{statistics.median(late) * 1000:.0f} ms | **{statistics.median(late) / statistics.median(idle):.1f}x** |",
+            f"| `--batching request`, median of {args.rounds} | {statistics.median(rq_idle) * 1000:.0f} ms | "
+            f"{statistics.median(rq_late) * 1000:.0f} ms | "
+            f"{statistics.median(rq_late) / statistics.median(rq_idle):.1f}x |",
             "",
             f"Decoding speed (tokens/s after the first token, max_tokens={args.decode_tokens}) of a request sent "
             f"just after 3 clients closed their streams of {args.long_tokens} tokens after 4 chunks, against the "
