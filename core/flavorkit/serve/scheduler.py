@@ -403,12 +403,15 @@ class Scheduler:
             while running:
                 for ev in session.step():
                     self._deliver(running[ev.request], ev)
-                for key, ticket in list(running.items()):
-                    if ticket.done or (ticket.prepared is not None and ticket.prepared.finished):
-                        if not ticket.done:  # cancelled: it ends without another event from the backend
-                            self._finish(ticket, Event("done", ticket.prepared))
-                        del running[key]
-                        self._freed += 1
+                ended = [key for key, t in running.items() if t.done or (t.prepared and t.prepared.finished)]
+                for key in ended:
+                    ticket = running.pop(key)
+                    if not ticket.done:  # cancelled: it ends without another event from the backend
+                        self._finish(ticket, Event("done", ticket.prepared))
+                    self._freed += 1
+                if ended:
+                    with self._cond:
+                        self._running = list(running.values())
                 if self._stop:
                     break
                 joining = self._join(len(running))
