@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -211,43 +211,36 @@ class LoadedModel:
         request cancelled before or during the batch gets ``finish_reason="cancelled"`` on its
         unfinished choices and yields no more events; the others are not disturbed.
         """
-        live: list[tuple[int, _Choice]] = []
+        live: list[_Choice] = []
+        owner: dict[int, int] = {}  # id(choice) -> position of its request in ``requests``
         for i, prepared in enumerate(requests):
             if prepared.cancelled:
                 prepared._mark_cancelled()
                 continue
-            live.extend((i, choice) for choice in prepared._row.choices if choice.finish is None)
+            for choice in prepared._row.choices:
+                if choice.finish is None:
+                    live.append(choice)
+                    owner[id(choice)] = i
         if not live:
             return
-        pending = len(live)
         seen_cancelled: set[int] = set()
-        stream = self.backend.generate(self.handle, [c.request for _, c in live])
-        try:
-            for delta in stream:
-                for i, prepared in enumerate(requests):  # cancellations from other threads
-                    if prepared.cancelled and i not in seen_cancelled:
-                        seen_cancelled.add(i)
-                        pending -= sum(1 for c in prepared._row.choices if c.finish is None)
-                        prepared._mark_cancelled()
-                if pending == 0:
-                    break
-                i, choice = live[delta.index]
-                if choice.finish is not None:
-                    continue  # cancelled or capped; the backend may still be winding down
-                before = choice.tokens
-                out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
-                if finish is not None:
-                    pending -= 1
-                if out or finish is not None or choice.tokens > before:
-                    yield BatchEvent(i, choice.index, out, choice.tokens - before, finish)
-                if pending == 0:
-                    break
-        finally:
-            _close(stream)
+
+        def cancelled() -> int:
+            """Mark requests cancelled from other threads; return how many unfinished choices that ended."""
+            ended = 0
+            for i, prepared in enumerate(requests):
+                if prepared.cancelled and i not in seen_cancelled:
+                    seen_cancelled.add(i)
+                    ended += sum(1 for c in prepared._row.choices if c.finish is None)
+                    prepared._mark_cancelled()
+            return ended
+
+        for choice, out, finish, tokens in self._drive(live, cancelled):
+            yield BatchEvent(owner[id(choice)], choice.index, out, tokens, finish)
         for prepared in requests:
             if prepared.cancelled:
                 prepared._mark_cancelled()
-        self._check_finished([c for _, c in live])
+        self._check_finished(live)
 
     def open_session(self) -> ContinuousBatch | None:
         """A :class:`~flavorkit.continuous.ContinuousBatch` that requests can join while it decodes.
@@ -378,23 +371,39 @@ class LoadedModel:
     def _events(self, rows: Sequence[_Row]) -> Iterator[tuple[_Choice, str, str | None]]:
         """Run one backend batch over all choices; yield ``(choice, text, finish_reason)`` events."""
         choices = [c for row in rows for c in row.choices]
+        for choice, out, finish, _tokens in self._drive(choices, lambda: 0):
+            if out or finish is not None:
+                yield choice, out, finish
+        self._check_finished(choices)
+
+    def _drive(
+        self, choices: Sequence[_Choice], cancelled: Callable[[], int]
+    ) -> Iterator[tuple[_Choice, str, str | None, int]]:
+        """One backend ``generate`` over ``choices``; yield ``(choice, text, finish, tokens)`` per applied delta.
+
+        ``cancelled()`` is polled before each delta and returns how many unfinished choices it has
+        just marked cancelled; the stream is closed as soon as every choice has finished.
+        """
         pending = len(choices)
         stream = self.backend.generate(self.handle, [c.request for c in choices])
         try:
             for delta in stream:
+                pending -= cancelled()
+                if pending == 0:
+                    break
                 choice = choices[delta.index]
                 if choice.finish is not None:
                     continue  # cancelled or capped; the backend may still be winding down
+                before = choice.tokens
                 out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
                 if finish is not None:
                     pending -= 1
-                if out or finish is not None:
-                    yield choice, out, finish
+                if out or finish is not None or choice.tokens > before:
+                    yield choice, out, finish, choice.tokens - before
                 if pending == 0:
                     break
         finally:
             _close(stream)
-        self._check_finished(choices)
 
     def _check_finished(self, choices: Sequence[_Choice]) -> None:
         """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""
