@@ -19,6 +19,7 @@ from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import installed_version, pinned
 from flavorkit.sources import ModelDir, check_links, looks_like_hub_id, model_dir
+from flavorkit.types import GenerationSession
 from flavorkit_hf.common import (
     CODE_SUFFIXES,
     WEIGHT_SUFFIXES,
@@ -175,6 +176,15 @@ class OptimumBackend(HFBackendBase):
         from flavorkit_hf.runtime import load_optimum
 
         return load_optimum(artifacts["model"], options)
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """A continuous-batching :class:`~flavorkit_hf.session.EngineSession`; None in ``"sequential"`` mode.
+
+        ``"sequential"`` promises one request at a time, so the server keeps request-level serving.
+        Legacy exports (fused Bloom or GPT-BigCode caches) load in that mode, so they get None too.
+        """
+        return None if handle.batching == "sequential" else handle.session()
 
 
 backend = OptimumBackend()
