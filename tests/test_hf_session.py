@@ -300,6 +300,19 @@ def test_cohorts_the_cost_model_keeps_apart_step_together(tiny_hf: Path) -> None
     model.close()
 
 
+def test_merge_decision_with_the_shipped_coefficients() -> None:
+    from flavorkit_hf.engine import CPU_COST, GPU_COST
+    from flavorkit_hf.session import merge_saving
+
+    # CPU: a pass shares ~59 ms, each padded position costs a row 0.0168 ms.
+    assert merge_saving(CPU_COST, (1, 50), (1, 2000)) > 0
+    assert merge_saving(CPU_COST, (4, 50), (1, 1000)) < 0
+    assert merge_saving(CPU_COST, (7, 50), (1, 4000)) < 0
+    assert merge_saving(CPU_COST, (7, 300), (1, 400)) > 0
+    # GPU: only passes count, so cohorts always merge.
+    assert merge_saving(GPU_COST, (7, 50), (1, 4000)) == 1.0
+
+
 def test_seeded_sampling_reproduces_whatever_the_partners(engine: LoadedModel) -> None:
     p = prompts(engine)
 

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from flavorkit.batching import CostModel
 from flavorkit.types import Delta, GenerationRequest
 from flavorkit_hf.engine import _Row, _select_rows
 
 if TYPE_CHECKING:
     from flavorkit_hf.engine import Engine
 
-__all__ = ["EngineSession"]
+__all__ = ["EngineSession", "merge_saving"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,21 @@ def _with_kv_tensors(past: Any, layers: Sequence[tuple[torch.Tensor, torch.Tenso
     past.key_cache[:] = [key for key, _ in layers]
     past.value_cache[:] = [value for _, value in layers]
     return past
+
+
+def merge_saving(cost: CostModel, a: tuple[int, int], b: tuple[int, int]) -> float:
+    """Estimated milliseconds per step saved by merging cohorts of ``(rows, width)`` ``a`` and ``b``.
+
+    A step of ``rows`` rows over ``width`` cache positions costs ``step + rows * (row_step + context
+    * width)`` (the cost model's decoding term); merged, both cohorts pay the wider width, and the
+    merged step is raised by the model's ``margin``. Merge when the saving is not negative.
+    """
+
+    def one(rows: int, width: int) -> float:
+        return cost.step + rows * (cost.row_step + cost.context * width)
+
+    together = (1 + cost.margin) * one(a[0] + b[0], max(a[1], b[1]))
+    return one(*a) + one(*b) - together
 
 
 # -- cohorts ----------------------------------------------------------------------------------------
@@ -327,24 +343,16 @@ class EngineSession:
                 self._cohorts.append(cohort)
         return deltas
 
-    def _step_cost(self, rows: int, width: int) -> float:
-        """The cost model's milliseconds for one decoding step of ``rows`` rows over ``width`` positions."""
-        cost = self.engine.cost
-        return cost.step + rows * (cost.row_step + cost.context * width)
-
     def _merge(self) -> None:
         """Merge cohorts pairwise while the cost model finds one wider pass cheaper than two passes."""
         if not self.engine.batches:
             return
-        margin = 1 + self.engine.cost.margin
         while True:
             best: tuple[float, _Cohort, _Cohort] | None = None
             open_ = [c for c in self._cohorts if not c.pinned]
             for i, a in enumerate(open_):
                 for b in open_[i + 1 :]:
-                    apart = self._step_cost(len(a.rows), a.width) + self._step_cost(len(b.rows), b.width)
-                    together = self._step_cost(len(a.rows) + len(b.rows), max(a.width, b.width))
-                    saving = apart - margin * together
+                    saving = merge_saving(self.engine.cost, (len(a.rows), a.width), (len(b.rows), b.width))
                     if saving >= 0 and (best is None or saving > best[0]):
                         best = (saving, a, b)
             if best is None:
