@@ -347,11 +347,15 @@ def test_end_of_sequence_finishes_a_row_with_stop(tf: LoadedModel) -> None:
 # -- modes -------------------------------------------------------------------------------------------
 
 
-def test_modes_that_do_not_batch(tiny_hf: Path) -> None:
-    sequential = load_engine("transformers", tiny_hf, batching="sequential")
+@pytest.mark.parametrize("backend", ["transformers", "optimum-onnx"])
+def test_sequential_mode_has_no_session(backend: str, request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue("tiny_hf" if backend == "transformers" else "tiny_onnx")
+    sequential = load_engine(backend, folder, batching="sequential")
     assert sequential.backend.generate_session(sequential.handle) is None  # request-level serving
     sequential.close()
 
+
+def test_modes_that_do_not_batch(tiny_hf: Path) -> None:
     half = load_engine("transformers", tiny_hf, torch_dtype="bfloat16")
     p = prompts(half)
     requests = [greedy(p[0], 6), greedy(p[1], 6)]
