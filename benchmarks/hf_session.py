@@ -142,6 +142,19 @@ def staggered_generate(engine: Any, prompts: list[list[int]], args: argparse.Nam
     return {"tokens_per_s": tokens / wall, "ttft": statistics.mean(firsts), "wall": wall}
 
 
+def _counted(engine: Any, side: Callable[[], Result]) -> Callable[[], Result]:
+    """``side`` with the engine's work added: forward passes, rows computed, rows replayed alone."""
+
+    def run() -> Result:
+        before = dict(engine.stats)
+        result = side()
+        for key in ("forward", "rows", "replays"):
+            result[key] = float(engine.stats[key] - before.get(key, 0))
+        return result
+
+    return run
+
+
 def _ratio(a: list[Result], b: list[Result], key: str) -> float:
     return statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True))
 
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (session_side, generate_side) in sides.items():
             first_session = rng.random() < 0.5
             for which in (0, 1) if first_session else (1, 0):
-                series[name][which].append((session_side, generate_side)[which]())
+                series[name][which].append(_counted(engine, (session_side, generate_side)[which])())
         print(
             f"round {r + 1}/{args.rounds}: "
             + "; ".join(f"{k} session {v[0][-1]} generate {v[1][-1]}" for k, v in series.items()),
@@ -196,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    work = {
+        name: {key: [_median(s, key), _median(g, key)] for key in ("forward", "rows", "replays")}
+        for name, (s, g) in series.items()
+    }
     late_s, late_g = series["late"]
     stag_s, stag_g = series["staggered"]
     once_s, once_g = series["at_once"]
@@ -218,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": [_median(once_s, "tokens_per_s"), _median(once_g, "tokens_per_s")],
             "throughput_ratio": _ratio(once_s, once_g, "tokens_per_s"),
         },
-        "stats": dict(engine.stats),
+        "work_session_vs_generate": work,
     }
     print(json.dumps(summary, indent=2) if args.json else summary)
     return 0

@@ -8,6 +8,7 @@ forward passes is read from the engine's counters (``stats["forward"]`` and ``st
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 from collections.abc import Iterator
@@ -55,13 +56,8 @@ def prompts(model: LoadedModel) -> list[list[int]]:
 
 def alone(model: LoadedModel, request: GenerationRequest) -> Trace:
     """The deltas of ``request`` decoded by itself through ``generate``."""
-    fresh = GenerationRequest(**{**_fields(request), "cancelled": False})
+    fresh = dataclasses.replace(request, cancelled=False)
     return [(d.text, d.tokens, d.finish_reason) for d in model.backend.generate(model.handle, [fresh])]
-
-
-def _fields(request: GenerationRequest) -> dict[str, Any]:
-    names = ("prompt_ids", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "cancelled")
-    return {n: getattr(request, n) for n in names}
 
 
 @dataclass
@@ -83,7 +79,7 @@ class Run:
 
 def drive(
     model: LoadedModel,
-    session: GenerationSession,
+    session: Any,
     schedule: dict[int, list[GenerationRequest]],
     ids: dict[int, list[int]] | None = None,
     limit: int = 200,
@@ -100,7 +96,7 @@ def drive(
         deltas = session.step()
         run.forwards.append(stats["forward"] - forward)
         run.rows.append(stats["rows"] - rows)
-        run.live.append(session.live)  # type: ignore[attr-defined]
+        run.live.append(session.live)
         if not deltas and not any(k > step for k in schedule):
             run.steps = step
             return run
