@@ -68,8 +68,14 @@ class HFBackendBase(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming, padded batching and (seeded) sampling."""
-        return [Capability.STREAMING, Capability.BATCHING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+        """Streaming, padded and continuous batching (the engine's session) and (seeded) sampling."""
+        return [
+            Capability.STREAMING,
+            Capability.BATCHING,
+            Capability.CONTINUOUS_BATCHING,
+            Capability.SAMPLING,
+            Capability.SEEDED_SAMPLING,
+        ]
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -32,12 +32,15 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from flavorkit.batching import CostModel
 from flavorkit.types import Delta, GenerationRequest, Message
+
+if TYPE_CHECKING:
+    from flavorkit_hf.session import EngineSession
 
 __all__ = [
     "CPU_COST",
@@ -302,6 +305,15 @@ class Engine:
                 yield from self._solo(rows[0])
             else:
                 yield from self._batch(rows)
+
+    def session(self) -> EngineSession:
+        """A continuous-batching session over this engine (see :mod:`flavorkit_hf.session`).
+
+        ``"sequential"`` keeps its promise of one request at a time: one live row, the rest wait.
+        """
+        from flavorkit_hf.session import EngineSession
+
+        return EngineSession(self, max_rows=1 if self.batching == "sequential" else None)
 
     def token_ids(self, request: GenerationRequest) -> list[int]:
         """The token ids one request produces alone (end-of-sequence included), for diagnostics and tests."""

@@ -19,6 +19,7 @@ from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import installed_version, pinned
 from flavorkit.sources import ModelDir, check_links, looks_like_hub_id, model_dir
+from flavorkit.types import GenerationSession
 from flavorkit_hf.common import (
     CODE_SUFFIXES,
     WEIGHT_SUFFIXES,
@@ -175,6 +176,11 @@ class OptimumBackend(HFBackendBase):
         from flavorkit_hf.runtime import load_optimum
 
         return load_optimum(artifacts["model"], options)
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """The engine's continuous-batching session (one live row at a time in ``"sequential"`` mode)."""
+        return handle.session()  # type: ignore[no-any-return]
 
 
 backend = OptimumBackend()

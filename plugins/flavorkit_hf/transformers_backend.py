@@ -22,6 +22,7 @@ from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import pinned
 from flavorkit.sources import check_links
+from flavorkit.types import GenerationSession
 from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]
@@ -99,6 +100,11 @@ class TransformersBackend(HFBackendBase):
         from flavorkit_hf.runtime import load_transformers
 
         return load_transformers(artifacts["model"], options)
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """The engine's continuous-batching session (one live row at a time in ``"sequential"`` mode)."""
+        return handle.session()  # type: ignore[no-any-return]
 
 
 backend = TransformersBackend()
