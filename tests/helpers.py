@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flavorkit.registry import get_backend
-from flavorkit.runtime import LoadedModel
+from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
+
+#: The example third-party backend's project folder.
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flavorkit-llamacpp"
+
+
+def require_example_backend() -> None:
+    """Skip the calling test module unless the example backend is installed (CI must have it)."""
+    if importlib.util.find_spec("flavorkit_llamacpp") is None:
+        hint = f'CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install -e {EXAMPLE}'
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must install the example backend ({hint}); `make venv` does")
+        pytest.skip(f"the example backend is not installed: {hint}", allow_module_level=True)
+
+
+def check_events(prepared: Sequence[PreparedRequest], keys: Sequence[int], events: Sequence[BatchEvent]) -> None:
+    """Assert that the events of each request (by key) carry exactly its text, finish reasons and tokens."""
+    for key, p in zip(keys, prepared, strict=True):
+        for j in range(p.n):
+            mine = [e for e in events if e.request == key and e.choice == j]
+            assert "".join(e.text for e in mine) == p.texts()[j]
+            assert [e.finish_reason for e in mine if e.finish_reason] == [p.finish_reasons()[j]]
+        assert sum(e.tokens for e in events if e.request == key) == p.usage()["completion_tokens"]
+
 
 #: Prompts of different lengths and scripts, for batch and streaming tests.
 PROMPTS = [

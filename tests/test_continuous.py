@@ -18,8 +18,8 @@ from flavorkit.continuous import ContinuousBatch
 from flavorkit.errors import BackendError
 from flavorkit.interleave import InterleavedSession
 from flavorkit.registry import Backend
-from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
-from helpers import chat, load_engine
+from flavorkit.runtime import BatchEvent, LoadedModel
+from helpers import chat, check_events, load_engine
 
 pytest.importorskip("prometheus_client")
 
@@ -148,15 +148,6 @@ REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-def _check_events(prepared: list[PreparedRequest], keys: list[int], events: list[BatchEvent]) -> None:
-    for key, p in zip(keys, prepared, strict=True):
-        for j in range(p.n):
-            mine = [e for e in events if e.request == key and e.choice == j]
-            assert "".join(e.text for e in mine) == p.texts()[j]
-            assert [e.finish_reason for e in mine if e.finish_reason] == [p.finish_reasons()[j]]
-        assert sum(e.tokens for e in events if e.request == key) == p.usage()["completion_tokens"]
-
-
 def test_requests_joining_mid_flight_get_exactly_their_own_answers(onnx: LoadedModel) -> None:
     alone = [onnx.predict(r)[0] for r in REQUESTS]
     batch = onnx.open_session()
@@ -178,7 +169,7 @@ def test_requests_joining_mid_flight_get_exactly_their_own_answers(onnx: LoadedM
         assert p.texts() == [c["message"]["content"] for c in want["choices"]]
         assert p.finish_reasons() == [c["finish_reason"] for c in want["choices"]]
         assert p.usage() == want["usage"]
-    _check_events(prepared, keys, events)
+    check_events(prepared, keys, events)
 
 
 def test_a_request_cancelled_in_a_session_stops_at_once_and_the_others_go_on(onnx: LoadedModel) -> None:

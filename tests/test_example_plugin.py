@@ -6,22 +6,16 @@ model that MLflow loads and streams, and pass its own test suite, which runs the
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flavorkit-llamacpp"
+from helpers import EXAMPLE, require_example_backend
 
-if importlib.util.find_spec("flavorkit_llamacpp") is None:
-    hint = f'CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install -e {EXAMPLE}'
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must install the example backend ({hint}); `make venv` does")
-    pytest.skip(f"the example backend is not installed: {hint}", allow_module_level=True)
+require_example_backend()
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,6 @@ The official ``openai`` client talks to a real uvicorn server on loopback.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,15 +15,10 @@ from typing import Any
 
 import pytest
 
+from helpers import require_example_backend
 from serve_fixtures import metric, running
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flavorkit-llamacpp"
-
-if importlib.util.find_spec("flavorkit_llamacpp") is None:
-    hint = f'CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install -e {EXAMPLE}'
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must install the example backend ({hint}); `make venv` does")
-    pytest.skip(f"the example backend is not installed: {hint}", allow_module_level=True)
+require_example_backend()
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")

@@ -14,7 +14,7 @@ from flavorkit.errors import InvalidRequest
 from flavorkit.runtime import LoadedModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, QueueFull, Scheduler, ShuttingDown
-from helpers import chat, load_engine
+from helpers import chat, check_events, load_engine
 
 pytest.importorskip("prometheus_client")
 
@@ -43,12 +43,7 @@ def test_run_batch_gives_each_request_its_own_answer(engine: LoadedModel) -> Non
         assert p.finish_reasons() == [c["finish_reason"] for c in want["choices"]]
         assert p.usage() == want["usage"]
     # the events carry exactly the text, per request and choice, and one finish each
-    for i, p in enumerate(prepared):
-        for j in range(p.n):
-            mine = [e for e in events if e.request == i and e.choice == j]
-            assert "".join(e.text for e in mine) == p.texts()[j]
-            assert [e.finish_reason for e in mine if e.finish_reason] == [p.finish_reasons()[j]]
-        assert sum(e.tokens for e in events if e.request == i) == p.usage()["completion_tokens"]
+    check_events(prepared, range(len(prepared)), events)
 
 
 def test_a_request_cancelled_before_the_batch_is_skipped(engine: LoadedModel) -> None:
