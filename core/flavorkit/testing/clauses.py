@@ -49,6 +49,10 @@ _ALL = (
     Clause("usage", "usage counts are consistent with encode() and with the tokens generate() reports"),
     Clause("finish_reason", "every request ends with exactly one finish_reason, 'length' when cut short"),
     Clause("stream_matches_predict", "the joined stream equals the non-stream result"),
+    Clause(
+        "special_tokens",
+        "answers never contain the text of a special token of the model's tokenizer (e.g. '<|im_end|>')",
+    ),
     Clause("batch_matches_single", "a batch gives each request the same result as running it alone"),
     Clause("cancellation", "a cancelled request is dropped promptly without disturbing the others"),
     Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),
