@@ -247,6 +247,14 @@ class CrashesAtExit(ToyBackend):
         return super().load(artifacts, options)
 
 
+class DropsSystem(ToyBackend):
+    """Broken: the chat template leaves out system messages."""
+
+    @hookimpl
+    def encode(self, handle, messages):
+        return super().encode(handle, [m for m in messages if m["role"] != "system"])
+
+
 good = ToyBackend()
 minimal = MinimalBackend()
 no_max_tokens = IgnoresMaxTokens()
@@ -256,6 +264,7 @@ fixed_seed = FixedSeed()
 special_text = SpecialTokenAsText()
 pads_to_bucket = PadsToBucket()
 crash_at_exit = CrashesAtExit()
+drops_system = DropsSystem()
 '''
 
 TOYKIT_HEAVY = '''
@@ -289,6 +298,7 @@ TOYS = {
     "toy-fixed-seed": "toykit:fixed_seed",
     "toy-special-text": "toykit:special_text",
     "toy-pads-to-bucket": "toykit:pads_to_bucket",
+    "toy-drops-system": "toykit:drops_system",
 }
 
 #: The one clause each broken toy must fail (and it must pass every other clause).
@@ -299,6 +309,7 @@ BROKEN = {
     "toy-fixed-seed": "seeded_sampling",
     "toy-special-text": "special_tokens",
     "toy-pads-to-bucket": "batch_matches_single",
+    "toy-drops-system": "chat_template",
     "toy-heavy": "entry_point_light",
     "toy-slow": "entry_point_light",
     "toy-crash-at-exit": "fresh_process",
@@ -322,6 +333,8 @@ class ToySuite(BackendConformance):
 
 #: Clauses that run only when a capability is declared, and the capabilities of each toy.
 GPU_ONLY = {"gpu"}
+#: Clauses the toy model cannot pass in full: it has no chat template to render a reference with.
+NO_REFERENCE = {"chat_template"}
 MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu", "continuous_batching"}
 
 
@@ -408,6 +421,7 @@ TOY_SUITES: dict[str, tuple[str, Mapping[str, str]]] = {
     "TestFixedSeed": ("toy-fixed-seed", {}),
     "TestSpecialText": ("toy-special-text", {}),
     "TestPadsToBucket": ("toy-pads-to-bucket", {}),
+    "TestDropsSystem": ("toy-drops-system", {}),
     "TestKnownBug": ("toy-no-max-tokens", {"max_tokens": "toy bug 1: max_tokens is ignored"}),
     "TestStaleEntry": ("toy-good", {"usage": "toy bug 2, fixed since"}),
 }
@@ -438,21 +452,29 @@ def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
     got = outcomes(toys, "TestGood")
     assert set(got) == set(CLAUSES)
     for name, (outcome, message) in got.items():
-        expected = "skipped" if name in GPU_ONLY else "passed"
+        expected = "skipped" if name in GPU_ONLY | NO_REFERENCE else "passed"
         assert outcome == expected, f"{name}: {outcome}: {message}"
     assert "does not declare capability 'gpu'" in got["gpu"][1]
+    # The toy's tokenizer_config.json declares special tokens but no chat template: the kit checks
+    # that every message reaches the prompt and says why it could not compare with a reference.
+    assert got["chat_template"][1].endswith(
+        "every message reaches the prompt, but the model declares no chat template the kit can render "
+        "(no tokenizer_config.json with one)"
+    )
 
 
 def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[str, Any]) -> None:
     got = outcomes(toys, "TestMinimal")
     for name, (outcome, message) in got.items():
-        if name in MINIMAL_SKIPS:
+        if name in NO_REFERENCE:
+            assert outcome == "skipped" and "every message reaches the prompt" in message, f"{name}: {message}"
+        elif name in MINIMAL_SKIPS:
             assert outcome == "skipped", f"{name}: {outcome}: {message}"
             assert f"does not declare capability '{CLAUSES[name].capability.value}'" in message  # type: ignore[union-attr]
         else:
             assert outcome == "passed", f"{name}: {outcome}: {message}"
     required = [c.name for c in CLAUSES.values() if c.required]
-    assert all(got[name][0] == "passed" for name in required)
+    assert all(got[name][0] == "passed" for name in required if name not in NO_REFERENCE)
 
 
 @pytest.mark.parametrize(
@@ -464,6 +486,7 @@ def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[s
         ("TestFixedSeed", "toy-fixed-seed"),
         ("TestSpecialText", "toy-special-text"),
         ("TestPadsToBucket", "toy-pads-to-bucket"),
+        ("TestDropsSystem", "toy-drops-system"),
     ],
 )
 def test_broken_backend_fails_exactly_its_clause(toys: dict[str, Any], suite: str, backend: str) -> None:
@@ -482,6 +505,8 @@ def test_failure_messages_say_what_broke(toys: dict[str, Any]) -> None:
     assert "not how the streamed" in outcomes(toys, "TestEchoStream")["stream_matches_predict"][1]
     assert "reported only 1 token" in outcomes(toys, "TestBadUsage")["usage"][1]
     assert "the seed has no effect" in outcomes(toys, "TestFixedSeed")["seeded_sampling"][1]
+    dropped = outcomes(toys, "TestDropsSystem")["chat_template"][1]
+    assert "the chat template drops the system message" in dropped
     padded = outcomes(toys, "TestPadsToBucket")["batch_matches_single"][1]
     assert "padding or prompt length leaks into the answers" in padded
     special = outcomes(toys, "TestSpecialText")["special_tokens"][1]
@@ -558,7 +583,7 @@ def test_cli_check_prints_the_table_and_fails(toy_site: Path, toy_model: Path, t
     assert any(line.split()[:2] == ["stream_matches_predict", "failed"] for line in lines if line.strip())
     assert any(line.split()[:2] == ["max_tokens", "passed"] for line in lines if line.strip())
     assert any(line.startswith("gpu") and "skipped" in line and "capability 'gpu'" in line for line in lines)
-    assert "22 passed, 1 failed, 1 skipped, 0 xfailed" in proc.stdout
+    assert "23 passed, 1 failed, 2 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["format"] == REPORT_FORMAT and data["ok"] is False
     assert [c["clause"] for c in data["clauses"]] == list(CLAUSES)
@@ -662,5 +687,5 @@ def test_guide_conformance_test_module_passes(
     pytester.makepyfile(test_conformance=module)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=20, skipped=4)
-    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "20 passed, 0 failed, 4 skipped*"])
+    result.assert_outcomes(passed=21, skipped=5)
+    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "21 passed, 0 failed, 5 skipped*"])

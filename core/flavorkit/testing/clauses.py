@@ -47,6 +47,10 @@ _ALL = (
     Clause("stop_strings", "stop strings never appear in the output, which ends just before the first match"),
     Clause("n_choices", "n gives n choices, each equal to the greedy answer"),
     Clause("usage", "usage counts are consistent with encode() and with the tokens generate() reports"),
+    Clause(
+        "chat_template",
+        "encode() keeps every message (system, earlier turns) and matches the model's own chat template",
+    ),
     Clause("finish_reason", "every request ends with exactly one finish_reason, 'length' when cut short"),
     Clause("stream_matches_predict", "the joined stream equals the non-stream result"),
     Clause(

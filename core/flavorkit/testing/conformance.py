@@ -505,6 +505,42 @@ class BackendConformance:
             f"generate() reported {probe.answer.tokens} tokens for {probe.answer.text!r}",
         )
 
+    @clause("chat_template")
+    def test_chat_template(self, conformance: Harness) -> None:
+        """encode() depends on every message, and equals the model's own chat template where the kit can render it."""
+        conversation = list(_CONVERSATION)
+        reference, why_not = _reference_prompt(conformance, conversation)
+        try:
+            ids = conformance.encode(conversation)
+        except Exception as exc:
+            if reference is None and why_not.startswith("the model's chat template fails"):
+                pytest.skip(f"{why_not}; encode() fails as well: {type(exc).__name__}: {exc}")
+            raise ClauseFailed(
+                f"encode() of a conversation with a system message and earlier turns raised {type(exc).__name__}: {exc}"
+            ) from None
+        for index, what in ((0, "the system message"), (1, "an earlier user turn"), (2, "an earlier assistant turn")):
+            changed = [dict(m) for m in conversation]
+            changed[index]["content"] = "Something else entirely, about the weather."
+            check(
+                conformance.encode(changed) != ids,
+                f"the chat template drops {what}: encode() gives the same ids whatever "
+                f"{conversation[index]['content']!r} says; render every message of the conversation",
+            )
+        if reference is None:
+            pytest.skip(f"every message reaches the prompt, but {why_not}")
+        ref_ids, ref_text, tokenizer = reference
+        if ids == ref_ids:
+            return
+        got_text = tokenizer.decode(ids, skip_special_tokens=False)
+        if got_text == ref_text:
+            return  # the same text, tokenized another way (another tokenizer library, merged tokens)
+        missing = [m["role"] for m in conversation if m["content"] not in got_text]
+        raise ClauseFailed(
+            "encode() of a conversation with a system message and earlier turns differs from the model's own chat "
+            + (f"template (it lacks the {', '.join(missing)} message(s))" if missing else "template")
+            + f": encode() decodes to {got_text!r}, the template renders {ref_text!r}"
+        )
+
     @clause("finish_reason")
     def test_finish_reason(self, conformance: Harness) -> None:
         """Every request ends with one finish_reason, last; a request cut by max_tokens says 'length'."""
@@ -930,6 +966,55 @@ _HOT = 2.0
 _LONG_FACTOR = 10
 _LONG_PROMPT_MAX = 2048
 _FILLER = "Here is a note about packaging language models with their runtimes, read it carefully. "
+
+
+#: The conversation the chat_template clause encodes: a system message and earlier turns.
+_CONVERSATION: tuple[Message, ...] = (
+    {"role": "system", "content": "You are a terse assistant for packaging questions."},
+    {"role": "user", "content": "What is a model flavor?"},
+    {"role": "assistant", "content": "A way to save and load one kind of model."},
+    {"role": "user", "content": "And what is a backend?"},
+)
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def _reference_prompt(conformance: Harness, conversation: Sequence[Message]) -> tuple[Any, str]:
+    """``((ids, text, tokenizer), "")`` rendered by the model's own chat template, or ``(None, why not)``."""
+    from flavorkit.loading import MANIFEST_ARTIFACT
+
+    roots = [Path(p) for k, p in conformance.packaged_artifacts().items() if k != MANIFEST_ARTIFACT]
+    if isinstance(conformance.source, (str, os.PathLike)):
+        roots.append(Path(conformance.source))
+    folder = None
+    for root in roots:
+        for config in sorted(root.rglob("tokenizer_config.json")) if root.is_dir() else []:
+            try:
+                declared = "chat_template" in json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                declared = False
+            if declared or any((config.parent / name).is_file() for name in _TEMPLATE_FILES):
+                folder = config.parent
+                break
+        if folder is not None:
+            break
+    if folder is None:
+        return None, "the model declares no chat template the kit can render (no tokenizer_config.json with one)"
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None, f"rendering the chat template of {folder} needs transformers, which is not installed"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:
+        return None, f"the tokenizer in {folder} does not load with transformers: {type(exc).__name__}: {exc}"
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in conversation], add_generation_prompt=True, tokenize=False
+        )
+    except Exception as exc:
+        return None, f"the model's chat template fails on a conversation with a system message: {exc}"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (list(ids), str(text), tokenizer), ""
 
 
 def _long_messages(conformance: Harness, short: Sequence[Message]) -> tuple[Message, ...]:
