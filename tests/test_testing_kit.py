@@ -459,7 +459,7 @@ def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
     # that every message reaches the prompt and says why it could not compare with a reference.
     assert got["chat_template"][1].endswith(
         "every message reaches the prompt, but the model declares no chat template the kit can render "
-        "(no tokenizer_config.json with one)"
+        "(no tokenizer_config.json with one, no GGUF file)"
     )
 
 

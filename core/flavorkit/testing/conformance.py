@@ -997,16 +997,29 @@ def _reference_prompt(conformance: Harness, conversation: Sequence[Message]) -> 
                 break
         if folder is not None:
             break
-    if folder is None:
-        return None, "the model declares no chat template the kit can render (no tokenizer_config.json with one)"
+    gguf = None
+    if folder is None:  # a GGUF file carries its tokenizer and chat template in its metadata
+        ggufs = [r for r in roots if r.is_file() and r.suffix == ".gguf"]
+        ggufs += [f for r in roots if r.is_dir() for f in sorted(r.rglob("*.gguf"))]
+        gguf = ggufs[0] if ggufs else None
+    if folder is None and gguf is None:
+        return None, (
+            "the model declares no chat template the kit can render (no tokenizer_config.json with one, no GGUF file)"
+        )
+    where = folder if gguf is None else gguf
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        return None, f"rendering the chat template of {folder} needs transformers, which is not installed"
+        return None, f"rendering the chat template of {where} needs transformers, which is not installed"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        if gguf is not None:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        if not tokenizer.chat_template:
+            return None, f"the tokenizer in {where} has no chat template"
     except Exception as exc:
-        return None, f"the tokenizer in {folder} does not load with transformers: {type(exc).__name__}: {exc}"
+        return None, f"the tokenizer in {where} does not load with transformers: {type(exc).__name__}: {exc}"
     try:
         text = tokenizer.apply_chat_template(
             [dict(m) for m in conversation], add_generation_prompt=True, tokenize=False
