@@ -13,6 +13,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -255,6 +256,32 @@ class DropsSystem(ToyBackend):
         return super().encode(handle, [m for m in messages if m["role"] != "system"])
 
 
+class TemplatedToy(ToyBackend):
+    """Correct: encodes with the model folder's own tokenizer and chat template (a Hugging Face folder)."""
+
+    @hookimpl
+    def load(self, artifacts, options):
+        from transformers import AutoTokenizer
+
+        handle = super().load(artifacts, options)
+        handle.tokenizer = AutoTokenizer.from_pretrained(artifacts["weights"])
+        return handle
+
+    def render(self, handle, messages):
+        return handle.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+    @hookimpl
+    def encode(self, handle, messages):
+        return handle.tokenizer(self.render(handle, messages), add_special_tokens=False)["input_ids"]
+
+
+class OwnTemplate(TemplatedToy):
+    """Broken: keeps every message, but in a prompt format of its own instead of the model's template."""
+
+    def render(self, handle, messages):
+        return "".join(f"[{m['role'].upper()}] {m['content']}\n" for m in messages) + "[ASSISTANT] "
+
+
 good = ToyBackend()
 minimal = MinimalBackend()
 no_max_tokens = IgnoresMaxTokens()
@@ -265,6 +292,8 @@ special_text = SpecialTokenAsText()
 pads_to_bucket = PadsToBucket()
 crash_at_exit = CrashesAtExit()
 drops_system = DropsSystem()
+templated = TemplatedToy()
+own_template = OwnTemplate()
 '''
 
 TOYKIT_HEAVY = '''
@@ -296,6 +325,8 @@ TOYS = {
     "toy-echo-stream": "toykit:echo_stream",
     "toy-bad-usage": "toykit:bad_usage",
     "toy-fixed-seed": "toykit:fixed_seed",
+    "toy-templated": "toykit:templated",
+    "toy-own-template": "toykit:own_template",
     "toy-special-text": "toykit:special_text",
     "toy-pads-to-bucket": "toykit:pads_to_bucket",
     "toy-drops-system": "toykit:drops_system",
@@ -310,6 +341,7 @@ BROKEN = {
     "toy-special-text": "special_tokens",
     "toy-pads-to-bucket": "batch_matches_single",
     "toy-drops-system": "chat_template",
+    "toy-own-template": "chat_template",
     "toy-heavy": "entry_point_light",
     "toy-slow": "entry_point_light",
     "toy-crash-at-exit": "fresh_process",
@@ -347,6 +379,18 @@ def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     special = {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False, "special": True}
     tokenizer = {"eos_token": "<|im_end|>", "added_tokens_decoder": {"0": special}}
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def templated_model(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
+    """A toy model folder holding a real tokenizer and chat template (the tiny checkpoint's), no weights."""
+    folder = tmp_path_factory.mktemp("templated-model") / "toy-templated"
+    folder.mkdir()
+    for file in tiny_hf.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(file, folder / file.name)
+    (folder / "toy.json").write_text(json.dumps({"name": "toy-templated", "context_length": 512}))
     return folder
 
 
@@ -446,6 +490,28 @@ def heavy(
         "TestCrashAtExit": ("toy-crash-at-exit", {}),
     }
     return run_kit(pytester, monkeypatch, "heavy", heavy_site, toy_model, suites)
+
+
+@pytest.fixture
+def templated(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, toy_site: Path, templated_model: Path
+) -> dict[str, Any]:
+    """The report of the kit run over the toys that encode with a real tokenizer and chat template."""
+    suites = {"TestTemplated": ("toy-templated", {}), "TestOwnTemplate": ("toy-own-template", {})}
+    select = "TestOwnTemplate or test_chat_template or test_usage"
+    return run_kit(pytester, monkeypatch, "templated", toy_site, templated_model, suites, "-k", select)
+
+
+def test_chat_template_compares_with_the_models_own_template(templated: dict[str, Any]) -> None:
+    good = outcomes(templated, "TestTemplated")
+    assert good == {"chat_template": ("passed", ""), "usage": ("passed", "")}, good
+    got = outcomes(templated, "TestOwnTemplate")
+    failed = {name for name, (outcome, _) in got.items() if outcome == "failed"}
+    assert failed == {BROKEN["toy-own-template"]}, {n: got[n] for n in failed}
+    assert all(outcome in ("passed", "skipped") for name, (outcome, _) in got.items() if name not in failed)
+    message = got["chat_template"][1]
+    assert "differs from the model's own chat template: encode() decodes to '[SYSTEM] You are" in message
+    assert "the template renders '<|im_start|>system\\nYou are" in message
 
 
 def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
