@@ -26,9 +26,9 @@ name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
 for module in ("flavorkit", "flavorkit.registry", "flavorkit.plugin"):
     try:
         importlib.import_module(module)
-    except ImportError:
+    except Exception:  # a missing SDK module is counted against the plugin, not hidden
         pass
-heavy -= set(sys.modules)  # already imported by the interpreter's startup (sitecustomize): not the plugin's doing
+heavy -= set(sys.modules)  # imported at startup (sitecustomize) or by flavorkit itself: not the plugin's doing
 seen = {}
 
 class _Spy(importlib.abc.MetaPathFinder):

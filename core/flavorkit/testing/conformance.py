@@ -956,10 +956,10 @@ class BackendConformance:
 
 #: How many samples, of how many tokens, at which temperature the sampling clauses compare.
 _SAMPLES = 6
-#: The greedy answer length the special_tokens clause asks for, so that answers end by themselves.
-_LONG_ANSWER = 128
 _SAMPLE_TOKENS = 8
 _HOT = 2.0
+#: The greedy answer length the special_tokens clause asks for, so that answers end by themselves.
+_LONG_ANSWER = 128
 
 
 #: The long prompt of batch_matches_single: this many times the short one, within half the context.
