@@ -76,7 +76,7 @@ def test_flavorkit_check_command_line(tiny_ort: Path, tmp_path: Path) -> None:
         if line.split()[:1] in [[c] for c in CLAUSES]
     }
     assert rows == {name: ("skipped" if name == "gpu" else "passed") for name in CLAUSES}
-    assert "23 passed, 0 failed, 1 skipped, 0 xfailed" in proc.stdout
+    assert "25 passed, 0 failed, 1 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["ok"] is True and data["version"] == 1
     assert data["backends"][0]["name"] == "onnx-cpu" and data["backends"][0]["model"] == str(tiny_ort)

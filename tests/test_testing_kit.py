@@ -13,6 +13,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,8 +32,10 @@ pytest_plugins = ["pytester"]
 TOYKIT = r'''
 """Toy backends: a deterministic character-level model; each broken variant breaks one promise."""
 
+import atexit
 import json
 import math
+import os
 import random
 import zlib
 from pathlib import Path
@@ -44,20 +47,23 @@ EOS = 0  # token 0 ends a sequence; every other token id is a Unicode code point
 
 
 class Handle:
-    def __init__(self, config):
+    def __init__(self, folder):
+        config = json.loads((folder / "toy.json").read_text())
         self.context_length = int(config["context_length"])
         self.name = config["name"]
+        tokenizer = folder / "tokenizer_config.json"  # declares the special tokens, as in a real model folder
+        self.eos_text = json.loads(tokenizer.read_text())["eos_token"] if tokenizer.exists() else ""
 
 
-def scores(context):
-    """Pseudo-logits over ALPHABET, a pure function of the last tokens and the position."""
-    seed = zlib.crc32(",".join(map(str, context[-6:])).encode()) ^ len(context)
+def scores(context, shift=0):
+    """Pseudo-logits over ALPHABET, a pure function of the last tokens and the position (moved by shift)."""
+    seed = zlib.crc32(",".join(map(str, context[-6:])).encode()) ^ (len(context) + shift)
     rng = random.Random(seed)
     return [rng.random() for _ in ALPHABET]
 
 
-def next_token(context, produced, request, rng):
-    logits = scores(context)
+def next_token(context, produced, request, rng, shift=0):
+    logits = scores(context, shift)
     if produced >= 20 and logits[0] > 0.85:
         return EOS
     order = sorted(range(len(ALPHABET)), key=lambda i: -logits[i])
@@ -100,7 +106,7 @@ class ToyBackend:
 
     @hookimpl
     def load(self, artifacts, options):
-        return Handle(json.loads((Path(artifacts["weights"]) / "toy.json").read_text()))
+        return Handle(Path(artifacts["weights"]))
 
     @hookimpl
     def describe(self, handle):
@@ -123,10 +129,20 @@ class ToyBackend:
     def delta(self, index, text, so_far, finish):
         return Delta(index, text, 1, finish)
 
+    def rng(self, request):
+        return random.Random(request.seed) if request.seed is not None else random.Random()
+
+    def stop_text(self, handle):
+        return ""
+
+    def shifts(self, requests):
+        return [0] * len(requests)
+
     def decode(self, handle, requests):
         contexts = [list(r.prompt_ids) for r in requests]
         texts = [""] * len(requests)
-        rngs = [random.Random(r.seed) if r.seed is not None else random.Random() for r in requests]
+        rngs = [self.rng(r) for r in requests]
+        shifts = self.shifts(requests)
         live = list(range(len(requests)))
         while live:
             for i in list(live):
@@ -135,10 +151,10 @@ class ToyBackend:
                     live.remove(i)
                     continue
                 produced = len(contexts[i]) - len(request.prompt_ids)
-                token = next_token(contexts[i], produced, request, rngs[i])
+                token = next_token(contexts[i], produced, request, rngs[i], shifts[i])
                 if token == EOS:
                     live.remove(i)
-                    yield Delta(i, "", 1, "stop")
+                    yield Delta(i, self.stop_text(handle), 1, "stop")
                     continue
                 contexts[i].append(token)
                 texts[i] += chr(token)
@@ -201,11 +217,83 @@ class MisreportsUsage(ToyBackend):
         return Delta(index, text, 1 if finish else 0, finish)
 
 
+class FixedSeed(ToyBackend):
+    """Broken: every seeded request uses one fixed seed, whatever its own is."""
+
+    def rng(self, request):
+        return random.Random(1234) if request.seed is not None else random.Random()
+
+
+class SpecialTokenAsText(ToyBackend):
+    """Broken: decodes the end-of-sequence token as text, so every answer that ends by itself ends in it."""
+
+    def stop_text(self, handle):
+        return handle.eos_text
+
+
+class PadsToBucket(ToyBackend):
+    """Broken: pads a batch to the 128-token bucket of its longest prompt, and the padding leaks into answers."""
+
+    def shifts(self, requests):
+        top = max(-(-len(r.prompt_ids) // 128) * 128 for r in requests)
+        return [top - len(r.prompt_ids) for r in requests]
+
+
+class CrashesAtExit(ToyBackend):
+    """Broken: once a model is loaded, the interpreter aborts at exit (status 134), like a runtime's destructor."""
+
+    @hookimpl
+    def load(self, artifacts, options):
+        atexit.register(os.abort)
+        return super().load(artifacts, options)
+
+
+class DropsSystem(ToyBackend):
+    """Broken: the chat template leaves out system messages."""
+
+    @hookimpl
+    def encode(self, handle, messages):
+        return super().encode(handle, [m for m in messages if m["role"] != "system"])
+
+
+class TemplatedToy(ToyBackend):
+    """Correct: encodes with the model folder's own tokenizer and chat template (a Hugging Face folder)."""
+
+    @hookimpl
+    def load(self, artifacts, options):
+        from transformers import AutoTokenizer
+
+        handle = super().load(artifacts, options)
+        handle.tokenizer = AutoTokenizer.from_pretrained(artifacts["weights"])
+        return handle
+
+    def render(self, handle, messages):
+        return handle.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+    @hookimpl
+    def encode(self, handle, messages):
+        return handle.tokenizer(self.render(handle, messages), add_special_tokens=False)["input_ids"]
+
+
+class OwnTemplate(TemplatedToy):
+    """Broken: keeps every message, but in a prompt format of its own instead of the model's template."""
+
+    def render(self, handle, messages):
+        return "".join(f"[{m['role'].upper()}] {m['content']}\n" for m in messages) + "[ASSISTANT] "
+
+
 good = ToyBackend()
 minimal = MinimalBackend()
 no_max_tokens = IgnoresMaxTokens()
 echo_stream = EchoesInFinalDelta()
 bad_usage = MisreportsUsage()
+fixed_seed = FixedSeed()
+special_text = SpecialTokenAsText()
+pads_to_bucket = PadsToBucket()
+crash_at_exit = CrashesAtExit()
+drops_system = DropsSystem()
+templated = TemplatedToy()
+own_template = OwnTemplate()
 '''
 
 TOYKIT_HEAVY = '''
@@ -218,12 +306,30 @@ from toykit import ToyBackend
 backend = ToyBackend()
 '''
 
+TOYKIT_SLOW = '''
+"""Broken: the module takes 4 s to import, so every `flavorkit backends` takes 4 s longer."""
+
+import time
+
+from toykit import ToyBackend
+
+time.sleep(4)  # stands in for an eager scan or a heavy import at module level
+
+backend = ToyBackend()
+'''
+
 TOYS = {
     "toy-good": "toykit:good",
     "toy-minimal": "toykit:minimal",
     "toy-no-max-tokens": "toykit:no_max_tokens",
     "toy-echo-stream": "toykit:echo_stream",
     "toy-bad-usage": "toykit:bad_usage",
+    "toy-fixed-seed": "toykit:fixed_seed",
+    "toy-templated": "toykit:templated",
+    "toy-own-template": "toykit:own_template",
+    "toy-special-text": "toykit:special_text",
+    "toy-pads-to-bucket": "toykit:pads_to_bucket",
+    "toy-drops-system": "toykit:drops_system",
 }
 
 #: The one clause each broken toy must fail (and it must pass every other clause).
@@ -231,7 +337,14 @@ BROKEN = {
     "toy-no-max-tokens": "max_tokens",
     "toy-echo-stream": "stream_matches_predict",
     "toy-bad-usage": "usage",
+    "toy-fixed-seed": "seeded_sampling",
+    "toy-special-text": "special_tokens",
+    "toy-pads-to-bucket": "batch_matches_single",
+    "toy-drops-system": "chat_template",
+    "toy-own-template": "chat_template",
     "toy-heavy": "entry_point_light",
+    "toy-slow": "entry_point_light",
+    "toy-crash-at-exit": "fresh_process",
 }
 
 SUITES = """
@@ -252,6 +365,8 @@ class ToySuite(BackendConformance):
 
 #: Clauses that run only when a capability is declared, and the capabilities of each toy.
 GPU_ONLY = {"gpu"}
+#: Clauses the toy model cannot pass in full: it has no chat template to render a reference with.
+NO_REFERENCE = {"chat_template"}
 MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu", "continuous_batching"}
 
 
@@ -261,6 +376,21 @@ def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("toy-model") / "toy-v1"
     folder.mkdir()
     (folder / "toy.json").write_text(json.dumps({"name": "toy-v1", "context_length": 512}))
+    special = {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False, "special": True}
+    tokenizer = {"eos_token": "<|im_end|>", "added_tokens_decoder": {"0": special}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def templated_model(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
+    """A toy model folder holding a real tokenizer and chat template (the tiny checkpoint's), no weights."""
+    folder = tmp_path_factory.mktemp("templated-model") / "toy-templated"
+    folder.mkdir()
+    for file in tiny_hf.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(file, folder / file.name)
+    (folder / "toy.json").write_text(json.dumps({"name": "toy-templated", "context_length": 512}))
     return folder
 
 
@@ -272,12 +402,20 @@ def toy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def heavy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second distribution with the torch-importing toy (kept apart so other runs never import torch)."""
+    """A second distribution with the toys that would slow or break the other runs.
+
+    The torch-importing toy, the slow-importing one (the registry loads every entry point) and the
+    one that aborts the interpreter at exit.
+    """
     return make_distribution(
         tmp_path_factory.mktemp("site") / "heavy",
         "toykit-heavy",
-        {"toykit": TOYKIT, "toykit_heavy": TOYKIT_HEAVY},
-        {"toy-heavy": "toykit_heavy:backend"},
+        {"toykit": TOYKIT, "toykit_heavy": TOYKIT_HEAVY, "toykit_slow": TOYKIT_SLOW},
+        {
+            "toy-heavy": "toykit_heavy:backend",
+            "toy-slow": "toykit_slow:backend",
+            "toy-crash-at-exit": "toykit:crash_at_exit",
+        },
     )
 
 
@@ -324,6 +462,10 @@ TOY_SUITES: dict[str, tuple[str, Mapping[str, str]]] = {
     "TestNoMaxTokens": ("toy-no-max-tokens", {}),
     "TestEchoStream": ("toy-echo-stream", {}),
     "TestBadUsage": ("toy-bad-usage", {}),
+    "TestFixedSeed": ("toy-fixed-seed", {}),
+    "TestSpecialText": ("toy-special-text", {}),
+    "TestPadsToBucket": ("toy-pads-to-bucket", {}),
+    "TestDropsSystem": ("toy-drops-system", {}),
     "TestKnownBug": ("toy-no-max-tokens", {"max_tokens": "toy bug 1: max_tokens is ignored"}),
     "TestStaleEntry": ("toy-good", {"usage": "toy bug 2, fixed since"}),
 }
@@ -341,29 +483,64 @@ def toys(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, toy_site: P
 def heavy(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, heavy_site: Path, toy_model: Path
 ) -> dict[str, Any]:
-    """The report of the kit run over the torch-importing toy."""
-    return run_kit(pytester, monkeypatch, "heavy", heavy_site, toy_model, {"TestHeavy": ("toy-heavy", {})})
+    """The report of the kit run over the toys of ``heavy_site``."""
+    suites = {
+        "TestHeavy": ("toy-heavy", {}),
+        "TestSlow": ("toy-slow", {}),
+        "TestCrashAtExit": ("toy-crash-at-exit", {}),
+    }
+    return run_kit(pytester, monkeypatch, "heavy", heavy_site, toy_model, suites)
+
+
+@pytest.fixture
+def templated(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, toy_site: Path, templated_model: Path
+) -> dict[str, Any]:
+    """The report of the kit run over the toys that encode with a real tokenizer and chat template."""
+    suites = {"TestTemplated": ("toy-templated", {}), "TestOwnTemplate": ("toy-own-template", {})}
+    select = "TestOwnTemplate or test_chat_template or test_usage"
+    return run_kit(pytester, monkeypatch, "templated", toy_site, templated_model, suites, "-k", select)
+
+
+def test_chat_template_compares_with_the_models_own_template(templated: dict[str, Any]) -> None:
+    good = outcomes(templated, "TestTemplated")
+    assert good == {"chat_template": ("passed", ""), "usage": ("passed", "")}, good
+    got = outcomes(templated, "TestOwnTemplate")
+    failed = {name for name, (outcome, _) in got.items() if outcome == "failed"}
+    assert failed == {BROKEN["toy-own-template"]}, {n: got[n] for n in failed}
+    assert all(outcome in ("passed", "skipped") for name, (outcome, _) in got.items() if name not in failed)
+    message = got["chat_template"][1]
+    assert "differs from the model's own chat template: encode() decodes to '[SYSTEM] You are" in message
+    assert "the template renders '<|im_start|>system\\nYou are" in message
 
 
 def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
     got = outcomes(toys, "TestGood")
     assert set(got) == set(CLAUSES)
     for name, (outcome, message) in got.items():
-        expected = "skipped" if name in GPU_ONLY else "passed"
+        expected = "skipped" if name in GPU_ONLY | NO_REFERENCE else "passed"
         assert outcome == expected, f"{name}: {outcome}: {message}"
     assert "does not declare capability 'gpu'" in got["gpu"][1]
+    # The toy's tokenizer_config.json declares special tokens but no chat template: the kit checks
+    # that every message reaches the prompt and says why it could not compare with a reference.
+    assert got["chat_template"][1].endswith(
+        "every message reaches the prompt, but the model declares no chat template the kit can render "
+        "(no tokenizer_config.json with one, no GGUF file)"
+    )
 
 
 def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[str, Any]) -> None:
     got = outcomes(toys, "TestMinimal")
     for name, (outcome, message) in got.items():
-        if name in MINIMAL_SKIPS:
+        if name in NO_REFERENCE:
+            assert outcome == "skipped" and "every message reaches the prompt" in message, f"{name}: {message}"
+        elif name in MINIMAL_SKIPS:
             assert outcome == "skipped", f"{name}: {outcome}: {message}"
             assert f"does not declare capability '{CLAUSES[name].capability.value}'" in message  # type: ignore[union-attr]
         else:
             assert outcome == "passed", f"{name}: {outcome}: {message}"
     required = [c.name for c in CLAUSES.values() if c.required]
-    assert all(got[name][0] == "passed" for name in required)
+    assert all(got[name][0] == "passed" for name in required if name not in NO_REFERENCE)
 
 
 @pytest.mark.parametrize(
@@ -372,6 +549,10 @@ def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[s
         ("TestNoMaxTokens", "toy-no-max-tokens"),
         ("TestEchoStream", "toy-echo-stream"),
         ("TestBadUsage", "toy-bad-usage"),
+        ("TestFixedSeed", "toy-fixed-seed"),
+        ("TestSpecialText", "toy-special-text"),
+        ("TestPadsToBucket", "toy-pads-to-bucket"),
+        ("TestDropsSystem", "toy-drops-system"),
     ],
 )
 def test_broken_backend_fails_exactly_its_clause(toys: dict[str, Any], suite: str, backend: str) -> None:
@@ -389,6 +570,15 @@ def test_failure_messages_say_what_broke(toys: dict[str, Any]) -> None:
     assert "max_tokens=1 but generate() yielded" in outcomes(toys, "TestNoMaxTokens")["max_tokens"][1]
     assert "not how the streamed" in outcomes(toys, "TestEchoStream")["stream_matches_predict"][1]
     assert "reported only 1 token" in outcomes(toys, "TestBadUsage")["usage"][1]
+    assert "the seed has no effect" in outcomes(toys, "TestFixedSeed")["seeded_sampling"][1]
+    dropped = outcomes(toys, "TestDropsSystem")["chat_template"][1]
+    assert "the chat template drops the system message" in dropped
+    padded = outcomes(toys, "TestPadsToBucket")["batch_matches_single"][1]
+    assert "padding or prompt length leaks into the answers" in padded
+    special = outcomes(toys, "TestSpecialText")["special_tokens"][1]
+    assert (
+        "special token text in the answer" in special and "'<|im_end|>' (tokenizer_config.json: eos_token)" in special
+    )
     stdout = toys["_stdout"]
     assert "flavorkit conformance: toy-bad-usage (TestBadUsage)" in stdout
     assert toys["_ret"] == 1
@@ -401,6 +591,28 @@ def test_heavy_import_fails_only_entry_point_light(heavy: dict[str, Any]) -> Non
     message = got["entry_point_light"][1]
     assert "imported torch (from " in message
     assert "toykit_heavy.py:4" in message
+
+
+@pytest.mark.parametrize(("suite", "backend"), [("TestSlow", "toy-slow"), ("TestCrashAtExit", "toy-crash-at-exit")])
+def test_heavy_site_toy_fails_exactly_its_clause(heavy: dict[str, Any], suite: str, backend: str) -> None:
+    got = outcomes(heavy, suite)
+    failed = {name for name, (outcome, _) in got.items() if outcome == "failed"}
+    assert failed == {BROKEN[backend]}, {n: got[n] for n in failed}
+    assert all(outcome in ("passed", "skipped") for name, (outcome, _) in got.items() if name not in failed)
+
+
+def test_slow_entry_point_message_names_the_delay(heavy: dict[str, Any]) -> None:
+    message = outcomes(heavy, "TestSlow")["entry_point_light"][1]
+    assert re.search(
+        r"took \d+\.\d s beyond importing flavorkit itself \(the least of 2 fresh interpreters\), "
+        r"over the 2\.0 s budget",
+        message,
+    ), message
+
+
+def test_crash_at_exit_message_names_the_status(heavy: dict[str, Any]) -> None:
+    message = outcomes(heavy, "TestCrashAtExit")["fresh_process"][1]
+    assert "the process exited with status 134 (SIGABRT) after loading the model and predicting" in message
 
 
 def test_expected_failure_is_a_strict_xfail(toys: dict[str, Any]) -> None:
@@ -437,7 +649,7 @@ def test_cli_check_prints_the_table_and_fails(toy_site: Path, toy_model: Path, t
     assert any(line.split()[:2] == ["stream_matches_predict", "failed"] for line in lines if line.strip())
     assert any(line.split()[:2] == ["max_tokens", "passed"] for line in lines if line.strip())
     assert any(line.startswith("gpu") and "skipped" in line and "capability 'gpu'" in line for line in lines)
-    assert "22 passed, 1 failed, 1 skipped, 0 xfailed" in proc.stdout
+    assert "23 passed, 1 failed, 2 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["format"] == REPORT_FORMAT and data["ok"] is False
     assert [c["clause"] for c in data["clauses"]] == list(CLAUSES)
@@ -541,5 +753,5 @@ def test_guide_conformance_test_module_passes(
     pytester.makepyfile(test_conformance=module)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=20, skipped=4)
-    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "20 passed, 0 failed, 4 skipped*"])
+    result.assert_outcomes(passed=21, skipped=5)
+    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "21 passed, 0 failed, 5 skipped*"])

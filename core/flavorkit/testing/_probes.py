@@ -14,15 +14,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["MARKER", "ProbeError", "child_env", "load_and_predict", "probe_entry_point"]
+__all__ = ["MARKER", "ProbeError", "child_env", "exit_status", "load_and_predict", "probe_entry_point"]
 
 MARKER = "FLAVORKIT-PROBE "
 
 _ENTRY_POINT_SCRIPT = r"""
-import importlib.abc, json, sys, traceback
+import importlib, importlib.abc, json, sys, time, traceback
 
 name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
-heavy -= set(sys.modules)  # already imported by the interpreter's startup (sitecustomize): not the plugin's doing
+# flavorkit itself (and its SDK) is imported before the clock starts: only the plugin's own cost counts.
+for module in ("flavorkit", "flavorkit.registry", "flavorkit.plugin"):
+    try:
+        importlib.import_module(module)
+    except Exception:  # a missing SDK module is counted against the plugin, not hidden
+        pass
+heavy -= set(sys.modules)  # imported at startup (sitecustomize) or by flavorkit itself: not the plugin's doing
 seen = {}
 
 class _Spy(importlib.abc.MetaPathFinder):
@@ -38,7 +44,7 @@ class _Spy(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, _Spy())
-result = {"error": None, "object": None}
+result = {"error": None, "object": None, "seconds": None}
 try:
     import importlib.metadata as md
     import inspect
@@ -47,12 +53,14 @@ try:
     if not eps:
         raise LookupError(f"no entry point named {name!r} in group {BACKEND_GROUP!r}")
     result["object"] = eps[0].value
+    start = time.perf_counter()
     obj = eps[0].load()
     backend = Backend(name, obj() if inspect.isclass(obj) else obj, object_path=eps[0].value)
     # What `flavorkit backends` calls to list a backend.
     backend.dependencies()
     backend.capabilities()
     backend.option_model()
+    result["seconds"] = time.perf_counter() - start
 except BaseException as exc:
     result["error"] = f"{type(exc).__name__}: {exc}"
 result["heavy"] = seen
@@ -100,18 +108,36 @@ def _run(script: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
         )
     except subprocess.TimeoutExpired as exc:
         raise ProbeError(f"the child process did not finish within {timeout:.0f} s") from exc
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER) :])  # type: ignore[no-any-return]
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            result: dict[str, Any] = json.loads(line[len(MARKER) :])
+            result["returncode"] = proc.returncode
+            result["stderr_tail"] = tail
+            return result
     raise ProbeError(f"the child process exited with {proc.returncode} and printed no result:\n{tail}")
+
+
+def exit_status(returncode: int) -> str:
+    """A child's exit status as a shell reports it: ``134 (SIGABRT)`` for a process killed by signal 6."""
+    if returncode >= 0:
+        return str(returncode)
+    import signal
+
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"{128 - returncode} ({name})"
 
 
 def probe_entry_point(name: str, heavy: Sequence[str], *, timeout: float = 120.0) -> dict[str, Any]:
     """Load backend ``name`` from its entry point in a fresh interpreter; report the heavy modules imported.
 
-    Returns ``{"error": str | None, "object": str | None, "heavy": {module: "file:line"}}``, where
-    the location is the import statement that first pulled the module in.
+    Returns ``{"error": str | None, "object": str | None, "heavy": {module: "file:line"},
+    "seconds": float | None, ...}``, where the location is the import statement that first pulled
+    the module in, and ``seconds`` is the wall time from loading the entry point to listing the
+    backend (flavorkit itself is imported before the clock starts).
     """
     return _run(_ENTRY_POINT_SCRIPT, [name, json.dumps(sorted(heavy))], timeout)
 
@@ -119,6 +145,7 @@ def probe_entry_point(name: str, heavy: Sequence[str], *, timeout: float = 120.0
 def load_and_predict(model_dir: str, request: Mapping[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
     """``mlflow.pyfunc.load_model(model_dir).predict(request)`` in a fresh interpreter.
 
-    Returns ``{"error": str | None, "output": <predict's JSON-able result>}``.
+    Returns ``{"error": str | None, "output": <predict's JSON-able result>, "returncode": int,
+    "stderr_tail": str}``; ``returncode`` is the child's exit status (negative: killed by that signal).
     """
     return _run(_PREDICT_SCRIPT, [model_dir, json.dumps(dict(request))], timeout)

@@ -47,8 +47,16 @@ _ALL = (
     Clause("stop_strings", "stop strings never appear in the output, which ends just before the first match"),
     Clause("n_choices", "n gives n choices, each equal to the greedy answer"),
     Clause("usage", "usage counts are consistent with encode() and with the tokens generate() reports"),
+    Clause(
+        "chat_template",
+        "encode() keeps every message (system, earlier turns) and matches the model's own chat template",
+    ),
     Clause("finish_reason", "every request ends with exactly one finish_reason, 'length' when cut short"),
     Clause("stream_matches_predict", "the joined stream equals the non-stream result"),
+    Clause(
+        "special_tokens",
+        "answers never contain the text of a special token of the model's tokenizer (e.g. '<|im_end|>')",
+    ),
     Clause("batch_matches_single", "a batch gives each request the same result as running it alone"),
     Clause("cancellation", "a cancelled request is dropped promptly without disturbing the others"),
     Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),

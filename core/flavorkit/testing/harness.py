@@ -236,6 +236,21 @@ class Harness:
         return self.backend().describe(self.handle())
 
     @_once
+    def special_tokens(self) -> dict[str, str]:
+        """Special-token text -> where the model declares it: its packaged artifacts' and source's tokenizer files.
+
+        Falls back to :data:`flavorkit.testing._special.WELL_KNOWN` (marked ``"well-known"``) when
+        no tokenizer file the kit can read declares any.
+        """
+        from flavorkit.loading import MANIFEST_ARTIFACT
+        from flavorkit.testing._special import WELL_KNOWN, special_tokens
+
+        roots = [p for k, p in self.packaged_artifacts().items() if k != MANIFEST_ARTIFACT]
+        if isinstance(self.source, (str, os.PathLike)):
+            roots.append(os.fspath(self.source))
+        return special_tokens(roots) or dict.fromkeys(WELL_KNOWN, "well-known")
+
+    @_once
     def model(self) -> LoadedModel:
         """The core runtime around the raw handle (chat task, no packaged defaults)."""
         from flavorkit.runtime import LoadedModel
