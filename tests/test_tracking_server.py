@@ -62,7 +62,8 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.close()
-                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-2000:]}") from None
+                tail = (root / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server did not start:\n{tail}") from None
             time.sleep(0.3)
     try:
         yield url
