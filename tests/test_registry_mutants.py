@@ -1,0 +1,210 @@
+"""Registry behaviour pinned by mutation testing: each test kills mutants that survived the others.
+
+Plugins are real distributions on ``sys.path`` (see ``plugin_fixtures``); backends built in-process
+use a small plugin class defined here. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flavorkit
+from flavorkit import Artifacts, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit.errors import PluginSpecError
+from flavorkit.registry import Backend, Registry, get_registry
+from plugin_fixtures import ECHO_BACKEND, make_distribution
+
+MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late")
+
+COUNTING_MIDDLEWARE = """
+from flavorkit import hookimpl
+
+calls = []
+
+class Counter:
+    @hookimpl(wrapper=True)
+    def generate(self, handle, requests):
+        calls.append(len(requests))
+        return (yield)
+
+middleware = Counter()
+"""
+
+#: The echo backend reachable only through a dotted attribute path (``fk_mut_shipped:holder.backend``).
+SHIPPED = ECHO_BACKEND.replace(
+    "backend = EchoBackend()", "class holder:\n    backend = EchoBackend()\n\nbackend = None\n", 1
+)
+
+RAISES_WHILE_LISTED = ECHO_BACKEND.replace(
+    "return []\n\n    @hookimpl\n    def capabilities",
+    'raise RuntimeError("dependencies exploded")\n\n    @hookimpl\n    def capabilities',
+    1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store() -> None:
+    """Replaces conftest's per-test MLflow store: nothing here logs to a tracking store."""
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS", raising=False)
+    yield tmp_path
+    for mod in MODULES:
+        sys.modules.pop(mod, None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
+
+
+def _install(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, **kwargs: Any) -> Path:
+    path = make_distribution(root / name, name, **kwargs)
+    monkeypatch.syspath_prepend(str(path))
+    return path
+
+
+# -- Registry.load_object and _import_object ------------------------------------------------------
+
+
+def test_load_object_follows_a_dotted_attribute_path_and_keeps_the_middleware(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-shipped",
+        modules={"fk_mut_shipped": SHIPPED, "fk_mut_mw": COUNTING_MIDDLEWARE},
+        middleware={"counter": "fk_mut_mw:middleware"},
+    )
+    registry = Registry.discover(strict=True)
+    backend = registry.load_object("shipped", "fk_mut_shipped:holder.backend")
+    import fk_mut_mw
+    import fk_mut_shipped
+
+    assert backend.plugin is fk_mut_shipped.holder.backend
+    assert backend.object_path == "fk_mut_shipped:holder.backend"
+    assert backend.pm.get_plugin("middleware:counter") is fk_mut_mw.middleware
+    request = GenerationRequest(prompt_ids=[ord(c) for c in "\x01user\x02hi"], max_tokens=8)
+    handle = backend.load({"echo": str(site)}, {})
+    text = "".join(d.text for d in backend.generate(handle, [request]))
+    assert text == "hi"
+    assert fk_mut_mw.calls == [1], "a backend built from a shipped object is wrapped by the middleware too"
+
+
+# -- _describe_exception: where a listed hook raised ----------------------------------------------
+
+
+def test_a_hook_raising_while_listed_is_located_at_the_raising_line(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-raises",
+        modules={"fk_mut_raises": RAISES_WHILE_LISTED},
+        backends={"raises": "fk_mut_raises:backend"},
+    )
+    source = textwrap.dedent(RAISES_WHILE_LISTED).splitlines()
+    line = next(n for n, text in enumerate(source, 1) if "dependencies exploded" in text)
+    listed = {b["name"]: b for b in flavorkit.backends(refresh=True)}
+    error = listed["raises"]["error"]
+    where = str(site / "fk-mut-raises" / "fk_mut_raises.py")
+    assert error == f"RuntimeError: dependencies exploded (at {where}:{line})"
+
+
+# -- backends(): the listing is cached until refreshed ---------------------------------------------
+
+
+def test_backends_reuses_the_discovered_registry_unless_refreshed(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    get_registry(refresh=True)
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-late",
+        modules={"fk_mut_late": ECHO_BACKEND},
+        backends={"late": "fk_mut_late:backend"},
+    )
+    assert "late" not in {b["name"] for b in flavorkit.backends()}, "no rescan without refresh=True"
+    assert "late" in {b["name"] for b in flavorkit.backends(refresh=True)}
+    assert "late" in {b["name"] for b in flavorkit.backends()}
+
+
+# -- Backend.generate_session (hook spec 2) --------------------------------------------------------
+
+
+class _Minimal:
+    """The required hooks only, enough for :class:`Backend` to accept the plugin."""
+
+    @hookimpl
+    def dependencies(self) -> list[str]:
+        return []
+
+    @hookimpl
+    def artifacts(self, source: Any, options: Any, workdir: str) -> Artifacts:
+        return Artifacts(files={"weights": workdir})
+
+    @hookimpl
+    def load(self, artifacts: Any, options: Any) -> Any:
+        return {"loaded": True}
+
+    @hookimpl
+    def describe(self, handle: Any) -> RuntimeInfo:
+        return RuntimeInfo(context_length=64)
+
+    @hookimpl
+    def encode(self, handle: Any, messages: Any) -> list[int]:
+        return [1]
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        yield from (Delta(i, "", 1, "stop") for i in range(len(requests)))
+
+
+class _Session:
+    """A conforming session: add, step and close."""
+
+    def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        return list(range(len(requests)))
+
+    def step(self) -> list[Delta]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+def _with_session(value: Any) -> Any:
+    class WithSession(_Minimal):
+        @hookimpl
+        def generate_session(self, handle: Any) -> Any:
+            return value
+
+    return WithSession()
+
+
+def test_generate_session_returns_the_backend_session() -> None:
+    session = _Session()
+    backend = Backend("sessions", _with_session(session), object_path="test_registry_mutants:_Session")
+    assert backend.generate_session({"loaded": True}) is session
+
+
+@pytest.mark.parametrize("plugin", [_Minimal(), _with_session(None)], ids=["no-hook", "hook-returns-none"])
+def test_generate_session_is_none_without_a_session(plugin: Any) -> None:
+    backend = Backend("plain", plugin, object_path="test_registry_mutants:_Minimal")
+    assert backend.generate_session({"loaded": True}) is None
+
+
+@pytest.mark.parametrize(("value", "kind"), [(object(), "object"), ("session", "str"), (_Minimal(), "_Minimal")])
+def test_generate_session_returning_a_non_session_is_a_plugin_spec_error(value: Any, kind: str) -> None:
+    backend = Backend("badsession", _with_session(value), object_path="test_registry_mutants:_Minimal")
+    with pytest.raises(PluginSpecError) as exc:
+        backend.generate_session({"loaded": True})
+    assert str(exc.value) == (
+        f"backend 'badsession': hook generate_session() must return a flavorkit.GenerationSession or None, got {kind}"
+    )
