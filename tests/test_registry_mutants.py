@@ -20,7 +20,7 @@ from flavorkit.errors import PluginSpecError
 from flavorkit.registry import Backend, Registry, get_registry
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
-MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late")
+MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two")
 
 COUNTING_MIDDLEWARE = """
 from flavorkit import hookimpl
@@ -208,3 +208,69 @@ def test_generate_session_returning_a_non_session_is_a_plugin_spec_error(value: 
     assert str(exc.value) == (
         f"backend 'badsession': hook generate_session() must return a flavorkit.GenerationSession or None, got {kind}"
     )
+
+
+# -- Backend.generate closes the backend's stream --------------------------------------------------
+
+
+class _Kept(_Minimal):
+    """A backend whose handle keeps its generators alive, so only an explicit close() ends them."""
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        def stream() -> Iterator[Delta]:
+            try:
+                for _ in range(3):
+                    for i in range(len(requests)):
+                        yield Delta(i, "x", 1)
+                for i in range(len(requests)):
+                    yield Delta(i, "", 1, "stop")
+            finally:
+                handle["closed"] += 1
+
+        gen = stream()
+        handle["streams"].append(gen)
+        return gen
+
+
+def test_the_backend_stream_is_closed_when_the_reader_stops_even_if_the_backend_keeps_it() -> None:
+    backend = Backend("kept", _Kept(), object_path="test_registry_mutants:_Kept")
+    handle: dict[str, Any] = {"closed": 0, "streams": []}
+    reader = backend.generate(handle, [GenerationRequest(prompt_ids=[1], max_tokens=8)] * 2)
+    assert next(reader) == Delta(0, "x", 1)
+    reader.close()
+    assert handle["closed"] == 1, "closed at once, not when the backend drops its reference"
+    assert handle["streams"][0].gi_frame is None
+
+
+def test_a_plain_iterator_without_close_is_accepted() -> None:
+    class Listed(_Minimal):
+        @hookimpl
+        def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Any:
+            return iter([Delta(0, "a", 1), Delta(0, "", 1, "stop")])
+
+    backend = Backend("listed", Listed(), object_path="test_registry_mutants:Listed")
+    deltas = list(backend.generate({}, [GenerationRequest(prompt_ids=[1], max_tokens=4)]))
+    assert deltas == [Delta(0, "a", 1), Delta(0, "", 1, "stop")]
+
+
+# -- several requirements: the hint and the error list every one -----------------------------------
+
+TWO_MISSING = ECHO_BACKEND.replace(
+    "return []\n\n    @hookimpl\n    def capabilities",
+    'return ["frobnitz-a>=1", "frobnitz-b"]\n\n    @hookimpl\n    def capabilities',
+    1,
+)
+
+
+def test_two_missing_requirements_are_each_named_and_installed_by_one_command(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(
+        site, monkeypatch, "fk-mut-two", modules={"fk_mut_two": TWO_MISSING}, backends={"two": "fk_mut_two:backend"}
+    )
+    entry = {b["name"]: b for b in flavorkit.backends(refresh=True)}["two"]
+    assert entry["available"] is False
+    assert entry["error"] == "frobnitz-a is not installed; frobnitz-b is not installed"
+    assert entry["install_hint"] == "pip install 'frobnitz-a>=1' frobnitz-b"
+    assert entry["dependencies"] == ["frobnitz-a>=1", "frobnitz-b"]
