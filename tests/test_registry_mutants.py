@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 import flavorkit
-from flavorkit import Artifacts, Delta, GenerationRequest, RuntimeInfo, hookimpl
-from flavorkit.errors import PluginSpecError
-from flavorkit.registry import Backend, Registry, get_registry
+from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
+from flavorkit.errors import BackendUnavailable, InvalidRequest, PluginSpecError
+from flavorkit.registry import Backend, Registry, get_backend, get_registry
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
 MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two")
@@ -274,3 +275,88 @@ def test_two_missing_requirements_are_each_named_and_installed_by_one_command(
     assert entry["error"] == "frobnitz-a is not installed; frobnitz-b is not installed"
     assert entry["install_hint"] == "pip install 'frobnitz-a>=1' frobnitz-b"
     assert entry["dependencies"] == ["frobnitz-a>=1", "frobnitz-b"]
+
+
+# -- Backend.capabilities, validate_options, signature; get_backend ----------------------------------
+
+
+def test_an_unknown_capability_is_refused_with_the_known_ones() -> None:
+    class Telepathic(_Minimal):
+        @hookimpl
+        def capabilities(self) -> list[str]:
+            return ["streaming", "telepathy"]
+
+    backend = Backend("psychic", Telepathic(), object_path="test_registry_mutants:Telepathic")
+    with pytest.raises(PluginSpecError) as exc:
+        backend.capabilities()
+    known = ", ".join(c.value for c in Capability)
+    assert "streaming, " in known
+    assert str(exc.value) == f"backend 'psychic' declares unknown capability 'telepathy' (known: {known})"
+
+
+def test_options_of_a_backend_without_a_schema_are_refused_naming_the_backend() -> None:
+    backend = Backend("plain", _Minimal(), object_path="test_registry_mutants:_Minimal")
+    assert backend.validate_options(None) == {}
+    with pytest.raises(InvalidRequest) as exc:
+        backend.validate_options({"threads": 2})
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "options.threads",
+        "backend 'plain' takes no options",
+        "none",
+    )
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threads: int = 1
+
+
+def test_an_unknown_option_names_the_backend_and_the_known_options() -> None:
+    class WithOptions(_Minimal):
+        @hookimpl
+        def option_schema(self) -> type[BaseModel]:
+            return _Options
+
+    backend = Backend("opts", WithOptions(), object_path="test_registry_mutants:WithOptions")
+    assert backend.validate_options({"threads": 3}) == {"threads": 3}
+    with pytest.raises(InvalidRequest) as exc:
+        backend.validate_options({"thread": 3})
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "options.thread",
+        "unknown option for backend 'opts'",
+        "threads",
+    )
+
+
+def test_the_signature_hook_gets_the_options_and_an_unknown_task_is_an_invalid_request() -> None:
+    seen: list[Any] = []
+
+    class Recording(_Minimal):
+        @hookimpl
+        def signature(self, task: str, options: Any) -> Any:
+            seen.append((task, options))
+            return None
+
+    backend = Backend("sig", Recording(), object_path="test_registry_mutants:Recording")
+    with pytest.raises(InvalidRequest) as exc:
+        backend.signature("summarise", {"threads": 2})
+    assert seen == [("summarise", {"threads": 2})]
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "task",
+        "unknown task 'summarise'",
+        "llm/v1/chat, text-generation",
+    )
+    assert str(exc.value) == (
+        "invalid request: field 'task': unknown task 'summarise' (allowed: llm/v1/chat, text-generation)"
+    )
+
+
+def test_get_backend_can_skip_the_availability_check(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install(
+        site, monkeypatch, "fk-mut-two", modules={"fk_mut_two": TWO_MISSING}, backends={"two": "fk_mut_two:backend"}
+    )
+    get_registry(refresh=True)
+    assert get_backend("two", require_available=False).object_path == "fk_mut_two:backend"
+    with pytest.raises(BackendUnavailable) as exc:
+        get_backend("two")
+    assert exc.value.install_hint == "pip install 'frobnitz-a>=1' frobnitz-b"
