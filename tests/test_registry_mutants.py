@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 import flavorkit
 from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
 from flavorkit.errors import BackendUnavailable, InvalidRequest, PluginSpecError
-from flavorkit.registry import Backend, Registry, get_backend, get_registry
+from flavorkit.registry import Backend, Registry, get_backend, get_registry, missing_requirements
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
 MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two")
@@ -195,6 +195,17 @@ def test_generate_session_returns_the_backend_session() -> None:
     assert backend.generate_session({"loaded": True}) is session
 
 
+def test_generate_session_gets_the_handle() -> None:
+    class PerHandle(_Minimal):
+        @hookimpl
+        def generate_session(self, handle: Any) -> Any:
+            return handle["session"]
+
+    session = _Session()
+    backend = Backend("sessions", PerHandle(), object_path="test_registry_mutants:PerHandle")
+    assert backend.generate_session({"session": session}) is session
+
+
 @pytest.mark.parametrize("plugin", [_Minimal(), _with_session(None)], ids=["no-hook", "hook-returns-none"])
 def test_generate_session_is_none_without_a_session(plugin: Any) -> None:
     backend = Backend("plain", plugin, object_path="test_registry_mutants:_Minimal")
@@ -359,4 +370,48 @@ def test_get_backend_can_skip_the_availability_check(site: Path, monkeypatch: py
     assert get_backend("two", require_available=False).object_path == "fk_mut_two:backend"
     with pytest.raises(BackendUnavailable) as exc:
         get_backend("two")
-    assert exc.value.install_hint == "pip install 'frobnitz-a>=1' frobnitz-b"
+    assert (exc.value.name, exc.value.reason, exc.value.install_hint) == (
+        "two",
+        "frobnitz-a is not installed; frobnitz-b is not installed",
+        "pip install 'frobnitz-a>=1' frobnitz-b",
+    )
+    with pytest.raises(BackendUnavailable):
+        get_registry().get("two")
+
+
+# -- missing_requirements ------------------------------------------------------------------------------
+
+
+def test_missing_requirements_names_each_problem_and_skips_other_platforms(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(site, monkeypatch, "fk-mut-pre", modules={}, version="2.0.0rc1")
+    problems = missing_requirements(
+        [
+            "not a requirement!",
+            'frobnitz-old; python_version < "3"',
+            'frobnitz-new; python_version >= "3"',
+            "fk-mut-pre>=1.0",
+            "fk-mut-pre>=3",
+        ]
+    )
+    assert len(problems) == 3
+    assert problems[0].startswith("invalid requirement 'not a requirement!': ")
+    assert problems[1:] == [
+        "frobnitz-new is not installed",
+        "fk-mut-pre 2.0.0rc1 is installed but fk-mut-pre>=3 is required",
+    ], "a pre-release that is installed satisfies the range it is in"
+
+
+def test_backend_unavailable_keeps_the_backend_name() -> None:
+    """ImportError's own __init__ used to reset ``name`` to None."""
+    exc = BackendUnavailable("onnx-cuda", "onnxruntime-genai-cuda is not installed", "pip install x")
+    assert (exc.name, exc.reason, exc.install_hint) == (
+        "onnx-cuda",
+        "onnxruntime-genai-cuda is not installed",
+        "pip install x",
+    )
+    assert isinstance(exc, ImportError)
+    assert str(exc) == (
+        "backend 'onnx-cuda' is not available: onnxruntime-genai-cuda is not installed. Fix it with: pip install x"
+    )
