@@ -1,0 +1,103 @@
+"""Packager behaviour pinned by mutation testing: each test kills mutants that survived the others.
+
+Real packaging of the tiny ORT model (``tiny_ort``), or of a pure-Python plugin installed as a real
+distribution, into real MLflow stores; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.models import Model
+
+import flavorkit
+from flavorkit.packager import _save_atomically
+from flavorkit.registry import get_registry
+from flavorkit.staging import open_stage
+from plugin_fixtures import ECHO_BACKEND, make_distribution
+
+#: The echo backend, counting each load() in the file named by FK_MUT_LOADS (a file, because a
+#: model loaded from its folder imports the plugin module afresh from its shipped code).
+COUNTING_LOADS = ECHO_BACKEND.replace(
+    '        return {"dir": artifacts["echo"]}',
+    "        import os\n"
+    '        with open(os.environ["FK_MUT_LOADS"], "a") as fh:\n'
+    '            fh.write("load\\n")\n'
+    '        return {"dir": artifacts["echo"]}',
+    1,
+)
+
+
+@pytest.fixture
+def counting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The counting echo backend installed as ``counting``; yields the file its loads are written to."""
+    assert COUNTING_LOADS != ECHO_BACKEND
+    root = make_distribution(
+        tmp_path / "site",
+        "fk-mut-counting",
+        modules={"fk_mut_counting": COUNTING_LOADS},
+        backends={"counting": "fk_mut_counting:backend"},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    loads = tmp_path / "loads.txt"
+    loads.touch()
+    monkeypatch.setenv("FK_MUT_LOADS", str(loads))
+    get_registry(refresh=True)
+    yield loads
+    sys.modules.pop("fk_mut_counting", None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
+
+
+def test_a_logged_model_keeps_mlflows_run_and_model_ids(tiny_ort: Path) -> None:
+    with mlflow.start_run() as run:
+        info = flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", name="chat")
+    assert info.run_id == run.info.run_id
+    assert {"python_function", "flavorkit"} <= set(info.flavors)
+    assert [i.name for i in info.signature.inputs.inputs][:1] == ["messages"]
+    logged = Model.load(info.model_uri)
+    assert logged.run_id == run.info.run_id
+    assert logged.model_id == info.model_id
+    assert logged.model_uuid == info.model_uuid
+    assert logged.flavors["flavorkit"]["backend"] == "onnx-cpu"
+
+
+def test_logging_never_loads_the_model(counting: Path) -> None:
+    """MLflow's serving-input check would load the weights a second time while packaging."""
+    info = flavorkit.package(model="hello", backend="counting")
+    assert counting.read_text() == "", "packaging (logging) loads nothing"
+    out = mlflow.pyfunc.load_model(info.model_uri).predict({"messages": [{"role": "user", "content": "abc"}]})
+    assert out[0]["choices"][0]["message"]["content"] == "abc"
+    assert counting.read_text() == "load\n"
+
+
+def test_saving_never_loads_the_model(counting: Path, tmp_path: Path) -> None:
+    flavorkit.package(model="hello", backend="counting", path=tmp_path / "m")
+    assert counting.read_text() == ""
+
+
+def test_the_model_info_of_a_saved_model_describes_that_folder(tiny_ort: Path, tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    info = flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=target)
+    saved = Model.load(str(target))
+    assert info.artifact_path == info.model_uri == str(target.resolve())
+    assert info.run_id is None
+    assert info.flavors == saved.flavors and info.flavors["flavorkit"]["backend"] == "onnx-cpu"
+    assert info.model_uuid == saved.model_uuid and len(info.model_uuid) == 32
+    assert info.saved_input_example_info == saved.saved_input_example_info
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    assert info.signature == saved.signature and info.signature is not None
+    assert info.utc_time_created == saved.utc_time_created
+    assert info.mlflow_version == mlflow.__version__
+    assert info.metadata == saved.metadata and info.metadata["flavorkit"]["backend"] == "onnx-cpu"
+
+
+def test_saving_into_a_stage_opened_for_another_target_is_refused(tmp_path: Path) -> None:
+    with open_stage(tmp_path / "a"), pytest.raises(RuntimeError) as exc:
+        _save_atomically(tmp_path / "b", False, lambda staging: None)
+    assert str(exc.value) == f"the open staging folder is for {tmp_path / 'a'}, not {tmp_path / 'b'}"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
