@@ -15,6 +15,7 @@ import pytest
 from mlflow.models import Model
 
 import flavorkit
+from flavorkit.errors import PackagingError
 from flavorkit.packager import _save_atomically
 from flavorkit.registry import get_registry
 from flavorkit.staging import open_stage
@@ -28,6 +29,17 @@ COUNTING_LOADS = ECHO_BACKEND.replace(
     '        with open(os.environ["FK_MUT_LOADS"], "a") as fh:\n'
     '            fh.write("load\\n")\n'
     '        return {"dir": artifacts["echo"]}',
+    1,
+)
+
+#: The echo backend creating the output folder while it resolves its artifacts, as another process might.
+INTRUDER = ECHO_BACKEND.replace(
+    '        out = Path(workdir) / "echo"\n',
+    "        import os\n"
+    '        intruder = Path(os.environ["FK_MUT_TARGET"])\n'
+    "        intruder.mkdir()\n"
+    '        (intruder / "theirs.txt").write_text("not yours")\n'
+    '        out = Path(workdir) / "echo"\n',
     1,
 )
 
@@ -101,3 +113,28 @@ def test_saving_into_a_stage_opened_for_another_target_is_refused(tmp_path: Path
         _save_atomically(tmp_path / "b", False, lambda staging: None)
     assert str(exc.value) == f"the open staging folder is for {tmp_path / 'a'}, not {tmp_path / 'b'}"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_target_appearing_while_packaging_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert INTRUDER != ECHO_BACKEND
+    root = make_distribution(
+        tmp_path / "site",
+        "fk-mut-intruder",
+        modules={"fk_mut_intruder": INTRUDER},
+        backends={"intruder": "fk_mut_intruder:backend"},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    target = tmp_path / "out" / "m"
+    monkeypatch.setenv("FK_MUT_TARGET", str(target))
+    get_registry(refresh=True)
+    try:
+        with pytest.raises(PackagingError) as exc:
+            flavorkit.package(model="hello", backend="intruder", path=target)
+        assert str(exc.value) == f"{target} appeared while packaging; pass overwrite=True to replace it"
+        assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+        assert (target / "theirs.txt").read_text() == "not yours"
+        assert [p.name for p in target.parent.iterdir()] == ["m"], "no staging folder is left behind"
+    finally:
+        sys.modules.pop("fk_mut_intruder", None)
+        monkeypatch.undo()
+        get_registry(refresh=True)
