@@ -6,6 +6,7 @@ use a small plugin class defined here. Nothing is mocked.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ from flavorkit.errors import BackendUnavailable, InvalidRequest, PluginSpecError
 from flavorkit.registry import Backend, Registry, get_backend, get_registry, missing_requirements
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
-MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two")
+MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two", "fk_mut_cls")
 
 COUNTING_MIDDLEWARE = """
 from flavorkit import hookimpl
@@ -415,3 +416,122 @@ def test_backend_unavailable_keeps_the_backend_name() -> None:
     assert str(exc) == (
         "backend 'onnx-cuda' is not available: onnxruntime-genai-cuda is not installed. Fix it with: pip install x"
     )
+
+
+# -- Backend.__init__ and Registry.discover --------------------------------------------------------
+
+
+def test_a_backend_missing_required_hooks_names_each_one() -> None:
+    class OnlyDependencies:
+        @hookimpl
+        def dependencies(self) -> list[str]:
+            return []
+
+    with pytest.raises(PluginSpecError) as exc:
+        Backend("partial", OnlyDependencies(), object_path="pkg.mod:partial")
+    assert str(exc.value) == (
+        "backend 'partial' (pkg.mod:partial) does not implement required hook(s): "
+        "artifacts, load, describe, encode, generate"
+    )
+
+
+def test_the_plugin_manager_names_the_defaults_the_middleware_and_the_backend() -> None:
+    plugin = _Minimal()
+    middleware = _Session()  # any object: a plugin without hookimpls registers fine
+    backend = Backend("plain", plugin, object_path="x:y", middleware=[("mw", middleware)])
+    names = dict(backend.pm.list_name_plugin())
+    assert sorted(names) == ["backend:plain", "flavorkit.defaults", "middleware:mw"]
+    assert names["backend:plain"] is plugin and names["middleware:mw"] is middleware
+
+
+def test_discovery_records_distribution_and_version_and_instantiates_classes(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-cls",
+        modules={"fk_mut_cls": ECHO_BACKEND},
+        backends={"cls": "fk_mut_cls:EchoBackend"},
+        version="3.1.4",
+    )
+    backend = Registry.discover(strict=True).get("cls")
+    import fk_mut_cls
+
+    assert isinstance(backend.plugin, fk_mut_cls.EchoBackend), "an entry point naming a class gets an instance"
+    assert (backend.distribution, backend.version) == ("fk-mut-cls", "3.1.4")
+    assert backend.dependencies() == []
+
+
+def test_discovery_reads_strict_mode_from_the_environment_when_not_given(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-raises",
+        modules={"fk_mut_raises": "raise ImportError('x')"},
+        backends={"r": "fk_mut_raises:backend"},
+    )
+    monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginSpecError):
+        Registry.discover()
+    monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", "0")
+    assert Registry.discover().strict is False
+
+
+def test_a_broken_middleware_does_not_stop_the_next_one(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-mws",
+        modules={
+            "fk_mut_raises": "raise ImportError('x')",
+            "fk_mut_mw": COUNTING_MIDDLEWARE,
+            "fk_mut_echo": ECHO_BACKEND,
+        },
+        middleware={"broken": "fk_mut_raises:middleware", "counter": "fk_mut_mw:middleware"},
+        backends={"echo": "fk_mut_echo:backend"},
+    )
+    order = [ep.name for ep in md.entry_points(group="flavorkit.middleware") if ep.value.startswith("fk_mut_")]
+    assert order == ["broken", "counter"]
+    backend = Registry.discover(strict=False).get("echo")
+    assert backend.pm.get_plugin("middleware:counter") is not None
+
+
+def test_discovery_goes_on_after_a_duplicate_id(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-two",
+        modules={"fk_mut_two": ECHO_BACKEND, "fk_mut_late": ECHO_BACKEND},
+        backends={"echo": "fk_mut_two:backend", "late": "fk_mut_late:backend"},
+    )
+    _install(
+        site, monkeypatch, "fk-mut-one", modules={"fk_mut_echo": ECHO_BACKEND}, backends={"echo": "fk_mut_echo:backend"}
+    )
+    order = [ep.value for ep in md.entry_points(group="flavorkit.backends") if ep.value.startswith("fk_mut_")]
+    assert order == ["fk_mut_echo:backend", "fk_mut_two:backend", "fk_mut_late:backend"]
+    registry = Registry.discover(strict=False)
+    assert registry.get("echo").object_path == "fk_mut_echo:backend"
+    assert registry.get("late").object_path == "fk_mut_late:backend"
+
+
+def test_discovery_goes_on_after_the_same_entry_point_seen_twice(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """importlib.metadata lists a distribution once; two distributions may still name one object under one id."""
+    _install(
+        site,
+        monkeypatch,
+        "fk-mut-copy",
+        modules={"fk_mut_late": ECHO_BACKEND},
+        backends={"echo": "fk_mut_echo:backend", "late": "fk_mut_late:backend"},
+    )
+    _install(
+        site, monkeypatch, "fk-mut-one", modules={"fk_mut_echo": ECHO_BACKEND}, backends={"echo": "fk_mut_echo:backend"}
+    )
+    order = [ep.value for ep in md.entry_points(group="flavorkit.backends") if ep.value.startswith("fk_mut_")]
+    assert order == ["fk_mut_echo:backend", "fk_mut_echo:backend", "fk_mut_late:backend"]
+    registry = Registry.discover(strict=True)
+    assert [s.name for s in registry.statuses() if s.object.startswith("fk_mut_")] == ["echo", "late"]
+    assert registry.get("echo").distribution == "fk-mut-one"
+    assert registry.get("late").object_path == "fk_mut_late:backend"
