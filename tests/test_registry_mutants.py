@@ -535,3 +535,11 @@ def test_discovery_goes_on_after_the_same_entry_point_seen_twice(site: Path, mon
     assert [s.name for s in registry.statuses() if s.object.startswith("fk_mut_")] == ["echo", "late"]
     assert registry.get("echo").distribution == "fk-mut-one"
     assert registry.get("late").object_path == "fk_mut_late:backend"
+
+
+def test_get_registry_rediscovers_when_strictness_changes(site: Path) -> None:
+    lenient = get_registry(strict=False)
+    assert get_registry(strict=False) is lenient
+    strict = get_registry(strict=True)
+    assert strict is not lenient and strict.strict is True
+    assert get_registry(strict=True) is strict
