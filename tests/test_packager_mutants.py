@@ -138,3 +138,8 @@ def test_a_target_appearing_while_packaging_is_left_alone(tmp_path: Path, monkey
         sys.modules.pop("fk_mut_intruder", None)
         monkeypatch.undo()
         get_registry(refresh=True)
+
+
+def test_the_default_model_name_is_the_source_folder_even_with_a_trailing_slash(tiny_ort: Path, tmp_path: Path) -> None:
+    info = flavorkit.package(model=f"{tiny_ort}/", backend="onnx-cpu", path=tmp_path / "m")
+    assert info.metadata["flavorkit"]["model_name"] == tiny_ort.name
