@@ -88,8 +88,9 @@ def test_logging_never_loads_the_model(counting: Path) -> None:
 
 
 def test_saving_never_loads_the_model(counting: Path, tmp_path: Path) -> None:
-    flavorkit.package(model="hello", backend="counting", path=tmp_path / "m")
+    info = flavorkit.package(model="someorg/echoX", backend="counting", path=tmp_path / "m")
     assert counting.read_text() == ""
+    assert info.metadata["flavorkit"]["model_name"] == "someorg/echoX", "a source that is no folder is named as given"
 
 
 def test_the_model_info_of_a_saved_model_describes_that_folder(tiny_ort: Path, tmp_path: Path) -> None:
