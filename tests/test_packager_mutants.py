@@ -90,6 +90,13 @@ def test_logging_never_loads_the_model(counting: Path) -> None:
 def test_saving_never_loads_the_model(counting: Path, tmp_path: Path) -> None:
     info = flavorkit.package(model="someorg/echoX", backend="counting", path=tmp_path / "m")
     assert counting.read_text() == ""
+    plugin = {"object": "fk_mut_counting:backend", "distribution": "fk-mut-counting", "version": "0.1.0"}
+    assert info.metadata["flavorkit"]["plugin"] == plugin
+    assert info.flavors["python_function"]["config"]["plugin"] == plugin
+    assert (info.flavors["flavorkit"]["plugin_distribution"], info.flavors["flavorkit"]["plugin_version"]) == (
+        "fk-mut-counting",
+        "0.1.0",
+    )
     assert info.metadata["flavorkit"]["model_name"] == "someorg/echoX", "a source that is no folder is named as given"
 
 
@@ -144,3 +151,34 @@ def test_a_target_appearing_while_packaging_is_left_alone(tmp_path: Path, monkey
 def test_the_default_model_name_is_the_source_folder_even_with_a_trailing_slash(tiny_ort: Path, tmp_path: Path) -> None:
     info = flavorkit.package(model=f"{tiny_ort}/", backend="onnx-cpu", path=tmp_path / "m")
     assert info.metadata["flavorkit"]["model_name"] == tiny_ort.name
+
+
+def test_only_what_loading_needs_of_flavorkit_is_shipped(tiny_ort: Path, tmp_path: Path) -> None:
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m")
+    shipped = {p.name for p in (tmp_path / "m" / "code" / "flavorkit").iterdir()}
+    assert {"__init__.py", "runtime.py", "loading.py", "registry.py", "mlflow_model.py"} <= shipped
+    assert not shipped & {"packager.py", "cli.py", "quickstart.py", "smollm2.py", "testing", "__main__.py"}
+    assert "__pycache__" not in shipped
+    plugin_files = {p.name for p in (tmp_path / "m" / "code" / "flavorkit_onnxgenai").iterdir()}
+    assert "plugin.py" in plugin_files and "__pycache__" not in plugin_files
+
+
+def test_a_plugin_folder_named_flavorkit_is_shipped_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only flavorkit's own top level leaves out the parts loading never imports."""
+    root = make_distribution(tmp_path / "site", "fk-mut-pkg", modules={}, backends={"pkg": "fk_mut_pkg.plugin:backend"})
+    package_dir = root / "fk_mut_pkg"
+    (package_dir / "flavorkit").mkdir(parents=True)
+    (package_dir / "__init__.py").write_text("")
+    (package_dir / "plugin.py").write_text(ECHO_BACKEND)
+    (package_dir / "flavorkit" / "cli.py").write_text("NAME = 'a module of the plugin'\n")
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    try:
+        flavorkit.package(model="hello", backend="pkg", path=tmp_path / "m")
+        assert (tmp_path / "m" / "code" / "fk_mut_pkg" / "flavorkit" / "cli.py").is_file()
+        assert (tmp_path / "m" / "code" / "fk_mut_pkg" / "plugin.py").is_file()
+    finally:
+        for mod in ("fk_mut_pkg", "fk_mut_pkg.plugin"):
+            sys.modules.pop(mod, None)
+        monkeypatch.undo()
+        get_registry(refresh=True)
