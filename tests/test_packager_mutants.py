@@ -6,6 +6,7 @@ distribution, into real MLflow stores; nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from mlflow.models import Model
 
 import flavorkit
-from flavorkit.errors import PackagingError
+from flavorkit.errors import InvalidRequest, PackagingError
 from flavorkit.packager import _save_atomically
 from flavorkit.registry import get_registry
 from flavorkit.staging import open_stage
@@ -42,6 +43,33 @@ INTRUDER = ECHO_BACKEND.replace(
     '        out = Path(workdir) / "echo"\n',
     1,
 )
+
+#: The echo backend adding the artifacts named in FK_MUT_FILES (JSON: name -> location) to its own.
+EXTRA_FILES = ECHO_BACKEND.replace(
+    '        return Artifacts(files={"echo": str(out)}, requirements=[])',
+    "        import json, os\n"
+    '        files = {"echo": str(out), **json.loads(os.environ["FK_MUT_FILES"])}\n'
+    "        return Artifacts(files=files, requirements=[])",
+    1,
+)
+
+
+@pytest.fixture
+def extra_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The echo backend as ``files``, returning the artifacts FK_MUT_FILES names besides its own."""
+    assert EXTRA_FILES != ECHO_BACKEND
+    root = make_distribution(
+        tmp_path / "site",
+        "fk-mut-files",
+        modules={"fk_mut_files": EXTRA_FILES},
+        backends={"files": "fk_mut_files:backend"},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    yield
+    sys.modules.pop("fk_mut_files", None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
 
 
 @pytest.fixture
@@ -182,3 +210,61 @@ def test_a_plugin_folder_named_flavorkit_is_shipped_whole(tmp_path: Path, monkey
             sys.modules.pop(mod, None)
         monkeypatch.undo()
         get_registry(refresh=True)
+
+
+@pytest.mark.parametrize("name", ["flavorkit_manifest", "not-an-identifier", "1st"])
+def test_an_invalid_artifact_name_is_refused(
+    extra_files: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"w")
+    monkeypatch.setenv("FK_MUT_FILES", json.dumps({name: str(tmp_path / "weights.bin")}))
+    with pytest.raises(PackagingError) as exc:
+        flavorkit.package(model="hello", backend="files", path=tmp_path / "out" / "m")
+    assert str(exc.value) == f"backend 'files' returned an invalid artifact name {name!r}"
+    assert not (tmp_path / "out" / "m").exists()
+
+
+def test_an_artifact_that_does_not_exist_is_refused(
+    extra_files: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nowhere.bin"
+    monkeypatch.setenv("FK_MUT_FILES", json.dumps({"weights": str(missing)}))
+    with pytest.raises(PackagingError) as exc:
+        flavorkit.package(model="hello", backend="files", path=tmp_path / "out" / "m")
+    assert str(exc.value) == f"backend 'files' returned artifact 'weights' at {missing}, which does not exist"
+    assert not (tmp_path / "out" / "m").exists()
+
+
+def test_a_single_file_artifact_is_packaged_and_named(
+    extra_files: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"weights")
+    monkeypatch.setenv("FK_MUT_FILES", json.dumps({"weights": str(tmp_path / "weights.bin")}))
+    info = flavorkit.package(model="hello", backend="files", path=tmp_path / "out" / "m")
+    arts = info.flavors["python_function"]["artifacts"]
+    assert sorted(arts) == ["echo", "weights"]
+    assert (tmp_path / "out" / "m" / arts["weights"]["path"]).read_bytes() == b"weights"
+
+
+def test_saving_refuses_an_occupied_target_but_reuses_an_empty_folder(
+    tmp_path: Path, extra_files: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FK_MUT_FILES", "{}")
+    (tmp_path / "empty").mkdir()
+    info = flavorkit.package(model="hello", backend="files", path=tmp_path / "empty")
+    assert info.model_uri == str((tmp_path / "empty").resolve())
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(PackagingError) as exc:
+        flavorkit.package(model="hello", backend="files", path=tmp_path / "file")
+    assert str(exc.value) == f"{(tmp_path / 'file').resolve()} already exists; pass overwrite=True to replace it"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_registration_with_a_path_is_refused_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        flavorkit.package(model="x", backend="onnx-cpu", path=tmp_path / "m", registered_model_name="chat")
+    assert (exc.value.field, exc.value.detail) == (
+        "registered_model_name",
+        "registration needs the model logged to a run; omit path= to log and register it",
+    )
+    assert not (tmp_path / "m").exists()
