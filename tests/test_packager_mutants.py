@@ -16,8 +16,10 @@ import pytest
 from mlflow.models import Model
 
 import flavorkit
+from flavorkit.config import PackagedConfig
 from flavorkit.errors import InvalidRequest, PackagingError
-from flavorkit.packager import _save_atomically
+from flavorkit.manifest import hash_files
+from flavorkit.packager import _save_atomically, _Sealer
 from flavorkit.registry import get_registry
 from flavorkit.staging import open_stage
 from plugin_fixtures import ECHO_BACKEND, make_distribution
@@ -268,3 +270,21 @@ def test_registration_with_a_path_is_refused_naming_the_field(tmp_path: Path) ->
         "registration needs the model logged to a run; omit path= to log and register it",
     )
     assert not (tmp_path / "m").exists()
+
+
+def test_sealing_removes_byte_code_caches_before_the_manifest(tiny_ort: Path, tmp_path: Path) -> None:
+    """MLflow may import a model while saving it (to infer requirements); its caches are never shipped."""
+    target = tmp_path / "m"
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=target)
+    saved = Model.load(str(target))
+    arts = saved.flavors["python_function"]["artifacts"]
+    config = PackagedConfig.from_model_config(saved.flavors["python_function"]["config"])
+    caches = [target / "__pycache__", target / "code" / "flavorkit" / "__pycache__"]
+    for cache in caches:
+        cache.mkdir()
+        (cache / "x.cpython-311.pyc").write_bytes(b"\x00")
+    _Sealer(config, hash_files({name: target / a["path"] for name, a in arts.items()}), None).seal(target)
+    assert not any(cache.exists() for cache in caches)
+    listed = json.loads((target / "flavorkit_manifest.json").read_text())["files"]
+    assert not [rel for rel in listed if "__pycache__" in rel]
+    assert "code/flavorkit/runtime.py" in listed
