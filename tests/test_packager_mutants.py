@@ -242,10 +242,10 @@ def test_a_single_file_artifact_is_packaged_and_named(
 ) -> None:
     (tmp_path / "weights.bin").write_bytes(b"weights")
     monkeypatch.setenv("FK_MUT_FILES", json.dumps({"weights": str(tmp_path / "weights.bin")}))
-    info = flavorkit.package(model="hello", backend="files", path=tmp_path / "out" / "m")
+    info = flavorkit.package(model="hello", backend="files", path=tmp_path / "out" / "deeper" / "m")
     arts = info.flavors["python_function"]["artifacts"]
     assert sorted(arts) == ["echo", "weights"]
-    assert (tmp_path / "out" / "m" / arts["weights"]["path"]).read_bytes() == b"weights"
+    assert (tmp_path / "out" / "deeper" / "m" / arts["weights"]["path"]).read_bytes() == b"weights"
 
 
 def test_saving_refuses_an_occupied_target_but_reuses_an_empty_folder(
@@ -288,3 +288,20 @@ def test_sealing_removes_byte_code_caches_before_the_manifest(tiny_ort: Path, tm
     listed = json.loads((target / "flavorkit_manifest.json").read_text())["files"]
     assert not [rel for rel in listed if "__pycache__" in rel]
     assert "code/flavorkit/runtime.py" in listed
+
+
+def test_an_output_path_inside_an_artifact_folder_is_refused_with_the_way_out(
+    extra_files: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "weights"
+    source.mkdir()
+    (source / "w.bin").write_bytes(b"w")
+    monkeypatch.setenv("FK_MUT_FILES", json.dumps({"weights": str(source)}))
+    target = source / "packaged"
+    with pytest.raises(PackagingError) as exc:
+        flavorkit.package(model="hello", backend="files", path=target)
+    assert str(exc.value) == (
+        f"the output path {target.resolve()} is inside the model files at {source}: the model would copy itself; "
+        "choose a path outside the model source"
+    )
+    assert sorted(p.name for p in source.iterdir()) == ["w.bin"]
