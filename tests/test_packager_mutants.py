@@ -305,3 +305,71 @@ def test_an_output_path_inside_an_artifact_folder_is_refused_with_the_way_out(
         "choose a path outside the model source"
     )
     assert sorted(p.name for p in source.iterdir()) == ["w.bin"]
+
+
+#: The echo backend with one option, recording what its signature hook is given.
+WITH_OPTIONS = ECHO_BACKEND.replace(
+    "class EchoBackend:",
+    """from pydantic import BaseModel, ConfigDict
+from flavorkit.signatures import standard_signature
+
+seen = []
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flavour: str = "plain"
+
+class EchoBackend:
+    @hookimpl
+    def option_schema(self):
+        return Options
+
+    @hookimpl
+    def signature(self, task, options):
+        seen.append((task, dict(options)))
+        return standard_signature(task)
+""",
+    1,
+)
+
+
+def test_the_signature_hook_gets_the_validated_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WITH_OPTIONS != ECHO_BACKEND
+    root = make_distribution(
+        tmp_path / "site",
+        "fk-mut-opts",
+        modules={"fk_mut_opts": WITH_OPTIONS},
+        backends={"opts": "fk_mut_opts:backend"},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    try:
+        info = flavorkit.package(model="hello", backend="opts", path=tmp_path / "m", options={"flavour": "salty"})
+        import fk_mut_opts
+
+        assert fk_mut_opts.seen == [("llm/v1/chat", {"flavour": "salty"})]
+        assert info.flavors["python_function"]["config"]["options"] == {"flavour": "salty"}
+    finally:
+        sys.modules.pop("fk_mut_opts", None)
+        monkeypatch.undo()
+        get_registry(refresh=True)
+
+
+def test_an_unknown_task_and_n_for_text_generation_are_refused_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        flavorkit.package(model="x", backend="onnx-cpu", path=tmp_path / "m", task="summarise")
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "task",
+        "unknown task 'summarise'",
+        "llm/v1/chat, text-generation",
+    )
+    with pytest.raises(InvalidRequest) as exc:
+        flavorkit.package(
+            model="x", backend="onnx-cpu", path=tmp_path / "m", task="text-generation", generation={"n": 2}
+        )
+    assert (exc.value.field, exc.value.detail, exc.value.allowed) == (
+        "generation.n",
+        "text-generation returns one string per prompt",
+        "1",
+    )
+    assert not (tmp_path / "m").exists()
