@@ -72,6 +72,18 @@ def test_batch_of_conversations_equals_singles(smol: Any) -> None:
         s["choices"][0]["message"]["content"] for s in singles
     ]
     assert [b["usage"] for b in batch] == [s["usage"] for s in singles]
+    # Row 1 sets nothing: it runs on the packaged default (temperature 0.0, greedy) and the core's
+    # max_tokens (256), so it equals the same row with both set explicitly, and it ends by itself.
+    explicit = smol.predict({**rows[1], "temperature": 0.0, "max_tokens": 256})[0]
+    assert batch[1]["choices"][0]["message"]["content"] == explicit["choices"][0]["message"]["content"]
+    assert batch[1]["choices"][0]["finish_reason"] == "stop"
+    assert batch[1]["usage"] == explicit["usage"]
+    assert batch[1]["usage"]["completion_tokens"] < 256
+    # "2+2?" is near-certain even when sampled; an open prompt is not: unseeded sampling at the core
+    # default (temperature 1.0) would not repeat 24 greedy tokens, so this shows the default applied.
+    poem = {"messages": [{"role": "user", "content": "Write a poem about the sea."}], "max_tokens": 24}
+    greedy = smol.predict({**poem, "temperature": 0.0})[0]["choices"][0]["message"]["content"]
+    assert [smol.predict(poem)[0]["choices"][0]["message"]["content"] for _ in range(2)] == [greedy, greedy]
 
 
 def test_stream_equals_predict(smol: Any) -> None:

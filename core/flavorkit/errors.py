@@ -59,7 +59,8 @@ class BackendUnavailable(FlavorkitError, ImportError):
         msg = f"backend {name!r} is not available: {reason}"
         if install_hint:
             msg += f". Fix it with: {install_hint}"
-        super().__init__(msg)
+        # ImportError.__init__ sets ``name`` (the module's name) to None unless it is passed.
+        super().__init__(msg, name=name)
 
 
 class PluginSpecError(FlavorkitError):
