@@ -33,6 +33,7 @@ class EchoBackend:
     def __init__(self, capabilities: tuple[Capability, ...], step_seconds: float = 0.0) -> None:
         self.caps = capabilities
         self.step_seconds = step_seconds  # a decoding step's cost, so that a server has time to react
+        self.session_factory: Any = None  # a deliberately broken session, for the error paths
         self.calls: list[int] = []  # batch size of every generate() call
 
     @hookimpl
@@ -58,6 +59,10 @@ class EchoBackend:
     @hookimpl
     def encode(self, handle: Any, messages: Any) -> list[int]:
         return [ord(c) for c in messages[-1]["content"]]
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> Any:
+        return None if self.session_factory is None else self.session_factory()
 
     @hookimpl
     def generate(self, handle: Any, requests: Any) -> Any:
@@ -320,3 +325,86 @@ def test_a_late_request_joins_the_running_batch_within_a_few_steps() -> None:
 def test_without_freed_rows_a_newcomer_waits_up_to_join_wait() -> None:
     order = _order(join_wait=60.0)  # longer than the long request takes
     assert order.index("s") > order.index("L:done")
+
+
+# -- failures: every ticket gets its last event, nothing hangs ------------------------------------
+
+
+def test_a_stream_that_ends_without_finishing_its_rows_fails_at_once() -> None:
+    def quits(requests: Any) -> Any:
+        yield Delta(0, "a", 1)  # then stops: no finish_reason ever comes
+
+    session = InterleavedSession(quits)
+    session.add([GenerationRequest([1], 5)])
+    with pytest.raises(BackendError, match=r"ended without finishing 1 request\(s\)"):
+        session.step()
+        session.step()
+
+
+def test_a_plan_that_loses_a_request_is_refused() -> None:
+    session = InterleavedSession(lambda reqs: iter(()), split=lambda reqs: [[0]])
+    with pytest.raises(BackendError, match=r"must name each of the 2 request\(s\) exactly once, got \[\[0\]\]"):
+        session.add([GenerationRequest([1], 5), GenerationRequest([2], 5)])
+
+
+def test_ids_of_finished_choices_are_not_reused() -> None:
+    model, _plugin = _echo()
+
+    class Recycling(InterleavedSession):
+        def add(self, requests: Any) -> list[int]:
+            super().add(requests)
+            return [0]
+
+    batch = ContinuousBatch(model, Recycling(lambda reqs: model.backend.generate(model.handle, reqs)))
+    batch.add([model.prepare_request(chat("a", max_tokens=1))])
+    _drain(batch)
+    with pytest.raises(BackendError, match="one new, unique id per request"):
+        batch.add([model.prepare_request(chat("b", max_tokens=1))])
+
+
+def test_handle_hooks_ignore_a_session_attribute_that_is_not_a_method() -> None:
+    from flavorkit.handles import HandleHooks
+
+    class Handle:
+        session = object()  # e.g. an onnxruntime InferenceSession
+
+    assert HandleHooks().generate_session(Handle()) is None
+
+
+def _serve(model: LoadedModel, raws: list[dict[str, Any]], **options: Any) -> tuple[list[list[Event]], Metrics]:
+    metrics = Metrics()
+    scheduler = Scheduler(model, metrics, max_batch=8, max_queue=8, **options)
+
+    async def main() -> list[list[Event]]:
+        tickets = [scheduler.submit(raws[0], stream=True)]
+        first = await asyncio.wait_for(tickets[0].events.get(), 30)
+        assert first.kind in ("start", "error")
+        for raw in raws[1:]:
+            tickets.append(scheduler.submit(raw, stream=True))
+        return [[first, *await _events(tickets[0])], *[await _events(t) for t in tickets[1:]]]
+
+    try:
+        return asyncio.run(main()), metrics
+    finally:
+        scheduler.shutdown(5)
+
+
+def test_a_session_that_cannot_be_opened_falls_back_to_request_level_batching() -> None:
+    model, plugin = _echo()
+
+    def broken() -> Any:
+        raise RuntimeError("no session today")
+
+    plugin.session_factory = broken
+    results, metrics = _serve(model, [chat("abc", max_tokens=10)])
+    assert results[0][-1].kind == "done" and results[0][-1].payload.texts() == ["abc"]
+    assert metrics.active._value.get() == 0
+
+
+def test_a_session_that_refuses_a_join_ends_every_ticket_with_an_error() -> None:
+    model, plugin = _echo(step_seconds=0.005)
+    plugin.session_factory = lambda: _Reusing(lambda reqs: model.backend.generate(model.handle, reqs))
+    results, metrics = _serve(model, [chat("L" * 200, max_tokens=200), chat("s", max_tokens=5)], join_wait=0.0)
+    assert [events[-1].kind for events in results] == ["error", "error"]
+    assert all(isinstance(events[-1].payload, BackendError) for events in results)
+    assert metrics.active._value.get() == 0, "every admitted ticket was finished"

@@ -59,7 +59,8 @@ class ContinuousBatch:
             pending.extend((key, c) for c in prepared._row.choices if c.finish is None)
         if pending:
             ids = self.session.add([c.request for _, c in pending])
-            if len(ids) != len(pending) or len(set(ids)) != len(ids) or any(i in self._choices for i in ids):
+            reused = any(i in self._choices or i in self._retired for i in ids)
+            if len(ids) != len(pending) or len(set(ids)) != len(ids) or reused:
                 raise BackendError(
                     f"backend {self.model.backend.name!r}: GenerationSession.add() must return one new, "
                     f"unique id per request; got {list(ids)!r} for {len(pending)} request(s)"

@@ -9,6 +9,7 @@ method); the backend then implements ``dependencies``,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,7 +63,9 @@ class HandleHooks:
     def generate_session(self, handle: Any) -> GenerationSession | None:
         """The handle's ``session()`` when it has one (continuous batching, spec version 2), else None."""
         session = getattr(handle, "session", None)
-        return None if session is None else session()  # type: ignore[no-any-return]
+        if not inspect.ismethod(session):  # e.g. an onnxruntime InferenceSession kept as ``handle.session``
+            return None
+        return session()  # type: ignore[no-any-return]
 
     @hookimpl
     def unload(self, handle: Any) -> None:

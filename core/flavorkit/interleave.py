@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from flavorkit.errors import BackendError
 from flavorkit.types import Delta, GenerationRequest
 
 __all__ = ["InterleavedSession"]
@@ -75,9 +76,13 @@ class InterleavedSession:
         """Admit requests as new cohorts (one, or one per group of ``split``); they start at the next :meth:`step`."""
         ids = list(range(self._next_id, self._next_id + len(requests)))
         self._next_id += len(requests)
-        groups = (
-            self._split(requests) if self._split is not None and len(requests) > 1 else [list(range(len(requests)))]
-        )
+        groups = [list(range(len(requests)))]
+        if self._split is not None and len(requests) > 1:
+            groups = self._split(requests)
+            if sorted(k for group in groups for k in group) != list(range(len(requests))):
+                raise BackendError(
+                    f"the batching plan must name each of the {len(requests)} request(s) exactly once, got {groups!r}"
+                )
         for group in groups:
             if group:
                 self._cohorts.append(_Cohort([ids[k] for k in group], [requests[k] for k in group]))
@@ -94,10 +99,16 @@ class InterleavedSession:
         return out
 
     def close(self) -> None:
-        """Close every cohort's stream."""
-        for cohort in self._cohorts:
-            cohort.close()
-        self._cohorts.clear()
+        """Close every cohort's stream (all of them, even when one fails to close)."""
+        cohorts, self._cohorts = self._cohorts, []
+        failed: Exception | None = None
+        for cohort in cohorts:
+            try:
+                cohort.close()
+            except Exception as exc:  # the others must still be closed
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _advance(self, cohort: _Cohort) -> list[Delta]:
         if not cohort.live():
@@ -113,6 +124,12 @@ class InterleavedSession:
                     delta = next(cohort.stream)
                 except StopIteration:
                     cohort.exhausted = True
+                    unfinished = cohort.live()
+                    if unfinished:
+                        raise BackendError(
+                            f"a generate() stream ended without finishing {len(unfinished)} request(s); "
+                            "every request must end with a Delta carrying finish_reason"
+                        ) from None
                     break
             row = delta.index
             if delta.tokens and row in stepped:

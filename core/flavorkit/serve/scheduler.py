@@ -391,7 +391,11 @@ class Scheduler:
         Runs until nothing is running or queued (or a job is next in line), then closes the backend
         session; the next busy period opens a new one.
         """
-        session = self.model.open_session()
+        try:
+            session = self.model.open_session()
+        except Exception:
+            log.exception("the backend could not open a generation session; falling back to request-level batching")
+            session = None
         if session is None:  # the backend cannot take requests mid-batch: request-level batching
             self._continuous = False
             self._run_batch(batch)
@@ -424,10 +428,13 @@ class Scheduler:
                 if not ticket.done:
                     self._finish(ticket, Event("error", exc))
         finally:
-            session.close()
             for ticket in running.values():
                 if not ticket.done:  # shutdown: cancelled
                     self._finish(ticket, Event("done", ticket.prepared))
+            try:
+                session.close()
+            except Exception:
+                log.exception("closing the generation session failed")
 
     def _admit(self, session: ContinuousBatch, batch: Sequence[Ticket], running: dict[int, Ticket]) -> None:
         """Prepare ``batch`` and add what is valid to the session; it starts at the next step."""
@@ -436,7 +443,12 @@ class Scheduler:
         if not tickets:
             return
         self.metrics.batch_size.observe(len(tickets))
-        keys = session.add([t.prepared for t in tickets if t.prepared is not None])
+        try:
+            keys = session.add([t.prepared for t in tickets if t.prepared is not None])
+        except Exception as exc:
+            for ticket in tickets:
+                self._finish(ticket, Event("error", exc))
+            raise
         running.update(zip(keys, tickets, strict=True))
         with self._cond:
             self._running = list(running.values())
@@ -456,13 +468,18 @@ class Scheduler:
             if room <= 0:
                 return []
             waited = time.perf_counter() - self._queue[0].submitted
-            ready = sum(1 for t in itertools.islice(self._queue, room) if t.job is None)
+            ready = 0  # generation tickets before the next job, as many as would join
+            for ticket in itertools.islice(self._queue, room):
+                if ticket.job is not None:
+                    break
+                ready += 1
             target = min(self._freed, room) if self._freed else room
             if waited < self.join_wait and ready < target:
                 return []
             joining: list[Ticket] = []
             while self._queue and len(joining) < room and self._queue[0].job is None:
                 joining.append(self._queue.popleft())
+            self._running.extend(joining)  # shutdown must see them before they are admitted
             self.metrics.queue_depth.set(len(self._queue))
             return joining
 
