@@ -51,6 +51,17 @@ def chat(text: str, **settings: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], **settings}
 
 
+#: Requests with different settings (n, stop strings, a seeded sample, max_tokens=1) that must not
+#: disturb each other when they share a batch or join a running one.
+MIXED_REQUESTS: list[dict[str, Any]] = [
+    chat("Hi", max_tokens=12),
+    chat("Summarise: packaging a model.", max_tokens=5, n=2),
+    chat("Unicode: café, Zürich", max_tokens=20, stop=["e"]),
+    chat("7", max_tokens=30, temperature=0.8, seed=3),
+    chat("Tell me about batching.", max_tokens=1),
+]
+
+
 def content(response: dict[str, Any], i: int = 0) -> str:
     """The text of choice ``i`` of a chat completion."""
     return str(response["choices"][i]["message"]["content"])

@@ -6,9 +6,15 @@ modules; ``importlib.metadata`` finds it once the folder is on ``sys.path``. Not
 
 from __future__ import annotations
 
+import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flavorkit.registry import get_registry
 
 
 def make_distribution(
@@ -35,6 +41,23 @@ def make_distribution(
         lines += [f"{k} = {v}" for k, v in middleware.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def install(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, **kwargs: Any) -> Path:
+    """Write a distribution named ``name`` under ``root`` and put it on ``sys.path`` for this test."""
+    path = make_distribution(root / name, name, **kwargs)
+    monkeypatch.syspath_prepend(str(path))
+    return path
+
+
+def isolated_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: Sequence[str]) -> Iterator[Path]:
+    """A folder for throwaway distributions; afterwards their modules are forgotten and the registry re-read."""
+    monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS", raising=False)
+    yield tmp_path
+    for mod in modules:
+        sys.modules.pop(mod, None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
 
 
 #: A minimal, correct, pure-Python backend: the "model" echoes the last user message, one

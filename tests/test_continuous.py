@@ -19,7 +19,7 @@ from flavorkit.errors import BackendError
 from flavorkit.interleave import InterleavedSession
 from flavorkit.registry import Backend
 from flavorkit.runtime import BatchEvent, LoadedModel
-from helpers import chat, check_events, load_engine
+from helpers import MIXED_REQUESTS, chat, check_events, load_engine
 
 pytest.importorskip("prometheus_client")
 
@@ -143,14 +143,8 @@ def test_a_cancelled_cohort_is_closed_without_another_step() -> None:
 
 # -- ContinuousBatch on onnx-cpu --------------------------------------------------------------------
 
-#: Requests with different settings; the first three start together, the other two join later.
-REQUESTS: list[dict[str, Any]] = [
-    chat("Hi", max_tokens=12),
-    chat("Summarise: packaging a model.", max_tokens=5, n=2),
-    chat("Unicode: café, Zürich", max_tokens=20, stop=["e"]),
-    chat("7", max_tokens=30, temperature=0.8, seed=3),
-    chat("Tell me about batching.", max_tokens=1),
-]
+#: The first three start together, the other two join later (in test_continuous).
+REQUESTS = MIXED_REQUESTS
 
 
 def test_requests_joining_mid_flight_get_exactly_their_own_answers(onnx: LoadedModel) -> None:

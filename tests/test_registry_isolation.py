@@ -18,7 +18,7 @@ import flavorkit
 from flavorkit.cli import main
 from flavorkit.errors import BackendNotFound, PluginSpecError
 from flavorkit.registry import Registry, get_backend, get_registry, strict_from_env
-from plugin_fixtures import ECHO_BACKEND, make_distribution
+from plugin_fixtures import ECHO_BACKEND, install, isolated_site
 
 RAISES_WHILE_LISTED = ECHO_BACKEND.replace(
     "return []\n\n    @hookimpl\n    def capabilities",
@@ -45,18 +45,7 @@ def _mlflow_store() -> None:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS", raising=False)
-    yield tmp_path
-    for mod in MODULES:
-        sys.modules.pop(mod, None)
-    monkeypatch.undo()
-    get_registry(refresh=True)
-
-
-def _install(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, **kwargs: Any) -> Path:
-    path = make_distribution(root / name, name, **kwargs)
-    monkeypatch.syspath_prepend(str(path))
-    return path
+    yield from isolated_site(tmp_path, monkeypatch, MODULES)
 
 
 def _listed() -> dict[str, dict[str, Any]]:
@@ -66,7 +55,7 @@ def _listed() -> dict[str, dict[str, Any]]:
 def test_a_hook_raising_while_listed_marks_only_that_backend_unavailable(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-raisers",
@@ -99,7 +88,7 @@ def test_a_hook_raising_while_listed_marks_only_that_backend_unavailable(
 
 
 def test_listed_dependencies_capabilities_and_hint(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(site, monkeypatch, "fk-deps", modules={"fk_deps": WITH_DEPS}, backends={"deps": "fk_deps:backend"})
+    install(site, monkeypatch, "fk-deps", modules={"fk_deps": WITH_DEPS}, backends={"deps": "fk_deps:backend"})
     entry = _listed()["deps"]
     assert entry["available"] is True
     assert entry["dependencies"] == ["pluggy>=1.0", "packaging"]
@@ -117,8 +106,8 @@ def test_listed_dependencies_capabilities_and_hint(site: Path, monkeypatch: pyte
 def test_a_duplicate_backend_id_keeps_the_first_and_records_the_second(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(site, monkeypatch, "fk-one", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"})
-    _install(site, monkeypatch, "fk-two", modules={"fk_echo2": ECHO_BACKEND}, backends={"echo": "fk_echo2:backend"})
+    install(site, monkeypatch, "fk-one", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"})
+    install(site, monkeypatch, "fk-two", modules={"fk_echo2": ECHO_BACKEND}, backends={"echo": "fk_echo2:backend"})
     order = [ep for ep in md.entry_points(group="flavorkit.backends") if ep.name == "echo"]
     assert len(order) == 2
     first, second = order[0], order[1]
@@ -138,7 +127,7 @@ def test_a_duplicate_backend_id_keeps_the_first_and_records_the_second(
 
 
 def test_the_same_distribution_seen_twice_is_not_a_duplicate(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _install(
+    path = install(
         site, monkeypatch, "fk-once", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"}
     )
     monkeypatch.syspath_prepend(str(path))  # the same folder twice on sys.path
@@ -148,8 +137,8 @@ def test_the_same_distribution_seen_twice_is_not_a_duplicate(site: Path, monkeyp
 
 
 def test_strict_mode_refuses_a_duplicate_id(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(site, monkeypatch, "fk-one", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"})
-    _install(site, monkeypatch, "fk-two", modules={"fk_echo2": ECHO_BACKEND}, backends={"echo": "fk_echo2:backend"})
+    install(site, monkeypatch, "fk-one", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"})
+    install(site, monkeypatch, "fk-two", modules={"fk_echo2": ECHO_BACKEND}, backends={"echo": "fk_echo2:backend"})
     with pytest.raises(PluginSpecError) as exc:
         Registry.discover(strict=True)
     assert str(exc.value).startswith("duplicate backend id 'echo': also provided by fk-")
@@ -159,7 +148,7 @@ def test_strict_mode_refuses_a_duplicate_id(site: Path, monkeypatch: pytest.Monk
 def test_cli_backends_strict_fails_on_a_broken_plugin(
     site: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-broken",
@@ -196,7 +185,7 @@ def test_non_strict_env_values(site: Path, monkeypatch: pytest.MonkeyPatch, valu
 
 
 def test_a_broken_middleware_is_isolated_unless_strict(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mw-broken",
@@ -216,7 +205,7 @@ def test_a_broken_middleware_is_isolated_unless_strict(site: Path, monkeypatch: 
 def test_a_broken_backend_is_named_when_asked_for_and_when_another_is_unknown(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-broken",

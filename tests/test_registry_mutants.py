@@ -7,7 +7,6 @@ use a small plugin class defined here. Nothing is mocked.
 from __future__ import annotations
 
 import importlib.metadata as md
-import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import flavorkit
 from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
 from flavorkit.errors import BackendUnavailable, InvalidRequest, PluginSpecError
 from flavorkit.registry import Backend, Registry, get_backend, get_registry, missing_requirements
-from plugin_fixtures import ECHO_BACKEND, make_distribution
+from plugin_fixtures import ECHO_BACKEND, install, isolated_site
 
 MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two", "fk_mut_cls")
 
@@ -57,18 +56,7 @@ def _mlflow_store() -> None:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS", raising=False)
-    yield tmp_path
-    for mod in MODULES:
-        sys.modules.pop(mod, None)
-    monkeypatch.undo()
-    get_registry(refresh=True)
-
-
-def _install(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, **kwargs: Any) -> Path:
-    path = make_distribution(root / name, name, **kwargs)
-    monkeypatch.syspath_prepend(str(path))
-    return path
+    yield from isolated_site(tmp_path, monkeypatch, MODULES)
 
 
 # -- Registry.load_object and _import_object ------------------------------------------------------
@@ -77,7 +65,7 @@ def _install(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, **kwargs: A
 def test_load_object_follows_a_dotted_attribute_path_and_keeps_the_middleware(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-shipped",
@@ -105,7 +93,7 @@ def test_load_object_follows_a_dotted_attribute_path_and_keeps_the_middleware(
 def test_a_hook_raising_while_listed_is_located_at_the_raising_line(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-raises",
@@ -125,7 +113,7 @@ def test_a_hook_raising_while_listed_is_located_at_the_raising_line(
 
 def test_backends_reuses_the_discovered_registry_unless_refreshed(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     get_registry(refresh=True)
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-late",
@@ -279,7 +267,7 @@ TWO_MISSING = ECHO_BACKEND.replace(
 def test_two_missing_requirements_are_each_named_and_installed_by_one_command(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site, monkeypatch, "fk-mut-two", modules={"fk_mut_two": TWO_MISSING}, backends={"two": "fk_mut_two:backend"}
     )
     entry = {b["name"]: b for b in flavorkit.backends(refresh=True)}["two"]
@@ -364,7 +352,7 @@ def test_the_signature_hook_gets_the_options_and_an_unknown_task_is_an_invalid_r
 
 
 def test_get_backend_can_skip_the_availability_check(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(
+    install(
         site, monkeypatch, "fk-mut-two", modules={"fk_mut_two": TWO_MISSING}, backends={"two": "fk_mut_two:backend"}
     )
     get_registry(refresh=True)
@@ -386,7 +374,7 @@ def test_get_backend_can_skip_the_availability_check(site: Path, monkeypatch: py
 def test_missing_requirements_names_each_problem_and_skips_other_platforms(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(site, monkeypatch, "fk-mut-pre", modules={}, version="2.0.0rc1")
+    install(site, monkeypatch, "fk-mut-pre", modules={}, version="2.0.0rc1")
     problems = missing_requirements(
         [
             "not a requirement!",
@@ -447,7 +435,7 @@ def test_the_plugin_manager_names_the_defaults_the_middleware_and_the_backend() 
 def test_discovery_records_distribution_and_version_and_instantiates_classes(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-cls",
@@ -466,7 +454,7 @@ def test_discovery_records_distribution_and_version_and_instantiates_classes(
 def test_discovery_reads_strict_mode_from_the_environment_when_not_given(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-raises",
@@ -481,7 +469,7 @@ def test_discovery_reads_strict_mode_from_the_environment_when_not_given(
 
 
 def test_a_broken_middleware_does_not_stop_the_next_one(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-mws",
@@ -500,14 +488,14 @@ def test_a_broken_middleware_does_not_stop_the_next_one(site: Path, monkeypatch:
 
 
 def test_discovery_goes_on_after_a_duplicate_id(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-two",
         modules={"fk_mut_two": ECHO_BACKEND, "fk_mut_late": ECHO_BACKEND},
         backends={"echo": "fk_mut_two:backend", "late": "fk_mut_late:backend"},
     )
-    _install(
+    install(
         site, monkeypatch, "fk-mut-one", modules={"fk_mut_echo": ECHO_BACKEND}, backends={"echo": "fk_mut_echo:backend"}
     )
     order = [ep.value for ep in md.entry_points(group="flavorkit.backends") if ep.value.startswith("fk_mut_")]
@@ -519,14 +507,14 @@ def test_discovery_goes_on_after_a_duplicate_id(site: Path, monkeypatch: pytest.
 
 def test_discovery_goes_on_after_the_same_entry_point_seen_twice(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """importlib.metadata lists a distribution once; two distributions may still name one object under one id."""
-    _install(
+    install(
         site,
         monkeypatch,
         "fk-mut-copy",
         modules={"fk_mut_late": ECHO_BACKEND},
         backends={"echo": "fk_mut_echo:backend", "late": "fk_mut_late:backend"},
     )
-    _install(
+    install(
         site, monkeypatch, "fk-mut-one", modules={"fk_mut_echo": ECHO_BACKEND}, backends={"echo": "fk_mut_echo:backend"}
     )
     order = [ep.value for ep in md.entry_points(group="flavorkit.backends") if ep.value.startswith("fk_mut_")]

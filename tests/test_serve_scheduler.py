@@ -14,7 +14,7 @@ from flavorkit.errors import InvalidRequest
 from flavorkit.runtime import LoadedModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, QueueFull, Scheduler, ShuttingDown
-from helpers import chat, check_events, load_engine
+from helpers import MIXED_REQUESTS, chat, check_events, load_engine
 
 pytest.importorskip("prometheus_client")
 
@@ -24,14 +24,7 @@ def engine(tiny_ort: Path) -> LoadedModel:
     return load_engine("onnx-cpu", tiny_ort)
 
 
-#: Requests with different settings that must not disturb each other when they share one batch.
-REQUESTS: list[dict[str, Any]] = [
-    chat("Hi", max_tokens=12),
-    chat("Summarise: packaging a model.", max_tokens=5, n=2),
-    chat("Unicode: café, Zürich", max_tokens=20, stop=["e"]),
-    chat("7", max_tokens=30, temperature=0.8, seed=3),
-    chat("Tell me about batching.", max_tokens=1),
-]
+REQUESTS = MIXED_REQUESTS
 
 
 def test_run_batch_gives_each_request_its_own_answer(engine: LoadedModel) -> None:
