@@ -121,3 +121,18 @@ class EchoBackend:
 
 backend = EchoBackend()
 """
+
+#: A middleware plugin that records the batch size of every generate() call it wraps.
+COUNTING_MIDDLEWARE = """
+from flavorkit import hookimpl
+
+calls = []
+
+class Counter:
+    @hookimpl(wrapper=True)
+    def generate(self, handle, requests):
+        calls.append(len(requests))
+        return (yield)
+
+middleware = Counter()
+"""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +43,49 @@ def running(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def server_process(cmd: Sequence[str], ready_url: str, *, timeout: float = 120, **popen: Any) -> Iterator[None]:
+    """Run a server command in its own process group until ``ready_url`` answers 200; stop it afterwards.
+
+    Its output goes to a temporary log, whose tail is in the error when it does not start in time.
+    SIGTERM stops it (the whole group), SIGKILL after 30 s.
+    """
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        tail = log.read().decode(errors="replace")[-3000:]
+                        raise RuntimeError(f"{cmd[0]} did not start:\n{tail}") from None
+                    time.sleep(0.3)
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def collect_events(ticket: Any) -> list[Any]:
+    """A scheduler ticket's events up to and including its last one (done, error or result)."""
+    import asyncio
+
+    events = []
+    while True:
+        event = await asyncio.wait_for(ticket.events.get(), 30)
+        events.append(event)
+        if event.kind in ("done", "error", "result"):
+            return events
 
 
 def metric(text: str, name: str, **labels: str) -> float:

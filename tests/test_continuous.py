@@ -20,6 +20,7 @@ from flavorkit.interleave import InterleavedSession
 from flavorkit.registry import Backend
 from flavorkit.runtime import BatchEvent, LoadedModel
 from helpers import MIXED_REQUESTS, chat, check_events, load_engine
+from serve_fixtures import collect_events
 
 pytest.importorskip("prometheus_client")
 
@@ -267,15 +268,6 @@ def test_sessions_that_break_the_contract_are_backend_errors() -> None:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 
-async def _events(ticket: Any) -> list[Event]:
-    out = []
-    while True:
-        event = await asyncio.wait_for(ticket.events.get(), 30)
-        out.append(event)
-        if event.kind in ("done", "error", "result"):
-            return out
-
-
 def _order(join_wait: float) -> list[str]:
     """Which ticket's deltas came in which order: a long request, and a short one sent mid-way."""
     model, _plugin = _echo(step_seconds=0.005)
@@ -375,7 +367,7 @@ def _serve(model: LoadedModel, raws: list[dict[str, Any]], **options: Any) -> tu
         assert first.kind in ("start", "error")
         for raw in raws[1:]:
             tickets.append(scheduler.submit(raw, stream=True))
-        return [[first, *await _events(tickets[0])], *[await _events(t) for t in tickets[1:]]]
+        return [[first, *await collect_events(tickets[0])], *[await collect_events(t) for t in tickets[1:]]]
 
     try:
         return asyncio.run(main()), metrics

@@ -13,7 +13,7 @@ import pytest
 import flavorkit
 from flavorkit.errors import BackendNotFound, BackendUnavailable, PluginSpecError
 from flavorkit.registry import get_registry
-from plugin_fixtures import ECHO_BACKEND, make_distribution
+from plugin_fixtures import COUNTING_MIDDLEWARE, ECHO_BACKEND, make_distribution
 
 BROKEN_IMPORT = """
 raise ImportError("this plugin needs a library that is not installed: frobnitz")
@@ -47,20 +47,6 @@ NEEDS_MISSING_DEP = ECHO_BACKEND.replace(
     'return ["frobnitz-runtime>=2.0"]\n\n    @hookimpl\n    def capabilities',
     1,
 )
-
-COUNTING_MIDDLEWARE = """
-from flavorkit import hookimpl
-
-calls = []
-
-class Counter:
-    @hookimpl(wrapper=True)
-    def generate(self, handle, requests):
-        calls.append(len(requests))
-        return (yield)
-
-middleware = Counter()
-"""
 
 
 @pytest.fixture

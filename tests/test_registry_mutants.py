@@ -19,23 +19,10 @@ import flavorkit
 from flavorkit import Artifacts, Capability, Delta, GenerationRequest, RuntimeInfo, hookimpl
 from flavorkit.errors import BackendUnavailable, InvalidRequest, PluginSpecError
 from flavorkit.registry import Backend, Registry, get_backend, get_registry, missing_requirements
-from plugin_fixtures import ECHO_BACKEND, install, isolated_site
+from plugin_fixtures import COUNTING_MIDDLEWARE, ECHO_BACKEND, install, isolated_site
 
 MODULES = ("fk_mut_echo", "fk_mut_raises", "fk_mut_mw", "fk_mut_shipped", "fk_mut_late", "fk_mut_two", "fk_mut_cls")
 
-COUNTING_MIDDLEWARE = """
-from flavorkit import hookimpl
-
-calls = []
-
-class Counter:
-    @hookimpl(wrapper=True)
-    def generate(self, handle, requests):
-        calls.append(len(requests))
-        return (yield)
-
-middleware = Counter()
-"""
 
 #: The echo backend reachable only through a dotted attribute path (``fk_mut_shipped:holder.backend``).
 SHIPPED = ECHO_BACKEND.replace(

@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from flavorkit.runtime import LoadedModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, QueueFull, Scheduler, ShuttingDown
 from helpers import MIXED_REQUESTS, chat, check_events, load_engine
+from serve_fixtures import collect_events
 
 pytest.importorskip("prometheus_client")
 
@@ -73,15 +73,6 @@ def test_prepare_request_names_the_bad_field(engine: LoadedModel) -> None:
     assert err.value.field == "max_tokens"
 
 
-async def _collect(ticket: Any) -> list[Event]:
-    events = []
-    while True:
-        event = await asyncio.wait_for(ticket.events.get(), 30)
-        events.append(event)
-        if event.kind in ("done", "error", "result"):
-            return events
-
-
 def _hold(scheduler: Scheduler) -> threading.Event:
     """Occupy the worker with a job until the returned event is set."""
     gate = threading.Event()
@@ -102,7 +93,7 @@ def test_requests_that_queue_up_share_the_next_generate_call(engine: LoadedModel
         tickets = [scheduler.submit(r, stream=True) for r in REQUESTS]
         assert metrics.queue_depth._value.get() == len(REQUESTS)
         gate.set()
-        return [await _collect(t) for t in tickets]
+        return [await collect_events(t) for t in tickets]
 
     try:
         results = asyncio.run(main())
@@ -132,7 +123,7 @@ def test_the_worker_waits_briefly_for_the_clients_of_the_last_batch(engine: Load
         await asyncio.sleep(0.2)
         third = scheduler.submit(chat("Hi", max_tokens=2), stream=False)
         for ticket in (first, second, third):
-            assert (await _collect(ticket))[-1].kind == "done"
+            assert (await collect_events(ticket))[-1].kind == "done"
 
     try:
         asyncio.run(main())
@@ -150,7 +141,7 @@ def test_a_bad_request_fails_alone_and_the_batch_runs(engine: LoadedModel) -> No
         bad = scheduler.submit(chat("Hi", max_tokens=10_000), stream=False)
         good = scheduler.submit(chat("Hi", max_tokens=4), stream=False)
         gate.set()
-        return await _collect(bad), await _collect(good)
+        return await collect_events(bad), await collect_events(good)
 
     try:
         bad, good = asyncio.run(main())
@@ -193,7 +184,7 @@ def test_a_ticket_cancelled_while_queued_never_runs(engine: LoadedModel) -> None
         gone.cancel("disconnect")
         assert metrics.queue_depth._value.get() == 1
         gate.set()
-        return await _collect(kept)
+        return await collect_events(kept)
 
     try:
         kept = asyncio.run(main())

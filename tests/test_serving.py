@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from serve_fixtures import server_process
 
 BIN = Path(sys.executable).parent
 
@@ -62,35 +62,13 @@ def server(tiny_model_dir: Path) -> Iterator[str]:
     """``mlflow models serve`` on the tiny packaged model, bound to loopback only."""
     port = _free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [
-            *(str(BIN / "mlflow"), "models", "serve", "-m", str(tiny_model_dir)),
-            *("-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [
+        *(str(BIN / "mlflow"), "models", "serve", "-m", str(tiny_model_dir)),
+        *("-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"),
+    ]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                    pytest.fail(f"scoring server did not start:\n{out[-3000:]}")
-                time.sleep(0.3)
+    with server_process(cmd, f"{base}/ping", timeout=90, env=env):
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_invocations_answers_a_chat_request(server: str) -> None:

@@ -9,11 +9,9 @@ HTTP: packaging with ``registered_model_name``, an alias, ``models:/NAME@ALIAS``
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 import flavorkit
 from helpers import chat, content
-from serve_fixtures import free_port, running
+from serve_fixtures import free_port, running, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -51,29 +49,8 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                tail = (root / "server.log").read_text()[-2000:]
-                raise RuntimeError(f"mlflow server did not start:\n{tail}") from None
-            time.sleep(0.3)
-    try:
+    with server_process(cmd, f"{url}/health"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

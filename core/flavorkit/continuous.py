@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flavorkit.errors import BackendError
+from flavorkit.runtime import BatchEvent
 from flavorkit.types import Delta, GenerationSession
 
 if TYPE_CHECKING:
-    from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest, _Choice
+    from flavorkit.runtime import LoadedModel, PreparedRequest, _Choice
 
 __all__ = ["RETIRED_STEPS", "ContinuousBatch"]
 
@@ -75,8 +76,6 @@ class ContinuousBatch:
         nothing; the backend drops them. A session that stops producing while requests are live is
         a :class:`~flavorkit.errors.BackendError`.
         """
-        from flavorkit.runtime import BatchEvent
-
         self._drop_cancelled()
         if not self._requests:
             return []
