@@ -168,3 +168,22 @@ def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["model_uri"] == str(target)
     assert "Downloading artifacts" not in proc.stderr, "MLflow's copy progress bars are off while packaging"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--join-wait", "-1"], "argument --join-wait: -1 is out of range: at least 0"),
+        (["--max-batch", "0"], "argument --max-batch: 0 is out of range: at least 1"),
+        (["--max-queue", "2.5"], "argument --max-queue: '2.5' is not a whole number"),
+        (["--request-timeout", "0"], "argument --request-timeout: 0 is out of range: above 0"),
+    ],
+)
+def test_serve_refuses_out_of_range_options_before_loading_anything(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "/no/such/model", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

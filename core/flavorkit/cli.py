@@ -48,6 +48,21 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: float, kind: type[int] | type[float] = float, *, exclusive: bool = False) -> Any:
+    """An argparse type: a number of ``kind`` at least (or above) ``low``; anything else is a usage error."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < low or (exclusive and value == low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {'above' if exclusive else 'at least'} {low}")
+        return value
+
+    return parse
+
+
 def _parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -208,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the URI)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $FLAVORKIT_API_KEY)")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests generating at once")
+    p.add_argument("--max-batch", type=_at_least(1, int), default=8, help="most requests generating at once")
     p.add_argument(
         "--batching",
         choices=["continuous", "request"],
@@ -218,13 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--join-wait",
-        type=float,
+        type=_at_least(0),
         default=0.1,
         metavar="SECONDS",
         help="how long a request arriving mid-batch may wait for others to join with it (default 0.1)",
     )
-    p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
-    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")
+    p.add_argument("--max-queue", type=_at_least(1, int), default=64, help="most waiting requests; more get 429")
+    p.add_argument(
+        "--request-timeout",
+        type=_at_least(0, exclusive=True),
+        default=600.0,
+        help="seconds before a request is cancelled",
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
