@@ -1,0 +1,85 @@
+"""The plugin SDK: everything a backend plugin imports from flavorkit, in one declared module.
+
+A backend plugin (first-party or third-party) imports from here and from :mod:`flavorkit.testing`
+(the conformance kit), and from nowhere else in flavorkit. The names below are the SDK's contract:
+``tests/test_sdk.py`` pins ``__all__``, so adding or removing one is a deliberate, reviewed change.
+Every other module of the package is internal and may change without notice.
+
+Importing this module is cheap (no MLflow, torch or onnxruntime), because entry points import it
+whenever backends are listed.
+"""
+
+from __future__ import annotations
+
+from flavorkit.batching import CostModel
+from flavorkit.cache import build_scratch, cache_root, cached_dir, content_key, tree_digest
+from flavorkit.errors import (
+    BackendError,
+    BackendUnavailable,
+    FlavorkitError,
+    InvalidRequest,
+    ModelConfigError,
+    ModelSourceError,
+    PackagingError,
+    PluginSpecError,
+)
+from flavorkit.handles import HandleHooks, RuntimeHandle
+from flavorkit.hookspec import SPEC_VERSION, hookimpl
+from flavorkit.interleave import InterleavedSession
+from flavorkit.progress import step
+from flavorkit.requirements import installed_version, pinned
+from flavorkit.sources import (
+    ModelDir,
+    check_links,
+    looks_like_hub_id,
+    model_dir,
+    resolve_model_dir,
+    stage_tree,
+)
+from flavorkit.types import (
+    Artifacts,
+    Capability,
+    Delta,
+    GenerationRequest,
+    GenerationSession,
+    Message,
+    RuntimeInfo,
+)
+
+__all__ = [
+    "SPEC_VERSION",
+    "Artifacts",
+    "BackendError",
+    "BackendUnavailable",
+    "Capability",
+    "CostModel",
+    "Delta",
+    "FlavorkitError",
+    "GenerationRequest",
+    "GenerationSession",
+    "HandleHooks",
+    "InterleavedSession",
+    "InvalidRequest",
+    "Message",
+    "ModelConfigError",
+    "ModelDir",
+    "ModelSourceError",
+    "PackagingError",
+    "PluginSpecError",
+    "RuntimeHandle",
+    "RuntimeInfo",
+    "build_scratch",
+    "cache_root",
+    "cached_dir",
+    "check_links",
+    "content_key",
+    "hookimpl",
+    "installed_version",
+    "looks_like_hub_id",
+    "model_dir",
+    "pinned",
+    "resolve_model_dir",
+    "stage_tree",
+    "step",
+    "tree_digest",
+]
