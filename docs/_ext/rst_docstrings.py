@@ -74,16 +74,24 @@ class RstDocstrings(griffe.Extension):
     def _resolve(self, target: str, obj: griffe.Object, loader: griffe.GriffeLoader) -> str | None:
         """The full path a role's target names, searched like Sphinx: the enclosing scopes, then absolute."""
         first = target.split(".", 1)[0]
+        known = False  # the first part names something, so the rest must too
         scope: griffe.Object | None = obj if obj.is_module or obj.is_class else obj.parent
         while scope is not None:
-            if first in scope.members and _lookup(scope, target) is not None:
-                return f"{scope.path}.{target}"
+            if first in scope.members:
+                member = scope.members[first]
+                if isinstance(member, griffe.Alias) and member.target_path.split(".", 1)[0] not in self.packages | {
+                    obj.package.name
+                }:
+                    # An imported outside name (``pluggy``, ``logging.Filter``): not checked here.
+                    return member.target_path + target[len(first) :]
+                known = True
+                if _lookup(scope, target) is not None:
+                    return f"{scope.path}.{target}"
             scope = scope.parent
-        if first in loader.modules_collection.members:
-            found = _lookup(loader.modules_collection[first], target.split(".", 1)[1] if "." in target else "")
-            if found is not None:
-                return target
-        if first in self.packages or first == obj.package.name:
+        collection = loader.modules_collection
+        if first in collection.members and _lookup(collection[first], target.partition(".")[2]) is not None:
+            return target
+        if known or first in self.packages or first == obj.package.name:
             _log.warning(f"{obj.path}: the docstring refers to {target!r}, which names nothing in {first}")
             return None
         return target  # outside flavorkit (json, pydantic...): a link only if some page documents it
