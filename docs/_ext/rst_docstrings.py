@@ -79,9 +79,8 @@ class RstDocstrings(griffe.Extension):
         while scope is not None:
             if first in scope.members:
                 member = scope.members[first]
-                if isinstance(member, griffe.Alias) and member.target_path.split(".", 1)[0] not in self.packages | {
-                    obj.package.name
-                }:
+                ours = self.packages | {obj.package.name}
+                if isinstance(member, griffe.Alias) and member.target_path.split(".", 1)[0] not in ours:
                     # An imported outside name (``pluggy``, ``logging.Filter``): not checked here.
                     return member.target_path + target[len(first) :]
                 known = True
