@@ -1,8 +1,13 @@
-"""The documentation site: it builds in strict mode, and its hook reference is the hook spec's docstrings."""
+"""The documentation site: it builds in strict mode, and its hook reference is the hook spec's docstrings.
+
+The builds take about 5 s each (marked slow); the tests of the docstring extension take milliseconds.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import logging
 import os
 import re
 import shutil
@@ -10,12 +15,12 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
+import griffe
 import pytest
 
 from flavorkit.hookspec import PROJECT, REQUIRED_HOOKS, WrapperBackend
-
-pytestmark = pytest.mark.slow  # a site build takes about 5 s
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = [name for name, value in vars(WrapperBackend).items() if hasattr(value, f"{PROJECT}_spec")]
@@ -61,6 +66,96 @@ def plain(docstring_line: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def rst_docstrings() -> Any:
+    """docs/_ext/rst_docstrings.py, the griffe extension mkdocs.yml configures (not an importable package)."""
+    spec = importlib.util.spec_from_file_location("rst_docstrings", ROOT / "docs" / "_ext" / "rst_docstrings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_package(tmp_path: Path, extension: Any, source: str) -> griffe.Module:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text(source, encoding="utf-8")
+    ext = extension.RstDocstrings(packages=["pkg"], version_label="spec version")
+    loader = griffe.GriffeLoader(extensions=griffe.load_extensions(ext), search_paths=[str(tmp_path)])
+    package = loader.load("pkg")
+    assert isinstance(package, griffe.Module)
+    return package
+
+
+PACKAGE = '''"""See :class:`~pkg.Thing`, :meth:`Thing.run`, :class:`Thing <pkg.Thing>` and :exc:`ValueError`.
+
+Usage::
+
+    thing = Thing()
+    thing.run()
+
+.. note::
+   Be careful
+   here.
+
+.. versionadded:: 2
+"""
+
+import json
+
+
+class Thing:
+    """A thing; :meth:`run` runs it, :class:`json.JSONDecoder` decodes."""
+
+    def run(self) -> None:
+        """Run it."""
+'''
+
+
+def autoref(identifier: str, title: str) -> str:
+    return f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>'
+
+
+def test_roles_become_cross_references_resolved_like_sphinx(tmp_path: Path, rst_docstrings: Any) -> None:
+    package = load_package(tmp_path, rst_docstrings, PACKAGE)
+
+    assert package.docstring is not None
+    first_line = package.docstring.value.splitlines()[0]
+    assert first_line == (
+        f"See {autoref('pkg.Thing', 'Thing')}, {autoref('pkg.Thing.run', 'Thing.run()')}, "
+        f"{autoref('pkg.Thing', 'Thing')} and {autoref('ValueError', 'ValueError')}."
+    )
+    thing = package["Thing"].docstring
+    assert thing.value == (
+        f"A thing; {autoref('pkg.Thing.run', 'run()')} runs it, "
+        f"{autoref('json.JSONDecoder', 'json.JSONDecoder')} decodes."
+    )
+
+
+def test_literal_blocks_and_directives_become_markdown(tmp_path: Path, rst_docstrings: Any) -> None:
+    package = load_package(tmp_path, rst_docstrings, PACKAGE)
+
+    assert package.docstring is not None
+    body = package.docstring.value.split("\n", 1)[1]
+    fenced = "Usage:\n\n```\nthing = Thing()\nthing.run()\n```"
+    admonition = "!!! note\n    Be careful\n    here."
+    assert body.strip("\n").split("\n\n\n") == [fenced, admonition + "\n\n_Added in spec version 2._"]
+
+
+@pytest.mark.parametrize("role", [":class:`Thing.nothing`", ":func:`nothing_here`", ":mod:`pkg.missing`"])
+def test_a_role_naming_nothing_is_a_warning_and_plain_code(
+    tmp_path: Path, rst_docstrings: Any, role: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="griffe"):
+        package = load_package(tmp_path, rst_docstrings, PACKAGE.replace(":exc:`ValueError`", role, 1))
+
+    target = role.split("`")[1]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"pkg: the docstring refers to {target!r}, which names nothing in {target.split('.')[0]}"
+    ]
+    assert package.docstring is not None
+    assert f" and <code>{target}{'()' if role.startswith(':func:') else ''}</code>." in package.docstring.value
+
+
+@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("docs") / "site"
     result = build(ROOT / "mkdocs.yml", site)
@@ -69,6 +164,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_the_hook_reference_documents_every_hook_from_its_docstring(site: Path) -> None:
     assert set(REQUIRED_HOOKS) <= set(HOOKS)
     sections = page_sections(site, "reference/hookspec")
@@ -79,6 +175,7 @@ def test_the_hook_reference_documents_every_hook_from_its_docstring(site: Path) 
         assert plain(summary).replace("()", "") in sections.text(heading).replace("()", ""), hook
 
 
+@pytest.mark.slow
 def test_the_sdk_page_documents_every_name_of_the_sdk(site: Path) -> None:
     import flavorkit.sdk
 
@@ -87,12 +184,14 @@ def test_the_sdk_page_documents_every_name_of_the_sdk(site: Path) -> None:
     assert not missing
 
 
+@pytest.mark.slow
 def test_the_home_page_shows_the_readme_quickstart(site: Path) -> None:
     sections = page_sections(site, ".")
     text = " ".join(sections.text(heading) for heading in sections.sections)
     assert 'info = flavorkit.package(model="models/phi3-int4", backend="onnx-cpu")' in text
 
 
+@pytest.mark.slow
 def test_the_readme_links_into_the_docs_resolve(site: Path) -> None:
     links = re.findall(r"\]\(docs/([\w-]+)\.md(?:#([\w-]+))?\)", (ROOT / "README.md").read_text(encoding="utf-8"))
     assert links
@@ -101,6 +200,7 @@ def test_the_readme_links_into_the_docs_resolve(site: Path) -> None:
         assert not anchor or anchor in sections.sections, f"docs/{page}.md has no heading #{anchor}"
 
 
+@pytest.mark.slow
 def test_a_broken_link_anchor_or_cross_reference_fails_the_build(tmp_path: Path) -> None:
     copy = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__")

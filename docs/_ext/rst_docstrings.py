@@ -18,6 +18,7 @@ are never changed.
 
 from __future__ import annotations
 
+import builtins
 import html
 import re
 import textwrap
@@ -42,6 +43,10 @@ class RstDocstrings(griffe.Extension):
         super().__init__()
         self.packages = set(packages or [])
         self.version_label = version_label
+
+    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+        """Rewrite the package's own docstring (griffe fires ``on_object`` for its members only)."""
+        self.on_object(obj=pkg, loader=loader)
 
     def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         """Rewrite the docstring of one object once the whole tree is built (aliases resolve)."""
@@ -90,7 +95,8 @@ class RstDocstrings(griffe.Extension):
         collection = loader.modules_collection
         if first in collection.members and _lookup(collection[first], target.partition(".")[2]) is not None:
             return target
-        if known or first in self.packages or first == obj.package.name:
+        unknown_bare_name = "." not in target and not hasattr(builtins, target)  # `int` is fine, `nothing` is not
+        if known or unknown_bare_name or first in self.packages or first == obj.package.name:
             _log.warning(f"{obj.path}: the docstring refers to {target!r}, which names nothing in {first}")
             return None
         return target  # outside flavorkit (json, pydantic...): a link only if some page documents it
