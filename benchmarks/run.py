@@ -395,7 +395,8 @@ def _mixed_lines(results: list[dict[str, Any]]) -> list[str]:
         m = r["mixed"]
         sec = m["seconds"]
         sp, lo, hi = m["speedup"]
-        groups = " ".join("[" + ", ".join(str(n) for n in g) + "]" for g in m["groups"])
+        # Commas between groups: "[42] [204]" would read as a Markdown reference link on the docs site.
+        groups = ", ".join("[" + ", ".join(str(n) for n in g) + "]" for g in m["groups"])
         one = "-"
         one_sp = "-"
         if "one_batch" in sec:
