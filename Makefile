@@ -45,8 +45,8 @@ demo: $(STAMP)
 	$(BIN)/flavorkit quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check core plugins tests benchmarks examples
-	$(BIN)/ruff format --check core plugins tests benchmarks examples
+	$(BIN)/ruff check core plugins tests benchmarks examples docs/_ext
+	$(BIN)/ruff format --check core plugins tests benchmarks examples docs/_ext
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
