@@ -1,4 +1,7 @@
-"""The ``flavorkit`` command line: list backends, package or verify a model, run the quickstart or the kit."""
+"""The ``flavorkit`` command line: list backends, package or verify a model, run the quickstart or the kit.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The generic packager: any backend plus a model source becomes an MLflow pyfunc model.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Nothing here knows a backend by name. The backend supplies artifacts, requirements and metadata
 through its hooks; the packager adds the contract (signature, input example, generation defaults),
 the typed configuration and what loading needs of flavorkit's own code, then saves or logs the
