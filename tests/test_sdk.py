@@ -269,3 +269,15 @@ def test_the_backend_id_scan_sees_literals_but_not_docstrings(tmp_path: Path) ->
         encoding="utf-8",
     )
     assert _backend_ids_named(source) == [(2, "transformers"), (5, "llama-cpp")]
+
+
+def test_the_kit_gives_plugin_tests_what_they_used_to_take_from_internals() -> None:
+    """The example's tests need the registered backend and a GGUF model: both come from flavorkit.testing."""
+    import flavorkit.registry
+    import flavorkit.testing
+    from flavorkit.testing.models import smollm2_gguf
+
+    assert "get_backend" in flavorkit.testing.__all__
+    assert flavorkit.testing.get_backend is flavorkit.registry.get_backend
+    assert flavorkit.testing.get_backend("onnx-cpu").name == "onnx-cpu"
+    assert smollm2_gguf().suffix == ".gguf" and smollm2_gguf().is_file()
