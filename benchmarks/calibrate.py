@@ -69,7 +69,7 @@ class _Hf:
     """Prompt pass and steps of the transformers backend's own engine (left-padded batch)."""
 
     def __init__(self) -> None:
-        from flavorkit import smollm2
+        from flavorkit.demo import smollm2
         from flavorkit.registry import get_backend
 
         backend = get_backend("transformers")

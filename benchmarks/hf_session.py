@@ -43,7 +43,7 @@ Result = dict[str, float]
 
 
 def _load() -> Any:
-    from flavorkit import smollm2
+    from flavorkit.demo import smollm2
     from flavorkit.registry import get_backend
 
     backend = get_backend("transformers")

@@ -87,14 +87,14 @@ def _artifact(model_dir: Path, name: str = "model") -> Path:
 
 
 def _smollm2_hf() -> Path:
-    from flavorkit import smollm2
+    from flavorkit.demo import smollm2
 
     return smollm2.checkpoint()
 
 
 def _smollm2_onnx() -> Path:
     """SmolLM2-135M-Instruct converted as the quickstart converts it (int4, k_quant_mixed)."""
-    from flavorkit.quickstart import ONNX_OPTIONS
+    from flavorkit.demo.smollm2 import ONNX_OPTIONS
     from flavorkit_onnxgenai.convert import convert_checkpoint
 
     return convert_checkpoint(
@@ -119,7 +119,7 @@ def _raw_optimum(model_dir: Path) -> RawBaseline:
 
 def cases() -> dict[str, Case]:
     """Every backend the benchmark knows; unavailable ones are skipped at run time."""
-    from flavorkit.quickstart import ONNX_OPTIONS
+    from flavorkit.demo.smollm2 import ONNX_OPTIONS
 
     return {
         "onnx-cpu": Case(

@@ -88,8 +88,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _package(workdir: Path) -> Path:
     import flavorkit
-    from flavorkit import smollm2
-    from flavorkit.quickstart import ONNX_OPTIONS
+    from flavorkit.demo import smollm2
+    from flavorkit.demo.smollm2 import ONNX_OPTIONS
     from flavorkit_onnxgenai.convert import convert_checkpoint
 
     ort = convert_checkpoint(

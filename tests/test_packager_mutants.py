@@ -187,7 +187,7 @@ def test_only_what_loading_needs_of_flavorkit_is_shipped(tiny_ort: Path, tmp_pat
     flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m")
     shipped = {p.name for p in (tmp_path / "m" / "code" / "flavorkit").iterdir()}
     assert {"__init__.py", "runtime.py", "loading.py", "registry.py", "mlflow_model.py"} <= shipped
-    assert not shipped & {"packager.py", "cli.py", "quickstart.py", "smollm2.py", "testing", "__main__.py"}
+    assert not shipped & {"packager.py", "cli.py", "demo", "testing", "__main__.py"}
     assert "__pycache__" not in shipped
     plugin_files = {p.name for p in (tmp_path / "m" / "code" / "flavorkit_onnxgenai").iterdir()}
     assert "plugin.py" in plugin_files and "__pycache__" not in plugin_files

@@ -36,7 +36,7 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon who lear
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import flavorkit
-    from flavorkit.smollm2 import gguf_path
+    from flavorkit.demo.smollm2 import gguf_path
 
     path = tmp_path_factory.mktemp("serve-llamacpp") / NAME
     flavorkit.package(

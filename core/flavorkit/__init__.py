@@ -1,11 +1,20 @@
 """flavorkit: package a language model with any inference backend as an MLflow model in one call.
 
-The public surface is small and stable::
+Three surfaces are public and stable; every other module is internal and says so in its docstring:
+
+- ``flavorkit`` (this package), for users: :func:`package`, :func:`backends`, the errors and the
+  data types. A packaged model is loaded with ``mlflow.pyfunc.load_model`` and served with
+  ``flavorkit serve`` (or :func:`flavorkit.serve.create_app`).
+- :mod:`flavorkit.sdk`, for backend plugin authors: everything a plugin imports (``hookimpl``, the
+  types, the errors, ``HandleHooks`` and the source, cache, requirement and progress helpers).
+- :mod:`flavorkit.testing`, the conformance kit: ``BackendConformance``, its pytest plugin
+  :mod:`flavorkit.testing.plugin` and the small real models of :mod:`flavorkit.testing.models`.
+
+::
 
     import flavorkit
     info = flavorkit.package(model="models/phi3-int4", backend="onnx-cpu")
     flavorkit.backends()          # what is installed, and what is missing
-    @flavorkit.hookimpl           # marks a backend's hook implementations
 
 Importing flavorkit is cheap: MLflow, torch and onnxruntime are imported only when used.
 """

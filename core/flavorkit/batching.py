@@ -1,5 +1,7 @@
 """Length-aware batching: a cost model of one padded batch, and the plan that uses it.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 A padded batch computes every row at the batch's widest prompt and runs until its longest
 request ends, so batching requests of very different lengths can cost more than answering them one
 by one. :class:`CostModel` estimates both (in milliseconds, from coefficients measured per backend

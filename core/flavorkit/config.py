@@ -1,5 +1,7 @@
 """The typed, versioned configuration a packaged model carries (MLmodel's pyfunc ``model_config``).
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 The packager writes a :class:`PackagedConfig`; the loader reads it back with
 :meth:`PackagedConfig.from_model_config`, which validates the structure and the generation
 defaults again, and :meth:`PackagedConfig.checked_options` validates the backend options with the

@@ -1,5 +1,7 @@
 """Continuous batching in the core: requests join and leave a running backend session between steps.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 :class:`ContinuousBatch` is what ``flavorkit serve`` drives when the backend can take requests
 while it decodes: either through its own ``generate_session`` hook (spec version 2) or, for a
 backend that declares ``continuous_batching`` without that hook, through

@@ -1,5 +1,7 @@
 """Core default implementations of the optional hooks, registered last in every backend's manager.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 A backend's own implementation always runs first; for ``firstresult`` hooks the default only
 answers when the backend has no implementation or returns None.
 """

@@ -1,5 +1,7 @@
 """The one exception hierarchy flavorkit raises.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Every error a user can meet derives from :class:`FlavorkitError`, so ``except FlavorkitError``
 catches all of them. Inside a served MLflow model, :class:`InvalidRequest` is translated into an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (see :func:`to_mlflow_exception`), which the

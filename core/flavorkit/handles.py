@@ -1,5 +1,7 @@
 """Runtime hooks for backends whose ``load`` returns a handle object that does the work itself.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Most backends end up with a handle class holding the model and tokenizer, and hooks that only
 forward to it. Inheriting :class:`HandleHooks` provides those forwarding hooks (``describe``,
 ``encode``, ``generate``, ``unload``, and ``generate_session`` for a handle with a ``session()``

@@ -1,5 +1,7 @@
 """The ``WrapperBackend`` hook specification: the whole contract between flavorkit and a backend.
 
+Internal: not part of the plugin SDK; import :data:`hookimpl` and ``SPEC_VERSION`` from :mod:`flavorkit.sdk`.
+
 Each hook's docstring is its specification. A backend is any object (a module, a class instance)
 with functions marked by :data:`flavorkit.hookimpl` whose names match hooks below; it is registered
 through an entry point in the ``flavorkit.backends`` group. A backend implements only the hooks it

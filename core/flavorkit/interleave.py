@@ -1,5 +1,7 @@
 """Continuous batching for any backend whose ``generate`` streams can run side by side.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 A backend that declares :attr:`~flavorkit.types.Capability.CONTINUOUS_BATCHING` without a
 ``generate_session`` hook promises that several ``generate`` streams of one handle may be open at
 once and advanced alternately from one thread (each onnxruntime-genai ``og.Generator`` owns its

@@ -1,5 +1,7 @@
 """Load a packaged flavorkit model: verify it, read its typed configuration, then load the backend.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Order matters: the signature (when a trusted key is configured) and the manifest are checked
 before any backend code is imported, and the configuration is validated before the backend's
 ``load`` hook sees it.

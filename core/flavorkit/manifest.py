@@ -1,5 +1,7 @@
 """The sha256 manifest of a whole packaged model, written after MLflow saved it and verified at load.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 The manifest (``flavorkit_manifest.json`` at the model's root) lists every file of the model with
 its size and sha256: the artifacts, the shipped code under ``code/``, the models-from-code file,
 the requirement and environment files and the input examples. ``MLmodel`` is not listed as a file,

@@ -1,5 +1,7 @@
 """The top-level request fields MLflow's schema enforcement drops before ``predict``, so they can be refused.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 MLflow keeps only the signature's columns and drops the others before the model sees the input,
 logging "Found extra inputs in the model input that are not defined in the model signature:
 `[...]`. These inputs will be ignored." from ``mlflow.models.utils``. No MLflow API hands a pyfunc

@@ -1,5 +1,7 @@
 """The models-from-code file MLflow executes to rebuild a flavorkit pyfunc model.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 The packager passes this file as ``python_model=``; MLflow copies it into the model and runs it at
 load time, so no Python object is ever pickled. Everything model-specific comes from the
 ``model_config`` and artifacts stored beside it.

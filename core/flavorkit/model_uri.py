@@ -1,4 +1,7 @@
-"""Model URIs as local folders: a path as it is, or a download of ``runs:/``, ``models:/`` and other MLflow URIs."""
+"""Model URIs as local folders: a path as it is, or a download of ``runs:/``, ``models:/`` and other MLflow URIs.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+"""
 
 from __future__ import annotations
 

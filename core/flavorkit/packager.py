@@ -1,5 +1,7 @@
 """The generic packager: any backend plus a model source becomes an MLflow pyfunc model.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Nothing here knows a backend by name. The backend supplies artifacts, requirements and metadata
 through its hooks; the packager adds the contract (signature, input example, generation defaults),
 the typed configuration and what loading needs of flavorkit's own code, then saves or logs the
@@ -49,9 +51,9 @@ log = logging.getLogger(__name__)
 _MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".mypy_cache", ".pytest_cache")
 #: Parts of flavorkit that loading never imports, so they are not shipped in a model's ``code/``:
-#: the packager, the CLI, the quickstart, the SmolLM2 builder and the conformance kit (with its
-#: test-model builders).
-_NOT_SHIPPED = frozenset({"packager.py", "cli.py", "quickstart.py", "smollm2.py", "testing", "__main__.py"})
+#: the packager, the CLI, the demo (the quickstart and the SmolLM2 builder) and the conformance kit
+#: (with its test-model builders).
+_NOT_SHIPPED = frozenset({"packager.py", "cli.py", "demo", "testing", "__main__.py"})
 
 
 def package(

@@ -1,5 +1,7 @@
 """Progress lines for long steps (conversions, exports, downloads), written to stderr.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Quiet with ``FLAVORKIT_PROGRESS=0``. On a terminal the elapsed time updates in place; elsewhere
 (CI logs) a line is printed when a step starts, every 30 s while it runs, and when it ends.
 """

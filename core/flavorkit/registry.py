@@ -1,5 +1,7 @@
 """Backend discovery through the ``flavorkit.backends`` entry-point group.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Every backend, first-party or not, is found the same way: the entry-point name is the backend id
 and its value points at the plugin object (a module or a class/instance with hookimpls). Each
 backend gets its own :class:`pluggy.PluginManager` holding the core defaults, any middleware

@@ -1,4 +1,7 @@
-"""Pinned pip requirements for packaged models."""
+"""Pinned pip requirements for packaged models.
+
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+"""
 
 from __future__ import annotations
 

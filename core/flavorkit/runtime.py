@@ -1,5 +1,7 @@
 """The serving core: turns validated requests into backend calls and OpenAI-shaped answers.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Everything a user can observe about a response is decided here, not in the backend: defaults,
 ``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason``, usage and the response and
 chunk shapes. ``predict`` is literally the joined stream of ``predict_stream``'s events, so the two

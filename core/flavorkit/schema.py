@@ -1,5 +1,7 @@
 """Request validation: the pydantic models of the chat and text-generation contracts.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 The core owns validation so that every backend rejects the same inputs with the same messages.
 Errors are raised as :class:`~flavorkit.errors.InvalidRequest` naming the field (``messages[0].role``,
 ``max_tokens``, ...) and the allowed values.

@@ -1,5 +1,7 @@
 """MLflow signatures and input examples of the core tasks.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 ``llm/v1/chat`` uses the field names of MLflow's own ``llm/v1/chat`` schema, restricted to the
 fields flavorkit honours (a signature never lists a field the model would reject).
 ``text-generation`` is ``{"prompt": str}`` in and ``str`` out, with the same optional settings.

@@ -1,5 +1,7 @@
 """Signing packaged models with an elliptic-curve key, with the OpenSSF ``model-signing`` library.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 The signature (``flavorkit.sig`` at the model's root, a Sigstore bundle) covers every file of the
 model except MLmodel, which MLflow rewrites; MLmodel's flavorkit part is covered through the
 manifest, whose digest of it is signed like any other file. ``registered_model_meta``, which MLflow

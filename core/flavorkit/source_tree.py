@@ -1,5 +1,7 @@
 """Stage a model source folder into the packaging work dir as real files, refusing links that lead out.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 A model source may hold symbolic links: a Hugging Face Hub cache is made of them (each
 ``snapshots/<commit>/<file>`` is a relative link into the repo's ``blobs/``), and a user's folder
 may link a shared tokenizer or a folder of weights. Two things go wrong if they are passed on as they

@@ -1,5 +1,7 @@
 """Resolve a model source (a local folder, or a Hugging Face Hub repo id) to a local directory.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Backends call :func:`resolve_model_dir` from their ``artifacts`` hook so that every backend treats
 paths, Hub ids, subfolders and revisions the same way, with the same errors, then stage the folder
 into their work dir with :func:`stage_tree` (or check it with :func:`check_links` before a converter

@@ -1,5 +1,7 @@
 """Crash-safe staging folders for the packager, and the reclaiming of those a killed process left.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
 Every packaging call works in one staging folder that flavorkit owns: a hidden sibling of the
 output path (``.NAME.flavorkit-<random>``), or, when the model is logged to MLflow instead of
 saved, a folder under ``<flavorkit cache>/staging``. It holds the scratch files (``work/``), the

@@ -1,4 +1,7 @@
-"""Streaming stop-string matcher: text is released only once it can no longer start a stop string."""
+"""Streaming stop-string matcher: text is released only once it can no longer start a stop string.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Plain data types that cross the boundary between the core and a backend.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 These are deliberately small, dependency-free dataclasses: a backend author can build and test
 them without MLflow, pydantic or flavorkit's packager.
 """

@@ -8,9 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flavorkit.errors import ModelSourceError
-from flavorkit.progress import step
-from flavorkit.sources import ModelDir
+from flavorkit.sdk import ModelDir, ModelSourceError, step
 from flavorkit_hf.common import CODE_SUFFIXES, WEIGHT_SUFFIXES, check_remote_code, stage_files, weight_files
 
 __all__ = ["save_pipeline", "stage_checkpoint", "validate_checkpoint"]

@@ -16,10 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Capability, hookimpl
-from flavorkit.errors import ModelSourceError
-from flavorkit.handles import HandleHooks
-from flavorkit.sources import ModelDir, looks_like_hub_id, resolve_model_dir, stage_tree
+from flavorkit.sdk import (
+    Capability,
+    HandleHooks,
+    ModelDir,
+    ModelSourceError,
+    hookimpl,
+    looks_like_hub_id,
+    resolve_model_dir,
+    stage_tree,
+)
 
 __all__ = [
     "CODE_SUFFIXES",

@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from flavorkit.batching import CostModel
-from flavorkit.types import Delta, GenerationRequest, Message
+from flavorkit.sdk import CostModel, Delta, GenerationRequest, Message
 
 if TYPE_CHECKING:
     from flavorkit_hf.session import EngineSession

@@ -16,10 +16,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flavorkit.cache import build_scratch, cached_dir, content_key, tree_digest
-from flavorkit.errors import PackagingError
-from flavorkit.progress import step
-from flavorkit.sources import ModelDir, check_links, model_dir
+from flavorkit.sdk import (
+    ModelDir,
+    PackagingError,
+    build_scratch,
+    cached_dir,
+    check_links,
+    content_key,
+    model_dir,
+    step,
+    tree_digest,
+)
 
 __all__ = ["RECIPE_VERSION", "TASK", "export_checkpoint", "main"]
 

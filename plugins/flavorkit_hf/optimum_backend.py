@@ -15,11 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from flavorkit import Artifacts, hookimpl
-from flavorkit.errors import ModelSourceError
-from flavorkit.requirements import installed_version, pinned
-from flavorkit.sources import ModelDir, check_links, looks_like_hub_id, model_dir
-from flavorkit.types import GenerationSession
+from flavorkit.sdk import (
+    Artifacts,
+    GenerationSession,
+    ModelDir,
+    ModelSourceError,
+    check_links,
+    hookimpl,
+    installed_version,
+    looks_like_hub_id,
+    model_dir,
+    pinned,
+)
 from flavorkit_hf.common import (
     CODE_SUFFIXES,
     WEIGHT_SUFFIXES,

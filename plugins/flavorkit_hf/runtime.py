@@ -10,7 +10,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from flavorkit.errors import BackendUnavailable, ModelSourceError
+from flavorkit.sdk import BackendUnavailable, ModelSourceError
 from flavorkit_hf.engine import Engine, context_length_of
 
 __all__ = ["load_optimum", "load_transformers", "resolve_device"]

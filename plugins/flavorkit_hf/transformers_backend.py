@@ -18,11 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from flavorkit import Artifacts, hookimpl
-from flavorkit.errors import ModelSourceError
-from flavorkit.requirements import pinned
-from flavorkit.sources import check_links
-from flavorkit.types import GenerationSession
+from flavorkit.sdk import Artifacts, GenerationSession, ModelSourceError, check_links, hookimpl, pinned
 from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]

@@ -13,11 +13,19 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from flavorkit.cache import build_scratch, cached_dir, content_key, tree_digest
-from flavorkit.errors import BackendUnavailable, PackagingError
-from flavorkit.progress import step
-from flavorkit.requirements import installed_version
-from flavorkit.sources import ModelDir, check_links, model_dir
+from flavorkit.sdk import (
+    BackendUnavailable,
+    ModelDir,
+    PackagingError,
+    build_scratch,
+    cached_dir,
+    check_links,
+    content_key,
+    installed_version,
+    model_dir,
+    step,
+    tree_digest,
+)
 
 __all__ = ["RECIPE_VERSION", "convert_checkpoint"]
 

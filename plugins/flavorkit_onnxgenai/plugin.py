@@ -12,11 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Artifacts, Capability, hookimpl
-from flavorkit.errors import ModelSourceError
-from flavorkit.handles import HandleHooks
-from flavorkit.requirements import pinned
-from flavorkit.sources import check_links, resolve_model_dir, stage_tree
+from flavorkit.sdk import (
+    Artifacts,
+    Capability,
+    HandleHooks,
+    ModelSourceError,
+    check_links,
+    hookimpl,
+    pinned,
+    resolve_model_dir,
+    stage_tree,
+)
 
 __all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
 

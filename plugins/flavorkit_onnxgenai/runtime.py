@@ -19,10 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flavorkit.batching import CostModel
-from flavorkit.errors import BackendUnavailable, ModelSourceError
-from flavorkit.interleave import InterleavedSession
-from flavorkit.types import Delta, GenerationRequest, Message
+from flavorkit.sdk import (
+    BackendUnavailable,
+    CostModel,
+    Delta,
+    GenerationRequest,
+    InterleavedSession,
+    Message,
+    ModelSourceError,
+)
 
 __all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle"]
 

@@ -1,4 +1,7 @@
-"""``create_app``: the ASGI application serving one packaged flavorkit model, and ``run`` (uvicorn)."""
+"""``create_app``: the ASGI application serving one packaged flavorkit model, and ``run`` (uvicorn).
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Bearer-token authentication: ``Authorization: Bearer <key>``, compared in constant time."""
+"""Bearer-token authentication: ``Authorization: Bearer <key>``, compared in constant time.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+"""
 
 from __future__ import annotations
 

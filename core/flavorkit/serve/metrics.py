@@ -1,4 +1,7 @@
-"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process).
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+"""
 
 from __future__ import annotations
 

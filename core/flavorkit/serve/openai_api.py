@@ -1,5 +1,7 @@
 """OpenAI's request fields mapped to flavorkit requests, and flavorkit results shaped as OpenAI objects.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+
 Validation of the generation settings themselves (ranges, message roles, stop strings) is the
 core's (:func:`flavorkit.schema.parse_request`), so the server and the pyfunc model reject the same
 inputs with the same messages. This module adds what only the HTTP API has: ``model``, ``user``,

@@ -1,5 +1,7 @@
 """The HTTP routes: OpenAI's ``/v1`` API, MLflow's scoring routes and ``/metrics``.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+
 Handlers never touch the model: they validate, submit a :class:`~flavorkit.serve.scheduler.Ticket`
 and turn its events into a JSON answer or server-sent events. Each handler also watches the
 connection: a client that goes away, or a request that outlives ``request_timeout``, cancels

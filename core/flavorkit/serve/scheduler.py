@@ -1,5 +1,7 @@
 """The scheduler: one background worker owns the model and batches the requests that queue up.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+
 Runtimes and backends are not thread-safe, so exactly one thread (the worker) ever touches the
 :class:`~flavorkit.runtime.LoadedModel`: it encodes prompts, runs ``generate`` and executes
 exclusive jobs (the MLflow ``/invocations`` route). Request handlers on the event loop only

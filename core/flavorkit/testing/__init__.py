@@ -3,7 +3,9 @@
 Subclass :class:`BackendConformance` in a plugin's test suite (see ``docs/writing-a-backend.md``)
 or run ``flavorkit check BACKEND --model SOURCE``. The clause list is :data:`CLAUSES`; the pytest
 plugin (clause table, ``--flavorkit-report``) is :mod:`flavorkit.testing.plugin`, enabled
-explicitly. Attributes are imported on first use, so importing this package does not need pytest.
+explicitly. :func:`get_backend` gives a test the registered backend (hooks behind the registry's checks),
+and :mod:`flavorkit.testing.models` builds small real models. Attributes are imported on first use, so
+importing this package does not need pytest.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from flavorkit.registry import get_backend
     from flavorkit.testing.clauses import CLAUSES, Clause
     from flavorkit.testing.conformance import HEAVY_MODULES, BackendConformance
     from flavorkit.testing.harness import ClauseFailed, Generated, Harness
@@ -26,6 +29,7 @@ __all__ = [
     "ClauseFailed",
     "Generated",
     "Harness",
+    "get_backend",
 ]
 
 _WHERE = {
@@ -38,6 +42,7 @@ _WHERE = {
     "Harness": "flavorkit.testing.harness",
     "REPORT_FORMAT": "flavorkit.testing.report",
     "REPORT_VERSION": "flavorkit.testing.report",
+    "get_backend": "flavorkit.registry",
 }
 
 

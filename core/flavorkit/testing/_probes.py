@@ -23,7 +23,7 @@ import importlib, importlib.abc, json, sys, time, traceback
 
 name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
 # flavorkit itself (and its SDK) is imported before the clock starts: only the plugin's own cost counts.
-for module in ("flavorkit", "flavorkit.registry", "flavorkit.plugin"):
+for module in ("flavorkit", "flavorkit.registry", "flavorkit.sdk"):
     try:
         importlib.import_module(module)
     except Exception:  # a missing SDK module is counted against the plugin, not hidden

@@ -1,5 +1,7 @@
 """``flavorkit check``: run the conformance kit on an installed backend without writing any test.
 
+Internal: not part of the plugin SDK; the kit's public names are in :mod:`flavorkit.testing`.
+
 :func:`run_check` writes a one-class test module (a :class:`~flavorkit.testing.BackendConformance`
 subclass for the backend, model source and options given) into a temporary folder and runs pytest
 on it in a child process with the kit's plugin, isolated from any project configuration. It then

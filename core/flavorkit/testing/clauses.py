@@ -1,5 +1,7 @@
 """The clauses of the conformance kit: stable names, one-line summaries and the capability each needs.
 
+Internal: not part of the plugin SDK; the kit's public names are in :mod:`flavorkit.testing`.
+
 A clause is one promise of the backend contract, checked by one test of
 :class:`~flavorkit.testing.BackendConformance` (``test_<name>``). The names are part of the kit's
 public interface: they appear in ``expected_failures``, in the ``flavorkit check`` table and in the

@@ -1,5 +1,7 @@
 """The conformance suite a backend author subclasses: one test per clause of the contract.
 
+Internal: not part of the plugin SDK; the kit's public names are in :mod:`flavorkit.testing`.
+
 Usage, in the plugin's own test suite::
 
     import pytest

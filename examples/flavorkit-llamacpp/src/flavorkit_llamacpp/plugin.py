@@ -13,11 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flavorkit import Artifacts, Capability, hookimpl
-from flavorkit.errors import ModelSourceError
-from flavorkit.handles import HandleHooks
-from flavorkit.requirements import pinned
-from flavorkit.sources import check_links
+from flavorkit.sdk import Artifacts, Capability, HandleHooks, ModelSourceError, check_links, hookimpl, pinned
 
 __all__ = ["DISTRIBUTION", "LlamaCppBackend", "LlamaCppOptions", "backend"]
 

