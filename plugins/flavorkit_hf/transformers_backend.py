@@ -23,7 +23,7 @@ from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import pinned
 from flavorkit.sources import check_links
 from flavorkit.types import GenerationSession
-from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
+from flavorkit_hf.common import CommonOptions, HFBackendBase, require_chat_template, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]
 
@@ -75,6 +75,7 @@ class TransformersBackend(HFBackendBase):
             found = resolve_source(source, options, weights=True)
             check_links(found)  # before transformers reads a file of it
             info = validate_checkpoint(found.path, trust_remote_code=trust)
+            require_chat_template(found.path, declared=info["chat_template"])
             stage_checkpoint(found, dest, weights=info["weights"], trust_remote_code=trust)
             origin = "checkpoint"
         else:
@@ -87,6 +88,7 @@ class TransformersBackend(HFBackendBase):
                 )
             save_pipeline(source, dest)
             info = validate_checkpoint(dest, trust_remote_code=trust)
+            require_chat_template(dest, declared=info["chat_template"])
             origin = "pipeline"
         return Artifacts(
             files={"model": str(dest)},

@@ -22,6 +22,7 @@ from typing import Any
 from flavorkit.batching import CostModel
 from flavorkit.errors import BackendUnavailable, ModelSourceError
 from flavorkit.interleave import InterleavedSession
+from flavorkit.sdk import BackendError
 from flavorkit.types import Delta, GenerationRequest, Message
 
 __all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle"]
@@ -113,14 +114,17 @@ class OgHandle:
     # -- prompt -----------------------------------------------------------------------------------
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Render the model's chat template (or plain concatenation when it has none) and tokenize."""
+        """Render the model's chat template and tokenize; a model without one is a :class:`BackendError`."""
         payload = json.dumps([dict(m) for m in messages], ensure_ascii=False)
         try:
             prompt = self.tokenizer.apply_chat_template(payload, add_generation_prompt=True)
         except RuntimeError as exc:
             if "Empty chat template" not in str(exc):
                 raise
-            prompt = "\n".join(m["content"] for m in messages)
+            raise BackendError(
+                f"model {self.name!r} has no chat template, so chat messages cannot be turned into a prompt; "
+                "package a model whose folder has one (chat_template.jinja or tokenizer_config.json)"
+            ) from None
         return [int(t) for t in self.tokenizer.encode(prompt)]
 
     # -- decoding ---------------------------------------------------------------------------------
