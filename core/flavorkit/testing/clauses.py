@@ -58,7 +58,11 @@ _ALL = (
         "answers never contain the text of a special token of the model's tokenizer (e.g. '<|im_end|>')",
     ),
     Clause("batch_matches_single", "a batch gives each request the same result as running it alone"),
-    Clause("cancellation", "a cancelled request is dropped promptly without disturbing the others"),
+    Clause(
+        "cancellation",
+        "a cancelled request is dropped promptly without disturbing the others; a stream closed part-way leaves "
+        "the handle ready",
+    ),
     Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),
     Clause("package_load_predict", "package -> mlflow.pyfunc.load_model -> predict returns chat completions"),
     Clause("fresh_process", "the packaged model loads and predicts the same answer in a fresh process"),
@@ -76,7 +80,11 @@ _ALL = (
         "temperature/top_k sampling is honoured: top_k=1 is greedy, high temperature varies",
         Capability.SAMPLING,
     ),
-    Clause("seeded_sampling", "sampling with the same seed repeats exactly", Capability.SEEDED_SAMPLING),
+    Clause(
+        "seeded_sampling",
+        "sampling with the same seed repeats exactly; choice i of n is seeded seed + i",
+        Capability.SEEDED_SAMPLING,
+    ),
     Clause(
         "continuous_batching",
         "a request joining a running session starts within two steps and gets its own answer; cancelled ones stop",

@@ -41,8 +41,22 @@ class GenerationClauses(ConformanceBase):
 
     @clause("cancellation")
     def test_cancellation(self, conformance: Harness) -> None:
-        """After request.cancelled is set the backend stops that request without changing the others."""
+        """A cancelled request stops without changing the others; a stream closed part-way leaves the handle ready."""
         probe = conformance.probe()
+        # The core may abandon a stream: it stops reading and calls close() (the hook spec's rule).
+        abandoned = [conformance.request(probe.messages, PROBE_TOKENS)]
+        stream = conformance.backend().generate(conformance.handle(), abandoned)
+        first = next(iter(stream), None)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        again = conformance.greedy(probe.messages, PROBE_TOKENS)
+        check(
+            again.same_as(probe.answer),
+            f"after a generate() stream was closed after its first delta {first!r}, the same request gives "
+            f"{again.describe()} instead of {probe.answer.describe()}: the core may abandon a stream part-way, so "
+            "release its state in a finally block and start every call from a clean state",
+        )
         alone = conformance.run([conformance.request(probe.messages, PROBE_TOKENS)], cancel={0: 1})[0]
         check(
             alone.after_cancel <= 1,
@@ -95,6 +109,16 @@ class GenerationClauses(ConformanceBase):
         request = conformance.chat(probe.messages, max_tokens=PROBE_TOKENS, temperature=1.0, seed=99)
         first, second = content(conformance.predict(request)), content(conformance.predict(request))
         check(first == second, f"predict with seed=99 gave {first!r} then {second!r}")
+        # The n choices of a seeded request are seeded seed, seed + 1, ... and run in one batch.
+        both = conformance.predict({**request, "n": 2})
+        for i in range(2):
+            single = content(conformance.predict({**request, "seed": 99 + i}))
+            check(
+                content(both, i) == single,
+                f"choice {i} of n=2 with seed=99 gave {content(both, i)!r}, but n=1 with seed={99 + i} gives "
+                f"{single!r}: choice i of a seeded request is seeded seed + i and runs in one batch with the "
+                "others, so seed each request of a batch from its own request.seed",
+            )
         seeds = [100 + i for i in range(_SAMPLES)]
         samples = _samples(conformance, probe.messages, seeds=seeds)
         if len({s.text for s in samples}) >= 2:

@@ -62,12 +62,14 @@ class StreamingClauses(ConformanceBase):
     def test_continuous_batching(self, conformance: Harness) -> None:
         """Requests join a running session between steps, get their single-request answers, and cancel."""
         model = conformance.model()
-        batch = model.open_session()
-        check(batch is not None, "the backend declares 'continuous_batching' but the core could open no session")
-        assert batch is not None
         probe = conformance.probe()
         requests = [conformance.chat(m, max_tokens=PROBE_TOKENS) for m in (probe.messages, probe.other)]
         alone = [content(model.predict(r)[0]) for r in requests]  # the same core contract, one at a time
+        # An open session holds the model (no other generation runs until it is closed), so the
+        # single-request answers come first.
+        batch = model.open_session()
+        check(batch is not None, "the backend declares 'continuous_batching' but the core could open no session")
+        assert batch is not None
         first, late, dropped = (model.prepare_request(r) for r in (*requests, requests[0]))
         try:
             keys = batch.add([first])
