@@ -160,7 +160,13 @@ def _is_template_error(exc: BaseException) -> bool:
 
 
 class LoadedModel:
-    """A backend handle plus the contract: what the packaged pyfunc model delegates to."""
+    """A backend handle plus the contract: what the packaged pyfunc model delegates to.
+
+    Safe to share between threads: calls into the handle never overlap, and one generation (a
+    ``generate`` stream, or a session from :meth:`open_session` until its ``close()``) runs at a
+    time, as the hook spec promises backends. A ``predict_stream`` iterator holds the model until
+    it is exhausted or closed.
+    """
 
     def __init__(
         self,
@@ -256,7 +262,8 @@ class LoadedModel:
 
         It uses the backend's own ``generate_session`` (spec version 2) when it has one, else
         interleaved ``generate`` streams when it declares ``continuous_batching``; None when neither,
-        and the caller falls back to :meth:`run_batch`.
+        and the caller falls back to :meth:`run_batch`. The session holds the model until its
+        ``close()``: other generations wait (encoding does not), so close it from a ``finally``.
         """
         from flavorkit.continuous import ContinuousBatch
         from flavorkit.interleave import InterleavedSession
