@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import threading
 import zlib
 from pathlib import Path
 
@@ -255,6 +256,21 @@ class DirtyAfterClose(ToyBackend):
         return [self.shift] * len(requests)
 
 
+class ThreadBound(ToyBackend):
+    """Broken: works only on the thread that loaded the model, like a runtime with thread-local state."""
+
+    @hookimpl
+    def load(self, artifacts, options):
+        handle = super().load(artifacts, options)
+        handle.thread = threading.get_ident()
+        return handle
+
+    def decode(self, handle, requests):
+        if threading.get_ident() != handle.thread:
+            raise RuntimeError("this model was loaded on another thread")
+        yield from super().decode(handle, requests)
+
+
 class SpecialTokenAsText(ToyBackend):
     """Broken: decodes the end-of-sequence token as text, so every answer that ends by itself ends in it."""
 
@@ -321,6 +337,7 @@ bad_usage = MisreportsUsage()
 fixed_seed = FixedSeed()
 shared_rng = SharedBatchRng()
 dirty_after_close = DirtyAfterClose()
+thread_bound = ThreadBound()
 special_text = SpecialTokenAsText()
 pads_to_bucket = PadsToBucket()
 crash_at_exit = CrashesAtExit()
@@ -360,6 +377,7 @@ TOYS = {
     "toy-fixed-seed": "toykit:fixed_seed",
     "toy-shared-rng": "toykit:shared_rng",
     "toy-dirty-after-close": "toykit:dirty_after_close",
+    "toy-thread-bound": "toykit:thread_bound",
     "toy-templated": "toykit:templated",
     "toy-own-template": "toykit:own_template",
     "toy-special-text": "toykit:special_text",
@@ -375,6 +393,7 @@ BROKEN = {
     "toy-fixed-seed": "seeded_sampling",
     "toy-shared-rng": "seeded_sampling",
     "toy-dirty-after-close": "cancellation",
+    "toy-thread-bound": "greedy_deterministic",
     "toy-special-text": "special_tokens",
     "toy-pads-to-bucket": "batch_matches_single",
     "toy-drops-system": "chat_template",
@@ -502,6 +521,7 @@ TOY_SUITES: dict[str, tuple[str, Mapping[str, str]]] = {
     "TestFixedSeed": ("toy-fixed-seed", {}),
     "TestSharedRng": ("toy-shared-rng", {}),
     "TestDirtyAfterClose": ("toy-dirty-after-close", {}),
+    "TestThreadBound": ("toy-thread-bound", {}),
     "TestSpecialText": ("toy-special-text", {}),
     "TestPadsToBucket": ("toy-pads-to-bucket", {}),
     "TestDropsSystem": ("toy-drops-system", {}),
@@ -591,6 +611,7 @@ def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[s
         ("TestFixedSeed", "toy-fixed-seed"),
         ("TestSharedRng", "toy-shared-rng"),
         ("TestDirtyAfterClose", "toy-dirty-after-close"),
+        ("TestThreadBound", "toy-thread-bound"),
         ("TestSpecialText", "toy-special-text"),
         ("TestPadsToBucket", "toy-pads-to-bucket"),
         ("TestDropsSystem", "toy-drops-system"),
@@ -616,6 +637,9 @@ def test_failure_messages_say_what_broke(toys: dict[str, Any]) -> None:
     assert "choice 0 of n=2 with seed=99 gave" in shared and "seed each request of a batch from its own" in shared
     dirty = outcomes(toys, "TestDirtyAfterClose")["cancellation"][1]
     assert "after a generate() stream was closed after its first delta" in dirty and "finally block" in dirty
+    bound = outcomes(toys, "TestThreadBound")["greedy_deterministic"][1]
+    assert "3 threads predicting the same greedy request at once got" in bound
+    assert "this model was loaded on another thread" in bound and "keep no per-thread state" in bound
     dropped = outcomes(toys, "TestDropsSystem")["chat_template"][1]
     assert "the chat template drops the system message" in dropped
     padded = outcomes(toys, "TestPadsToBucket")["batch_matches_single"][1]

@@ -42,7 +42,7 @@ _ALL = (
     ),
     Clause("requirements_pinned", "packaged requirements are pinned, installed at that version and importable"),
     Clause("signature", "the signature of each supported task is valid and its input example predicts"),
-    Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls and across loads"),
+    Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls, loads and threads"),
     Clause("max_tokens", "max_tokens is a hard limit on the tokens generate() yields"),
     Clause("stop_strings", "stop strings never appear in the output, which ends just before the first match"),
     Clause("n_choices", "n gives n choices, each equal to the greedy answer"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from flavorkit.testing.clauses import clause
 from flavorkit.testing.harness import PROBE_TOKENS, ClauseFailed, Generated, Harness, check, content
@@ -11,6 +12,8 @@ from flavorkit.types import Message
 
 __all__ = ["GenerationClauses"]
 
+#: How many threads share the packaged model in greedy_deterministic.
+_THREADS = 3
 #: How many samples, of how many tokens, at which temperature the sampling clauses compare.
 _SAMPLES = 6
 _SAMPLE_TOKENS = 8
@@ -22,7 +25,7 @@ class GenerationClauses(ConformanceBase):
 
     @clause("greedy_deterministic")
     def test_greedy_deterministic(self, conformance: Harness) -> None:
-        """The same greedy request gives the same answer: twice raw, and through two separate loads."""
+        """The same greedy request gives the same answer: twice raw, through two loads, and from several threads."""
         probe = conformance.probe()
         again = conformance.greedy(probe.messages, PROBE_TOKENS)
         check(
@@ -37,6 +40,23 @@ class GenerationClauses(ConformanceBase):
         check(
             other == first,
             f"the same greedy request gives {first!r} on one loaded model and {other!r} on another load of it",
+        )
+
+        # MLflow's scoring server predicts from a thread per request: the core serializes the calls,
+        # but consecutive ones may come from different threads.
+        def ask(_: int) -> str:
+            try:
+                return content(conformance.predict(request))
+            except Exception as exc:  # reported as the answer, so the message shows what each thread got
+                return f"<{type(exc).__name__}: {exc}>"
+
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            answers = list(pool.map(ask, range(_THREADS)))
+        check(
+            answers == [first] * _THREADS,
+            f"{_THREADS} threads predicting the same greedy request at once got {answers!r}, alone {first!r}: the "
+            "core never calls the backend from two threads at a time, but calls may come from different threads, "
+            "so keep no per-thread state",
         )
 
     @clause("cancellation")
