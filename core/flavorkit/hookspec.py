@@ -76,8 +76,10 @@ class WrapperBackend:
     def capabilities(self) -> Iterable[Capability | str]:  # type: ignore[empty-body]
         """Return the optional :class:`~flavorkit.types.Capability` values the backend supports.
 
-        The core rejects sampling requests for a backend without ``sampling``, and the conformance
-        kit skips the clauses of capabilities a backend lacks. Default: ``streaming`` only.
+        For a backend without ``sampling`` the core serves an omitted temperature as 0 (greedy)
+        instead of 1.0 and rejects a temperature above 0, so :meth:`generate` sees only greedy
+        requests. The conformance kit skips the clauses of capabilities a backend lacks. Default:
+        ``streaming`` only.
 
         .. versionadded:: 1
         """
