@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import threading
 import zlib
 from pathlib import Path
 
@@ -224,6 +225,52 @@ class FixedSeed(ToyBackend):
         return random.Random(1234) if request.seed is not None else random.Random()
 
 
+class SharedBatchRng(ToyBackend):
+    """Broken: one random generator per generate call, seeded from its first request and shared by the batch."""
+
+    def decode(self, handle, requests):
+        first = requests[0].seed if requests else None
+        self.shared = random.Random(first) if first is not None else random.Random()
+        yield from super().decode(handle, requests)
+
+    def rng(self, request):
+        return self.shared
+
+
+class DirtyAfterClose(ToyBackend):
+    """Broken: a stream closed while a request still decodes leaves state that shifts the next call's answers."""
+
+    def decode(self, handle, requests):
+        self.shift, handle.leftover = getattr(handle, "leftover", 0), 0
+        ended = set()
+        try:
+            for d in super().decode(handle, requests):
+                if d.finish_reason:
+                    ended.add(d.index)
+                yield d
+        finally:  # the cleanup a correct backend does here is missing: it leaves state for the next call
+            if any(i not in ended and not r.cancelled for i, r in enumerate(requests)):
+                handle.leftover = 1
+
+    def shifts(self, requests):
+        return [self.shift] * len(requests)
+
+
+class ThreadBound(ToyBackend):
+    """Broken: works only on the thread that loaded the model, like a runtime with thread-local state."""
+
+    @hookimpl
+    def load(self, artifacts, options):
+        handle = super().load(artifacts, options)
+        handle.thread = threading.get_ident()
+        return handle
+
+    def decode(self, handle, requests):
+        if threading.get_ident() != handle.thread:
+            raise RuntimeError("this model was loaded on another thread")
+        yield from super().decode(handle, requests)
+
+
 class SpecialTokenAsText(ToyBackend):
     """Broken: decodes the end-of-sequence token as text, so every answer that ends by itself ends in it."""
 
@@ -288,6 +335,9 @@ no_max_tokens = IgnoresMaxTokens()
 echo_stream = EchoesInFinalDelta()
 bad_usage = MisreportsUsage()
 fixed_seed = FixedSeed()
+shared_rng = SharedBatchRng()
+dirty_after_close = DirtyAfterClose()
+thread_bound = ThreadBound()
 special_text = SpecialTokenAsText()
 pads_to_bucket = PadsToBucket()
 crash_at_exit = CrashesAtExit()
@@ -325,6 +375,9 @@ TOYS = {
     "toy-echo-stream": "toykit:echo_stream",
     "toy-bad-usage": "toykit:bad_usage",
     "toy-fixed-seed": "toykit:fixed_seed",
+    "toy-shared-rng": "toykit:shared_rng",
+    "toy-dirty-after-close": "toykit:dirty_after_close",
+    "toy-thread-bound": "toykit:thread_bound",
     "toy-templated": "toykit:templated",
     "toy-own-template": "toykit:own_template",
     "toy-special-text": "toykit:special_text",
@@ -338,6 +391,9 @@ BROKEN = {
     "toy-echo-stream": "stream_matches_predict",
     "toy-bad-usage": "usage",
     "toy-fixed-seed": "seeded_sampling",
+    "toy-shared-rng": "seeded_sampling",
+    "toy-dirty-after-close": "cancellation",
+    "toy-thread-bound": "greedy_deterministic",
     "toy-special-text": "special_tokens",
     "toy-pads-to-bucket": "batch_matches_single",
     "toy-drops-system": "chat_template",
@@ -463,6 +519,9 @@ TOY_SUITES: dict[str, tuple[str, Mapping[str, str]]] = {
     "TestEchoStream": ("toy-echo-stream", {}),
     "TestBadUsage": ("toy-bad-usage", {}),
     "TestFixedSeed": ("toy-fixed-seed", {}),
+    "TestSharedRng": ("toy-shared-rng", {}),
+    "TestDirtyAfterClose": ("toy-dirty-after-close", {}),
+    "TestThreadBound": ("toy-thread-bound", {}),
     "TestSpecialText": ("toy-special-text", {}),
     "TestPadsToBucket": ("toy-pads-to-bucket", {}),
     "TestDropsSystem": ("toy-drops-system", {}),
@@ -550,6 +609,9 @@ def test_minimal_backend_passes_required_clauses_and_skips_the_rest(toys: dict[s
         ("TestEchoStream", "toy-echo-stream"),
         ("TestBadUsage", "toy-bad-usage"),
         ("TestFixedSeed", "toy-fixed-seed"),
+        ("TestSharedRng", "toy-shared-rng"),
+        ("TestDirtyAfterClose", "toy-dirty-after-close"),
+        ("TestThreadBound", "toy-thread-bound"),
         ("TestSpecialText", "toy-special-text"),
         ("TestPadsToBucket", "toy-pads-to-bucket"),
         ("TestDropsSystem", "toy-drops-system"),
@@ -571,6 +633,13 @@ def test_failure_messages_say_what_broke(toys: dict[str, Any]) -> None:
     assert "not how the streamed" in outcomes(toys, "TestEchoStream")["stream_matches_predict"][1]
     assert "reported only 1 token" in outcomes(toys, "TestBadUsage")["usage"][1]
     assert "the seed has no effect" in outcomes(toys, "TestFixedSeed")["seeded_sampling"][1]
+    shared = outcomes(toys, "TestSharedRng")["seeded_sampling"][1]
+    assert "choice 0 of n=2 with seed=99 gave" in shared and "seed each request of a batch from its own" in shared
+    dirty = outcomes(toys, "TestDirtyAfterClose")["cancellation"][1]
+    assert "after a generate() stream was closed after its first delta" in dirty and "finally block" in dirty
+    bound = outcomes(toys, "TestThreadBound")["greedy_deterministic"][1]
+    assert "3 threads predicting the same greedy request at once got" in bound
+    assert "this model was loaded on another thread" in bound and "keep no per-thread state" in bound
     dropped = outcomes(toys, "TestDropsSystem")["chat_template"][1]
     assert "the chat template drops the system message" in dropped
     padded = outcomes(toys, "TestPadsToBucket")["batch_matches_single"][1]

@@ -13,7 +13,7 @@ one decoding step at a time, so the caller can admit new requests between steps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from flavorkit.errors import BackendError
@@ -33,9 +33,12 @@ RETIRED_STEPS = 64
 class ContinuousBatch:
     """Prepared requests decoding together in one backend session; new ones may join between steps."""
 
-    def __init__(self, model: LoadedModel, session: GenerationSession) -> None:
+    def __init__(
+        self, model: LoadedModel, session: GenerationSession, *, release: Callable[[], None] | None = None
+    ) -> None:
         self.model = model
         self.session = session
+        self._release = release  # called once, by close(): the model's generation lock (open_session)
         self._requests: dict[int, PreparedRequest] = {}  # live requests by key
         self._choices: dict[int, tuple[int, _Choice]] = {}  # session id -> (request key, choice)
         self._next_key = 0
@@ -61,7 +64,8 @@ class ContinuousBatch:
             self._requests[key] = prepared
             pending.extend((key, c) for c in prepared._row.choices if c.finish is None)
         if pending:
-            ids = self.session.add([c.request for _, c in pending])
+            with self.model._calls:
+                ids = self.session.add([c.request for _, c in pending])
             reused = any(i in self._choices or i in self._retired for i in ids)
             if len(ids) != len(pending) or len(set(ids)) != len(ids) or reused:
                 raise BackendError(
@@ -81,7 +85,8 @@ class ContinuousBatch:
         self._drop_cancelled()
         if not self._requests:
             return []
-        deltas = self.session.step()
+        with self.model._calls:
+            deltas = self.session.step()
         events: list[BatchEvent] = []
         for delta in deltas:
             if not isinstance(delta, Delta):
@@ -126,7 +131,13 @@ class ContinuousBatch:
             prepared._mark_cancelled()
         self._requests.clear()
         self._choices.clear()
-        self.session.close()
+        try:
+            with self.model._calls:
+                self.session.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
     def _retire(self, session_id: int) -> None:
         del self._choices[session_id]

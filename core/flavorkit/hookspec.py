@@ -14,6 +14,15 @@ and :meth:`~WrapperBackend.generate`.
 Evolving the spec: new keyword arguments and new hooks may be added; an argument is never renamed
 or removed (pluggy passes a hookimpl only the arguments it names, so old plugins keep working).
 The version is :data:`SPEC_VERSION`.
+
+Rules that span several hooks are stated where they bite:
+
+- threads, and streams abandoned part-way: :meth:`~WrapperBackend.generate`;
+- the seeds of the ``n`` choices of a request: :meth:`~WrapperBackend.generate`;
+- an incomplete UTF-8 sequence at the end of an answer: :meth:`~WrapperBackend.generate`;
+- which message fields reach the backend: :meth:`~WrapperBackend.encode`;
+- a model without a chat template: :meth:`~WrapperBackend.artifacts` and :meth:`~WrapperBackend.encode`;
+- ``artifacts`` called more than once for one source: :meth:`~WrapperBackend.artifacts`.
 """
 
 from __future__ import annotations
@@ -69,8 +78,10 @@ class WrapperBackend:
     def capabilities(self) -> Iterable[Capability | str]:  # type: ignore[empty-body]
         """Return the optional :class:`~flavorkit.types.Capability` values the backend supports.
 
-        The core rejects sampling requests for a backend without ``sampling``, and the conformance
-        kit skips the clauses of capabilities a backend lacks. Default: ``streaming`` only.
+        For a backend without ``sampling`` the core serves an omitted temperature as 0 (greedy)
+        instead of 1.0 and rejects a temperature above 0, so :meth:`generate` sees only greedy
+        requests. The conformance kit skips the clauses of capabilities a backend lacks. Default:
+        ``streaming`` only.
 
         .. versionadded:: 1
         """
@@ -95,6 +106,21 @@ class WrapperBackend:
         output goes under ``workdir``, which the packager deletes afterwards. Requirements must be
         minimal and pinned, e.g. via :func:`flavorkit.requirements.pinned`. Raise
         :class:`~flavorkit.errors.ModelSourceError` naming the path when the source is unusable.
+
+        **Called more than once.** Expect several calls for one model: packaging for each task,
+        ``flavorkit check``, and the conformance kit, which packages from a fresh temporary copy
+        of a local source each time (so the same files arrive under a new path). A conversion
+        cache must therefore be keyed by the content of the source (and the options), never by
+        its path, or every call converts again (``tree_digest``, ``content_key`` and ``cached_dir``
+        of :mod:`flavorkit.sdk` do this). Each call returns files that stay valid until the
+        packager has copied them.
+
+        **No chat template, no package.** The core serves chat messages (and wraps a
+        ``text-generation`` prompt in one user message), and :meth:`encode` renders them with the
+        model's own chat template only. A source whose tokenizer has no chat template is refused
+        here, before any conversion where the backend can tell, with a ``ModelSourceError`` that
+        names ``chat_template`` and says how to fix it (use an instruction-tuned model, or add
+        the template to the tokenizer files).
 
         .. versionadded:: 1
         """
@@ -134,6 +160,23 @@ class WrapperBackend:
         Includes the generation prompt (the assistant turn opener). The core counts
         ``prompt_tokens`` from this and rejects prompts that do not fit the context.
 
+        **Message fields.** Each message is a ``dict`` with exactly two keys, ``"role"``
+        (``"system"``, ``"user"`` or ``"assistant"``) and ``"content"`` (a string), already
+        validated. A request's optional ``name`` field is accepted for OpenAI compatibility but is
+        never passed to the backend, so no template renders it. A ``text-generation`` prompt
+        arrives as one user message.
+
+        **Always the model's template.** Render the model's own chat template, with every message
+        (system messages and earlier turns included); never fall back to joining the contents.
+        A handle without a template raises :class:`~flavorkit.errors.BackendError` saying so
+        (:meth:`artifacts` refuses such a model in the first place). A template that refuses a
+        conversation (a Jinja ``raise_exception``) may raise its own error: the core reports it
+        as an invalid request naming ``messages``.
+
+        ``encode`` may be called while a :meth:`generate` stream of the same handle is open
+        (between two of its steps, from another thread), but never at the same time as another
+        call into the handle; see :meth:`generate`.
+
         .. versionadded:: 1
         """
 
@@ -144,10 +187,41 @@ class WrapperBackend:
         Each request produces one sequence; ``Delta.index`` is the request's position in
         ``requests``. Honour ``max_tokens`` (a hard limit), ``temperature``, ``top_p``, ``top_k``
         and ``seed`` (``None`` means unseeded: two requests for the same prompt must be able to
-        differ; the core gives the ``n`` choices of a seeded request the seeds ``seed``,
-        ``seed + 1``, ...); end every request with a delta whose ``finish_reason`` is ``"stop"`` (end of
+        differ); end every request with a delta whose ``finish_reason`` is ``"stop"`` (end of
         sequence) or ``"length"``. Never emit special tokens as text. Stop strings are cut by the
         core: a backend only needs to watch ``request.cancelled`` and drop cancelled requests.
+
+        **Seeds of ``n`` choices.** The core expands a request with ``n`` choices into ``n``
+        requests. With ``seed=s``, choice ``i`` gets the seed ``(s + i) % 2**31`` (choice 0 gets
+        ``s`` itself, so it samples what the same request with ``n=1`` samples); without a seed
+        every choice is unseeded. Each request carries its own seed, and the requests of one
+        batch may carry different ones: derive the random state of each request from its own
+        ``seed`` (a generator per request, or reseeding before each request of a runtime with
+        one global generator), never one seed for the whole batch.
+
+        **Incomplete UTF-8 at the end.** Text held back because it ends inside a multi-byte
+        character is flushed in the request's last delta, decoded the way the tokenizer decodes
+        the whole completion (invalid bytes become U+FFFD, the replacement character). So the
+        concatenated text of a request always equals decoding all its generated tokens, special
+        tokens skipped.
+
+        **Threads.** The core never makes two calls into one handle at the same time, whatever
+        threads its callers use (MLflow's scoring server runs each request in its own thread):
+        ``encode``, this hook, each advance of the iterator it returns, the iterator's
+        ``close()``, the calls of a :meth:`generate_session` session and ``unload`` wait for each
+        other, per loaded model. Consecutive calls may come from different threads (a stream
+        may be advanced by one thread and closed by another), so keep no per-thread state. One
+        generation runs at a time: the core does not call ``generate`` again, or open a session,
+        until the previous stream is exhausted or closed. The one exception is the backend that
+        declares ``continuous_batching`` without a session hook: the core then interleaves
+        several of its streams, from one thread (see :class:`~flavorkit.types.Capability`).
+
+        **Abandoned streams.** The core may stop reading the iterator at any point (every
+        request finished, a client went away, an error) and then calls its ``close()`` when it
+        has one, before the next ``generate``. Write this hook as a generator (or return one)
+        and release what the call holds (runtime generators, KV caches, device buffers) in a
+        ``finally`` block, so that a stream closed after its first delta leaves the handle ready
+        for the next call; a request need not receive its final delta after ``close()``.
 
         .. versionadded:: 1
         """
@@ -163,12 +237,23 @@ class WrapperBackend:
         A backend that implements this hook should declare ``continuous_batching`` too: the
         conformance kit checks the sessions of the backends that declare it. ``predict`` keeps using :meth:`generate`.
 
+        The threading rule of :meth:`generate` applies: the session's ``add``, ``step`` and
+        ``close`` never overlap another call into the handle, and while a session is open (from
+        this hook until its ``close()``, which the core always calls) the core runs no other
+        generation on the handle. :meth:`encode` may run between two steps.
+
         .. versionadded:: 2
         """
 
     @hookspec(firstresult=True)
     def unload(self, handle: Any) -> None:
         """Release the resources of a handle (sessions, GPU memory). Optional.
+
+        Called at most once per handle (by ``LoadedModel.close``, by the conformance kit, after a
+        failed load; MLflow itself never unloads a model), never at the same time as another
+        call into the handle. Release native
+        runtimes here rather than leaving them to interpreter exit: a destructor that crashes
+        at exit fails every script that loaded the model.
 
         .. versionadded:: 1
         """

@@ -11,6 +11,7 @@ cannot disagree.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from flavorkit.registry import Backend
 from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, stop_tuple
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.stopping import StopMatcher
-from flavorkit.types import Capability, GenerationRequest, RuntimeInfo
+from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo
 
 if TYPE_CHECKING:
     from flavorkit.continuous import ContinuousBatch
@@ -161,7 +162,13 @@ def _is_template_error(exc: BaseException) -> bool:
 
 
 class LoadedModel:
-    """A backend handle plus the contract: what the packaged pyfunc model delegates to."""
+    """A backend handle plus the contract: what the packaged pyfunc model delegates to.
+
+    Safe to share between threads: calls into the handle never overlap, and one generation (a
+    ``generate`` stream, or a session from :meth:`open_session` until its ``close()``) runs at a
+    time, as the hook spec promises backends. A ``predict_stream`` iterator holds the model until
+    it is exhausted or closed.
+    """
 
     def __init__(
         self,
@@ -183,6 +190,14 @@ class LoadedModel:
         if Capability.SAMPLING not in self.capabilities and "temperature" not in (defaults or {}):
             self.defaults["temperature"] = 0.0
         self.model_name = model_name or self.info.model_name
+        # The concurrency rule of the hook spec (see ``WrapperBackend.generate``): ``_calls`` makes every
+        # call into the handle (encode, starting or advancing or closing a stream, a session's add,
+        # step and close, unload) wait for the one in progress, from whichever thread; ``_generation``
+        # is held from the start of a generation (a ``generate`` stream, an open session) until it is
+        # exhausted or closed, so generations of one handle never interleave. ``_calls`` is only ever
+        # taken inside ``_generation``, never the other way round.
+        self._calls = threading.RLock()
+        self._generation = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -249,19 +264,30 @@ class LoadedModel:
 
         It uses the backend's own ``generate_session`` (spec version 2) when it has one, else
         interleaved ``generate`` streams when it declares ``continuous_batching``; None when neither,
-        and the caller falls back to :meth:`run_batch`.
+        and the caller falls back to :meth:`run_batch`. The session holds the model until its
+        ``close()``: other generations wait (encoding does not), so close it from a ``finally``.
         """
         from flavorkit.continuous import ContinuousBatch
         from flavorkit.interleave import InterleavedSession
 
-        session = self.backend.generate_session(self.handle)
-        if session is None and Capability.CONTINUOUS_BATCHING in self.capabilities:
-            session = InterleavedSession(lambda requests: self.backend.generate(self.handle, requests))
-        return None if session is None else ContinuousBatch(self, session)
+        self._generation.acquire()
+        try:
+            with self._calls:
+                session = self.backend.generate_session(self.handle)
+            if session is None and Capability.CONTINUOUS_BATCHING in self.capabilities:
+                session = InterleavedSession(lambda requests: self.backend.generate(self.handle, requests))
+        except BaseException:
+            self._generation.release()
+            raise
+        if session is None:
+            self._generation.release()
+            return None
+        return ContinuousBatch(self, session, release=self._generation.release)
 
     def close(self) -> None:
         """Release the backend handle."""
-        self.backend.unload(self.handle)
+        with self._calls:
+            self.backend.unload(self.handle)
 
     # -- input handling -------------------------------------------------------------------------
 
@@ -314,7 +340,10 @@ class LoadedModel:
         req = parse_request(raw, self.task)
         settings, explicit = self._settings(req)
         if isinstance(req, ChatRequest):
-            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            # Exactly role and content reach the backend: ``name`` is accepted for OpenAI
+            # compatibility only, so that no chat template renders (or chokes on) a field that
+            # backends treat differently.
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
             prompt_field = "messages"
         else:
             messages = [{"role": "user", "content": req.prompt}]
@@ -326,7 +355,8 @@ class LoadedModel:
                 allowed="0",
             )
         try:
-            prompt_ids = self.backend.encode(self.handle, messages)
+            with self._calls:
+                prompt_ids = self.backend.encode(self.handle, messages)
         except Exception as exc:
             if not _is_template_error(exc):
                 raise
@@ -387,25 +417,32 @@ class LoadedModel:
         just marked cancelled; the stream is closed as soon as every choice has finished.
         """
         pending = len(choices)
-        stream = self.backend.generate(self.handle, [c.request for c in choices])
-        try:
-            for delta in stream:
-                pending -= cancelled()
-                if pending == 0:
-                    break
-                choice = choices[delta.index]
-                if choice.finish is not None:
-                    continue  # cancelled or capped; the backend may still be winding down
-                before = choice.tokens
-                out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
-                if finish is not None:
-                    pending -= 1
-                if out or finish is not None or choice.tokens > before:
-                    yield choice, out, finish, choice.tokens - before
-                if pending == 0:
-                    break
-        finally:
-            _close(stream)
+        with self._generation:  # released when the stream is exhausted, closed or garbage collected
+            with self._calls:
+                stream = self.backend.generate(self.handle, [c.request for c in choices])
+            try:
+                while True:
+                    with self._calls:
+                        delta: Delta | None = next(stream, None)
+                    if delta is None:
+                        break
+                    pending -= cancelled()
+                    if pending == 0:
+                        break
+                    choice = choices[delta.index]
+                    if choice.finish is not None:
+                        continue  # cancelled or capped; the backend may still be winding down
+                    before = choice.tokens
+                    out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
+                    if finish is not None:
+                        pending -= 1
+                    if out or finish is not None or choice.tokens > before:
+                        yield choice, out, finish, choice.tokens - before
+                    if pending == 0:
+                        break
+            finally:
+                with self._calls:
+                    _close(stream)
 
     def _check_finished(self, choices: Sequence[_Choice]) -> None:
         """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""

@@ -34,6 +34,7 @@ __all__ = [
     "HFBackendBase",
     "check_remote_code",
     "read_json",
+    "require_chat_template",
     "resolve_source",
     "stage_files",
     "weight_files",
@@ -126,6 +127,27 @@ def check_remote_code(folder: Path, trust_remote_code: bool) -> list[str]:
             f"by default; {_TRUST_HINT}",
         )
     return refs
+
+
+def require_chat_template(folder: Path, *, declared: bool | None = None, trust_remote_code: bool = False) -> None:
+    """Refuse a model whose tokenizer has no chat template (the hook spec's rule for ``artifacts``).
+
+    ``declared`` is what :func:`flavorkit_hf.checkpoint.validate_checkpoint` already found out; when it
+    is None the tokenizer in ``folder`` is loaded to find out.
+    """
+    if declared is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        declared = bool(getattr(tokenizer, "chat_template", None))
+    if not declared:
+        raise ModelSourceError(
+            folder,
+            "the model's tokenizer has no chat template (no 'chat_template' in tokenizer_config.json, no "
+            "chat_template.jinja), so chat messages cannot be turned into a prompt; package an instruction-tuned "
+            "(chat) model, or add the model's template to its folder as chat_template.jinja (in Python: "
+            "tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(FOLDER))",
+        )
 
 
 def weight_files(folder: Path, *, required: bool = True) -> list[Path]:

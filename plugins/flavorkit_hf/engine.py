@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from flavorkit.sdk import CostModel, Delta, GenerationRequest, Message
+from flavorkit.sdk import BackendError, CostModel, Delta, GenerationRequest, Message
 
 if TYPE_CHECKING:
     from flavorkit_hf.session import EngineSession
@@ -278,14 +278,16 @@ class Engine:
     # -- prompt -----------------------------------------------------------------------------------
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Apply the chat template with the generation prompt (or join the contents when there is none)."""
+        """Apply the chat template with the generation prompt; a model without one is a :class:`BackendError`."""
         conversation = [dict(m) for m in messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            ids: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, Mapping):
-                ids = ids["input_ids"]
-        else:
-            ids = self.tokenizer("\n".join(m["content"] for m in conversation))["input_ids"]
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError(
+                f"model {self.name!r} has no chat template, so chat messages cannot be turned into a prompt; "
+                "package a model whose tokenizer has one (chat_template.jinja or tokenizer_config.json)"
+            )
+        ids: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, Mapping):
+            ids = ids["input_ids"]
         return [int(t) for t in ids]
 
     # -- decoding ---------------------------------------------------------------------------------

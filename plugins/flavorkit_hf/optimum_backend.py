@@ -33,6 +33,7 @@ from flavorkit_hf.common import (
     CommonOptions,
     HFBackendBase,
     check_remote_code,
+    require_chat_template,
     resolve_source,
     stage_files,
 )
@@ -162,6 +163,7 @@ class OptimumBackend(HFBackendBase):
             from flavorkit_hf.export import export_checkpoint
 
             info = validate_checkpoint(folder, trust_remote_code=trust)
+            require_chat_template(folder, declared=info["chat_template"])  # before an export that would be wasted
             folder = export_checkpoint(found, trust_remote_code=trust)
             staged_from = model_dir(folder)
             metadata["exported_from"] = {k: info[k] for k in ("model_type", "architectures")}
@@ -173,6 +175,8 @@ class OptimumBackend(HFBackendBase):
             return trust or path.suffix not in CODE_SUFFIXES
 
         metadata.update(_check_export(folder, options, read_graph=not exported))
+        if not exported:
+            require_chat_template(folder, trust_remote_code=trust)
         staged = stage_files(staged_from, Path(workdir) / "model", keep)
         requirements = [pinned(ort_distribution(options.get("provider"))), *(pinned(d) for d in RUNTIME)]
         return Artifacts(files={"model": str(staged)}, requirements=requirements, metadata=metadata)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from flavorkit.sdk import Artifacts, GenerationSession, ModelSourceError, check_links, hookimpl, pinned
-from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
+from flavorkit_hf.common import CommonOptions, HFBackendBase, require_chat_template, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]
 
@@ -71,6 +71,7 @@ class TransformersBackend(HFBackendBase):
             found = resolve_source(source, options, weights=True)
             check_links(found)  # before transformers reads a file of it
             info = validate_checkpoint(found.path, trust_remote_code=trust)
+            require_chat_template(found.path, declared=info["chat_template"])
             stage_checkpoint(found, dest, weights=info["weights"], trust_remote_code=trust)
             origin = "checkpoint"
         else:
@@ -83,6 +84,7 @@ class TransformersBackend(HFBackendBase):
                 )
             save_pipeline(source, dest)
             info = validate_checkpoint(dest, trust_remote_code=trust)
+            require_chat_template(dest, declared=info["chat_template"])
             origin = "pipeline"
         return Artifacts(
             files={"model": str(dest)},

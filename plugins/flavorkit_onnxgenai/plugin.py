@@ -6,6 +6,7 @@ inside the hooks that need it (see :mod:`flavorkit_onnxgenai.runtime`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,36 @@ class OnnxOptions(BaseModel):
     batching: Literal["auto", "sequential"] = Field(
         "auto",
         description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one.",
+    )
+
+
+#: How to give a model a chat template, for the error that refuses a model without one.
+TEMPLATE_FIX = (
+    "package an instruction-tuned (chat) model, or add the model's template to its folder as chat_template.jinja "
+    "(in Python: tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(FOLDER))"
+)
+
+
+def require_chat_template(folder: Path) -> None:
+    """Refuse a model folder whose tokenizer files declare no chat template (the hook spec's rule for ``artifacts``).
+
+    onnxruntime-genai reads ``chat_template.jinja`` or the ``chat_template`` string of
+    ``tokenizer_config.json``; a checkpoint may also carry ``chat_template.json``.
+    """
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file() and jinja.stat().st_size > 0:
+        return
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        try:
+            declared = json.loads((folder / name).read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            declared = None
+        if declared:
+            return
+    raise ModelSourceError(
+        folder,
+        "the model has no chat template (no 'chat_template' in tokenizer_config.json, no chat_template.jinja), "
+        f"so chat messages cannot be turned into a prompt; {TEMPLATE_FIX}",
     )
 
 
@@ -119,6 +150,7 @@ class OnnxGenaiBackend(HandleHooks):
         folder = found.path
         metadata: dict[str, Any] = {"provider": self.provider}
         if (folder / "genai_config.json").is_file():
+            require_chat_template(folder)
             if links:
                 folder = stage_tree(found, Path(workdir) / "model")
         else:
@@ -129,12 +161,14 @@ class OnnxGenaiBackend(HandleHooks):
                 )
             from flavorkit_onnxgenai.convert import convert_checkpoint
 
+            require_chat_template(folder)  # before a conversion that would be wasted
             folder = convert_checkpoint(
                 found,
                 precision=options.get("precision", "int4"),
                 execution_provider=self.provider,
                 builder_options=options.get("builder_options", {}),
             )
+            require_chat_template(folder)  # what onnxruntime-genai will read
             metadata["converted"] = {
                 "precision": options.get("precision", "int4"),
                 **options.get("builder_options", {}),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flavorkit.sdk import (
+    BackendError,
     BackendUnavailable,
     CostModel,
     Delta,
@@ -118,14 +119,17 @@ class OgHandle:
     # -- prompt -----------------------------------------------------------------------------------
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Render the model's chat template (or plain concatenation when it has none) and tokenize."""
+        """Render the model's chat template and tokenize; a model without one is a :class:`BackendError`."""
         payload = json.dumps([dict(m) for m in messages], ensure_ascii=False)
         try:
             prompt = self.tokenizer.apply_chat_template(payload, add_generation_prompt=True)
         except RuntimeError as exc:
             if "Empty chat template" not in str(exc):
                 raise
-            prompt = "\n".join(m["content"] for m in messages)
+            raise BackendError(
+                f"model {self.name!r} has no chat template, so chat messages cannot be turned into a prompt; "
+                "package a model whose folder has one (chat_template.jinja or tokenizer_config.json)"
+            ) from None
         return [int(t) for t in self.tokenizer.encode(prompt)]
 
     # -- decoding ---------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ _ALL = (
     ),
     Clause("requirements_pinned", "packaged requirements are pinned, installed at that version and importable"),
     Clause("signature", "the signature of each supported task is valid and its input example predicts"),
-    Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls and across loads"),
+    Clause("greedy_deterministic", "greedy decoding repeats exactly, across calls, loads and threads"),
     Clause("max_tokens", "max_tokens is a hard limit on the tokens generate() yields"),
     Clause("stop_strings", "stop strings never appear in the output, which ends just before the first match"),
     Clause("n_choices", "n gives n choices, each equal to the greedy answer"),
@@ -60,7 +60,11 @@ _ALL = (
         "answers never contain the text of a special token of the model's tokenizer (e.g. '<|im_end|>')",
     ),
     Clause("batch_matches_single", "a batch gives each request the same result as running it alone"),
-    Clause("cancellation", "a cancelled request is dropped promptly without disturbing the others"),
+    Clause(
+        "cancellation",
+        "a cancelled request is dropped promptly without disturbing the others; a stream closed part-way leaves "
+        "the handle ready",
+    ),
     Clause("invalid_requests", "invalid requests get MlflowException INVALID_PARAMETER_VALUE naming the field"),
     Clause("package_load_predict", "package -> mlflow.pyfunc.load_model -> predict returns chat completions"),
     Clause("fresh_process", "the packaged model loads and predicts the same answer in a fresh process"),
@@ -78,7 +82,11 @@ _ALL = (
         "temperature/top_k sampling is honoured: top_k=1 is greedy, high temperature varies",
         Capability.SAMPLING,
     ),
-    Clause("seeded_sampling", "sampling with the same seed repeats exactly", Capability.SEEDED_SAMPLING),
+    Clause(
+        "seeded_sampling",
+        "sampling with the same seed repeats exactly; choice i of n is seeded seed + i",
+        Capability.SEEDED_SAMPLING,
+    ),
     Clause(
         "continuous_batching",
         "a request joining a running session starts within two steps and gets its own answer; cancelled ones stop",

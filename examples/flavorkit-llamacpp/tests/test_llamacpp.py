@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flavorkit.sdk import InvalidRequest, ModelSourceError
+from flavorkit.sdk import BackendError, InvalidRequest, ModelSourceError
 from flavorkit.testing import BackendConformance, get_backend
 from flavorkit.testing.models import smollm2_gguf
 
@@ -34,6 +34,30 @@ class TestLlamaCppConformance(BackendConformance):
     @classmethod
     def model_source(cls, gguf: Path) -> str:
         return str(gguf)
+
+
+def test_a_gguf_file_without_a_chat_template_is_refused_at_packaging(gguf: Path, tmp_path: Path) -> None:
+    """The hook spec's rule: no chat template, no package (the error names chat_template and the fix)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gguf", reason="the gguf package writes the template-less copy")
+    bare = tmp_path / "bare.gguf"
+    script = "from gguf.scripts.gguf_new_metadata import main; main()"
+    args = ["--remove-metadata", "tokenizer.chat_template", "--force", str(gguf), str(bare)]
+    subprocess.run([sys.executable, "-c", script, *args], check=True, capture_output=True)
+    backend = get_backend("llama-cpp")
+    with pytest.raises(ModelSourceError) as info:
+        backend.artifacts(str(bare), {}, str(tmp_path))
+    assert info.value.source == bare.resolve()
+    assert "no chat template (no 'tokenizer.chat_template' in its metadata)" in str(info.value)
+    assert "gguf-new-metadata --chat-template-file chat_template.jinja" in str(info.value)
+    handle = backend.load({"model": str(bare)}, {"n_ctx": 256})
+    try:
+        with pytest.raises(BackendError, match="has no chat template, so chat messages cannot be turned into a prompt"):
+            backend.encode(handle, [{"role": "user", "content": "Hello"}])
+    finally:
+        backend.unload(handle)
 
 
 def test_a_folder_with_one_gguf_is_accepted(gguf: Path, tmp_path: Path) -> None:

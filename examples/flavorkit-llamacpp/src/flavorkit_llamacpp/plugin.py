@@ -77,8 +77,21 @@ class LlamaCppBackend(HandleHooks):
 
     @hookimpl
     def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
-        """The GGUF file as the single artifact ``model``; llama-cpp-python pinned to the installed version."""
+        """The GGUF file as the single artifact ``model``; llama-cpp-python pinned to the installed version.
+
+        A GGUF file without a chat template in its metadata is refused (see the hook spec).
+        """
+        from flavorkit_llamacpp.runtime import chat_template_of
+
         gguf = _find_gguf(source)
+        if not chat_template_of(str(gguf)):
+            raise ModelSourceError(
+                gguf,
+                "the GGUF file has no chat template (no 'tokenizer.chat_template' in its metadata), so chat messages "
+                "cannot be turned into a prompt; package a GGUF file of an instruction-tuned (chat) model, or add "
+                "the model's template: gguf-new-metadata --chat-template-file chat_template.jinja IN.gguf OUT.gguf "
+                "(from the gguf package)",
+            )
         return Artifacts(
             files={"model": str(gguf)},
             requirements=[pinned(DISTRIBUTION)],

@@ -11,6 +11,7 @@ exactly what a shorter request returns.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import json
 import os
 import random
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flavorkit.sdk import BackendUnavailable, Delta, GenerationRequest, Message
+from flavorkit.sdk import BackendError, BackendUnavailable, Delta, GenerationRequest, Message
 
 __all__ = ["LlamaHandle"]
 
@@ -29,6 +30,26 @@ def _llama_cpp() -> Any:
     except ImportError as exc:  # the registry normally reports this earlier, with the pip hint
         raise BackendUnavailable("llama-cpp", f"llama_cpp cannot be imported: {exc}") from exc
     return llama_cpp
+
+
+def chat_template_of(path: str) -> str | None:
+    """The chat template in a GGUF file's metadata (``tokenizer.chat_template``), or None; reads no weights."""
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(path), params)
+    if not model:
+        raise BackendError(f"llama.cpp cannot read the GGUF file {path}")
+    try:
+        key = b"tokenizer.chat_template"
+        size = llama_cpp.llama_model_meta_val_str(model, key, None, 0)
+        if size < 0:
+            return None
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_model_meta_val_str(model, key, buffer, len(buffer))
+        return buffer.value.decode("utf-8", "replace") or None
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 @dataclass
@@ -66,12 +87,13 @@ class LlamaHandle:
             self.llm = None
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Render the chat template (plain lines without one) and tokenize, special tokens included."""
-        payload = [dict(m) for m in messages]
-        if self.template is not None:
-            prompt = self.template(messages=payload).prompt
-        else:
-            prompt = "\n".join(m["content"] for m in payload) + "\n"
+        """Render the chat template and tokenize, special tokens included; no template is a BackendError."""
+        if self.template is None:
+            raise BackendError(
+                f"model {self.name!r} has no chat template, so chat messages cannot be turned into a prompt; "
+                "package a GGUF file whose metadata has tokenizer.chat_template"
+            )
+        prompt = self.template(messages=[dict(m) for m in messages]).prompt
         add_bos = json.loads(str(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower())
         return [int(t) for t in self.llm.tokenize(prompt.encode("utf-8"), add_bos=bool(add_bos), special=True)]
 
