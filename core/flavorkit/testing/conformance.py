@@ -49,7 +49,7 @@ class BackendConformance(
 ):
     """Base class of a backend's conformance suite; subclass it as ``Test...`` in the plugin's tests.
 
-    It combines the clauses of every area (:mod:`flavorkit.testing.mixins`). Set :attr:`backend`
+    It combines the clauses of every area (:mod:`flavorkit.testing.mixins`). Set ``backend``
     and override the class-scoped ``model_source`` fixture; the other attributes are optional.
     """
 

@@ -1,5 +1,7 @@
 """The conformance clauses by area, one mixin each, as pandas splits its base extension tests.
 
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+
 :class:`~flavorkit.testing.BackendConformance` combines them all and is what a backend's test
 suite subclasses. Each mixin derives from :class:`~flavorkit.testing.mixins.base.ConformanceBase`
 (the options, fixtures and clause gate), so one area can also run on its own, e.g. while working

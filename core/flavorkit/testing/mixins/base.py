@@ -1,4 +1,7 @@
-"""The base of the conformance mixins: the suite's options, its fixtures and the clause gate."""
+"""The base of the conformance mixins: the suite's options, its fixtures and the clause gate.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Batching: a batch gives each request its own answer, and batches really are decoded together."""
+"""Batching: a batch gives each request its own answer, and batches really are decoded together.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

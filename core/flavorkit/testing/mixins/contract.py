@@ -1,4 +1,7 @@
-"""The request contract: limits, stop strings, choices, usage, finish reasons, the prompt, errors."""
+"""The request contract: limits, stop strings, choices, usage, finish reasons, the prompt, errors.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

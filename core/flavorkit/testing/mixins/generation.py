@@ -1,4 +1,7 @@
-"""Generation: greedy determinism, cancellation, sampling and seeds."""
+"""Generation: greedy determinism, cancellation, sampling and seeds.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Packaging: artifacts, pinned requirements, signatures, loading with MLflow, tamper detection."""
+"""Packaging: artifacts, pinned requirements, signatures, loading with MLflow, tamper detection.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Entry points and processes: what loading the plugin costs, its hooks, a fresh interpreter, the GPU."""
+"""Entry points and processes: what loading the plugin costs, its hooks, a fresh interpreter, the GPU.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 

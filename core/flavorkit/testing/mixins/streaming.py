@@ -1,4 +1,7 @@
-"""Streaming and continuous batching: the stream equals predict, arrives in pieces, and requests join."""
+"""Streaming and continuous batching: the stream equals predict, arrives in pieces, and requests join.
+
+Internal: not part of the plugin SDK; a backend's tests subclass :class:`~flavorkit.testing.BackendConformance`.
+"""
 
 from __future__ import annotations
 
