@@ -28,6 +28,7 @@ from flavorkit.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.interleave import InterleavedSession
 from flavorkit.progress import step
 from flavorkit.requirements import installed_version, pinned
+from flavorkit.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
 from flavorkit.sources import (
     ModelDir,
     check_links,
@@ -82,4 +83,9 @@ __all__ = [
     "stage_tree",
     "step",
     "tree_digest",
+    "ByteDecoder",
+    "NativeStream",
+    "TextStream",
+    "TokenRow",
+    "WindowDecoder",
 ]
