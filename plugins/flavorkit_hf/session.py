@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from flavorkit.batching import CostModel
-from flavorkit.types import Delta, GenerationRequest
+from flavorkit.sdk import CostModel, Delta, GenerationRequest
 from flavorkit_hf.engine import _Row, _select_rows
 
 if TYPE_CHECKING:
@@ -288,7 +287,7 @@ class EngineSession:
                 alone.append(row)
                 continue
             token = row.sampler.pick(logits[k])
-            deltas += row.accept(token, engine.eos_ids)
+            deltas.append(row.accept(token))
             if not row.done:
                 keep.append(k)
                 cohort.tokens[k] = token
