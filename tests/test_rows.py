@@ -259,7 +259,7 @@ def test_onnxgenai_rows_cut_mid_character(tiny_ort: Path, tiny_hf: Path) -> None
     decode = _hf(tiny_hf).decode
     prompt = handle.encode([{"role": "user", "content": "Hi"}])
     ids = og_greedy_ids(handle, prompt, 60)
-    cuts = [k for k in cut_points(decode, ids) if decode(ids[:k]).count(CUT) == 1]
+    cuts = [k for k in cut_points(decode, ids) if k > 1 and decode(ids[:k]).count(CUT) == 1]
     assert cuts, f"premise: {decode(ids)!r} has a character cut mid-way"
     k = cuts[0]
     alone = list(handle.generate([GenerationRequest(prompt_ids=prompt, max_tokens=k)]))
@@ -275,3 +275,47 @@ def test_onnxgenai_rows_cut_mid_character(tiny_ort: Path, tiny_hf: Path) -> None
     assert_streams_its_decoding(batch[0], decode(ids[:k]))
     assert_streams_its_decoding(batch[1], decode(ids[: k - 1]))
     assert CUT not in decode(ids[: k - 1])
+
+
+# -- each first-party backend on SmolLM2 -----------------------------------------------------------
+
+UNICODE = [
+    {"role": "user", "content": "Say 'café', 'Zürich' and 'naïve', then write Japan in Japanese (日本) and add 🙂."}
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["transformers", "optimum-onnx", "onnx-cpu"])
+def test_smollm2_answers_cut_mid_character_end_as_they_decode(
+    backend: str, smollm2_hf: Path, request: pytest.FixtureRequest
+) -> None:
+    handle: Any
+    if backend == "onnx-cpu":
+        from flavorkit_onnxgenai.runtime import OgHandle
+
+        handle = OgHandle.load(str(request.getfixturevalue("smollm2_ort")))
+        prompt = handle.encode(UNICODE)
+        ids = og_greedy_ids(handle, prompt, 48)
+        decode = _hf(smollm2_hf).decode
+    else:
+        from flavorkit_hf.runtime import load_optimum, load_transformers
+
+        if backend == "transformers":
+            handle = load_transformers(str(smollm2_hf), {})
+        else:
+            from flavorkit_hf.export import export_checkpoint
+
+            handle = load_optimum(str(export_checkpoint(smollm2_hf)), {})
+        prompt = handle.encode(UNICODE)
+        ids = handle.token_ids(GenerationRequest(prompt_ids=prompt, max_tokens=48))
+        decode = handle.decode
+    whole = decode(ids)
+    assert CUT not in whole.rstrip(CUT), f"premise: the answer {whole!r} is valid UTF-8 (but for a cut end)"
+    cuts = cut_points(decode, ids)
+    assert cuts, f"premise: the answer {whole!r} has a character spread over several tokens"
+    for k in [len(ids), cuts[0]]:
+        deltas = list(handle.generate([GenerationRequest(prompt_ids=prompt, max_tokens=k)]))
+        assert_streams_its_decoding(deltas, decode(ids[:k]))
+        assert all(CUT not in d.text for d in deltas[:-1]), "half a character was streamed before the end"
+        assert sum(d.tokens for d in deltas) == k
+    assert deltas[-1].text.endswith(CUT) and deltas[-1].finish_reason == "length"
