@@ -10,7 +10,7 @@ row always equals its generated tokens decoded at once.
 
 Three text streams cover the usual runtimes:
 
-- :class:`WindowDecoder` for tokenizers that decode a list of ids (transformers, onnxruntime-genai);
+- :class:`WindowDecoder` for tokenizers that decode a list of ids (transformers, optimum-onnx);
 - :class:`ByteDecoder` for runtimes that give the bytes of each token (llama.cpp);
 - :class:`NativeStream` for a runtime's own incremental decoder that holds back incomplete characters
   (onnxruntime-genai's ``TokenizerStream``), completed by one whole-sequence decode at the end.
