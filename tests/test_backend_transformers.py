@@ -257,35 +257,6 @@ def test_generate_yields_one_delta_per_token(tiny_tf: LoadedModel) -> None:
     assert "".join(d.text for d in deltas) == expected
 
 
-def test_incremental_detokenizer_never_splits_characters(tiny_hf: Path) -> None:
-    from transformers import AutoTokenizer
-
-    from flavorkit_hf.engine import IncrementalDetokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf))
-    text = "Unicode: café, naïve, Zürich, 日本, and 🙂 survive; 42!"
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    # The premise: some characters are spread over several byte-level tokens.
-    assert any("\ufffd" in tokenizer.decode([t]) for t in ids)
-    detok = IncrementalDetokenizer(tokenizer)
-    pieces = [detok.push(t) for t in ids]
-    pieces.append(detok.flush())
-    assert all("\ufffd" not in p for p in pieces)
-    assert "".join(pieces) == text
-    assert sum(1 for p in pieces if p) > len(ids) // 2  # released as it goes, not at the end
-
-    # An incomplete character is held back and only released (as U+FFFD) when the sequence ends.
-    emoji = tokenizer.encode("🙂", add_special_tokens=False)
-    assert len(emoji) > 1
-    detok = IncrementalDetokenizer(tokenizer)
-    assert [detok.push(t) for t in emoji[:-1]] == [""] * (len(emoji) - 1)
-    assert "\ufffd" in detok.flush()
-
-    special = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    detok = IncrementalDetokenizer(tokenizer)
-    assert detok.push(special) == "" and detok.flush() == ""
-
-
 # -- batching --------------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from flavorkit.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.interleave import InterleavedSession
 from flavorkit.progress import step
 from flavorkit.requirements import installed_version, pinned
+from flavorkit.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
 from flavorkit.sources import (
     ModelDir,
     check_links,
@@ -47,10 +48,10 @@ from flavorkit.types import (
 )
 
 __all__ = [
-    "SPEC_VERSION",
     "Artifacts",
     "BackendError",
     "BackendUnavailable",
+    "ByteDecoder",
     "Capability",
     "CostModel",
     "Delta",
@@ -64,10 +65,15 @@ __all__ = [
     "ModelConfigError",
     "ModelDir",
     "ModelSourceError",
+    "NativeStream",
     "PackagingError",
     "PluginSpecError",
     "RuntimeHandle",
     "RuntimeInfo",
+    "SPEC_VERSION",
+    "TextStream",
+    "TokenRow",
+    "WindowDecoder",
     "build_scratch",
     "cache_root",
     "cached_dir",

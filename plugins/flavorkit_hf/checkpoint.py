@@ -52,7 +52,7 @@ def validate_checkpoint(folder: Path, *, trust_remote_code: bool) -> dict[str, A
     if not (folder / "config.json").is_file():
         raise ModelSourceError(folder, "no config.json: not a transformers checkpoint" + _not_a_checkpoint_hint(folder))
     check_remote_code(folder, trust_remote_code)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
@@ -70,10 +70,9 @@ def validate_checkpoint(folder: Path, *, trust_remote_code: bool) -> dict[str, A
         )
     weights = weight_files(folder)
     _check_safetensors(weights)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
+    from flavorkit_hf.common import load_tokenizer
+
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     return {
         "model_type": model_type,
         "architectures": architectures,

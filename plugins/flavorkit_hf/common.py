@@ -33,6 +33,7 @@ __all__ = [
     "CommonOptions",
     "HFBackendBase",
     "check_remote_code",
+    "load_tokenizer",
     "read_json",
     "require_chat_template",
     "resolve_source",
@@ -110,6 +111,16 @@ def resolve_source(source: Any, options: Mapping[str, Any], *, weights: bool) ->
         patterns = [*_HUB_METADATA, "*.bin"]
         found = resolve_model_dir(text, subfolder=subfolder, revision=revision, allow_patterns=patterns)
     return found
+
+
+def load_tokenizer(folder: str | Path, trust_remote_code: bool) -> Any:
+    """``AutoTokenizer`` for ``folder``; a tokenizer that cannot be loaded is a :class:`ModelSourceError`."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
 
 
 def check_remote_code(folder: Path, trust_remote_code: bool) -> list[str]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from flavorkit.sdk import BackendError, CostModel, Delta, GenerationRequest, Message
+from flavorkit.sdk import BackendError, CostModel, Delta, GenerationRequest, Message, TokenRow, WindowDecoder
 
 if TYPE_CHECKING:
     from flavorkit_hf.session import EngineSession
@@ -47,7 +47,6 @@ __all__ = [
     "TIE_TOLERANCE",
     "Batching",
     "Engine",
-    "IncrementalDetokenizer",
     "context_length_of",
     "eos_ids_of",
 ]
@@ -58,7 +57,6 @@ Batching = Literal["exact", "padded", "sequential"]
 
 #: Relative margin between the two best logits under which a batched greedy step is redone alone.
 TIE_TOLERANCE = 1e-4
-_REPLACEMENT = "\ufffd"
 
 #: Milliseconds of a batch of the engine on CPU, measured with ``python -m benchmarks.calibrate
 #: transformers`` (SmolLM2-135M fp32, 2 cores, one torch thread: with two, the loaded machine's
@@ -71,48 +69,6 @@ GPU_COST = CostModel(
     prompt_token=0.0, prompt_attention=0.0, step=1.0, row_step=0.0, context=0.0, rows_leave=True, margin=0.0
 )
 _EXACT_DTYPES = (torch.float32, torch.float64)
-
-
-class IncrementalDetokenizer:
-    """Turn generated token ids into text increments that never split a UTF-8 character.
-
-    Byte-level tokenizers often spread one character over several tokens; decoding those tokens one
-    by one yields U+FFFD. Text is therefore released only when the decoded tail is stable (does not
-    end in U+FFFD), by decoding a short window of recent tokens and emitting what it adds beyond the
-    already released prefix (which also keeps SentencePiece's leading-space rule intact). Special
-    tokens decode to nothing.
-    """
-
-    __slots__ = ("_prefix", "_read", "_tokenizer", "ids")
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self.ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        if not ids:
-            return ""
-        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-    def _pending(self) -> tuple[str, str]:
-        return self._decode(self.ids[self._prefix : self._read]), self._decode(self.ids[self._prefix :])
-
-    def push(self, token: int) -> str:
-        """Add one token; return the text that is now stable (possibly empty)."""
-        self.ids.append(token)
-        released, full = self._pending()
-        if len(full) > len(released) and not full.endswith(_REPLACEMENT):
-            self._prefix, self._read = self._read, len(self.ids)
-            return full[len(released) :]
-        return ""
-
-    def flush(self) -> str:
-        """Release whatever is held back (at the end of a sequence), even an incomplete character."""
-        released, full = self._pending()
-        self._prefix = self._read = len(self.ids)
-        return full[len(released) :] if len(full) > len(released) else ""
 
 
 class _Sampler:
@@ -153,31 +109,23 @@ class _Sampler:
 
 @dataclass(eq=False)
 class _Row:
-    """Decoding state of one request: produced tokens, text decoder and sampler."""
+    """Decoding state of one request: its sampler, the tokens it produced and its :class:`TokenRow` step."""
 
     index: int
     request: GenerationRequest
-    detok: IncrementalDetokenizer
+    decoder: TokenRow
     sampler: _Sampler
     generated: list[int] = field(default_factory=list)
-    done: bool = False
 
-    def accept(self, token: int, eos_ids: frozenset[int]) -> Iterator[Delta]:
-        """Record ``token`` and yield its delta(s); the last one carries the finish reason."""
+    @property
+    def done(self) -> bool:
+        """True once the row has ended (end of sequence or ``max_tokens``)."""
+        return self.decoder.finish_reason is not None
+
+    def accept(self, token: int) -> Delta:
+        """Record ``token`` and return its delta; the row's last one carries the finish reason."""
         self.generated.append(token)
-        if token in eos_ids:
-            self.done = True
-            tail = self.detok.flush()
-            if tail:
-                yield Delta(self.index, tail, 0)
-            yield Delta(self.index, "", 1, "stop")
-            return
-        text = self.detok.push(token)
-        if len(self.generated) >= self.request.max_tokens:
-            self.done = True
-            yield Delta(self.index, text + self.detok.flush(), 1, "length")
-            return
-        yield Delta(self.index, text, 1)
+        return self.decoder.accept(token)
 
 
 def _ids(value: Any) -> set[int]:
@@ -339,8 +287,13 @@ class Engine:
         )
         return [[todo[k] for k in group] for group in plan]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of generated ids: special tokens skipped, an incomplete character as U+FFFD."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
     def _row(self, index: int, request: GenerationRequest) -> _Row:
-        return _Row(index, request, IncrementalDetokenizer(self.tokenizer), _Sampler(request))
+        decoder = TokenRow(index, request.max_tokens, self.eos_ids, WindowDecoder(self.decode))
+        return _Row(index, request, decoder, _Sampler(request))
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: Any
@@ -384,7 +337,7 @@ class Engine:
                     log.warning("request %d: replayed token %d differs from the single-request choice", row.index, step)
             else:
                 token = row.sampler.pick(logits[0])
-                yield from row.accept(token, self.eos_ids)
+                yield row.accept(token)
                 if row.done or req.cancelled:
                     return
             step += 1
@@ -424,7 +377,7 @@ class Engine:
                     alone.append(row)
                     continue
                 token = row.sampler.pick(logits[k])
-                yield from row.accept(token, self.eos_ids)
+                yield row.accept(token)
                 if not row.done:
                     keep.append(k)
                     tokens.append(token)

@@ -112,12 +112,9 @@ def _check_export(folder: Path, options: Mapping[str, Any], *, read_graph: bool 
                 "the ONNX model has no past_key_values inputs; export it with task 'text-generation-with-past'",
             )
         info["position_ids"] = "position_ids" in inputs
-    from transformers import AutoTokenizer
+    from flavorkit_hf.common import load_tokenizer
 
-    try:
-        AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
-    except Exception as exc:
-        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
+    load_tokenizer(folder, trust)
     return info
 
 

@@ -33,15 +33,6 @@ def _name(folder: str) -> str:
     return os.path.basename(recorded) or os.path.basename(os.path.normpath(folder))
 
 
-def _tokenizer(folder: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise ModelSourceError(folder, f"the tokenizer cannot be loaded: {exc}") from exc
-
-
 def _own_memory(model: Any) -> None:
     """Copy CPU weights out of the memory-mapped safetensors file into the process's own memory.
 
@@ -65,8 +56,10 @@ def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from flavorkit_hf.common import load_tokenizer
+
     trust = bool(options.get("trust_remote_code", False))
-    tokenizer = _tokenizer(folder, trust)
+    tokenizer = load_tokenizer(folder, trust)
     dtype_name = str(options.get("torch_dtype", "auto"))
     dtype: Any = "auto" if dtype_name == "auto" else getattr(torch, dtype_name)
     # transformers 4.56 renamed torch_dtype to dtype (the old name warns).
@@ -134,7 +127,9 @@ def load_optimum(folder: str, options: Mapping[str, Any]) -> Engine:
         raise ModelSourceError(
             folder, "the ONNX model has no past key values inputs; export it with task 'text-generation-with-past'"
         )
-    tokenizer = _tokenizer(folder, trust)
+    from flavorkit_hf.common import load_tokenizer
+
+    tokenizer = load_tokenizer(folder, trust)
     # Legacy exports fold batch and heads (Bloom) or keys and values (GPT-BigCode) together: no row selection.
     legacy_cache = any(getattr(model, flag, False) for flag in ("old_bloom_modeling", "old_gpt_bigcode_modeling"))
     return Engine(

@@ -287,7 +287,7 @@ class EngineSession:
                 alone.append(row)
                 continue
             token = row.sampler.pick(logits[k])
-            deltas += row.accept(token, engine.eos_ids)
+            deltas.append(row.accept(token))
             if not row.done:
                 keep.append(k)
                 cohort.tokens[k] = token

@@ -28,6 +28,8 @@ from flavorkit.sdk import (
     InterleavedSession,
     Message,
     ModelSourceError,
+    NativeStream,
+    TokenRow,
 )
 
 __all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle"]
@@ -137,10 +139,7 @@ class OgHandle:
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
         """Decode every request, batching those whose sampling settings match and whose sizes suit."""
         for group in self.groups(requests):
-            if len(group) == 1:
-                yield from self._single(group[0], requests[group[0]])
-            else:
-                yield from self._batch(group, [requests[i] for i in group])
+            yield from self._decode(group, [requests[i] for i in group])
 
     def session(self) -> InterleavedSession:
         """Continuous batching: each group of :meth:`groups` admitted together is its own ``og.Generator``.
@@ -197,58 +196,43 @@ class OgHandle:
         params.set_search_options(**options)
         return params
 
-    def _single(self, index: int, req: GenerationRequest) -> Iterator[Delta]:
-        og = _og()
+    def _text(self) -> NativeStream:
+        """The row's text: onnxruntime-genai's own stream, with its held-back tail decoded at the end."""
         import numpy as np
 
-        ids = np.asarray(req.prompt_ids, dtype=np.int32)
-        generator = og.Generator(self.model, self._params(req, len(ids) + req.max_tokens))
-        generator.append_tokens(ids)
-        stream = self.tokenizer.create_stream()
-        produced = 0
-        while not req.cancelled:
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            produced += 1
-            if token in self.eos_ids:
-                yield Delta(index, "", 1, "stop")
-                return
-            text = stream.decode(token)
-            if produced >= req.max_tokens:
-                yield Delta(index, text, 1, "length")
-                return
-            yield Delta(index, text, 1)
+        tokenizer = self.tokenizer
 
-    def _batch(self, indices: Sequence[int], reqs: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        def decode(ids: Sequence[int]) -> str:
+            return str(tokenizer.decode(np.asarray(ids, dtype=np.int32)))
+
+        return NativeStream(tokenizer.create_stream().decode, decode)
+
+    def _decode(self, indices: Sequence[int], reqs: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Decode ``reqs`` (the requests at ``indices``) in one right-padded og.Generator batch.
+
+        onnxruntime-genai stops a batch only when every row is done, so end of sequence and
+        ``max_tokens`` are applied per row here; finished and cancelled rows are skipped.
+        """
         og = _og()
         import numpy as np
 
         width = max(len(r.prompt_ids) for r in reqs)
         ids = np.full((len(reqs), width), self.pad_id, dtype=np.int32)
-        for row, req in enumerate(reqs):
-            ids[row, : len(req.prompt_ids)] = req.prompt_ids
+        for k, req in enumerate(reqs):
+            ids[k, : len(req.prompt_ids)] = req.prompt_ids
         budget = max(r.max_tokens for r in reqs)
         generator = og.Generator(self.model, self._params(reqs[0], width + budget, batch_size=len(reqs)))
         generator.append_tokens(ids)
-        streams = [self.tokenizer.create_stream() for _ in reqs]
-        produced = [0] * len(reqs)
-        live = set(range(len(reqs)))
-        while live:
-            live = {row for row in live if not reqs[row].cancelled}
+        rows = [
+            TokenRow(index, req.max_tokens, self.eos_ids, self._text())
+            for index, req in zip(indices, reqs, strict=True)
+        ]
+        live = list(range(len(reqs)))
+        while True:
+            live = [k for k in live if not (rows[k].done or reqs[k].cancelled)]
             if not live:
                 return
             generator.generate_next_token()
             tokens = generator.get_next_tokens()
-            for row in sorted(live):
-                token = int(tokens[row])
-                produced[row] += 1
-                if token in self.eos_ids:
-                    live.discard(row)
-                    yield Delta(indices[row], "", 1, "stop")
-                    continue
-                text = streams[row].decode(token)
-                if produced[row] >= reqs[row].max_tokens:
-                    live.discard(row)
-                    yield Delta(indices[row], text, 1, "length")
-                else:
-                    yield Delta(indices[row], text, 1)
+            for k in live:
+                yield rows[k].accept(int(tokens[k]))

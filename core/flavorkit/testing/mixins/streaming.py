@@ -44,8 +44,9 @@ class StreamingClauses(ConformanceBase):
         whole = probe.answer.text
         for limit in (1, 2, 3, 5, 8):
             shorter = conformance.greedy(probe.messages, limit)
+            # A character cut by max_tokens ends the shorter answer as U+FFFD (as its tokens decode).
             check(
-                whole.startswith(shorter.text),
+                whole.startswith(shorter.text.rstrip("\ufffd")),
                 f"generate() with max_tokens={limit} returns {shorter.text!r}, which is not how the streamed "
                 f"{PROBE_TOKENS}-token answer {whole!r} starts: deltas must carry only new text, and the text "
                 "streamed so far must be what a non-streamed request of that length returns",

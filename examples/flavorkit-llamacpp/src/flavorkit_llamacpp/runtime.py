@@ -2,15 +2,15 @@
 
 One ``llama_cpp.Llama`` holds one sequence, so the requests of a batch are decoded one after
 another. Each request starts from an empty KV cache, so an answer never depends on the request
-before it, and every generated token is turned into text with an incremental UTF-8 decoder, so a
-character split across tokens is emitted once it is complete. Bytes of a character still incomplete
-when a request ends are dropped, never emitted as U+FFFD: the text streamed so far is then always
-exactly what a shorter request returns.
+before it. End of generation, ``max_tokens`` and text come from the SDK's row step
+(:class:`flavorkit.sdk.TokenRow` over a :class:`flavorkit.sdk.ByteDecoder`): each token's bytes go
+through an incremental UTF-8 decoder, so a character split across tokens is emitted once it is
+complete, and bytes of a character still incomplete when a request ends are released as U+FFFD, as
+decoding the whole completion gives.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import json
 import os
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flavorkit.sdk import BackendError, BackendUnavailable, Delta, GenerationRequest, Message
+from flavorkit.sdk import BackendError, BackendUnavailable, ByteDecoder, Delta, GenerationRequest, Message, TokenRow
 
 __all__ = ["LlamaHandle"]
 
@@ -60,6 +60,8 @@ class LlamaHandle:
     name: str
     context_length: int
     template: Any
+    #: The vocabulary's end-of-generation tokens (end of sequence, end of turn, ...).
+    eog_ids: frozenset[int]
 
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512) -> LlamaHandle:
@@ -78,7 +80,9 @@ class LlamaHandle:
                 add_generation_prompt=True,
             )
         name = meta.get("general.name") or os.path.splitext(os.path.basename(path))[0]
-        return cls(llm=llm, name=name, context_length=int(llm.n_ctx()), template=template)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        eog_ids = frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        return cls(llm=llm, name=name, context_length=int(llm.n_ctx()), template=template, eog_ids=eog_ids)
 
     def close(self) -> None:
         """Free the llama.cpp context and weights now instead of at garbage collection."""
@@ -104,9 +108,7 @@ class LlamaHandle:
                 yield from self._one(index, request)
 
     def _one(self, index: int, request: GenerationRequest) -> Iterator[Delta]:
-        llama_cpp = _llama_cpp()
         llm = self.llm
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
         limit = min(request.max_tokens, self.context_length - len(request.prompt_ids))
         if request.greedy:
             settings: dict[str, Any] = {"temp": 0.0}
@@ -118,22 +120,20 @@ class LlamaHandle:
         tokens = llm.generate(
             list(request.prompt_ids), min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **settings
         )
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         history = list(request.prompt_ids)
-        produced = 0
+
+        def piece(token: int) -> bytes:
+            data: bytes = llm.detokenize([token], prev_tokens=history)
+            history.append(token)
+            return data
+
+        row = TokenRow(index, limit, self.eog_ids, ByteDecoder(piece))
         try:
             for token in tokens:
                 if request.cancelled:
                     return
-                produced += 1
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    yield Delta(index, "", 1, "stop")
+                yield row.accept(token)
+                if row.done:
                     return
-                text = decoder.decode(llm.detokenize([token], prev_tokens=history))
-                history.append(token)
-                if produced >= limit:
-                    yield Delta(index, text, 1, "length")
-                    return
-                yield Delta(index, text, 1)
         finally:
             tokens.close()
