@@ -1,5 +1,7 @@
 """The per-row decoding step every backend needs: end of sequence, ``max_tokens`` and UTF-8-safe text.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 A backend's token loop produces one token id per row and step. :class:`TokenRow` turns each id into
 the :class:`~flavorkit.types.Delta` to yield: it counts the token, ends the row with ``"stop"`` on an
 end-of-sequence id (which is never decoded) or with ``"length"`` at ``max_tokens``, and asks a
