@@ -364,3 +364,38 @@ def test_helper_gives_non_local_env_managers_a_long_scoring_timeout(monkeypatch:
 def test_the_spark_helper_is_not_shipped_in_packaged_models(tiny_model_dir: Path) -> None:
     shipped = {p.relative_to(tiny_model_dir / "code").as_posix() for p in (tiny_model_dir / "code").rglob("*.py")}
     assert "flavorkit/schema.py" in shipped and "flavorkit/spark.py" not in shipped
+
+
+# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
+
+
+@pytest.fixture(scope="module")
+def uv() -> str:
+    """The ``uv`` executable (MLflow's ``env_manager="uv"`` runs it); the test skips without it."""
+    import shutil
+
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not on PATH (pip install uv): env_manager='uv' cannot build the model's environment")
+    return found
+
+
+def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
+    spark: SparkSession, tiny_model_dir: Path, uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    requests = [{**r, "max_tokens": 200} for r in chat_requests(16)]
+    df = chat_frame(spark, requests, partitions=1)
+    cols = ("messages", "max_tokens", "temperature", "stop")
+    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
+    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
+    short = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="uv", extra_env={SCORING_TIMEOUT_ENV: "1"})
+    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
+        df.select(short(F.struct(*cols)).alias("a")).collect()
+    # The helper passes a long timeout to the executors: the same job answers every row.
+    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager="uv")(*cols).alias("t")).collect()
+    assert [row.t for row in out] == [
+        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
+    ]
