@@ -352,7 +352,7 @@ def test_helper_gives_non_local_env_managers_a_long_scoring_timeout(monkeypatch:
     from flavorkit.spark import SCORING_TIMEOUT, SCORING_TIMEOUT_ENV, executor_env
 
     monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
-    assert SCORING_TIMEOUT_ENV == "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" and SCORING_TIMEOUT == 6 * 3600
+    assert SCORING_TIMEOUT_ENV == "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" and SCORING_TIMEOUT == 3600
     assert executor_env("local") == {}
     assert executor_env("local", {"A": "1"}) == {"A": "1"}
     assert executor_env("virtualenv") == {SCORING_TIMEOUT_ENV: str(SCORING_TIMEOUT)}
@@ -386,7 +386,7 @@ def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lif
     from flavorkit.spark import SCORING_TIMEOUT_ENV
 
     monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
-    requests = [{**r, "max_tokens": 200} for r in chat_requests(16)]
+    requests = [{**r, "max_tokens": 150} for r in chat_requests(16)]
     df = chat_frame(spark, requests, partitions=1)
     cols = ("messages", "max_tokens", "temperature", "stop")
     # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.

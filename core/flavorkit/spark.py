@@ -17,7 +17,8 @@ docs/scaling-out.md). :func:`spark_udf` wraps it for two things the plain API la
 With ``env_manager="virtualenv"`` or ``"uv"`` each Spark task starts an MLflow scoring server and
 sends it each Arrow batch as one request, which MLflow cuts off after
 ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` (60 s); :func:`spark_udf` passes a longer one
-(:data:`SCORING_TIMEOUT`, or the caller's) to the executors.
+(:data:`SCORING_TIMEOUT`, or the caller's) to the executors, and its check keeps most bad rows
+from reaching (and crashing) the scoring server.
 
 This module is a driver-side helper; it is not shipped inside packaged models. Using it needs
 flavorkit importable on the Spark workers (the plain MLflow API needs only the model's own
@@ -48,8 +49,9 @@ __all__ = [
 
 #: MLflow's limit, in seconds, on one scoring-server request (one Arrow batch of a Spark task).
 SCORING_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
-#: What :func:`spark_udf` passes to the executors when the caller sets nothing: six hours.
-SCORING_TIMEOUT = 6 * 3600
+#: What :func:`spark_udf` passes to the executors when the caller sets nothing: one hour. Longer is not
+#: safer: over MLflow's stdin transport a scoring server that died is only noticed at the timeout.
+SCORING_TIMEOUT = 3600
 
 _SETTINGS = "temperature double, max_tokens bigint, stop array<string>, top_p double, top_k bigint, seed bigint"
 #: The canonical Spark type of a chat request, as MLflow receives it from :func:`spark_udf`.
