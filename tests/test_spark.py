@@ -32,7 +32,11 @@ from flavorkit.spark import spark_udf  # noqa: E402
 from helpers import PROMPTS  # noqa: E402
 from plugin_fixtures import make_distribution  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # PySpark 4.3 warns on every pandas UDF that it "does not yet fully support pandas >= 3.0.0".
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 MESSAGES = "array<struct<role:string,content:string>>"
 CHAT_ROWS = f"messages {MESSAGES}, max_tokens int, temperature double, stop array<string>"
@@ -66,6 +70,12 @@ middleware = Probe()
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """One ``local[2]`` session; its Python workers run this interpreter and see the probe plugin."""
+    import shutil
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
+        pytest.skip("no Java runtime: pyspark needs Java 17")
     site = make_distribution(
         tmp_path_factory.mktemp("spark-site") / "probe",
         "fk-spark-probe",
@@ -396,6 +406,20 @@ def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lif
         df.select(short(F.struct(*cols)).alias("a")).collect()
     # The helper passes a long timeout to the executors: the same job answers every row.
     out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager="uv")(*cols).alias("t")).collect()
+    assert [row.t for row in out] == [
+        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
+    ]
+
+
+def test_helper_works_in_python_workers_that_already_loaded_a_model(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # Loading a model puts its code/ first on sys.path and re-imports flavorkit from there, where
+    # flavorkit.spark is not shipped; Spark reuses its Python workers for the next job.
+    requests = chat_requests(4)
+    df = chat_frame(spark, requests, partitions=2)
+    plain = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    assert len(df.select(plain(F.struct("messages", "max_tokens")).alias("a")).collect()) == 4
+    text = spark_udf(spark, str(tiny_model_dir))
+    out = df.select(text("messages", "max_tokens", "temperature", "stop").alias("t")).collect()
     assert [row.t for row in out] == [
         r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
     ]

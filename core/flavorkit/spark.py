@@ -20,14 +20,15 @@ sends it each Arrow batch as one request, which MLflow cuts off after
 (:data:`SCORING_TIMEOUT`, or the caller's) to the executors, and its check keeps most bad rows
 from reaching (and crashing) the scoring server.
 
-This module is a driver-side helper; it is not shipped inside packaged models. Using it needs
-flavorkit importable on the Spark workers (the plain MLflow API needs only the model's own
-requirements).
+This module is a driver-side helper; it is not shipped inside packaged models, and its check is
+sent to the workers by value. The check uses :mod:`flavorkit.schema`, so flavorkit must be
+importable on the Spark workers (the plain MLflow API needs only the model's own requirements).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -155,6 +156,7 @@ def spark_udf(
     :func:`mlflow.pyfunc.spark_udf`.
     """
     import mlflow
+    from pyspark import cloudpickle
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.functions import pandas_udf
 
@@ -163,6 +165,9 @@ def spark_udf(
     env = executor_env(env_manager, extra_env)
     model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
     task = _task_of(model.metadata)
+    # Ship this module's code with the UDF, not a reference to it: a Python worker that loaded a
+    # model imports flavorkit from the model's code/ folder, which does not hold this module.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     check = pandas_udf(_checker(task), CHAT_REQUEST if task == CHAT else TEXT_REQUEST)  # type: ignore[call-overload]
 
     def apply(*columns: Any) -> Any:
