@@ -423,3 +423,45 @@ def test_helper_works_in_python_workers_that_already_loaded_a_model(spark: Spark
     assert [row.t for row in out] == [
         r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
     ]
+
+
+def test_check_requests_gives_canonical_rows_and_lists_every_bad_row() -> None:
+    from flavorkit.errors import InvalidRequest
+    from flavorkit.spark import check_requests
+
+    good = pd.DataFrame(
+        [
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3.0, "stop": "x"},
+            {"messages": [{"role": "user", "content": "yo", "name": "a"}], "max_tokens": float("nan"), "stop": None},
+        ]
+    )
+    assert check_requests(good, "llm/v1/chat") == [
+        {
+            "temperature": None,
+            "max_tokens": 3,
+            "top_p": None,
+            "top_k": None,
+            "seed": None,
+            "n": None,
+            "stop": ["x"],
+            "messages": [{"role": "user", "content": "hi", "name": None}],
+        },
+        {
+            "temperature": None,
+            "max_tokens": None,
+            "top_p": None,
+            "top_k": None,
+            "seed": None,
+            "n": None,
+            "stop": None,
+            "messages": [{"role": "user", "content": "yo", "name": "a"}],
+        },
+    ]
+    bad = pd.DataFrame([{"prompt": "ok"}, {"prompt": 3}, {"prompt": "x", "temperature": 9}])
+    with pytest.raises(InvalidRequest) as exc:
+        check_requests(bad, "text-generation", partition=4, offset=10)
+    assert [(e.field, e.detail.rsplit("[", 1)[1]) for e in exc.value.errors] == [
+        ("prompt", "Spark partition 4, row 11]"),
+        ("temperature", "Spark partition 4, row 12]"),
+    ]
+    assert str(exc.value).startswith("invalid request: 2 bad rows: field 'prompt'")

@@ -36,7 +36,7 @@ import pandas as pd
 
 from flavorkit.errors import InvalidRequest
 from flavorkit.schema import parse_request
-from flavorkit.signatures import CHAT, TASKS
+from flavorkit.signatures import CHAT, TASKS, TEXT
 
 __all__ = [
     "CHAT_REQUEST",
@@ -54,11 +54,22 @@ SCORING_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 #: safer: over MLflow's stdin transport a scoring server that died is only noticed at the timeout.
 SCORING_TIMEOUT = 3600
 
-_SETTINGS = "temperature double, max_tokens bigint, stop array<string>, top_p double, top_k bigint, seed bigint"
+_SETTINGS = (
+    ("temperature", "double"),
+    ("max_tokens", "bigint"),
+    ("stop", "array<string>"),
+    ("top_p", "double"),
+    ("top_k", "bigint"),
+    ("seed", "bigint"),
+)
+_FIELDS = {
+    CHAT: (("messages", "array<struct<role:string,content:string,name:string>>"), ("n", "bigint"), *_SETTINGS),
+    TEXT: (("prompt", "string"), *_SETTINGS),
+}
 #: The canonical Spark type of a chat request, as MLflow receives it from :func:`spark_udf`.
-CHAT_REQUEST = f"messages array<struct<role:string,content:string,name:string>>, n bigint, {_SETTINGS}"
+CHAT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[CHAT])
 #: The canonical Spark type of a text-generation request.
-TEXT_REQUEST = f"prompt string, {_SETTINGS}"
+TEXT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[TEXT])
 _NUMBERS = ("temperature", "max_tokens", "top_p", "top_k", "seed", "n")
 
 
@@ -108,11 +119,12 @@ def _checker(task: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFr
 
         context = TaskContext.get()
         partition = None if context is None else context.partitionId()
+        columns = [name for name, _kind in _FIELDS[task]]
         offset = 0
         for batch in batches:
             rows = check_requests(batch, task, partition=partition, offset=offset)
             offset += len(batch)
-            yield pd.DataFrame(rows)
+            yield pd.DataFrame(rows, columns=columns)
 
     return check
 
