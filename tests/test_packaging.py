@@ -353,7 +353,7 @@ def test_text_generation_refuses_default_n(tiny_ort: Path, tmp_path: Path) -> No
     assert exc.value.field == "generation.n"
 
 
-NOT_SHIPPED = ["flavorkit.packager", "flavorkit.cli", "flavorkit.demo", "flavorkit.testing"]
+NOT_SHIPPED = ["flavorkit.packager", "flavorkit.cli", "flavorkit.demo", "flavorkit.spark", "flavorkit.testing"]
 
 
 def test_the_model_ships_only_the_code_loading_needs(tiny_model_dir: Path) -> None:

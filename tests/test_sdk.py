@@ -80,6 +80,7 @@ PUBLIC_MODULES = frozenset(
     {
         "__init__.py",  # the user surface: package, backends, errors, types
         "sdk.py",  # the plugin SDK
+        "spark.py",  # spark_udf with flavorkit's request check, documented in scaling-out
         "serve/__init__.py",  # create_app, documented in the user guide
         "testing/__init__.py",  # the kit
         "testing/plugin.py",  # the kit's pytest plugin, enabled by its module name

@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 _MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".mypy_cache", ".pytest_cache")
 #: Parts of flavorkit that loading never imports, so they are not shipped in a model's ``code/``:
-#: the packager, the CLI, the demo (the quickstart and the SmolLM2 builder) and the conformance kit
-#: (with its test-model builders).
-_NOT_SHIPPED = frozenset({"packager.py", "cli.py", "demo", "testing", "__main__.py"})
+#: the packager, the CLI, the demo (the quickstart and the SmolLM2 builder), the Spark helper and the
+#: conformance kit (with its test-model builders).
+_NOT_SHIPPED = frozenset({"packager.py", "cli.py", "demo", "spark.py", "testing", "__main__.py"})
 
 
 def package(

@@ -1,0 +1,467 @@
+"""Batch generation on pyspark ``local[2]`` through MLflow's own ``spark_udf`` (issue: scale-out, item 1).
+
+Real Spark (one session for the module), real packaged models (the tiny onnx-cpu fixtures), the
+plain MLflow API with ``env_manager="local"``, and the :mod:`flavorkit.spark` helper. What a Spark
+worker does is observed through a real middleware plugin (entry point ``flavorkit.middleware``,
+installed on the workers' ``PYTHONPATH``) that appends one JSON line per backend ``load`` and
+``generate`` call to the file named by ``FK_SPARK_PROBE`` (passed with ``extra_env``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+
+from pyspark.errors import PythonException  # noqa: E402
+from pyspark.sql import DataFrame, SparkSession  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+import flavorkit  # noqa: E402
+from flavorkit.spark import spark_udf  # noqa: E402
+from helpers import PROMPTS  # noqa: E402
+from plugin_fixtures import make_distribution  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    # PySpark 4.3 warns on every pandas UDF that it "does not yet fully support pandas >= 3.0.0".
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+MESSAGES = "array<struct<role:string,content:string>>"
+CHAT_ROWS = f"messages {MESSAGES}, max_tokens int, temperature double, stop array<string>"
+
+#: A middleware that records, per Python worker process, each backend load and generate call.
+PROBE = """
+import json, os
+from flavorkit import hookimpl
+
+def _record(kind, size=None):
+    path = os.environ.get("FK_SPARK_PROBE")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "kind": kind, "size": size}) + "\\n")
+
+class Probe:
+    @hookimpl(wrapper=True)
+    def load(self, artifacts, options):
+        _record("load")
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def generate(self, handle, requests):
+        _record("generate", len(requests))
+        return (yield)
+
+middleware = Probe()
+"""
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """One ``local[2]`` session; its Python workers run this interpreter and see the probe plugin."""
+    import shutil
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
+        pytest.skip("no Java runtime: pyspark needs Java 17")
+    site = make_distribution(
+        tmp_path_factory.mktemp("spark-site") / "probe",
+        "fk-spark-probe",
+        modules={"fk_spark_probe": PROBE},
+        middleware={"probe": "fk_spark_probe:middleware"},
+    )
+    paths = [str(site), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    old = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("flavorkit-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.executorEnv.PYTHONPATH", os.pathsep.join(paths))
+        .config("spark.executorEnv.MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield session
+    finally:
+        session.stop()
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Path:
+    """The tiny ORT model packaged for the ``text-generation`` task (greedy)."""
+    path = tmp_path_factory.mktemp("packaged") / "tiny-text"
+    flavorkit.package(
+        model=str(tiny_ort), backend="onnx-cpu", path=path, task="text-generation", generation={"temperature": 0.0}
+    )
+    return path
+
+
+def chat_requests(count: int) -> list[dict[str, Any]]:
+    """Greedy chat requests with different prompts, lengths and settings (some with a stop list)."""
+    out = []
+    for i in range(count):
+        messages = [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} #{i}"}]
+        if i % 3 == 1:
+            messages = [{"role": "system", "content": "Be brief."}, *messages]
+        out.append(
+            {"messages": messages, "max_tokens": 4 + i % 5, "temperature": 0.0, "stop": ["e"] if i % 4 == 2 else None}
+        )
+    return out
+
+
+def chat_frame(spark: SparkSession, requests: list[dict[str, Any]], partitions: int = 2) -> DataFrame:
+    """The requests as a DataFrame: ``messages`` is ``array<struct<role,content>>``, settings are columns."""
+    rows = [(r["messages"], r["max_tokens"], r["temperature"], r["stop"]) for r in requests]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, partitions), CHAT_ROWS)
+
+
+def frame(spark: SparkSession, rows: list[Any], schema: str) -> DataFrame:
+    """``rows`` as a DataFrame of one partition (``coalesce(1)`` could be moved above the UDF by Spark)."""
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, 1), schema)
+
+
+def in_process(model_dir: Path, requests: list[dict[str, Any]]) -> list[Any]:
+    """The same requests answered by ``predict`` in this process, as one batch."""
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    frame = pd.DataFrame([{k: v for k, v in r.items() if v is not None} for r in requests])
+    return list(model.predict(frame))
+
+
+def probe_records(path: Path) -> list[dict[str, Any]]:
+    """The probe's JSON lines."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# -- the plain MLflow API ---------------------------------------------------------------------------
+
+
+def test_chat_struct_result_answers_every_row_as_in_process_predict(spark: SparkSession, tiny_model_dir: Path) -> None:
+    requests = chat_requests(10)
+    udf = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    # The result type MLflow derives from the signature is the chat completion struct.
+    assert udf.metadata.get_output_schema().input_names() == ["id", "object", "created", "model", "choices", "usage"]
+    df = chat_frame(spark, requests).withColumn("k", F.monotonically_increasing_id())
+    out = (
+        df.withColumn("answer", udf(F.struct("messages", "max_tokens", "temperature", "stop")))
+        .orderBy("k")
+        .select("answer")
+        .collect()
+    )
+    assert len(out) == len(requests)
+    expected = in_process(tiny_model_dir, requests)
+    for got, want in zip(out, expected, strict=True):
+        answer = got.answer.asDict(recursive=True)
+        assert answer["object"] == "chat.completion" and answer["id"].startswith("chatcmpl-")
+        assert answer["choices"] == [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": want["choices"][0]["message"]["content"]},
+                "finish_reason": want["choices"][0]["finish_reason"],
+            }
+        ]
+        assert answer["usage"] == want["usage"]
+
+
+def test_answer_text_as_a_string_column_by_field_extraction(spark: SparkSession, tiny_model_dir: Path) -> None:
+    requests = chat_requests(4)
+    udf = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    df = chat_frame(spark, requests, partitions=1)
+    answer = udf(F.struct("messages", "max_tokens", "temperature"))["choices"][0]["message"]["content"]
+    out = df.select(answer.alias("text"))
+    assert out.schema["text"].dataType.simpleString() == "string"
+    # No stop column here, so the in-process requests have none either.
+    unstopped = [{**r, "stop": None} for r in requests]
+    expected = [r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, unstopped)]
+    assert [row.text for row in out.collect()] == expected
+
+
+def test_result_type_string_is_the_response_id_not_the_answer(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # MLflow's "string" result type takes the leftmost output column: pinned so the docs can warn.
+    udf = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local", result_type="string")
+    out = chat_frame(spark, chat_requests(2), partitions=1).select(udf(F.struct("messages", "max_tokens")).alias("s"))
+    assert all(row.s.startswith("chatcmpl-") for row in out.collect())
+
+
+def test_text_generation_model_gives_a_string(spark: SparkSession, text_model_dir: Path) -> None:
+    prompts = [f"{p} #{i}" for i, p in enumerate(PROMPTS)]
+    udf = mlflow.pyfunc.spark_udf(spark, str(text_model_dir), env_manager="local")
+    df = frame(spark, [(p, 6) for p in prompts], "prompt string, max_tokens int")
+    out = df.select(udf(F.struct("prompt", "max_tokens")).alias("text"))
+    assert out.schema["text"].dataType.simpleString() == "string"
+    expected = in_process(text_model_dir, [{"prompt": p, "max_tokens": 6} for p in prompts])
+    assert [row.text for row in out.collect()] == expected
+    assert all(isinstance(t, str) for t in expected) and any(expected)
+
+
+def test_each_task_loads_once_and_predicts_its_rows_in_backend_batches(
+    spark: SparkSession, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    probe = tmp_path / "probe.jsonl"
+    requests = chat_requests(12)
+    df = chat_frame(spark, requests, partitions=2)
+    sizes = df.rdd.glom().map(len).collect()
+    assert sizes == [6, 6]
+    udf = mlflow.pyfunc.spark_udf(
+        spark, str(tiny_model_dir), env_manager="local", extra_env={"FK_SPARK_PROBE": str(probe)}
+    )
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
+    try:
+        out = df.select(udf(F.struct("messages", "max_tokens", "temperature", "stop")).alias("a")).collect()
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert len(out) == 12
+    records = probe_records(probe)
+    loads = [r for r in records if r["kind"] == "load"]
+    generates = [r["size"] for r in records if r["kind"] == "generate"]
+    # One load per task (here: per partition), never per Arrow batch or per row.
+    assert len(loads) == len(sizes)
+    assert all(r["pid"] != os.getpid() for r in records), "the model runs in Spark's Python workers"
+    # Each Arrow batch of a partition (4 rows, then the 2 left) is one backend generate call.
+    assert sorted(generates) == [2, 2, 4, 4]
+    per_pid = Counter()
+    for r in records:
+        if r["kind"] == "generate":
+            per_pid[r["pid"]] += r["size"]
+    assert sum(per_pid.values()) == 12
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def _job_error(df: DataFrame, column: Any) -> str:
+    with pytest.raises(PythonException) as exc:
+        df.select(column.alias("a")).collect()
+    text = str(exc.value)
+    for opaque in ("ArrowInvalid", "ArrowTypeError", "PicklingError", "UnpicklingError"):
+        assert opaque not in text
+    return text
+
+
+def test_plain_api_wrong_messages_shape_fails_with_mlflow_schema_error(
+    spark: SparkSession, tiny_model_dir: Path
+) -> None:
+    udf = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    bad = frame(spark, [(["hello"],)], "messages array<string>")
+    text = _job_error(bad, udf(F.struct("messages")))
+    # MLflow checks the signature before flavorkit runs: its message names the problem, not the row.
+    assert "Failed to enforce schema" in text and "Expected data to be dictionary, got str" in text
+    no_role = frame(spark, [([{"content": "hi"}],)], "messages array<struct<content:string>>")
+    text = _job_error(no_role, udf(F.struct("messages")))
+    assert "Missing required properties: {'role'}" in text
+
+
+def test_plain_api_bad_message_values_are_flavorkits_error_naming_the_row(
+    spark: SparkSession, tiny_model_dir: Path
+) -> None:
+    udf = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    rows = [
+        ([{"role": "user", "content": "hi"}],),
+        ([{"role": "robot", "content": "x"}],),
+        ([{"role": None, "content": "y"}],),
+    ]
+    bad = frame(spark, rows, f"messages {MESSAGES}")
+    text = _job_error(bad, udf(F.struct("messages")))
+    assert "invalid request: 2 bad rows" in text
+    assert "field 'inputs[1].messages[0].role': Input should be 'system', 'user' or 'assistant'; got 'robot'" in text
+    assert "field 'inputs[2].messages[0].role': is required" in text
+
+
+@pytest.mark.parametrize(
+    ("schema", "rows", "expected"),
+    [
+        (
+            "messages array<string>",
+            [([],), (["hello"],)],
+            "field 'messages[0]': Input should be a valid dictionary or instance of ChatMessage; got 'hello' "
+            "[Spark partition 0, row 1]",
+        ),
+        (
+            "messages array<struct<content:string>>",
+            [([{"content": "a"}],), ([{"content": "b"}],)],
+            "field 'messages[0].role': is required [Spark partition 0, row 0]",
+        ),
+        (
+            "messages string",
+            [("hi",)],
+            "field 'messages': Input should be a valid list; got 'hi' [Spark partition 0, row 0]",
+        ),
+        (
+            f"messages {MESSAGES}",
+            [([{"role": "user", "content": "ok"}],)] * 3 + [([{"role": "robot", "content": "x"}],)],
+            "field 'messages[0].role': Input should be 'system', 'user' or 'assistant'; got 'robot' "
+            "[Spark partition 0, row 3]",
+        ),
+    ],
+    ids=["array-of-strings", "missing-role", "string", "bad-role"],
+)
+def test_helper_names_the_column_and_the_row_for_any_wrong_shape(
+    spark: SparkSession, tiny_model_dir: Path, schema: str, rows: list[Any], expected: str
+) -> None:
+    bad = frame(spark, rows, schema)
+    text = _job_error(bad, spark_udf(spark, str(tiny_model_dir))("messages"))
+    assert "flavorkit.errors.InvalidRequest: invalid request" in text
+    assert expected in text
+    assert "Failed to enforce schema" not in text, "flavorkit's check runs before MLflow's"
+
+
+def test_helper_counts_rows_across_arrow_batches(spark: SparkSession, tiny_model_dir: Path) -> None:
+    rows = [([{"role": "user", "content": "ok"}],)] * 5 + [([{"role": "robot", "content": "x"}],)]
+    bad = frame(spark, rows, f"messages {MESSAGES}")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "2")
+    try:
+        text = _job_error(bad, spark_udf(spark, str(tiny_model_dir))("messages"))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert "got 'robot' [Spark partition 0, row 5]" in text
+
+
+# -- the helper's outputs -------------------------------------------------------------------------
+
+
+def test_helper_text_and_response_outputs_equal_in_process_predict(spark: SparkSession, tiny_model_dir: Path) -> None:
+    requests = chat_requests(6)
+    df = chat_frame(spark, requests).withColumn("k", F.monotonically_increasing_id())
+    text = spark_udf(spark, str(tiny_model_dir))
+    response = spark_udf(spark, str(tiny_model_dir), output="response")
+    cols = ("messages", "max_tokens", "temperature", "stop")
+    out = df.select("k", text(*cols).alias("text"), response(*cols).alias("response")).orderBy("k").collect()
+    expected = in_process(tiny_model_dir, requests)
+    assert [row.text for row in out] == [r["choices"][0]["message"]["content"] for r in expected]
+    assert [row.response.usage.asDict() for row in out] == [r["usage"] for r in expected]
+
+
+def test_helper_on_a_text_generation_model(spark: SparkSession, text_model_dir: Path) -> None:
+    df = frame(spark, [("Hi", 5), ("7", 3)], "prompt string, max_tokens bigint")
+    out = df.select(spark_udf(spark, str(text_model_dir))("prompt", "max_tokens").alias("t")).collect()
+    assert [row.t for row in out] == in_process(
+        text_model_dir, [{"prompt": "Hi", "max_tokens": 5}, {"prompt": "7", "max_tokens": 3}]
+    )
+
+
+def test_helper_gives_non_local_env_managers_a_long_scoring_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT, SCORING_TIMEOUT_ENV, executor_env
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    assert SCORING_TIMEOUT_ENV == "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" and SCORING_TIMEOUT == 3600
+    assert executor_env("local") == {}
+    assert executor_env("local", {"A": "1"}) == {"A": "1"}
+    assert executor_env("virtualenv") == {SCORING_TIMEOUT_ENV: str(SCORING_TIMEOUT)}
+    assert executor_env("uv", {SCORING_TIMEOUT_ENV: "120"}) == {SCORING_TIMEOUT_ENV: "120"}
+    monkeypatch.setenv(SCORING_TIMEOUT_ENV, "900")
+    assert executor_env("uv", {"A": "1"}) == {"A": "1", SCORING_TIMEOUT_ENV: "900"}
+
+
+def test_the_spark_helper_is_not_shipped_in_packaged_models(tiny_model_dir: Path) -> None:
+    shipped = {p.relative_to(tiny_model_dir / "code").as_posix() for p in (tiny_model_dir / "code").rglob("*.py")}
+    assert "flavorkit/schema.py" in shipped and "flavorkit/spark.py" not in shipped
+
+
+# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
+
+
+@pytest.fixture(scope="module")
+def uv() -> str:
+    """The ``uv`` executable (MLflow's ``env_manager="uv"`` runs it); the test skips without it."""
+    import shutil
+
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not on PATH (pip install uv): env_manager='uv' cannot build the model's environment")
+    return found
+
+
+def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
+    spark: SparkSession, tiny_model_dir: Path, uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    requests = [{**r, "max_tokens": 150} for r in chat_requests(16)]
+    df = chat_frame(spark, requests, partitions=1)
+    cols = ("messages", "max_tokens", "temperature", "stop")
+    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
+    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
+    short = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="uv", extra_env={SCORING_TIMEOUT_ENV: "1"})
+    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
+        df.select(short(F.struct(*cols)).alias("a")).collect()
+    # The helper passes a long timeout to the executors: the same job answers every row.
+    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager="uv")(*cols).alias("t")).collect()
+    assert [row.t for row in out] == [
+        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
+    ]
+
+
+def test_helper_works_in_python_workers_that_already_loaded_a_model(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # Loading a model puts its code/ first on sys.path and re-imports flavorkit from there, where
+    # flavorkit.spark is not shipped; Spark reuses its Python workers for the next job.
+    requests = chat_requests(4)
+    df = chat_frame(spark, requests, partitions=2)
+    plain = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="local")
+    assert len(df.select(plain(F.struct("messages", "max_tokens")).alias("a")).collect()) == 4
+    text = spark_udf(spark, str(tiny_model_dir))
+    out = df.select(text("messages", "max_tokens", "temperature", "stop").alias("t")).collect()
+    assert [row.t for row in out] == [
+        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
+    ]
+
+
+def test_check_requests_gives_canonical_rows_and_lists_every_bad_row() -> None:
+    from flavorkit.errors import InvalidRequest
+    from flavorkit.spark import check_requests
+
+    good = pd.DataFrame(
+        [
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3.0, "stop": "x"},
+            {"messages": [{"role": "user", "content": "yo", "name": "a"}], "max_tokens": float("nan"), "stop": None},
+        ]
+    )
+    assert check_requests(good, "llm/v1/chat") == [
+        {
+            "temperature": None,
+            "max_tokens": 3,
+            "top_p": None,
+            "top_k": None,
+            "seed": None,
+            "n": None,
+            "stop": ["x"],
+            "messages": [{"role": "user", "content": "hi", "name": None}],
+        },
+        {
+            "temperature": None,
+            "max_tokens": None,
+            "top_p": None,
+            "top_k": None,
+            "seed": None,
+            "n": None,
+            "stop": None,
+            "messages": [{"role": "user", "content": "yo", "name": "a"}],
+        },
+    ]
+    bad = pd.DataFrame([{"prompt": "ok"}, {"prompt": 3}, {"prompt": "x", "temperature": 9}])
+    with pytest.raises(InvalidRequest) as exc:
+        check_requests(bad, "text-generation", partition=4, offset=10)
+    assert [(e.field, e.detail.rsplit("[", 1)[1]) for e in exc.value.errors] == [
+        ("prompt", "Spark partition 4, row 11]"),
+        ("temperature", "Spark partition 4, row 12]"),
+    ]
+    assert str(exc.value).startswith("invalid request: 2 bad rows: field 'prompt'")
