@@ -135,6 +135,7 @@ def test_only_caches_of_the_shipped_code_are_skipped(tmp_path: Path) -> None:
     (root / "artifacts" / "weights" / "stray.pyc").write_bytes(b"pyc")
     assert "artifacts/weights/stray.pyc" in model_files(root, skip_bytecode=True)
     assert "code/__pycache__/plugin.cpython-311.pyc" not in model_files(root, skip_bytecode=True)
+    assert "code/__pycache__/plugin.cpython-311.pyc" in model_files(root)  # what packaging lists
 
 
 def test_verification_tolerates_byte_code_caches_by_default(tmp_path: Path) -> None:
