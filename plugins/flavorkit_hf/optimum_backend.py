@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import installed_version, pinned
+from flavorkit.sdk import extra_requirements
 from flavorkit.sources import ModelDir, check_links, looks_like_hub_id, model_dir
 from flavorkit.types import GenerationSession
 from flavorkit_hf.common import (
@@ -118,13 +119,12 @@ class OptimumBackend(HFBackendBase):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """optimum-onnx with its ONNX Runtime, transformers and torch (the ``flavorkit[optimum]`` extra)."""
-        return [
-            "optimum-onnx>=0.0.3,<0.2",
-            f"{ort_distribution()}>=1.18",
-            "transformers>=4.45,<4.58",
-            "torch>=2.2",
-        ]
+        """The ``flavorkit[optimum]`` extra (optimum-onnx's own transformers pin included) and the ONNX Runtime build.
+
+        No optimum-onnx release supports transformers 5 (0.1.0 pins ``transformers<4.58``), so in an
+        environment with transformers 5 this backend is listed as unavailable, naming that conflict.
+        """
+        return [*extra_requirements("optimum", fallback=RUNTIME), f"{ort_distribution()}>=1.18"]
 
     @hookimpl
     def option_schema(self) -> type[BaseModel]:

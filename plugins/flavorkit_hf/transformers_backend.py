@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 from flavorkit import Artifacts, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.requirements import pinned
+from flavorkit.sdk import extra_requirements
 from flavorkit.sources import check_links
 from flavorkit.types import GenerationSession
 from flavorkit_hf.common import CommonOptions, HFBackendBase, resolve_source
@@ -56,8 +57,8 @@ class TransformersBackend(HFBackendBase):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """transformers, torch and accelerate (the ``flavorkit[transformers]`` extra)."""
-        return ["transformers>=4.45,<5", "torch>=2.2", "accelerate>=0.26"]
+        """transformers, torch and accelerate, in the ranges of the ``flavorkit[transformers]`` extra."""
+        return extra_requirements("transformers", fallback=RUNTIME)
 
     @hookimpl
     def option_schema(self) -> type[BaseModel]:

@@ -16,6 +16,7 @@ from flavorkit import Artifacts, Capability, hookimpl
 from flavorkit.errors import ModelSourceError
 from flavorkit.handles import HandleHooks
 from flavorkit.requirements import pinned
+from flavorkit.sdk import extra_requirements
 from flavorkit.sources import check_links, resolve_model_dir, stage_tree
 
 __all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
@@ -28,8 +29,9 @@ DISTRIBUTIONS: dict[str, str] = {
     "cuda": "onnxruntime-genai-cuda",
     "dml": "onnxruntime-genai-directml",
 }
-#: The API flavorkit uses (Generator.append_tokens, Engine) is verified on these versions.
-SUPPORTED = ">=0.15,<0.19"
+#: The flavorkit extra per execution provider: its range (in pyproject.toml) is the one versions
+#: whose API flavorkit uses (the Generator: append_tokens, generate_next_token) were verified on.
+EXTRAS: dict[str, str] = {"cpu": "onnx", "cuda": "onnx-cuda", "dml": "onnx-dml"}
 
 
 class OnnxOptions(BaseModel):
@@ -69,8 +71,8 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """The provider's onnxruntime-genai build, at a version whose API we use."""
-        return [f"{self.distribution}{SUPPORTED}"]
+        """The provider's onnxruntime-genai build, in the range of its flavorkit extra (``flavorkit[onnx]``, ...)."""
+        return extra_requirements(EXTRAS[self.provider], fallback=[self.distribution])
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
