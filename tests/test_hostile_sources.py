@@ -20,6 +20,7 @@ from flavorkit.errors import ModelSourceError, PackagingError
 from flavorkit.registry import get_registry
 from hub_layout import COMMIT, hub_cache, hub_env
 from plugin_fixtures import ECHO_BACKEND, make_distribution
+from stacks import optimum_param
 
 SECRET = "HF_TOKEN=hf_do_not_ship_me\n"
 NEVER = "files from outside a model source are never packaged (copy the file into the source if the model needs it)"
@@ -79,7 +80,7 @@ def test_a_model_file_replaced_by_a_link_out_is_refused_even_when_valid(tiny_hf:
     assert str(err.value) == _outside(src / "tokenizer.json", elsewhere, f"the model source {src}")
 
 
-@pytest.mark.parametrize("backend", ["onnx-cpu", "optimum-onnx"])
+@pytest.mark.parametrize("backend", ["onnx-cpu", optimum_param()])
 def test_conversions_refuse_a_checkpoint_with_a_link_out(
     tiny_hf: Path, tmp_path: Path, secret: Path, backend: str
 ) -> None:

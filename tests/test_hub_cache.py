@@ -18,6 +18,7 @@ import flavorkit
 from flavorkit.errors import ModelSourceError
 from flavorkit.manifest import MANIFEST_FILE
 from hub_layout import COMMIT, hub_cache, hub_env
+from stacks import optimum_param
 
 REPO = "acme/tiny-chat"
 SUBFOLDER = "cpu_and_mobile/cpu-fp32"
@@ -56,7 +57,7 @@ def _manifest_files(model_dir: Path) -> set[str]:
     [
         ("onnx-cpu", "tiny_ort", "genai_config.json"),
         ("transformers", "tiny_hf", "config.json"),
-        ("optimum-onnx", "tiny_optimum", "model.onnx"),
+        optimum_param(("optimum-onnx", "tiny_optimum", "model.onnx")),
     ],
 )
 def test_every_backend_packages_a_hub_id_from_the_cache(
@@ -85,8 +86,10 @@ def test_every_backend_packages_a_hub_id_from_the_cache(
 
 @pytest.mark.parametrize(
     ("backend", "options"),
-    [("onnx-cpu", {"precision": "fp32"}), ("optimum-onnx", {})],
-    ids=["onnx-cpu-builder", "optimum-export"],
+    [
+        pytest.param("onnx-cpu", {"precision": "fp32"}, id="onnx-cpu-builder"),
+        optimum_param(("optimum-onnx", {}), id="optimum-export"),
+    ],
 )
 def test_a_hub_checkpoint_is_converted_from_the_cache(
     tiny_hf: Path, tmp_path: Path, backend: str, options: dict[str, Any]
