@@ -154,14 +154,16 @@ def test_links_inside_the_source_are_packaged_as_real_files(tiny_ort: Path, tmp_
     (src / "shared").mkdir()
     (src / "tokenizer.json").rename(src / "shared" / "tokenizer.json")
     (src / "tokenizer.json").symlink_to("shared/tokenizer.json")
-    (src / "vocab.json").rename(src / "shared" / "vocab.json")
-    (src / "vocab.json").symlink_to(src / "shared" / "vocab.json")  # absolute, but inside
+    # tokenizer_config.json: every model builder writes it (0.18 with transformers 5 writes no vocab.json).
+    (src / "tokenizer_config.json").rename(src / "shared" / "tokenizer_config.json")
+    (src / "tokenizer_config.json").symlink_to(src / "shared" / "tokenizer_config.json")  # absolute, but inside
     (src / "alias").symlink_to("shared", target_is_directory=True)
     info = flavorkit.package(model=str(src), backend="onnx-cpu", path=tmp_path / "m")
     packaged = Path(info.model_uri) / "artifacts" / "model"
     assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
     assert (packaged / "tokenizer.json").read_bytes() == (tiny_ort / "tokenizer.json").read_bytes()
-    assert (packaged / "alias" / "vocab.json").read_bytes() == (tiny_ort / "vocab.json").read_bytes()
+    config = (tiny_ort / "tokenizer_config.json").read_bytes()
+    assert (packaged / "alias" / "tokenizer_config.json").read_bytes() == config
 
     import mlflow
 
