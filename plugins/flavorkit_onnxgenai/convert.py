@@ -3,7 +3,8 @@
 Runs ``python -m onnxruntime_genai.models.builder`` in a subprocess (it imports torch and
 transformers and peaks at a few GB, none of which should stay in the caller's process). The output
 is cached under ``~/.cache/flavorkit/onnx-genai/<key>``, keyed by the checkpoint's content, the
-builder version and the options, so a second packaging of the same checkpoint skips the build.
+options and the installed versions of the builder and what it runs on (so the 0.18 builder's
+output never stands in for the 0.15 builder's), and a second packaging of the checkpoint skips it.
 """
 
 from __future__ import annotations
