@@ -89,7 +89,7 @@ def _dense_gguf_options() -> dict[str, Any]:
     ``GgufConfig(dequantize=True)`` asks otherwise, and refuses to ``save_pretrained`` packed ones.
     """
     try:
-        from transformers import GgufConfig
+        from transformers import GgufConfig  # type: ignore[attr-defined,unused-ignore]  # transformers 5 only
     except ImportError:
         return {}
     return {"quantization_config": GgufConfig(dequantize=True)}
