@@ -70,7 +70,9 @@ class RawHF:
         self.tokenizer = tokenizer
 
     def _ids(self, messages: list[dict[str, str]]) -> Any:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=False
+        )
 
     def _generate(self, ids: Any, max_new_tokens: int) -> Any:
         import torch

@@ -72,7 +72,11 @@ def hub_env(cache: Path, *, online: bool) -> Iterator[None]:
     change). ``tests/test_sources.py`` checks the same two modes through real environment variables.
     """
     from huggingface_hub import constants
-    from huggingface_hub.utils import reset_sessions
+
+    try:
+        from huggingface_hub.utils import reset_sessions  # huggingface_hub 0.x (requests sessions)
+    except ImportError:  # 1.0 and later (transformers 5): one shared httpx client
+        from huggingface_hub.utils import close_session as reset_sessions
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(constants, "HF_HUB_CACHE", str(cache))

@@ -18,6 +18,9 @@ from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import GenerationRequest
 from helpers import PROMPTS, chat, content, load_engine
+from stacks import needs_optimum
+
+pytestmark = needs_optimum
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 from flavorkit.testing import CLAUSES, BackendConformance
+from stacks import needs_optimum
 
 pytest_plugins = ["flavorkit.testing.plugin"]
 
@@ -53,6 +54,7 @@ class TestTransformers(BackendConformance):
         return str(tiny_hf)
 
 
+@needs_optimum
 class TestOptimumOnnx(BackendConformance):
     """optimum-onnx on the tiny checkpoint (exported to ONNX at packaging time)."""
 

@@ -19,6 +19,7 @@ import pytest
 import flavorkit
 from flavorkit.runtime import LoadedModel
 from helpers import chat, content, joined
+from stacks import needs_optimum
 
 pytestmark = pytest.mark.gpu
 
@@ -110,6 +111,7 @@ def test_transformers_on_cuda(cuda: None, tiny_hf: Path, tmp_path: Path) -> None
     assert content(sampled) == content(again), "seeded sampling repeats on the GPU"
 
 
+@needs_optimum
 def test_optimum_on_cuda_with_provider_options(cuda: None, tiny_hf: Path, tmp_path: Path) -> None:
     _needs("onnxruntime-gpu")
     from flavorkit_hf.export import export_checkpoint

@@ -22,6 +22,7 @@ from flavorkit.batching import CostModel
 from flavorkit.runtime import LoadedModel
 from flavorkit.types import Delta, GenerationRequest, GenerationSession
 from helpers import PROMPTS, load_engine
+from stacks import optimum_param
 
 Trace = list[tuple[str, int, str | None]]
 
@@ -34,7 +35,7 @@ def tiny_onnx(tiny_hf: Path) -> Path:
     return export_checkpoint(tiny_hf)
 
 
-@pytest.fixture(scope="module", params=["transformers", "optimum-onnx"])
+@pytest.fixture(scope="module", params=["transformers", optimum_param()])
 def engine(request: pytest.FixtureRequest, tiny_hf: Path) -> Iterator[LoadedModel]:
     """A loaded engine of each backend (shared by a module: tests read counter differences only)."""
     folder = tiny_hf if request.param == "transformers" else request.getfixturevalue("tiny_onnx")
@@ -343,7 +344,7 @@ def test_end_of_sequence_finishes_a_row_with_stop(tf: LoadedModel) -> None:
 # -- modes -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["transformers", "optimum-onnx"])
+@pytest.mark.parametrize("backend", ["transformers", optimum_param()])
 def test_sequential_mode_decodes_one_request_at_a_time(backend: str, request: pytest.FixtureRequest) -> None:
     folder = request.getfixturevalue("tiny_hf" if backend == "transformers" else "tiny_onnx")
     sequential = load_engine(backend, folder, batching="sequential")

@@ -20,6 +20,7 @@ from flavorkit.errors import ModelSourceError, PackagingError
 from flavorkit.registry import get_registry
 from hub_layout import COMMIT, hub_cache, hub_env
 from plugin_fixtures import ECHO_BACKEND, make_distribution
+from stacks import optimum_param
 
 SECRET = "HF_TOKEN=hf_do_not_ship_me\n"
 NEVER = "files from outside a model source are never packaged (copy the file into the source if the model needs it)"
@@ -79,7 +80,7 @@ def test_a_model_file_replaced_by_a_link_out_is_refused_even_when_valid(tiny_hf:
     assert str(err.value) == _outside(src / "tokenizer.json", elsewhere, f"the model source {src}")
 
 
-@pytest.mark.parametrize("backend", ["onnx-cpu", "optimum-onnx"])
+@pytest.mark.parametrize("backend", ["onnx-cpu", optimum_param()])
 def test_conversions_refuse_a_checkpoint_with_a_link_out(
     tiny_hf: Path, tmp_path: Path, secret: Path, backend: str
 ) -> None:
@@ -153,14 +154,16 @@ def test_links_inside_the_source_are_packaged_as_real_files(tiny_ort: Path, tmp_
     (src / "shared").mkdir()
     (src / "tokenizer.json").rename(src / "shared" / "tokenizer.json")
     (src / "tokenizer.json").symlink_to("shared/tokenizer.json")
-    (src / "vocab.json").rename(src / "shared" / "vocab.json")
-    (src / "vocab.json").symlink_to(src / "shared" / "vocab.json")  # absolute, but inside
+    # tokenizer_config.json: every model builder writes it (0.18 with transformers 5 writes no vocab.json).
+    (src / "tokenizer_config.json").rename(src / "shared" / "tokenizer_config.json")
+    (src / "tokenizer_config.json").symlink_to(src / "shared" / "tokenizer_config.json")  # absolute, but inside
     (src / "alias").symlink_to("shared", target_is_directory=True)
     info = flavorkit.package(model=str(src), backend="onnx-cpu", path=tmp_path / "m")
     packaged = Path(info.model_uri) / "artifacts" / "model"
     assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
     assert (packaged / "tokenizer.json").read_bytes() == (tiny_ort / "tokenizer.json").read_bytes()
-    assert (packaged / "alias" / "vocab.json").read_bytes() == (tiny_ort / "vocab.json").read_bytes()
+    config = (tiny_ort / "tokenizer_config.json").read_bytes()
+    assert (packaged / "alias" / "tokenizer_config.json").read_bytes() == config
 
     import mlflow
 

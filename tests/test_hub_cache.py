@@ -18,6 +18,7 @@ import flavorkit
 from flavorkit.errors import ModelSourceError
 from flavorkit.manifest import MANIFEST_FILE
 from hub_layout import COMMIT, hub_cache, hub_env
+from stacks import optimum_param
 
 REPO = "acme/tiny-chat"
 SUBFOLDER = "cpu_and_mobile/cpu-fp32"
@@ -29,6 +30,20 @@ def tiny_optimum(tiny_hf: Path) -> Path:
     from flavorkit_hf.export import export_checkpoint
 
     return export_checkpoint(tiny_hf)
+
+
+def _connection_error() -> type[Exception]:
+    """The Hub client's "could not connect": requests' before huggingface_hub 1.0, httpx's after (httpx2 from 2.0)."""
+    from importlib.metadata import version
+
+    major = int(version("huggingface_hub").split(".")[0])
+    if major == 0:
+        import requests
+
+        return requests.ConnectionError  # type: ignore[no-any-return]
+    import importlib
+
+    return importlib.import_module("httpx2" if major >= 2 else "httpx").ConnectError  # type: ignore[no-any-return]
 
 
 def _predict(model_uri: str) -> dict[str, Any]:
@@ -56,7 +71,7 @@ def _manifest_files(model_dir: Path) -> set[str]:
     [
         ("onnx-cpu", "tiny_ort", "genai_config.json"),
         ("transformers", "tiny_hf", "config.json"),
-        ("optimum-onnx", "tiny_optimum", "model.onnx"),
+        optimum_param(("optimum-onnx", "tiny_optimum", "model.onnx")),
     ],
 )
 def test_every_backend_packages_a_hub_id_from_the_cache(
@@ -85,8 +100,10 @@ def test_every_backend_packages_a_hub_id_from_the_cache(
 
 @pytest.mark.parametrize(
     ("backend", "options"),
-    [("onnx-cpu", {"precision": "fp32"}), ("optimum-onnx", {})],
-    ids=["onnx-cpu-builder", "optimum-export"],
+    [
+        pytest.param("onnx-cpu", {"precision": "fp32"}, id="onnx-cpu-builder"),
+        optimum_param(("optimum-onnx", {}), id="optimum-export"),
+    ],
 )
 def test_a_hub_checkpoint_is_converted_from_the_cache(
     tiny_hf: Path, tmp_path: Path, backend: str, options: dict[str, Any]
@@ -128,7 +145,6 @@ def test_a_pinned_commit_is_served_from_the_cache(tiny_ort: Path, tmp_path: Path
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online-unreachable"])
 def test_a_repo_missing_from_the_cache_says_why(tmp_path: Path, online: bool) -> None:
     """Online, huggingface_hub really tries the (closed) endpoint and then falls back to the cache."""
-    import requests
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     (tmp_path / "hub").mkdir()
@@ -140,6 +156,6 @@ def test_a_repo_missing_from_the_cache_says_why(tmp_path: Path, online: bool) ->
     )
     cause = err.value.__cause__
     assert isinstance(cause, LocalEntryNotFoundError)
-    assert isinstance(cause.__cause__, requests.ConnectionError if online else OfflineModeIsEnabled)
+    assert isinstance(cause.__cause__, _connection_error() if online else OfflineModeIsEnabled)
     assert isinstance(cause.__cause__, OfflineModeIsEnabled) is not online
     assert not (tmp_path / "m").exists()

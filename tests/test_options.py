@@ -20,6 +20,7 @@ from flavorkit.errors import InvalidRequest, ModelSourceError
 from flavorkit.registry import get_backend
 from flavorkit.runtime import LoadedModel
 from helpers import chat, content
+from stacks import needs_optimum
 
 MAIN = "a" * 40
 V1 = "b" * 40
@@ -171,6 +172,7 @@ def tiny_export(tiny_hf: Path) -> Path:
     return export_checkpoint(tiny_hf)
 
 
+@needs_optimum
 def test_optimum_session_options_reach_onnxruntime(tiny_export: Path, tmp_path: Path) -> None:
     source = tmp_path / "two-files"
     shutil.copytree(tiny_export, source)
@@ -199,6 +201,7 @@ def test_optimum_session_options_reach_onnxruntime(tiny_export: Path, tmp_path: 
     assert loaded.predict(chat("Hello", max_tokens=3))[0]["usage"]["completion_tokens"] <= 3
 
 
+@needs_optimum
 def test_optimum_option_errors_name_the_option() -> None:
     be = get_backend("optimum-onnx")
     for options, field in (

@@ -69,7 +69,9 @@ def test_prompt_tokens_match_the_model_tokenizer(tiny_pyfunc: Any, tiny_hf: Path
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "café 日本 🙂"}]
     response = tiny_pyfunc.predict({"messages": messages, "max_tokens": 2})[0]
-    expected = AutoTokenizer.from_pretrained(tiny_hf).apply_chat_template(messages, add_generation_prompt=True)
+    expected = AutoTokenizer.from_pretrained(tiny_hf).apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=False
+    )
     assert response["usage"]["prompt_tokens"] == len(expected)
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from serve_fixtures import running
+from stacks import needs_optimum
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
-pytest.importorskip("optimum.onnxruntime")
+pytestmark = needs_optimum
 
 from flavorkit.serve import create_app  # noqa: E402
 

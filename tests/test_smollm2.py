@@ -44,7 +44,7 @@ def test_usage_matches_the_tokenizer(smol: Any, smollm2_hf: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(smollm2_hf)
     response = smol.predict(SPAIN)[0]
-    ids = tok.apply_chat_template(SPAIN["messages"], add_generation_prompt=True)
+    ids = tok.apply_chat_template(SPAIN["messages"], add_generation_prompt=True, return_dict=False)
     assert response["usage"]["prompt_tokens"] == len(ids)
     answer_ids = tok(response["choices"][0]["message"]["content"], add_special_tokens=False)["input_ids"]
     # completion tokens = the answer's tokens plus the end-of-turn token.

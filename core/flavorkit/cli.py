@@ -40,7 +40,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         if s.available:
             state = "available"
         elif s.install_hint:
-            state = f"missing deps: {s.install_hint}"
+            state = f"unavailable: {s.error}. Fix: {s.install_hint}"
         else:
             state = f"broken: {s.error}"
         rows.append((s.name, dist, ",".join(s.capabilities) or "-", state))

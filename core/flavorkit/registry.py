@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
 
 from flavorkit.defaults import CoreDefaults
 from flavorkit.errors import (
@@ -120,8 +121,20 @@ def missing_requirements(requirements: Iterable[str]) -> list[str]:
             problems.append(f"{req.name} is not installed")
             continue
         if req.specifier and not req.specifier.contains(installed, prereleases=True):
-            problems.append(f"{req.name} {installed} is installed but {text} is required")
+            problems.append(f"{req.name} {installed} is installed but {text} is required{_too_new(req, installed)}")
     return problems
+
+
+def _too_new(req: Requirement, installed: str) -> str:
+    """A note when ``installed`` is above an upper bound of ``req``: the install hint would downgrade it."""
+    try:
+        version = Version(installed)
+    except InvalidVersion:
+        return ""
+    uppers = [s for s in req.specifier if s.operator in ("<", "<=")]
+    if not any(not s.contains(version, prereleases=True) for s in uppers):
+        return ""
+    return f" (newer than this backend supports: install it in a separate environment rather than downgrade {req.name})"
 
 
 def install_hint(requirements: Iterable[str]) -> str:

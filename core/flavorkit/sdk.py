@@ -12,6 +12,7 @@ whenever backends are listed.
 from __future__ import annotations
 
 from flavorkit.batching import CostModel
+from flavorkit.build import cached_build, tool_versions
 from flavorkit.cache import build_scratch, cache_root, cached_dir, content_key, tree_digest
 from flavorkit.errors import (
     BackendError,
@@ -27,7 +28,7 @@ from flavorkit.handles import HandleHooks, RuntimeHandle
 from flavorkit.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.interleave import InterleavedSession
 from flavorkit.progress import step
-from flavorkit.requirements import installed_version, pinned
+from flavorkit.requirements import extra_requirements, installed_version, pinned
 from flavorkit.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
 from flavorkit.sources import (
     ModelDir,
@@ -88,4 +89,7 @@ __all__ = [
     "stage_tree",
     "step",
     "tree_digest",
+    "extra_requirements",
+    "cached_build",
+    "tool_versions",
 ]

@@ -173,6 +173,24 @@ def _select_rows(past: Any, index: torch.Tensor) -> Any:
     return tuple(_select_rows(item, index) for item in past)
 
 
+def cache_argument(model: Any) -> str:
+    """The keyword ``model.forward`` takes its KV cache by, and the output field it returns it in.
+
+    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns on every call and
+    goes away in 5.40); transformers 4 and Optimum's ORT models take ``past_key_values``.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(out: Any, argument: str) -> Any:
+    """The new KV cache in a forward's output, read by the name the model uses (``argument``)."""
+    return getattr(out, argument)
+
+
 class Engine:
     """A causal LM with its tokenizer: chat-template encoding and streamed, batched decoding."""
 
@@ -201,6 +219,7 @@ class Engine:
         self.max_batch_size = max(1, int(max_batch_size))
         self.position_ids = position_ids
         self.logits_to_keep = logits_to_keep
+        self.cache_argument = cache_argument(model)
         self.device = torch.device(device)
         self.cost = CPU_COST if self.device.type == "cpu" else GPU_COST
         #: None when batched greedy decoding cannot be bounded (16-bit weights): "exact" then decodes alone.
@@ -302,7 +321,7 @@ class Engine:
         kwargs: dict[str, Any] = {
             "input_ids": ids.to(self.device),
             "attention_mask": mask.to(self.device),
-            "past_key_values": past,
+            self.cache_argument: past,
             "use_cache": True,
         }
         if self.position_ids:
@@ -313,7 +332,7 @@ class Engine:
             out = self.model(**kwargs)
         self.stats["forward"] += 1
         self.stats["rows"] += int(ids.shape[0])
-        return out.logits[:, -1, :].float().cpu(), out.past_key_values
+        return out.logits[:, -1, :].float().cpu(), _returned_cache(out, self.cache_argument)
 
     def _solo(self, row: _Row, replay: Sequence[int] = ()) -> Iterator[Delta]:
         """Decode one request alone; ``replay`` tokens (already emitted) are fed again, not re-emitted.

@@ -9,22 +9,16 @@ content, the exporter versions and the options, so packaging the same checkpoint
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from flavorkit.sdk import (
     ModelDir,
-    PackagingError,
-    build_scratch,
-    cached_dir,
+    cached_build,
     check_links,
-    content_key,
     model_dir,
-    step,
     tree_digest,
 )
 
@@ -34,20 +28,14 @@ __all__ = ["RECIPE_VERSION", "TASK", "export_checkpoint", "main"]
 RECIPE_VERSION = 1
 #: Decoder with past key values: what ORTModelForCausalLM needs for incremental decoding.
 TASK = "text-generation-with-past"
+#: The distributions whose versions key the cache (a new version exports into a new entry).
 _TOOLS = ("optimum-onnx", "optimum", "transformers", "torch", "onnx")
-
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "missing"
 
 
 def export_checkpoint(checkpoint: str | Path | ModelDir, *, trust_remote_code: bool = False) -> Path:
     """Return a cached fp32 ONNX export (with past key values) of the transformers ``checkpoint`` folder.
 
-    The checkpoint's links are checked first (:func:`flavorkit.sources.check_links`), so the
+    The checkpoint's links are checked first (:func:`flavorkit.sdk.check_links`), so the
     exporter never reads a file from outside it.
     """
     found = checkpoint if isinstance(checkpoint, ModelDir) else model_dir(checkpoint)
@@ -59,27 +47,25 @@ def export_checkpoint(checkpoint: str | Path | ModelDir, *, trust_remote_code: b
         "task": TASK,
         "dtype": "fp32",
         "trust_remote_code": trust_remote_code,
-        "tools": {d: _version(d) for d in _TOOLS},
     }
 
-    def build(out: Path) -> None:
+    def command(out: Path, scratch: Path) -> list[str]:
         cmd = [sys.executable, "-m", "flavorkit_hf.export", str(source), str(out)]
-        if trust_remote_code:
-            cmd.append("--trust-remote-code")
-        env = dict(os.environ)
-        plugins = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, env.get("PYTHONPATH")) if p)
-        with build_scratch(out) as scratch:
-            log = Path(scratch) / "export.log"
-            with step(f"Exporting {source.name} to ONNX with Optimum (fp32, {TASK})"), open(log, "w") as fh:
-                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
-            if proc.returncode != 0 or not any(out.glob("*.onnx")):
-                tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]
-                raise PackagingError(
-                    f"Optimum ONNX export failed (exit {proc.returncode}) on {source}:\n" + "\n".join(tail)
-                )
+        return [*cmd, "--trust-remote-code"] if trust_remote_code else cmd
 
-    return cached_dir("optimum-onnx", content_key(recipe), build, recipe=recipe)
+    env = dict(os.environ)
+    plugins = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, env.get("PYTHONPATH")) if p)
+    return cached_build(
+        "optimum-onnx",
+        recipe,
+        command,
+        title=f"Exporting {source.name} to ONNX with Optimum (fp32, {TASK})",
+        failure=f"Optimum ONNX export failed on {source}",
+        produced=lambda out: any(out.glob("*.onnx")),
+        tools=_TOOLS,
+        env=env,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

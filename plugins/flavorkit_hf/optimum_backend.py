@@ -21,6 +21,7 @@ from flavorkit.sdk import (
     ModelDir,
     ModelSourceError,
     check_links,
+    extra_requirements,
     hookimpl,
     installed_version,
     looks_like_hub_id,
@@ -123,13 +124,12 @@ class OptimumBackend(HFBackendBase):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """optimum-onnx with its ONNX Runtime, transformers and torch (the ``flavorkit[optimum]`` extra)."""
-        return [
-            "optimum-onnx>=0.0.3,<0.2",
-            f"{ort_distribution()}>=1.18",
-            "transformers>=4.45,<4.58",
-            "torch>=2.2",
-        ]
+        """The ``flavorkit[optimum]`` extra (optimum-onnx's own transformers pin included) and the ONNX Runtime build.
+
+        No optimum-onnx release supports transformers 5 (0.1.0 pins ``transformers<4.58``), so in an
+        environment with transformers 5 this backend is listed as unavailable, naming that conflict.
+        """
+        return [*extra_requirements("optimum", fallback=RUNTIME), f"{ort_distribution()}>=1.18"]
 
     @hookimpl
     def option_schema(self) -> type[BaseModel]:

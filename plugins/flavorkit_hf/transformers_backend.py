@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from flavorkit.sdk import Artifacts, GenerationSession, ModelSourceError, check_links, hookimpl, pinned
+from flavorkit.sdk import (
+    Artifacts,
+    GenerationSession,
+    ModelSourceError,
+    check_links,
+    extra_requirements,
+    hookimpl,
+    pinned,
+)
 from flavorkit_hf.common import CommonOptions, HFBackendBase, require_chat_template, resolve_source
 
 __all__ = ["TransformersBackend", "TransformersOptions", "backend"]
@@ -52,8 +60,8 @@ class TransformersBackend(HFBackendBase):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """transformers, torch and accelerate (the ``flavorkit[transformers]`` extra)."""
-        return ["transformers>=4.45,<5", "torch>=2.2", "accelerate>=0.26"]
+        """transformers, torch and accelerate, in the ranges of the ``flavorkit[transformers]`` extra."""
+        return extra_requirements("transformers", fallback=RUNTIME)
 
     @hookimpl
     def option_schema(self) -> type[BaseModel]:

@@ -3,35 +3,81 @@
 Runs ``python -m onnxruntime_genai.models.builder`` in a subprocess (it imports torch and
 transformers and peaks at a few GB, none of which should stay in the caller's process). The output
 is cached under ``~/.cache/flavorkit/onnx-genai/<key>``, keyed by the checkpoint's content, the
-builder version and the options, so a second packaging of the same checkpoint skips the build.
+options and the installed versions of the builder and what it runs on (so the 0.18 builder's
+output never stands in for the 0.15 builder's), and a second packaging of the checkpoint skips it.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from packaging.version import Version
+
 from flavorkit.sdk import (
     BackendUnavailable,
     ModelDir,
-    PackagingError,
-    build_scratch,
-    cached_dir,
+    cached_build,
     check_links,
-    content_key,
+    extra_requirements,
     installed_version,
     model_dir,
-    step,
     tree_digest,
 )
 
-__all__ = ["RECIPE_VERSION", "convert_checkpoint"]
+__all__ = ["RECIPE_VERSION", "builder_problem", "convert_checkpoint"]
 
 #: Bump when the conversion command changes in a way that changes its output.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+#: The model builder ships in each of these (one is installed); what they run also depends on the
+#: others' versions. All of them key the cache, so the 0.18 builder's output (with transformers 5)
+#: never replaces or reuses the 0.15 builder's (with transformers 4.57).
+_TOOLS = (
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai-directml",
+    "transformers",
+    "torch",
+    "onnx",
+    "onnx-ir",
+    "onnxscript",
+)
 _BUILDER_NEEDS = ("transformers", "torch", "onnx")
+#: From 0.16 on, the model builder imports model classes that only transformers 5 has.
+_BUILDER_NEEDS_TRANSFORMERS_5 = Version("0.16")
+
+
+def _builder_version() -> Version | None:
+    """The installed onnxruntime-genai build's version (any execution provider's), or None."""
+    for dist in _TOOLS[:3]:
+        text = installed_version(dist)
+        if text is not None:
+            return Version(text)
+    return None
+
+
+def builder_problem() -> tuple[str, str] | None:
+    """Why the installed model builder cannot run here, and the pip command that fixes it; None when it can.
+
+    Checks the ``flavorkit[onnx-convert]`` requirements, then the pairing the ranges cannot
+    express: the 0.16+ builder imports transformers 5 classes, so it needs transformers 5.
+    """
+    missing = [d for d in _BUILDER_NEEDS if installed_version(d) is None]
+    builder = _builder_version()
+    if builder is None:
+        missing.insert(0, "onnxruntime-genai")
+    if missing:
+        hint = "pip install " + " ".join(f"'{r}'" for r in extra_requirements("onnx-convert", fallback=missing))
+        return f"converting a transformers checkpoint needs {', '.join(missing)}", hint
+    transformers = Version(installed_version("transformers") or "0")
+    if builder is not None and builder >= _BUILDER_NEEDS_TRANSFORMERS_5 and transformers.major < 5:
+        return (
+            f"the model builder of onnxruntime-genai {builder} needs transformers 5 (installed: {transformers})",
+            f"pip install 'transformers>=5'  (or, to stay on transformers {transformers.major}: "
+            "pip install 'onnxruntime-genai==0.15.2')",
+        )
+    return None
 
 
 def convert_checkpoint(
@@ -43,18 +89,16 @@ def convert_checkpoint(
 ) -> Path:
     """Return a cached ORT-genai folder built from the transformers ``checkpoint`` directory.
 
-    The checkpoint's links are checked first (:func:`flavorkit.sources.check_links`): the builder
+    The checkpoint's links are checked first (:func:`flavorkit.sdk.check_links`): the builder
     reads the folder in place and must never read a file from outside it. A :class:`ModelDir`
-    (from :func:`flavorkit.sources.resolve_model_dir`) says where its links may lead; a plain
-    path allows links inside itself (and into the Hub cache blobs of a snapshot).
+    (from :func:`flavorkit.sdk.resolve_model_dir`) says where its links may lead; a plain
+    path allows links inside itself (and into the Hub cache blobs of a snapshot). Whichever model
+    builder is installed runs (0.15 with transformers 4, 0.16 to 0.18 with transformers 5); an
+    unusable pairing raises :class:`BackendUnavailable` with the fix.
     """
-    missing = [d for d in _BUILDER_NEEDS if installed_version(d) is None]
-    if missing:
-        raise BackendUnavailable(
-            "onnx",
-            f"converting a transformers checkpoint needs {', '.join(missing)}",
-            "pip install 'onnxruntime-genai>=0.15,<0.19' 'transformers>=4.45,<4.58' torch onnx onnx-ir onnxscript",
-        )
+    problem = builder_problem()
+    if problem is not None:
+        raise BackendUnavailable("onnx", *problem)
     found = checkpoint if isinstance(checkpoint, ModelDir) else model_dir(checkpoint)
     check_links(found)
     source = found.path
@@ -62,40 +106,24 @@ def convert_checkpoint(
     recipe = {
         "recipe": RECIPE_VERSION,
         "source": tree_digest(source),
-        "builder": installed_version("onnxruntime-genai") or "unknown",
         "precision": precision,
         "execution_provider": execution_provider,
         "extra_options": options,
     }
 
-    def build(out: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "onnxruntime_genai.models.builder",
-            "-i",
-            str(source),
-            "-o",
-            str(out),
-            "-p",
-            precision,
-            "-e",
-            execution_provider,
-        ]
-        with build_scratch(out) as scratch:
-            cmd += ["-c", str(scratch)]
-            if options:
-                cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
-            log = Path(scratch) / "builder.log"
-            with (
-                step(f"Converting {source.name} to ORT-genai {precision} ({execution_provider})"),
-                open(log, "w") as fh,
-            ):
-                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-            if proc.returncode != 0 or not (out / "genai_config.json").is_file():
-                tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]
-                raise PackagingError(
-                    f"onnxruntime-genai model builder failed (exit {proc.returncode}) on {source}:\n" + "\n".join(tail)
-                )
+    def command(out: Path, scratch: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out)]
+        cmd += ["-p", precision, "-e", execution_provider, "-c", str(scratch)]
+        if options:
+            cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
+        return cmd
 
-    return cached_dir("onnx-genai", content_key(recipe), build, recipe=recipe)
+    return cached_build(
+        "onnx-genai",
+        recipe,
+        command,
+        title=f"Converting {source.name} to ORT-genai {precision} ({execution_provider})",
+        failure=f"onnxruntime-genai model builder failed on {source}",
+        produced=lambda out: (out / "genai_config.json").is_file(),
+        tools=_TOOLS,
+    )

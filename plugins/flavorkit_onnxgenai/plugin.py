@@ -19,6 +19,7 @@ from flavorkit.sdk import (
     HandleHooks,
     ModelSourceError,
     check_links,
+    extra_requirements,
     hookimpl,
     pinned,
     resolve_model_dir,
@@ -35,8 +36,9 @@ DISTRIBUTIONS: dict[str, str] = {
     "cuda": "onnxruntime-genai-cuda",
     "dml": "onnxruntime-genai-directml",
 }
-#: The API flavorkit uses (Generator.append_tokens, Engine) is verified on these versions.
-SUPPORTED = ">=0.15,<0.19"
+#: The flavorkit extra per execution provider: its range (in pyproject.toml) is the one versions
+#: whose API flavorkit uses (the Generator: append_tokens, generate_next_token) were verified on.
+EXTRAS: dict[str, str] = {"cpu": "onnx", "cuda": "onnx-cuda", "dml": "onnx-dml"}
 
 
 class OnnxOptions(BaseModel):
@@ -106,8 +108,8 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def dependencies(self) -> Sequence[str]:
-        """The provider's onnxruntime-genai build, at a version whose API we use."""
-        return [f"{self.distribution}{SUPPORTED}"]
+        """The provider's onnxruntime-genai build, in the range of its flavorkit extra (``flavorkit[onnx]``, ...)."""
+        return extra_requirements(EXTRAS[self.provider], fallback=[self.distribution])
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:

@@ -23,6 +23,7 @@ from flavorkit.cache import cached_dir, content_key
 from flavorkit.errors import BackendUnavailable, ModelSourceError
 from flavorkit.manifest import sha256_file
 from flavorkit.progress import step
+from flavorkit.requirements import installed_version
 
 __all__ = [
     "DISTRIBUTION",
@@ -94,6 +95,19 @@ def repair_tokenizer(folder: str | Path) -> None:
     special.write_text(json.dumps({k: _TOKENIZER_CONFIG[k] for k in names}, indent=2), encoding="utf-8")
 
 
+def _dense_gguf_options() -> dict[str, Any]:
+    """``from_pretrained`` options that load a GGUF as plain dense weights, which can be saved.
+
+    transformers 4 always dequantises a GGUF. transformers 5 keeps its weights packed unless
+    ``GgufConfig(dequantize=True)`` asks otherwise, and refuses to ``save_pretrained`` packed ones.
+    """
+    try:
+        from transformers import GgufConfig  # type: ignore[attr-defined,unused-ignore]  # transformers 5 only
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
 def _convert(gguf: Path, out: Path) -> None:
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,7 +120,7 @@ def _convert(gguf: Path, out: Path) -> None:
     try:
         with step(f"Dequantising {gguf.name} into a transformers checkpoint"):
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **_dense_gguf_options())
     finally:
         hf_logging.set_verbosity(verbosity)
     with step("Saving the checkpoint and repairing its tokenizer"):
@@ -121,6 +135,13 @@ def _convert(gguf: Path, out: Path) -> None:
 def checkpoint() -> Path:
     """The cached transformers checkpoint of SmolLM2-135M-Instruct, built on first use."""
     gguf = gguf_path()
-    recipe = {"recipe": RECIPE_VERSION, "gguf": sha256_file(gguf), "name": "SmolLM2-135M-Instruct"}
+    # transformers 4 misreads the config transformers 5 writes (rope_parameters: SmolLM2's rope base
+    # 100000 would become the default 10000), so each major version converts and caches its own.
+    recipe = {
+        "recipe": RECIPE_VERSION,
+        "gguf": sha256_file(gguf),
+        "name": "SmolLM2-135M-Instruct",
+        "transformers": (installed_version("transformers") or "0").split(".")[0],
+    }
     key = f"SmolLM2-135M-Instruct-{content_key(recipe)[:12]}"
     return cached_dir("smollm2", key, lambda out: _convert(gguf, out), recipe=recipe)

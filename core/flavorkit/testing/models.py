@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flavorkit.cache import cached_dir, content_key
+from flavorkit.requirements import installed_version
 
 __all__ = ["CHATML_TEMPLATE", "TINY_RECIPE", "smollm2_gguf", "tiny_checkpoint"]
 
@@ -112,9 +113,18 @@ def _build(out: Path, context_length: int) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
 
 
+def _writer() -> dict[str, str]:
+    """The transformers major version that writes the checkpoint, for its cache key.
+
+    transformers 5 writes ``rope_parameters`` where 4 wrote ``rope_theta``, and transformers 4 reads
+    such a config with its default rope base: each major version builds (and caches) its own.
+    """
+    return {"transformers": (installed_version("transformers") or "0").split(".")[0]}
+
+
 def tiny_checkpoint(context_length: int = 256) -> Path:
     """A cached tiny transformers checkpoint (Llama architecture, ChatML template, seeded weights)."""
-    recipe = {**TINY_RECIPE, "context_length": context_length}
+    recipe = {**TINY_RECIPE, "context_length": context_length, **_writer()}
     key = f"tiny-llama-{content_key(recipe)[:12]}"
     return cached_dir("tiny", key, lambda out: _build(out, context_length), recipe=recipe)
 
