@@ -56,9 +56,11 @@ SDK_NAMES = [
     "WindowDecoder",
     "build_scratch",
     "cache_root",
+    "cached_build",
     "cached_dir",
     "check_links",
     "content_key",
+    "extra_requirements",
     "hookimpl",
     "installed_version",
     "looks_like_hub_id",
@@ -67,6 +69,7 @@ SDK_NAMES = [
     "resolve_model_dir",
     "stage_tree",
     "step",
+    "tool_versions",
     "tree_digest",
 ]
 

@@ -1,5 +1,7 @@
 """A logged subprocess build with a content-keyed cache: how plugins run converters and exporters.
 
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
 Converters (onnxruntime-genai's model builder, Optimum's ONNX export) import torch and
 transformers and peak at several times a model's size, none of which should stay in the caller's
 process, and they are slow and deterministic. :func:`cached_build` runs one as a subprocess whose
