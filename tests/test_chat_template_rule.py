@@ -15,6 +15,7 @@ import pytest
 
 from flavorkit.errors import BackendError, ModelSourceError
 from flavorkit.registry import get_backend
+from stacks import needs_optimum, optimum_param
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -53,7 +54,7 @@ def bare_ort(tiny_ort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return without_template(tiny_ort, tmp_path_factory.mktemp("bare") / "ort-no-template")
 
 
-@pytest.mark.parametrize("backend", ["transformers", "optimum-onnx", "onnx-cpu"])
+@pytest.mark.parametrize("backend", ["transformers", optimum_param(), "onnx-cpu"])
 def test_a_checkpoint_without_a_chat_template_is_refused_before_any_conversion(
     backend: str, bare_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,6 +74,7 @@ def test_an_ort_genai_folder_without_a_chat_template_is_refused(bare_ort: Path, 
     assert_refused(info.value, bare_ort)
 
 
+@needs_optimum
 def test_an_optimum_export_without_a_chat_template_is_refused(tiny_hf: Path, tmp_path: Path) -> None:
     from flavorkit_hf.export import export_checkpoint
 

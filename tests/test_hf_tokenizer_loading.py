@@ -14,6 +14,7 @@ import pytest
 
 import flavorkit
 from flavorkit.errors import ModelSourceError
+from stacks import needs_optimum
 
 
 @pytest.fixture
@@ -51,6 +52,7 @@ def test_loading_a_checkpoint_with_a_broken_tokenizer_fails_alike(broken_tokeniz
     assert str(broken_tokenizer) in str(info.value)
 
 
+@needs_optimum
 def test_packaging_an_onnx_export_with_a_broken_tokenizer_fails_before_writing(tiny_hf: Path, tmp_path: Path) -> None:
     from flavorkit_hf.export import export_checkpoint
 

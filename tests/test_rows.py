@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from flavorkit.sdk import ByteDecoder, Delta, GenerationRequest, NativeStream, TextStream, TokenRow, WindowDecoder
+from stacks import optimum_param
 
 TEXT = "Unicode: café, naïve, Zürich, 日本, and 🙂 survive; 42!"
 CUT = "\ufffd"
@@ -285,7 +286,7 @@ UNICODE = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["transformers", "optimum-onnx", "onnx-cpu"])
+@pytest.mark.parametrize("backend", ["transformers", optimum_param(), "onnx-cpu"])
 def test_smollm2_answers_cut_mid_character_end_as_they_decode(
     backend: str, smollm2_hf: Path, request: pytest.FixtureRequest
 ) -> None:
