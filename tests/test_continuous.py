@@ -394,3 +394,100 @@ def test_a_session_that_refuses_a_join_ends_every_ticket_with_an_error() -> None
     assert [events[-1].kind for events in results] == ["error", "error"]
     assert all(isinstance(events[-1].payload, BackendError) for events in results)
     assert metrics.active._value.get() == 0, "every admitted ticket was finished"
+
+
+# -- request-level batching (run_batch): cancellation in flight --------------------------------------
+
+
+class _Recording(EchoBackend):
+    """The echo backend, recording which request every delta was for and whether its stream was closed."""
+
+    def __init__(self, *, honours_cancel: bool) -> None:
+        super().__init__((Capability.STREAMING, Capability.BATCHING))
+        self.honours_cancel = honours_cancel
+        self.yielded: list[int] = []
+        self.closed_early = False
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Any) -> Any:
+        texts = ["".join(chr(i) for i in r.prompt_ids) for r in requests]
+        live = list(range(len(requests)))
+        produced = [0] * len(requests)
+        try:
+            while live:
+                for i in list(live):
+                    if self.honours_cancel and requests[i].cancelled:
+                        live.remove(i)
+                        continue
+                    produced[i] += 1
+                    done = produced[i] == len(texts[i])
+                    if done:
+                        live.remove(i)
+                    self.yielded.append(i)
+                    yield Delta(i, texts[i][produced[i] - 1], 1, "stop" if done else None)
+        except GeneratorExit:
+            self.closed_early = True
+            raise
+
+
+def _recording(honours_cancel: bool) -> tuple[LoadedModel, _Recording]:
+    plugin = _Recording(honours_cancel=honours_cancel)
+    backend = Backend("echo", plugin, object_path="tests.test_continuous:_Recording")
+    return LoadedModel(backend, backend.load({}, {}), defaults={"temperature": 0.0}), plugin
+
+
+def test_a_request_cancelled_mid_batch_is_dropped_at_the_backends_next_step() -> None:
+    model, plugin = _recording(honours_cancel=True)
+    a, b = model.prepare_request(chat("hello")), model.prepare_request(chat("abcdefgh"))
+    events, cut = [], None
+    for event in model.run_batch([a, b]):
+        events.append(event)
+        if event.request == 1 and cut is None:
+            b.cancel()  # from the consumer, between two backend steps
+            cut = len(plugin.yielded)
+    assert cut is not None
+    # The backend saw the flag at its very next step: no token of b was generated after the cancel.
+    assert 1 not in plugin.yielded[cut:]
+    assert [e.request for e in events].count(1) == 1
+    assert (a.texts(), a.finish_reasons()) == (["hello"], ["stop"])
+    assert (b.texts(), b.finish_reasons(), b.completion_tokens) == (["a"], ["cancelled"], 1)
+
+
+@pytest.mark.parametrize("cancel", ["both", "the longer"])
+def test_once_every_live_request_is_done_the_stream_is_closed_even_if_the_backend_ignores_cancel(
+    cancel: str,
+) -> None:
+    # "the backend may still be winding down": the core stops reading the moment nothing it waits
+    # for is left, and closes the stream, so a backend that ignores the flag cannot keep it busy.
+    model, plugin = _recording(honours_cancel=False)
+    a, b = model.prepare_request(chat("hey")), model.prepare_request(chat("abcdefghijklmnop"))
+    events = []
+    for event in model.run_batch([a, b]):
+        events.append(event)
+        if len(events) == 2:  # one token of each
+            b.cancel()
+            if cancel == "both":
+                a.cancel()
+    assert plugin.closed_early
+    if cancel == "both":
+        assert (a.finish_reasons(), b.finish_reasons()) == (["cancelled"], ["cancelled"])
+        assert len(plugin.yielded) == 3  # the delta read before the core polled the flags
+    else:
+        assert (a.texts(), a.finish_reasons(), b.finish_reasons()) == (["hey"], ["stop"], ["cancelled"])
+        assert plugin.yielded == [0, 1, 0, 1, 0]  # a's last token ends the stream; b is not drained
+
+
+class _BrokenEncode(EchoBackend):
+    @hookimpl
+    def encode(self, handle: Any, messages: Any) -> list[int]:
+        raise BackendError("the tokenizer crashed")
+
+
+def test_an_encode_error_that_is_not_a_template_refusal_stays_a_backend_error() -> None:
+    # Only a chat template's own refusal (a Jinja error) is the request's fault; anything else the
+    # backend raises while encoding is a server error, not a 400 naming the messages.
+    plugin = _BrokenEncode((Capability.STREAMING,))
+    backend = Backend("echo", plugin, object_path="tests.test_continuous:_BrokenEncode")
+    model = LoadedModel(backend, backend.load({}, {}), defaults={"temperature": 0.0})
+    with pytest.raises(BackendError, match=r"^the tokenizer crashed$"):
+        model.prepare_request(chat("hi"))
