@@ -147,10 +147,7 @@ def require_chat_template(folder: Path, *, declared: bool | None = None, trust_r
     is None the tokenizer in ``folder`` is loaded to find out.
     """
     if declared is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        declared = bool(getattr(tokenizer, "chat_template", None))
+        declared = bool(getattr(load_tokenizer(folder, trust_remote_code), "chat_template", None))
     if not declared:
         raise ModelSourceError(
             folder,
