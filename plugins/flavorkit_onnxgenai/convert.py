@@ -18,6 +18,7 @@ from packaging.version import Version
 from flavorkit.sdk import (
     BackendUnavailable,
     ModelDir,
+    PackagingError,
     cached_build,
     check_links,
     extra_requirements,
@@ -26,7 +27,7 @@ from flavorkit.sdk import (
     tree_digest,
 )
 
-__all__ = ["RECIPE_VERSION", "builder_problem", "convert_checkpoint"]
+__all__ = ["RECIPE_VERSION", "builder_problem", "convert_checkpoint", "unproduced_outputs"]
 
 #: Bump when the conversion command changes in a way that changes its output.
 RECIPE_VERSION = 2
@@ -80,6 +81,26 @@ def builder_problem() -> tuple[str, str] | None:
     return None
 
 
+def unproduced_outputs(folder: Path) -> list[str]:
+    """The decoder graph's declared outputs that no node, input or initializer produces (empty when sound).
+
+    ONNX Runtime refuses such a graph at load time ("Graph output ... does not exist in the
+    graph"). The builders of onnxruntime-genai 0.15.2 and 0.18.0 write one for ``fp32`` on
+    ``cuda`` (the ``present.*`` outputs of its Attention nodes are not wired), which was found by
+    running the GPU tests on an H100; checking the graph here turns that into a packaging error
+    instead of a model that cannot load. Reads only the graph, not the weights.
+    """
+    import json
+
+    import onnx
+
+    decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+    graph = onnx.load(str(folder / decoder.get("filename", "model.onnx")), load_external_data=False).graph
+    produced = {name for node in graph.node for name in node.output}
+    produced |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    return [o.name for o in graph.output if o.name not in produced]
+
+
 def convert_checkpoint(
     checkpoint: str | Path | ModelDir,
     *,
@@ -118,12 +139,26 @@ def convert_checkpoint(
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
         return cmd
 
+    def usable(out: Path) -> bool:
+        if not (out / "genai_config.json").is_file():
+            return False
+        missing = unproduced_outputs(out)
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            raise PackagingError(
+                f"onnxruntime-genai {_builder_version()}'s model builder wrote an invalid model for "
+                f"precision {precision!r} on {execution_provider!r}: its graph declares outputs that no node "
+                f"produces ({shown}), so ONNX Runtime would refuse to load it. Choose another precision "
+                "(on cuda: 'fp16' or 'int4')."
+            )
+        return True
+
     return cached_build(
         "onnx-genai",
         recipe,
         command,
         title=f"Converting {source.name} to ORT-genai {precision} ({execution_provider})",
         failure=f"onnxruntime-genai model builder failed on {source}",
-        produced=lambda out: (out / "genai_config.json").is_file(),
+        produced=usable,
         tools=_TOOLS,
     )

@@ -91,6 +91,9 @@ class OgHandle:
         try:
             model = og.Model(config)
         except Exception as exc:
+            if "Load model from" in str(exc):
+                # ONNX Runtime rejected the graph itself: the folder is at fault, not the runtime.
+                raise ModelSourceError(path, f"ONNX Runtime cannot load its model file: {exc}") from exc
             raise BackendUnavailable(
                 f"onnx-{provider}", f"onnxruntime-genai could not create the model: {exc}"
             ) from exc
