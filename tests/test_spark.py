@@ -376,41 +376,6 @@ def test_the_spark_helper_is_not_shipped_in_packaged_models(tiny_model_dir: Path
     assert "flavorkit/schema.py" in shipped and "flavorkit/spark.py" not in shipped
 
 
-# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
-
-
-@pytest.fixture(scope="module")
-def uv() -> str:
-    """The ``uv`` executable (MLflow's ``env_manager="uv"`` runs it); the test skips without it."""
-    import shutil
-
-    found = shutil.which("uv")
-    if found is None:
-        pytest.skip("uv is not on PATH (pip install uv): env_manager='uv' cannot build the model's environment")
-    return found
-
-
-def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
-    spark: SparkSession, tiny_model_dir: Path, uv: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flavorkit.spark import SCORING_TIMEOUT_ENV
-
-    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
-    requests = [{**r, "max_tokens": 150} for r in chat_requests(16)]
-    df = chat_frame(spark, requests, partitions=1)
-    cols = ("messages", "max_tokens", "temperature", "stop")
-    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
-    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
-    short = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="uv", extra_env={SCORING_TIMEOUT_ENV: "1"})
-    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
-        df.select(short(F.struct(*cols)).alias("a")).collect()
-    # The helper passes a long timeout to the executors: the same job answers every row.
-    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager="uv")(*cols).alias("t")).collect()
-    assert [row.t for row in out] == [
-        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
-    ]
-
-
 def test_helper_works_in_python_workers_that_already_loaded_a_model(spark: SparkSession, tiny_model_dir: Path) -> None:
     # Loading a model puts its code/ first on sys.path and re-imports flavorkit from there, where
     # flavorkit.spark is not shipped; Spark reuses its Python workers for the next job.
@@ -465,3 +430,82 @@ def test_check_requests_gives_canonical_rows_and_lists_every_bad_row() -> None:
         ("temperature", "Spark partition 4, row 12]"),
     ]
     assert str(exc.value).startswith("invalid request: 2 bad rows: field 'prompt'")
+
+
+# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
+#
+# MLflow builds the model's environment from python_env.yaml and requirements.txt, once per driver
+# process (in a temporary folder of that process; the tests share it), and calls ``uv`` or pyenv by
+# name, so the tools are found on PATH or next to this interpreter (the dev extra installs ``uv``).
+
+
+def _tool(name: str, monkeypatch: pytest.MonkeyPatch, why: str) -> str:
+    """``name`` on PATH, else beside this interpreter (then put on PATH for MLflow); skip, or fail under CI."""
+    import shutil
+
+    found = shutil.which(name)
+    beside = Path(sys.executable).parent / name
+    if found is None and beside.is_file():
+        monkeypatch.setenv("PATH", f"{beside.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        found = str(beside)
+    if found is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must have {name} ({why})")
+        pytest.skip(f"{name} is not on PATH: {why}")
+    return found
+
+
+@pytest.fixture(params=["uv", "virtualenv"])
+def env_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A non-local env manager whose tool is installed: ``uv`` (the dev extra), or pyenv for ``virtualenv``."""
+    if request.param == "uv":
+        _tool("uv", monkeypatch, "pip install uv; env_manager='uv' runs it to build the model's environment")
+    else:
+        _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    return str(request.param)
+
+
+def _long_requests() -> list[dict[str, Any]]:
+    return [{**r, "max_tokens": 150} for r in chat_requests(16)]
+
+
+def _texts(model_dir: Path, requests: list[dict[str, Any]]) -> list[str]:
+    return [r["choices"][0]["message"]["content"] for r in in_process(model_dir, requests)]
+
+
+_COLS = ("messages", "max_tokens", "temperature", "stop")
+
+
+def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
+    spark: SparkSession, tiny_model_dir: Path, env_manager: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    requests = _long_requests()
+    df = chat_frame(spark, requests, partitions=1)
+    # The helper passes a long timeout to the executors: every row is answered, as in-process.
+    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager=env_manager)(*_COLS).alias("t")).collect()
+    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
+    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
+    short = mlflow.pyfunc.spark_udf(
+        spark, str(tiny_model_dir), env_manager=env_manager, extra_env={SCORING_TIMEOUT_ENV: "1"}
+    )
+    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
+        df.select(short(F.struct(*_COLS)).alias("a")).collect()
+
+
+def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every_row(
+    spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV
+
+    _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    requests = _long_requests()[:6]
+    df = chat_frame(spark, requests, partitions=2)
+    udf = mlflow.pyfunc.spark_udf(
+        spark, str(tiny_model_dir), env_manager="virtualenv", extra_env={SCORING_TIMEOUT_ENV: "3600"}
+    )
+    out = df.select(udf(F.struct(*_COLS))["choices"][0]["message"]["content"].alias("t")).collect()
+    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
