@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -499,9 +500,13 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
 def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every_row(
     spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flavorkit.spark import SCORING_TIMEOUT_ENV
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    from flavorkit.spark import SCORING_TIMEOUT_ENV, reuse_local_python
 
     _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    # Without this, MLflow's pyenv compiles the model's Python from python.org's source (fails offline).
+    assert platform.python_version() in reuse_local_python()
     requests = _long_requests()[:6]
     df = chat_frame(spark, requests, partitions=2)
     udf = mlflow.pyfunc.spark_udf(
@@ -509,3 +514,43 @@ def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every
     )
     out = df.select(udf(F.struct(*_COLS))["choices"][0]["message"]["content"].alias("t")).collect()
     assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    # The environment was made by `python -m venv` from the linked interpreter: nothing was compiled.
+    envs = Path(get_or_create_tmp_dir(), "envs")
+    homes = {
+        line.split("=", 1)[1].strip()
+        for cfg in envs.glob("virtualenv_envs/*/pyvenv.cfg")
+        for line in cfg.read_text().splitlines()
+        if line.startswith("home")
+    }
+    assert homes == {str(envs / "pyenv_root" / "versions" / platform.python_version() / "bin")}
+
+
+def test_reuse_local_python_links_installed_interpreters_and_removing_the_links_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from mlflow.utils import file_utils
+
+    from flavorkit.spark import reuse_local_python
+
+    root = tmp_path / "pyenv"
+    for name in ("3.10.13", "3.12.1"):
+        (root / "versions" / name / "bin").mkdir(parents=True)
+        (root / "versions" / name / "bin" / "python").write_text("")
+    venv = root / "versions" / "a-pyenv-virtualenv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / "pyvenv.cfg").write_text("home = /x\n")
+    monkeypatch.setenv("PYENV_ROOT", str(root))
+    mlflow_tmp = tmp_path / "mlflow-tmp"
+    mlflow_tmp.mkdir()
+    monkeypatch.setattr(file_utils, "get_or_create_tmp_dir", lambda: str(mlflow_tmp))
+    linked = reuse_local_python()
+    assert reuse_local_python() == linked  # idempotent
+    versions = mlflow_tmp / "envs" / "pyenv_root" / "versions"
+    assert {"3.10.13", "3.12.1"} <= set(linked) and "a-pyenv-virtualenv" not in linked
+    assert (versions / "3.12.1").resolve() == (root / "versions" / "3.12.1").resolve()
+    assert (versions / platform.python_version() / "bin" / "python").is_file()
+    shutil.rmtree(mlflow_tmp)  # what MLflow does to its folder at exit
+    assert (root / "versions" / "3.12.1" / "bin" / "python").is_file()

@@ -20,6 +20,12 @@ sends it each Arrow batch as one request, which MLflow cuts off after
 (:data:`SCORING_TIMEOUT`, or the caller's) to the executors, and its check keeps most bad rows
 from reaching (and crashing) the scoring server.
 
+With ``env_manager="virtualenv"``, MLflow builds the environment under a temporary folder of the
+driver process and asks pyenv to *install* the model's Python version into a fresh pyenv root
+there, which means downloading CPython from python.org and compiling it, even where that version
+is installed: :func:`reuse_local_python` links the interpreters already installed into that root
+(and :func:`spark_udf` calls it), so pyenv finds the version and builds nothing.
+
 This module is a driver-side helper; it is not shipped inside packaged models, and its check is
 sent to the workers by value. The check uses :mod:`flavorkit.schema`, so flavorkit must be
 importable on the Spark workers (the plain MLflow API needs only the model's own requirements).
@@ -27,9 +33,14 @@ importable on the Spark workers (the plain MLflow API needs only the model's own
 
 from __future__ import annotations
 
+import logging
 import os
+import platform
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -45,6 +56,7 @@ __all__ = [
     "TEXT_REQUEST",
     "check_requests",
     "executor_env",
+    "reuse_local_python",
     "spark_udf",
 ]
 
@@ -70,6 +82,7 @@ _FIELDS = {
 CHAT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[CHAT])
 #: The canonical Spark type of a text-generation request.
 TEXT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[TEXT])
+_log = logging.getLogger(__name__)
 _NUMBERS = ("temperature", "max_tokens", "top_p", "top_k", "seed", "n")
 
 
@@ -141,6 +154,57 @@ def executor_env(env_manager: str, extra_env: dict[str, str] | None = None) -> d
     return env
 
 
+def _installed_pythons() -> dict[str, Path]:
+    """Installed interpreters by version: pyenv's installs, then this interpreter's base installation."""
+    found: dict[str, Path] = {}
+    root = os.environ.get("PYENV_ROOT")
+    pyenv = shutil.which("pyenv")
+    if not root and pyenv:
+        done = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
+        root = done.stdout.strip() if done.returncode == 0 else None
+    versions = Path(root, "versions") if root else None
+    if versions is not None and versions.is_dir():
+        for prefix in sorted(versions.iterdir()):
+            # pyenv-virtualenv's environments live here too; a venv cannot be a base interpreter.
+            if (prefix / "bin" / "python").is_file() and not (prefix / "pyvenv.cfg").exists():
+                found.setdefault(prefix.name, prefix)
+    base = Path(sys.base_prefix)
+    if (base / "bin" / "python").is_file():
+        found.setdefault(platform.python_version(), base)
+    return found
+
+
+def reuse_local_python() -> list[str]:
+    """Let ``spark_udf(..., env_manager="virtualenv")`` build from installed interpreters; return the versions linked.
+
+    MLflow's Spark UDF gives pyenv an empty root in a temporary folder of this process
+    (``<tmp>/envs/pyenv_root``) and runs ``pyenv install --skip-existing <model's version>`` there:
+    pyenv then downloads and compiles CPython (it needs www.python.org and a C toolchain, and takes
+    minutes), once per driver process. This links each interpreter installed here (pyenv's
+    versions, and this interpreter's base) into that root, so the install is skipped. Call it on
+    the driver before ``mlflow.pyfunc.spark_udf``; :func:`spark_udf` does. Where MLflow uses another
+    root (Databricks' NFS folder) it links nothing. The links go with MLflow's folder at exit.
+    """
+    try:
+        from mlflow.utils.file_utils import get_or_create_tmp_dir
+        from mlflow.utils.nfs_on_spark import get_nfs_cache_root_dir
+    except ImportError:  # pragma: no cover - a future MLflow that moved these
+        _log.warning("this MLflow has no per-process environment folder; pyenv may compile the model's Python")
+        return []
+    if get_nfs_cache_root_dir() is not None:
+        return []
+    # The layout of mlflow.pyfunc.backend.PyFuncBackend.prepare_env and mlflow.utils.virtualenv.
+    versions = Path(get_or_create_tmp_dir(), "envs", "pyenv_root", "versions")
+    versions.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for version, prefix in _installed_pythons().items():
+        link = versions / version
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(prefix, target_is_directory=True)
+        linked.append(version)
+    return linked
+
+
 def _task_of(metadata: Any) -> str:
     """The task recorded in a packaged model's MLmodel (``metadata.flavorkit.task``)."""
     info = (getattr(metadata, "metadata", None) or {}).get("flavorkit") or {}
@@ -175,6 +239,8 @@ def spark_udf(
     if output not in ("text", "response"):
         raise InvalidRequest("output", f"unknown output {output!r}", allowed="'text', 'response'")
     env = executor_env(env_manager, extra_env)
+    if env_manager == "virtualenv":
+        reuse_local_python()
     model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
     task = _task_of(model.metadata)
     # Ship this module's code with the UDF, not a reference to it: a Python worker that loaded a
