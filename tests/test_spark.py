@@ -435,9 +435,15 @@ def test_check_requests_gives_canonical_rows_and_lists_every_bad_row() -> None:
 
 # -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
 #
-# MLflow builds the model's environment from python_env.yaml and requirements.txt, once per driver
-# process (in a temporary folder of that process; the tests share it), and calls ``uv`` or pyenv by
-# name, so the tools are found on PATH or next to this interpreter (the dev extra installs ``uv``).
+# spark_udf builds the model's environment from python_env.yaml and requirements.txt in a temporary
+# folder of the driver process, not under ~/.mlflow/envs, and names it by the model's python_env and
+# requirements only: a uv-built environment would be reused by env_manager="virtualenv" (and the
+# reverse), so each manager gets its own folder here (built once, shared by that manager's tests).
+# MLflow calls ``uv`` and pyenv by name: they are found on PATH or beside this interpreter (the dev
+# extra installs ``uv`` there).
+
+_ENV_ROOTS: dict[str, Any] = {}
+_COLS = ("messages", "max_tokens", "temperature", "stop")
 
 
 def _tool(name: str, monkeypatch: pytest.MonkeyPatch, why: str) -> str:
@@ -456,13 +462,38 @@ def _tool(name: str, monkeypatch: pytest.MonkeyPatch, why: str) -> str:
     return found
 
 
+def _own_env_root(manager: str) -> Path:
+    """Point MLflow's per-process folder (where spark_udf builds environments) at ``manager``'s own one."""
+    from mlflow.utils import process
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    key = (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
+    cache = process._per_process_value_cache_map
+    if manager in _ENV_ROOTS:
+        cache[key] = _ENV_ROOTS[manager]
+    else:
+        cache.pop(key, None)
+        get_or_create_tmp_dir()  # a new folder, removed by MLflow at exit
+        _ENV_ROOTS[manager] = cache[key]
+    return Path(cache[key][0], "envs")
+
+
+def _built_envs(root: Path) -> list[dict[str, str]]:
+    """The ``pyvenv.cfg`` of each environment MLflow built under ``root``."""
+    return [
+        dict(line.split(" = ", 1) for line in cfg.read_text().splitlines() if " = " in line)
+        for cfg in sorted(root.glob("virtualenv_envs/*/pyvenv.cfg"))
+    ]
+
+
 @pytest.fixture(params=["uv", "virtualenv"])
 def env_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A non-local env manager whose tool is installed: ``uv`` (the dev extra), or pyenv for ``virtualenv``."""
+    """A non-local env manager whose tool is installed (``uv``; pyenv for ``virtualenv``), with its own folder."""
     if request.param == "uv":
         _tool("uv", monkeypatch, "pip install uv; env_manager='uv' runs it to build the model's environment")
     else:
         _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    _own_env_root(request.param)
     return str(request.param)
 
 
@@ -472,9 +503,6 @@ def _long_requests() -> list[dict[str, Any]]:
 
 def _texts(model_dir: Path, requests: list[dict[str, Any]]) -> list[str]:
     return [r["choices"][0]["message"]["content"] for r in in_process(model_dir, requests)]
-
-
-_COLS = ("messages", "max_tokens", "temperature", "stop")
 
 
 def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
@@ -488,6 +516,10 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
     # The helper passes a long timeout to the executors: every row is answered, as in-process.
     out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager=env_manager)(*_COLS).alias("t")).collect()
     assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    # The model's environment was built by the manager asked for, on this Python version.
+    (built,) = _built_envs(_own_env_root(env_manager))
+    assert platform.python_version() in (built.get("version_info"), built.get("version"))  # uv, venv
+    assert ("uv" in built) == (env_manager == "uv")
     # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
     # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
     short = mlflow.pyfunc.spark_udf(
@@ -500,11 +532,10 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
 def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every_row(
     spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlflow.utils.file_utils import get_or_create_tmp_dir
-
     from flavorkit.spark import SCORING_TIMEOUT_ENV, reuse_local_python
 
     _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    root = _own_env_root("virtualenv")
     # Without this, MLflow's pyenv compiles the model's Python from python.org's source (fails offline).
     assert platform.python_version() in reuse_local_python()
     requests = _long_requests()[:6]
@@ -514,15 +545,10 @@ def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every
     )
     out = df.select(udf(F.struct(*_COLS))["choices"][0]["message"]["content"].alias("t")).collect()
     assert [row.t for row in out] == _texts(tiny_model_dir, requests)
-    # The environment was made by `python -m venv` from the linked interpreter: nothing was compiled.
-    envs = Path(get_or_create_tmp_dir(), "envs")
-    homes = {
-        line.split("=", 1)[1].strip()
-        for cfg in envs.glob("virtualenv_envs/*/pyvenv.cfg")
-        for line in cfg.read_text().splitlines()
-        if line.startswith("home")
-    }
-    assert homes == {str(envs / "pyenv_root" / "versions" / platform.python_version() / "bin")}
+    # `python -m venv` ran the linked interpreter: pyenv's root holds links only, nothing compiled.
+    (built,) = _built_envs(root)
+    assert built["home"] == str(root / "pyenv_root" / "versions" / platform.python_version() / "bin")
+    assert all(p.is_symlink() for p in (root / "pyenv_root" / "versions").iterdir())
 
 
 def test_reuse_local_python_links_installed_interpreters_and_removing_the_links_keeps_them(
