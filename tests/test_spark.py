@@ -520,6 +520,8 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
     (built,) = _built_envs(_own_env_root(env_manager))
     assert platform.python_version() in (built.get("version_info"), built.get("version"))  # uv, venv
     assert ("uv" in built) == (env_manager == "uv")
+    # Compiled at install (pip does by default; the helper asks uv to), so no scoring server recompiles.
+    assert list(_own_env_root(env_manager).glob("virtualenv_envs/*/lib/python*/site-packages/mlflow/__pycache__/*.pyc"))
     # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
     # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
     short = mlflow.pyfunc.spark_udf(
@@ -549,6 +551,19 @@ def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every
     (built,) = _built_envs(root)
     assert built["home"] == str(root / "pyenv_root" / "versions" / platform.python_version() / "bin")
     assert all(p.is_symlink() for p in (root / "pyenv_root" / "versions").iterdir())
+
+
+def test_helper_asks_uv_to_compile_bytecode_unless_the_caller_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT, SCORING_TIMEOUT_ENV, executor_env
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    monkeypatch.delenv("UV_COMPILE_BYTECODE", raising=False)
+    long = {SCORING_TIMEOUT_ENV: str(SCORING_TIMEOUT)}
+    assert executor_env("uv") == {**long, "UV_COMPILE_BYTECODE": "1"}
+    assert executor_env("uv", {"UV_COMPILE_BYTECODE": "0"}) == {**long, "UV_COMPILE_BYTECODE": "0"}
+    assert executor_env("virtualenv") == long and executor_env("local") == {}
+    monkeypatch.setenv("UV_COMPILE_BYTECODE", "false")
+    assert executor_env("uv") == {**long, "UV_COMPILE_BYTECODE": "false"}
 
 
 def test_reuse_local_python_links_installed_interpreters_and_removing_the_links_keeps_them(
