@@ -24,7 +24,8 @@ With ``env_manager="virtualenv"``, MLflow builds the environment under a tempora
 driver process and asks pyenv to *install* the model's Python version into a fresh pyenv root
 there, which means downloading CPython from python.org and compiling it, even where that version
 is installed: :func:`reuse_local_python` links the interpreters already installed into that root
-(and :func:`spark_udf` calls it), so pyenv finds the version and builds nothing.
+(and :func:`spark_udf` calls it), so pyenv finds the version and builds nothing. With ``"uv"``,
+:func:`spark_udf` has uv compile the packages it installs, as pip does (see :func:`executor_env`).
 
 This module is a driver-side helper; it is not shipped inside packaged models, and its check is
 sent to the workers by value. The check uses :mod:`flavorkit.schema`, so flavorkit must be
@@ -33,6 +34,7 @@ importable on the Spark workers (the plain MLflow API needs only the model's own
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -54,6 +56,7 @@ __all__ = [
     "SCORING_TIMEOUT",
     "SCORING_TIMEOUT_ENV",
     "TEXT_REQUEST",
+    "UV_COMPILE_ENV",
     "check_requests",
     "executor_env",
     "reuse_local_python",
@@ -65,6 +68,8 @@ SCORING_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 #: What :func:`spark_udf` passes to the executors when the caller sets nothing: one hour. Longer is not
 #: safer: over MLflow's stdin transport a scoring server that died is only noticed at the timeout.
 SCORING_TIMEOUT = 3600
+#: uv's switch for compiling the installed packages to bytecode, which pip does by default and uv does not.
+UV_COMPILE_ENV = "UV_COMPILE_BYTECODE"
 
 _SETTINGS = (
     ("temperature", "double"),
@@ -147,11 +152,31 @@ def executor_env(env_manager: str, extra_env: dict[str, str] | None = None) -> d
 
     The timeout is the caller's (``extra_env`` or this process's ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``),
     else :data:`SCORING_TIMEOUT`; ``env_manager="local"`` starts no scoring server and gets none.
+    With ``uv``, ``UV_COMPILE_BYTECODE`` is 1 unless the caller set it: uv installs without compiling,
+    so each scoring server (one per task) would otherwise compile MLflow and the model's packages
+    again wherever ``.pyc`` files are not written (``PYTHONDONTWRITEBYTECODE``, common in containers).
     """
     env = dict(extra_env or {})
     if env_manager != "local":
         env.setdefault(SCORING_TIMEOUT_ENV, os.environ.get(SCORING_TIMEOUT_ENV, str(SCORING_TIMEOUT)))
+    if env_manager == "uv":
+        env.setdefault(UV_COMPILE_ENV, os.environ.get(UV_COMPILE_ENV, "1"))
     return env
+
+
+@contextlib.contextmanager
+def _driver_env(env: dict[str, str]) -> Iterator[None]:
+    """``env``'s build settings in this process while MLflow builds the model's environment here."""
+    old = os.environ.get(UV_COMPILE_ENV)
+    if UV_COMPILE_ENV in env:
+        os.environ[UV_COMPILE_ENV] = env[UV_COMPILE_ENV]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(UV_COMPILE_ENV, None)
+        else:
+            os.environ[UV_COMPILE_ENV] = old
 
 
 def _installed_pythons() -> dict[str, Path]:
@@ -241,7 +266,8 @@ def spark_udf(
     env = executor_env(env_manager, extra_env)
     if env_manager == "virtualenv":
         reuse_local_python()
-    model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
+    with _driver_env(env):
+        model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
     task = _task_of(model.metadata)
     # Ship this module's code with the UDF, not a reference to it: a Python worker that loaded a
     # model imports flavorkit from the model's code/ folder, which does not hold this module.
