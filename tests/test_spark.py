@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -366,49 +367,14 @@ def test_helper_gives_non_local_env_managers_a_long_scoring_timeout(monkeypatch:
     assert executor_env("local") == {}
     assert executor_env("local", {"A": "1"}) == {"A": "1"}
     assert executor_env("virtualenv") == {SCORING_TIMEOUT_ENV: str(SCORING_TIMEOUT)}
-    assert executor_env("uv", {SCORING_TIMEOUT_ENV: "120"}) == {SCORING_TIMEOUT_ENV: "120"}
+    assert executor_env("uv", {SCORING_TIMEOUT_ENV: "120"})[SCORING_TIMEOUT_ENV] == "120"
     monkeypatch.setenv(SCORING_TIMEOUT_ENV, "900")
-    assert executor_env("uv", {"A": "1"}) == {"A": "1", SCORING_TIMEOUT_ENV: "900"}
+    assert executor_env("virtualenv", {"A": "1"}) == {"A": "1", SCORING_TIMEOUT_ENV: "900"}
 
 
 def test_the_spark_helper_is_not_shipped_in_packaged_models(tiny_model_dir: Path) -> None:
     shipped = {p.relative_to(tiny_model_dir / "code").as_posix() for p in (tiny_model_dir / "code").rglob("*.py")}
     assert "flavorkit/schema.py" in shipped and "flavorkit/spark.py" not in shipped
-
-
-# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
-
-
-@pytest.fixture(scope="module")
-def uv() -> str:
-    """The ``uv`` executable (MLflow's ``env_manager="uv"`` runs it); the test skips without it."""
-    import shutil
-
-    found = shutil.which("uv")
-    if found is None:
-        pytest.skip("uv is not on PATH (pip install uv): env_manager='uv' cannot build the model's environment")
-    return found
-
-
-def test_uv_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
-    spark: SparkSession, tiny_model_dir: Path, uv: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flavorkit.spark import SCORING_TIMEOUT_ENV
-
-    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
-    requests = [{**r, "max_tokens": 150} for r in chat_requests(16)]
-    df = chat_frame(spark, requests, partitions=1)
-    cols = ("messages", "max_tokens", "temperature", "stop")
-    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
-    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
-    short = mlflow.pyfunc.spark_udf(spark, str(tiny_model_dir), env_manager="uv", extra_env={SCORING_TIMEOUT_ENV: "1"})
-    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
-        df.select(short(F.struct(*cols)).alias("a")).collect()
-    # The helper passes a long timeout to the executors: the same job answers every row.
-    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager="uv")(*cols).alias("t")).collect()
-    assert [row.t for row in out] == [
-        r["choices"][0]["message"]["content"] for r in in_process(tiny_model_dir, requests)
-    ]
 
 
 def test_helper_works_in_python_workers_that_already_loaded_a_model(spark: SparkSession, tiny_model_dir: Path) -> None:
@@ -465,3 +431,167 @@ def test_check_requests_gives_canonical_rows_and_lists_every_bad_row() -> None:
         ("temperature", "Spark partition 4, row 12]"),
     ]
     assert str(exc.value).startswith("invalid request: 2 bad rows: field 'prompt'")
+
+
+# -- env managers other than local: a scoring server per task, with MLflow's request timeout -------
+#
+# spark_udf builds the model's environment from python_env.yaml and requirements.txt in a temporary
+# folder of the driver process, not under ~/.mlflow/envs, and names it by the model's python_env and
+# requirements only: a uv-built environment would be reused by env_manager="virtualenv" (and the
+# reverse), so each manager gets its own folder here (built once, shared by that manager's tests).
+# MLflow calls ``uv`` and pyenv by name: they are found on PATH or beside this interpreter (the dev
+# extra installs ``uv`` there).
+
+_ENV_ROOTS: dict[str, Any] = {}
+_COLS = ("messages", "max_tokens", "temperature", "stop")
+
+
+def _tool(name: str, monkeypatch: pytest.MonkeyPatch, why: str) -> str:
+    """``name`` on PATH, else beside this interpreter (then put on PATH for MLflow); skip, or fail under CI."""
+    import shutil
+
+    found = shutil.which(name)
+    beside = Path(sys.executable).parent / name
+    if found is None and beside.is_file():
+        monkeypatch.setenv("PATH", f"{beside.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        found = str(beside)
+    if found is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must have {name} ({why})")
+        pytest.skip(f"{name} is not on PATH: {why}")
+    return found
+
+
+def _own_env_root(manager: str) -> Path:
+    """Point MLflow's per-process folder (where spark_udf builds environments) at ``manager``'s own one."""
+    from mlflow.utils import process
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    key = (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
+    cache = process._per_process_value_cache_map
+    if manager in _ENV_ROOTS:
+        cache[key] = _ENV_ROOTS[manager]
+    else:
+        cache.pop(key, None)
+        get_or_create_tmp_dir()  # a new folder, removed by MLflow at exit
+        _ENV_ROOTS[manager] = cache[key]
+    return Path(cache[key][0], "envs")
+
+
+def _built_envs(root: Path) -> list[dict[str, str]]:
+    """The ``pyvenv.cfg`` of each environment MLflow built under ``root``."""
+    return [
+        dict(line.split(" = ", 1) for line in cfg.read_text().splitlines() if " = " in line)
+        for cfg in sorted(root.glob("virtualenv_envs/*/pyvenv.cfg"))
+    ]
+
+
+@pytest.fixture(params=["uv", "virtualenv"])
+def env_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A non-local env manager whose tool is installed (``uv``; pyenv for ``virtualenv``), with its own folder."""
+    if request.param == "uv":
+        _tool("uv", monkeypatch, "pip install uv; env_manager='uv' runs it to build the model's environment")
+    else:
+        _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    _own_env_root(request.param)
+    return str(request.param)
+
+
+def _long_requests() -> list[dict[str, Any]]:
+    return [{**r, "max_tokens": 150} for r in chat_requests(16)]
+
+
+def _texts(model_dir: Path, requests: list[dict[str, Any]]) -> list[str]:
+    return [r["choices"][0]["message"]["content"] for r in in_process(model_dir, requests)]
+
+
+def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_helper_lifts_it(
+    spark: SparkSession, tiny_model_dir: Path, env_manager: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    requests = _long_requests()
+    df = chat_frame(spark, requests, partitions=1)
+    # The helper passes a long timeout to the executors: every row is answered, as in-process.
+    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager=env_manager)(*_COLS).alias("t")).collect()
+    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    # The model's environment was built by the manager asked for, on this Python version.
+    (built,) = _built_envs(_own_env_root(env_manager))
+    assert platform.python_version() in (built.get("version_info"), built.get("version"))  # uv, venv
+    assert ("uv" in built) == (env_manager == "uv")
+    # Compiled at install (pip does by default; the helper asks uv to), so no scoring server recompiles.
+    assert list(_own_env_root(env_manager).glob("virtualenv_envs/*/lib/python*/site-packages/mlflow/__pycache__/*.pyc"))
+    # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
+    # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
+    short = mlflow.pyfunc.spark_udf(
+        spark, str(tiny_model_dir), env_manager=env_manager, extra_env={SCORING_TIMEOUT_ENV: "1"}
+    )
+    with pytest.raises(PythonException, match=r"Scoring timeout|exceeded limit"):
+        df.select(short(F.struct(*_COLS)).alias("a")).collect()
+
+
+def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every_row(
+    spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT_ENV, reuse_local_python
+
+    _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
+    root = _own_env_root("virtualenv")
+    # Without this, MLflow's pyenv compiles the model's Python from python.org's source (fails offline).
+    assert platform.python_version() in reuse_local_python()
+    requests = _long_requests()[:6]
+    df = chat_frame(spark, requests, partitions=2)
+    udf = mlflow.pyfunc.spark_udf(
+        spark, str(tiny_model_dir), env_manager="virtualenv", extra_env={SCORING_TIMEOUT_ENV: "3600"}
+    )
+    out = df.select(udf(F.struct(*_COLS))["choices"][0]["message"]["content"].alias("t")).collect()
+    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    # `python -m venv` ran the linked interpreter: pyenv's root holds links only, nothing compiled.
+    (built,) = _built_envs(root)
+    assert built["home"] == str(root / "pyenv_root" / "versions" / platform.python_version() / "bin")
+    assert all(p.is_symlink() for p in (root / "pyenv_root" / "versions").iterdir())
+
+
+def test_helper_asks_uv_to_compile_bytecode_unless_the_caller_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flavorkit.spark import SCORING_TIMEOUT, SCORING_TIMEOUT_ENV, executor_env
+
+    monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
+    monkeypatch.delenv("UV_COMPILE_BYTECODE", raising=False)
+    long = {SCORING_TIMEOUT_ENV: str(SCORING_TIMEOUT)}
+    assert executor_env("uv") == {**long, "UV_COMPILE_BYTECODE": "1"}
+    assert executor_env("uv", {"UV_COMPILE_BYTECODE": "0"}) == {**long, "UV_COMPILE_BYTECODE": "0"}
+    assert executor_env("virtualenv") == long and executor_env("local") == {}
+    monkeypatch.setenv("UV_COMPILE_BYTECODE", "false")
+    assert executor_env("uv") == {**long, "UV_COMPILE_BYTECODE": "false"}
+
+
+def test_reuse_local_python_links_installed_interpreters_and_removing_the_links_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from mlflow.utils import file_utils
+
+    from flavorkit.spark import reuse_local_python
+
+    root = tmp_path / "pyenv"
+    for name in ("3.10.13", "3.12.1"):
+        (root / "versions" / name / "bin").mkdir(parents=True)
+        (root / "versions" / name / "bin" / "python").write_text("")
+    venv = root / "versions" / "a-pyenv-virtualenv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / "pyvenv.cfg").write_text("home = /x\n")
+    monkeypatch.setenv("PYENV_ROOT", str(root))
+    mlflow_tmp = tmp_path / "mlflow-tmp"
+    mlflow_tmp.mkdir()
+    monkeypatch.setattr(file_utils, "get_or_create_tmp_dir", lambda: str(mlflow_tmp))
+    linked = reuse_local_python()
+    assert reuse_local_python() == linked  # idempotent
+    versions = mlflow_tmp / "envs" / "pyenv_root" / "versions"
+    assert {"3.10.13", "3.12.1"} <= set(linked) and "a-pyenv-virtualenv" not in linked
+    assert (versions / "3.12.1").resolve() == (root / "versions" / "3.12.1").resolve()
+    assert (versions / platform.python_version() / "bin" / "python").is_file()
+    shutil.rmtree(mlflow_tmp)  # what MLflow does to its folder at exit
+    assert (root / "versions" / "3.12.1" / "bin" / "python").is_file()

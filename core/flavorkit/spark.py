@@ -20,6 +20,13 @@ sends it each Arrow batch as one request, which MLflow cuts off after
 (:data:`SCORING_TIMEOUT`, or the caller's) to the executors, and its check keeps most bad rows
 from reaching (and crashing) the scoring server.
 
+With ``env_manager="virtualenv"``, MLflow builds the environment under a temporary folder of the
+driver process and asks pyenv to *install* the model's Python version into a fresh pyenv root
+there, which means downloading CPython from python.org and compiling it, even where that version
+is installed: :func:`reuse_local_python` links the interpreters already installed into that root
+(and :func:`spark_udf` calls it), so pyenv finds the version and builds nothing. With ``"uv"``,
+:func:`spark_udf` has uv compile the packages it installs, as pip does (see :func:`executor_env`).
+
 This module is a driver-side helper; it is not shipped inside packaged models, and its check is
 sent to the workers by value. The check uses :mod:`flavorkit.schema`, so flavorkit must be
 importable on the Spark workers (the plain MLflow API needs only the model's own requirements).
@@ -27,9 +34,15 @@ importable on the Spark workers (the plain MLflow API needs only the model's own
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import platform
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -43,8 +56,10 @@ __all__ = [
     "SCORING_TIMEOUT",
     "SCORING_TIMEOUT_ENV",
     "TEXT_REQUEST",
+    "UV_COMPILE_ENV",
     "check_requests",
     "executor_env",
+    "reuse_local_python",
     "spark_udf",
 ]
 
@@ -53,6 +68,8 @@ SCORING_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 #: What :func:`spark_udf` passes to the executors when the caller sets nothing: one hour. Longer is not
 #: safer: over MLflow's stdin transport a scoring server that died is only noticed at the timeout.
 SCORING_TIMEOUT = 3600
+#: uv's switch for compiling the installed packages to bytecode, which pip does by default and uv does not.
+UV_COMPILE_ENV = "UV_COMPILE_BYTECODE"
 
 _SETTINGS = (
     ("temperature", "double"),
@@ -70,6 +87,7 @@ _FIELDS = {
 CHAT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[CHAT])
 #: The canonical Spark type of a text-generation request.
 TEXT_REQUEST = ", ".join(f"{name} {kind}" for name, kind in _FIELDS[TEXT])
+_log = logging.getLogger(__name__)
 _NUMBERS = ("temperature", "max_tokens", "top_p", "top_k", "seed", "n")
 
 
@@ -134,11 +152,82 @@ def executor_env(env_manager: str, extra_env: dict[str, str] | None = None) -> d
 
     The timeout is the caller's (``extra_env`` or this process's ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``),
     else :data:`SCORING_TIMEOUT`; ``env_manager="local"`` starts no scoring server and gets none.
+    With ``uv``, ``UV_COMPILE_BYTECODE`` is 1 unless the caller set it: uv installs without compiling,
+    so each scoring server (one per task) would otherwise compile MLflow and the model's packages
+    again wherever ``.pyc`` files are not written (``PYTHONDONTWRITEBYTECODE``, common in containers).
     """
     env = dict(extra_env or {})
     if env_manager != "local":
         env.setdefault(SCORING_TIMEOUT_ENV, os.environ.get(SCORING_TIMEOUT_ENV, str(SCORING_TIMEOUT)))
+    if env_manager == "uv":
+        env.setdefault(UV_COMPILE_ENV, os.environ.get(UV_COMPILE_ENV, "1"))
     return env
+
+
+@contextlib.contextmanager
+def _driver_env(env: dict[str, str]) -> Iterator[None]:
+    """``env``'s build settings in this process while MLflow builds the model's environment here."""
+    old = os.environ.get(UV_COMPILE_ENV)
+    if UV_COMPILE_ENV in env:
+        os.environ[UV_COMPILE_ENV] = env[UV_COMPILE_ENV]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(UV_COMPILE_ENV, None)
+        else:
+            os.environ[UV_COMPILE_ENV] = old
+
+
+def _installed_pythons() -> dict[str, Path]:
+    """Installed interpreters by version: pyenv's installs, then this interpreter's base installation."""
+    found: dict[str, Path] = {}
+    root = os.environ.get("PYENV_ROOT")
+    pyenv = shutil.which("pyenv")
+    if not root and pyenv:
+        done = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
+        root = done.stdout.strip() if done.returncode == 0 else None
+    versions = Path(root, "versions") if root else None
+    if versions is not None and versions.is_dir():
+        for prefix in sorted(versions.iterdir()):
+            # pyenv-virtualenv's environments live here too; a venv cannot be a base interpreter.
+            if (prefix / "bin" / "python").is_file() and not (prefix / "pyvenv.cfg").exists():
+                found.setdefault(prefix.name, prefix)
+    base = Path(sys.base_prefix)
+    if (base / "bin" / "python").is_file():
+        found.setdefault(platform.python_version(), base)
+    return found
+
+
+def reuse_local_python() -> list[str]:
+    """Let ``spark_udf(..., env_manager="virtualenv")`` build from installed interpreters; return the versions linked.
+
+    MLflow's Spark UDF gives pyenv an empty root in a temporary folder of this process
+    (``<tmp>/envs/pyenv_root``) and runs ``pyenv install --skip-existing <model's version>`` there:
+    pyenv then downloads and compiles CPython (it needs www.python.org and a C toolchain, and takes
+    minutes), once per driver process. This links each interpreter installed here (pyenv's
+    versions, and this interpreter's base) into that root, so the install is skipped. Call it on
+    the driver before ``mlflow.pyfunc.spark_udf``; :func:`spark_udf` does. Where MLflow uses another
+    root (Databricks' NFS folder) it links nothing. The links go with MLflow's folder at exit.
+    """
+    try:
+        from mlflow.utils.file_utils import get_or_create_tmp_dir
+        from mlflow.utils.nfs_on_spark import get_nfs_cache_root_dir
+    except ImportError:  # pragma: no cover - a future MLflow that moved these
+        _log.warning("this MLflow has no per-process environment folder; pyenv may compile the model's Python")
+        return []
+    if get_nfs_cache_root_dir() is not None:
+        return []
+    # The layout of mlflow.pyfunc.backend.PyFuncBackend.prepare_env and mlflow.utils.virtualenv.
+    versions = Path(get_or_create_tmp_dir(), "envs", "pyenv_root", "versions")
+    versions.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for version, prefix in _installed_pythons().items():
+        link = versions / version
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(prefix, target_is_directory=True)
+        linked.append(version)
+    return linked
 
 
 def _task_of(metadata: Any) -> str:
@@ -175,7 +264,10 @@ def spark_udf(
     if output not in ("text", "response"):
         raise InvalidRequest("output", f"unknown output {output!r}", allowed="'text', 'response'")
     env = executor_env(env_manager, extra_env)
-    model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
+    if env_manager == "virtualenv":
+        reuse_local_python()
+    with _driver_env(env):
+        model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
     task = _task_of(model.metadata)
     # Ship this module's code with the UDF, not a reference to it: a Python worker that loaded a
     # model imports flavorkit from the model's code/ folder, which does not hold this module.
