@@ -1,0 +1,231 @@
+"""The "On a real cluster" recipe of docs/scaling-out.md, run end to end (issue: scale-out, item 1).
+
+A real Spark standalone cluster on loopback (pyspark's bundled master and worker JVMs, the worker
+with 2 cores), a real ``mlflow server`` (sqlite store, proxied artifacts), and the recipe's own
+script, ``examples/spark/generate.py``, submitted with ``spark-submit --master spark://...`` as a
+user would: the driver resolves ``models:/NAME@ALIAS`` through the server and the worker's
+executors answer every row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+import flavorkit
+from helpers import PROMPTS
+from serve_fixtures import free_port, server_process
+from tracking_fixtures import mlflow_server
+
+pyspark = pytest.importorskip("pyspark")
+
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "spark" / "generate.py"
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+NAME = "tiny-chat-cluster"
+ROWS = 16
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running standalone cluster: its master URL, the master's web UI, the worker's work folder."""
+
+    master: str
+    ui: str
+    work_dir: Path
+
+    def state(self) -> dict[str, Any]:
+        """The master's JSON status (workers, active and completed applications)."""
+        with urllib.request.urlopen(f"{self.ui}/json/", timeout=10) as resp:
+            return dict(json.load(resp))
+
+
+def _base_env(root: Path) -> dict[str, str]:
+    """The environment of every Spark process here: loopback only, logs and configuration under ``root``."""
+    conf = root / "conf"
+    conf.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_", "MLFLOW_TRACKING"))}
+    env.update(
+        SPARK_HOME=str(SPARK_HOME),
+        SPARK_CONF_DIR=str(conf),  # an empty one: nothing from a machine-wide spark-defaults.conf
+        SPARK_LOG_DIR=str(root / "logs"),
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_LOCAL_DIRS=str(root / "local"),
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Spark master and one worker (2 cores, 2 GiB) on 127.0.0.1, ports chosen free; stopped with their JVMs."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
+        pytest.skip("no Java runtime: Spark needs Java 17")
+    root = tmp_path_factory.mktemp("spark-cluster")
+    env = _base_env(root)
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    port, ui_port, worker_ui_port = free_port(), free_port(), free_port()
+    master = f"spark://127.0.0.1:{port}"
+    ui = f"http://127.0.0.1:{ui_port}"
+    work_dir = root / "work"
+    # The master's REST submission server would take the fixed port 6066: not needed, so off.
+    master_env = {**env, "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
+    master_cmd = [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
+    master_cmd += ["--port", str(port), "--webui-port", str(ui_port)]
+    worker_cmd = [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", "0"]
+    worker_cmd += ["--webui-port", str(worker_ui_port), "--cores", "2", "--memory", "2g"]
+    worker_cmd += ["--work-dir", str(work_dir), master]
+    with ExitStack() as stack:
+        stack.enter_context(server_process(master_cmd, f"{ui}/json/", env=master_env))
+        stack.enter_context(server_process(worker_cmd, f"http://127.0.0.1:{worker_ui_port}/json/", env=env))
+        running = Cluster(master, ui, work_dir)
+        deadline = time.monotonic() + 60
+        while running.state().get("aliveworkers") != 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not register with the master: {running.state()}")
+            time.sleep(0.5)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on loopback (sqlite store, proxied artifacts): the team's registry."""
+    with mlflow_server(tmp_path_factory.mktemp("tracking-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def registered(tracking_server: str, tiny_ort: Path) -> str:
+    """The tiny onnx-cpu chat model packaged into the server's registry, greedy, with the alias ``champion``."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_server)
+    try:
+        mlflow.set_experiment("flavorkit-cluster")
+        info = flavorkit.package(
+            model=str(tiny_ort), backend="onnx-cpu", registered_model_name=NAME, generation={"temperature": 0.0}
+        )
+        MlflowClient().set_registered_model_alias(NAME, "champion", str(info.registered_model_version))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return f"models:/{NAME}@champion"
+
+
+def _requests() -> pd.DataFrame:
+    """The job's input: an ``id``, ``messages`` as ``array<struct<role,content>>``, ``max_tokens``, ``temperature``."""
+    rows = []
+    for i in range(ROWS):
+        messages = [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} #{i}"}]
+        if i % 3 == 1:
+            messages = [{"role": "system", "content": "Be brief."}, *messages]
+        rows.append({"id": i, "messages": messages, "max_tokens": 3 + i % 6, "temperature": 0.0})
+    return pd.DataFrame(rows)
+
+
+def submit(
+    cluster: Cluster, tracking_server: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``spark-submit`` the example to the cluster as the docs show; the whole process group is killed on timeout.
+
+    ``spark.executorEnv.PYTHONPATH`` is only here so that the executors import this checkout's
+    flavorkit rather than an installed one (a user's executors use the installed environment).
+    """
+    env = _base_env(Path(cluster.work_dir).parent)
+    env["MLFLOW_TRACKING_URI"] = tracking_server  # the driver's: it resolves the alias and downloads the model
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "core"), str(REPO / "plugins")])
+    cmd = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master",
+        cluster.master,
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        f"spark.executorEnv.PYTHONPATH={env['PYTHONPATH']}",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(SCRIPT),
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"spark-submit ran past {timeout} s:\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_spark_submit_answers_every_row_on_the_cluster_as_in_process_predict(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = tmp_path / "conversations.parquet", tmp_path / "answers"
+    requests = _requests()
+    requests.to_parquet(source)
+    before = {app["id"] for app in cluster.state()["completedapps"]}
+
+    proc = submit(cluster, tracking_server, registered, str(source), str(target))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"generate.py: answered {source} with {registered} into {target} (2 partitions" in proc.stdout
+
+    # The same model, loaded through the server in this process, answers the same rows in one batch.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.set_tracking_uri(tracking_server)
+    model = mlflow.pyfunc.load_model(registered)
+    expected = [r["choices"][0]["message"]["content"] for r in model.predict(requests.drop(columns="id"))]
+    answers = pd.read_parquet(target).sort_values("id").reset_index(drop=True)
+    assert list(answers.columns) == ["id", "messages", "max_tokens", "temperature", "answer"]
+    assert answers["id"].tolist() == list(range(ROWS)), "every row is answered once"
+    assert answers["answer"].tolist() == expected
+    assert any(expected), "the tiny model says something"
+
+    # The job ran on the cluster: one finished application, whose executor ran its tasks in Python workers.
+    apps = [app for app in cluster.state()["completedapps"] if app["id"] not in before]
+    assert [(app["name"], app["state"]) for app in apps] == [("flavorkit-generate", "FINISHED")]
+    executor_logs = list((cluster.work_dir / apps[0]["id"]).glob("*/stderr"))
+    assert executor_logs, f"no executor ran in the worker's folder {cluster.work_dir}"
+    log = "\n".join(p.read_text(errors="replace") for p in executor_logs)
+    assert log.count("Starting Python task execution") >= 2, "each partition's UDF ran in a Python worker"
+    assert log.count("Finished task") >= 2
+
+
+def test_a_wrong_alias_fails_before_spark_starts_naming_it(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "conversations.parquet"
+    _requests().to_parquet(source)
+    before = cluster.state()
+    wrong = f"models:/{NAME}@nope"
+
+    proc = submit(cluster, tracking_server, wrong, str(source), str(tmp_path / "answers"), timeout=120)
+    # spark-submit passes on the script's exit code; it merges the script's stderr into its stdout.
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    assert f"generate.py: error: model {wrong!r} cannot be loaded: " in proc.stdout
+    reason = proc.stdout.split("cannot be loaded: ", 1)[1].splitlines()[0]
+    assert reason == "INVALID_PARAMETER_VALUE: Registered model alias nope not found.", "MLflow's reason names it"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "answers").exists()
+    # No application reached the master: the URI is resolved before a SparkSession exists.
+    after = cluster.state()
+    assert after["activeapps"] == [] and len(after["completedapps"]) == len(before["completedapps"])
