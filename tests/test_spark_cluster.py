@@ -62,7 +62,9 @@ def _base_env(root: Path) -> dict[str, str]:
     """The environment of every Spark process here: loopback only, logs and configuration under ``root``."""
     conf = root / "conf"
     conf.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_", "MLFLOW_TRACKING"))}
+    # No PYTHONPATH: Spark hands the JVM's to its Python workers, and what they import is under test.
+    skip = ("SPARK_", "PYSPARK_", "MLFLOW_TRACKING", "PYTHONPATH", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env.update(
         SPARK_HOME=str(SPARK_HOME),
         SPARK_CONF_DIR=str(conf),  # an empty one: nothing from a machine-wide spark-defaults.conf
@@ -142,29 +144,28 @@ def _requests() -> pd.DataFrame:
 
 
 def submit(
-    cluster: Cluster, tracking_server: str, *args: str, timeout: float = 300
+    cluster: Cluster, tracking_server: str, *args: str, conf: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """``spark-submit`` the example to the cluster as the docs show; the whole process group is killed on timeout.
 
-    ``spark.executorEnv.PYTHONPATH`` is only here so that the executors import this checkout's
-    flavorkit rather than an installed one (a user's executors use the installed environment).
+    By default the driver and the executors run this interpreter, and ``spark.executorEnv.PYTHONPATH``
+    makes the executors import this checkout's flavorkit rather than an installed one (a user's
+    executors use their installed environment); ``conf`` adds to or replaces these settings.
     """
     env = _base_env(Path(cluster.work_dir).parent)
     env["MLFLOW_TRACKING_URI"] = tracking_server  # the driver's: it resolves the alias and downloads the model
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "core"), str(REPO / "plugins")])
-    cmd = [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master",
-        cluster.master,
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        "--conf",
-        f"spark.executorEnv.PYTHONPATH={env['PYTHONPATH']}",
-        "--conf",
-        "spark.ui.enabled=false",
-        str(SCRIPT),
-        *args,
-    ]
+    settings = {
+        "spark.pyspark.python": sys.executable,
+        "spark.executorEnv.PYTHONPATH": env["PYTHONPATH"],
+        "spark.ui.enabled": "false",
+        **(conf or {}),
+    }
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.master]
+    for key, value in settings.items():
+        if value:
+            cmd += ["--conf", f"{key}={value}"]
+    cmd += [str(SCRIPT), *args]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -229,3 +230,47 @@ def test_a_wrong_alias_fails_before_spark_starts_naming_it(
     # No application reached the master: the URI is resolved before a SparkSession exists.
     after = cluster.state()
     assert after["activeapps"] == [] and len(after["completedapps"]) == len(before["completedapps"])
+
+
+@pytest.mark.slow
+def test_the_executors_need_only_the_models_requirements_and_pyarrow(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The executors' Python: a fresh virtualenv with the model's requirements.txt and pyarrow (Spark's
+    # Arrow UDFs need it), no flavorkit (the model's code/ folder has it), no pyspark (Spark ships it).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.set_tracking_uri(tracking_server)
+    requirements = mlflow.pyfunc.get_model_dependencies(registered)
+    venv = tmp_path / "executor-env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints" / "ci.txt")]
+    install = subprocess.run(
+        [*pip, "-r", requirements, "pyarrow"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    freeze = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    assert "pyspark" not in freeze and "flavorkit" not in freeze and "mlflow-skinny" in freeze
+
+    source, target = tmp_path / "conversations.parquet", tmp_path / "answers"
+    requests = _requests()
+    requests.to_parquet(source)
+    proc = submit(
+        cluster,
+        tracking_server,
+        registered,
+        str(source),
+        str(target),
+        conf={
+            "spark.pyspark.python": str(python),
+            "spark.pyspark.driver.python": sys.executable,
+            "spark.executorEnv.PYTHONPATH": "",
+        },
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    expected = mlflow.pyfunc.load_model(registered).predict(requests.drop(columns="id"))
+    answers = pd.read_parquet(target).sort_values("id")
+    assert answers["answer"].tolist() == [r["choices"][0]["message"]["content"] for r in expected]
