@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -274,3 +275,34 @@ def test_the_executors_need_only_the_models_requirements_and_pyarrow(
     expected = mlflow.pyfunc.load_model(registered).predict(requests.drop(columns="id"))
     answers = pd.read_parquet(target).sort_values("id")
     assert answers["answer"].tolist() == [r["choices"][0]["message"]["content"] for r in expected]
+
+
+@pytest.mark.slow  # a third job: the module's quick set stays near a minute and a half
+def test_check_rows_names_a_bad_row_on_the_cluster(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path
+) -> None:
+    # --check-rows runs flavorkit.spark.spark_udf: its row check travels to the executors by value.
+    source, target = tmp_path / "conversations.parquet", tmp_path / "answers"
+    requests = _requests()
+    requests.loc[5, "messages"] = [{"role": "robot", "content": "beep"}]
+    requests.to_parquet(source)
+    proc = submit(
+        cluster,
+        tracking_server,
+        registered,
+        str(source),
+        str(target),
+        "--check-rows",
+        "--partitions",
+        "1",
+        conf={"spark.task.maxFailures": "1"},
+    )
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    assert "generate.py: error: the job failed in a Spark task: " in proc.stdout
+    assert re.search(
+        r"flavorkit\.errors\.InvalidRequest: invalid request: field 'messages\[0\]\.role': Input should be 'system', "
+        r"'user' or 'assistant'; got 'robot' \[Spark partition 0, row \d+\]",
+        proc.stdout,
+    ), proc.stdout[-4000:]
+    assert "Traceback" not in proc.stdout.split("generate.py: error:")[0], "no driver-side traceback"
+    assert not list(target.glob("*.parquet")), "nothing is written"

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = request_fields(info)
 
     import mlflow
+    from pyspark.errors import PythonException
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
@@ -135,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                 answer = answer["choices"][0]["message"]["content"]
 
         started = time.monotonic()
-        df.withColumn("answer", answer).write.mode("overwrite").parquet(args.target)
+        try:
+            df.withColumn("answer", answer).write.mode("overwrite").parquet(args.target)
+        except PythonException as exc:  # the model or the row check failed in a task: show its error, not ours
+            print(f"generate.py: error: the job failed in a Spark task: {exc}", file=sys.stderr)
+            return 1
         seconds = time.monotonic() - started
         print(
             f"generate.py: answered {args.source} with {args.model_uri} into {args.target} "
