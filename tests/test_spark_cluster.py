@@ -9,6 +9,7 @@ executors answer every row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,8 +74,33 @@ def _base_env(root: Path) -> dict[str, str]:
         SPARK_LOCAL_IP="127.0.0.1",
         SPARK_LOCAL_DIRS=str(root / "local"),
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        FK_TEST_SPARK_CLUSTER=str(root),  # inherited by every JVM and Python worker: finds leftovers
     )
     return env
+
+
+def _leftovers(root: Path) -> list[int]:
+    """The processes still running with this cluster's marker in their environment (Linux ``/proc``)."""
+    marker = f"FK_TEST_SPARK_CLUSTER={root}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _no_leftovers(root: Path) -> None:
+    """Wait up to 20 s for the cluster's processes to exit after SIGTERM; SIGKILL and report any that did not."""
+    deadline = time.monotonic() + 20
+    while (pids := _leftovers(root)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not pids, f"processes of the Spark cluster outlived it (killed now): {pids}"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +133,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not register with the master: {running.state()}")
             time.sleep(0.5)
+        assert not Path("/proc").is_dir() or len(_leftovers(root)) >= 2, "the leftover check sees master and worker"
         yield running
+    if Path("/proc").is_dir():
+        _no_leftovers(root)
 
 
 @pytest.fixture(scope="module")
