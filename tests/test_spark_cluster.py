@@ -335,3 +335,19 @@ def test_check_rows_names_a_bad_row_on_the_cluster(
     ), proc.stdout[-4000:]
     assert "Traceback" not in proc.stdout.split("generate.py: error:")[0], "no driver-side traceback"
     assert not list(target.glob("*.parquet")), "nothing is written"
+
+
+@pytest.mark.slow
+def test_an_input_without_the_models_request_column_fails_naming_it(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "conversations.parquet"
+    pd.DataFrame({"id": [0], "text": ["hi"], "max_tokens": [3]}).to_parquet(source)
+    proc = submit(cluster, tracking_server, registered, str(source), str(tmp_path / "answers"), timeout=120)
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    assert (
+        f"generate.py: error: input {str(source)!r} has no column 'messages' (the model's request fields: "
+        "messages, temperature, max_tokens, stop, n, stream, top_p, top_k, seed; "
+        "the input's columns: id, text, max_tokens)"
+    ) in proc.stdout
+    assert "Traceback" not in proc.stdout

@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--partitions",
         type=int,
         default=0,
-        help="repartition the input into this many tasks (default: one per task slot of the cluster)",
+        help="repartition the input into this many tasks (default: the input's own partitions, "
+        "or one per task slot if that is more)",
     )
     parser.add_argument(
         "--check-rows",
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.partitions < 0:
-        parser.error(f"argument --partitions: must be 0 (one per task slot) or more, got {args.partitions}")
+        parser.error(f"argument --partitions: must be 1 or more (0: the default), got {args.partitions}")
     return args
 
 
@@ -117,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         if "answer" in df.columns:
             print(f"generate.py: error: input {args.source!r} already has a column 'answer'", file=sys.stderr)
             return 2
-        partitions = args.partitions or max(
-            1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1") or "1")
-        )
-        df = df.repartition(partitions)
+        # A large input keeps its partitions (no shuffle); a small one is spread over the task slots.
+        # defaultParallelism counts the executors' cores registered so far (at least 2), or is
+        # spark.default.parallelism when set.
+        slots = spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1") or "1")
+        partitions = args.partitions or max(df.rdd.getNumPartitions(), slots, 1)
+        if partitions != df.rdd.getNumPartitions():
+            df = df.repartition(partitions)
 
         if args.check_rows:
             from flavorkit.spark import spark_udf
