@@ -75,6 +75,8 @@ def _base_env(root: Path) -> dict[str, str]:
         SPARK_LOCAL_DIRS=str(root / "local"),
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
         FK_TEST_SPARK_CLUSTER=str(root),  # inherited by every JVM and Python worker: finds leftovers
+        # This virtualenv's bin first, as when it is activated (MLflow's env_manager="uv" runs `uv`).
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
     return env
 
@@ -351,3 +353,36 @@ def test_an_input_without_the_models_request_column_fails_naming_it(
         "the input's columns: id, text, max_tokens)"
     ) in proc.stdout
     assert "Traceback" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_env_manager_uv_builds_the_models_environment_on_the_executor(
+    cluster: Cluster, tracking_server: str, registered: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("uv", path=_base_env(tmp_path)["PATH"]) is None:
+        pytest.skip("uv is not installed (pip install uv): env_manager='uv' cannot build the model's environment")
+    source, target = tmp_path / "conversations.parquet", tmp_path / "answers"
+    requests = _requests()
+    requests.to_parquet(source)
+    before = {app["id"] for app in cluster.state()["completedapps"]}
+    proc = submit(
+        cluster,
+        tracking_server,
+        registered,
+        str(source),
+        str(target),
+        "--env-manager",
+        "uv",
+        conf={"spark.executorEnv.PYTHONPATH": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.set_tracking_uri(tracking_server)
+    expected = mlflow.pyfunc.load_model(registered).predict(requests.drop(columns="id"))
+    answers = pd.read_parquet(target).sort_values("id")
+    assert answers["answer"].tolist() == [r["choices"][0]["message"]["content"] for r in expected]
+    # The executor built the model's environment with uv and answered through a scoring server in it.
+    (app,) = [app for app in cluster.state()["completedapps"] if app["id"] not in before]
+    log = "\n".join(p.read_text(errors="replace") for p in (cluster.work_dir / app["id"]).glob("*/stderr"))
+    assert re.search(r"Creating a new environment in \S+ with python version [\d.]+ using uv", log)
+    assert "scoring_server" in log
