@@ -24,12 +24,13 @@ flavorkit's request rules first and names a bad row by partition and position; i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
 
-#: The request fields a packaged model's signature may have, besides ``messages`` or ``prompt``.
-SETTINGS = ("max_tokens", "temperature", "stop", "n", "top_p", "top_k", "seed")
+#: MLflow's limit on one scoring-server request (one Arrow batch) with ``uv``/``virtualenv``: 60 s by default.
+SCORING_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             answer = helper(*given)
         else:
             # The plain MLflow API: the request is one struct, whose fields MLflow matches by name.
-            udf = mlflow.pyfunc.spark_udf(spark, args.model_uri, env_manager=args.env_manager)
+            # With uv/virtualenv each task sends each Arrow batch to a scoring server as one request:
+            # give it an hour (or this process's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT), not 60 s.
+            extra_env = None
+            if args.env_manager != "local":
+                extra_env = {SCORING_TIMEOUT_ENV: os.environ.get(SCORING_TIMEOUT_ENV, "3600")}
+            udf = mlflow.pyfunc.spark_udf(spark, args.model_uri, env_manager=args.env_manager, extra_env=extra_env)
             answer = udf(F.struct(*given))
             outputs = info.signature.outputs.input_names() if info.signature.outputs else []
             if args.output == "text" and "choices" in outputs:
