@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 import flavorkit
 from helpers import chat, content
-from serve_fixtures import free_port, running, server_process
+from serve_fixtures import free_port, running
+from tracking_fixtures import mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -32,24 +33,7 @@ NAME = "tiny-chat-http"
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on loopback: sqlite backend store, artifacts proxied to a local folder."""
-    root = tmp_path_factory.mktemp("tracking-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        (root / "artifacts").as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with server_process(cmd, f"{url}/health"):
+    with mlflow_server(tmp_path_factory.mktemp("tracking-server")) as url:
         yield url
 
 
