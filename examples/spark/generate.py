@@ -72,13 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_model(uri: str) -> Any:
-    """The model's MLflow metadata (``ModelInfo``); raises ``SystemExit(2)`` naming the URI if it does not resolve."""
+def resolve_model(uri: str) -> tuple[str, Any]:
+    """The URI pinned to a version, and the model's MLflow metadata (``ModelInfo``).
+
+    An alias (``models:/NAME@ALIAS``) is resolved once, here, to ``models:/NAME/VERSION``, which
+    the job then uses: moving the alias while the job starts cannot give it another version.
+    Raises ``SystemExit(2)`` naming the URI if it does not resolve.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    pinned = uri
     try:
-        return mlflow.models.get_model_info(uri)
+        if uri.startswith("models:/") and "@" in uri:
+            name, alias = uri[len("models:/") :].rsplit("@", 1)
+            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+            pinned = f"models:/{name}/{version}"
+        return pinned, mlflow.models.get_model_info(pinned)
     except (MlflowException, OSError) as exc:
         print(f"generate.py: error: model {uri!r} cannot be loaded: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -95,7 +105,7 @@ def request_fields(info: Any) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the job: read, answer every row, write; print what was done."""
     args = parse_args(argv)
-    info = resolve_model(args.model_uri)  # before Spark starts: a wrong alias costs no cluster time
+    model_uri, info = resolve_model(args.model_uri)  # before Spark starts: a wrong alias costs no cluster time
     fields = request_fields(info)
 
     import mlflow
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_rows:
             from flavorkit.spark import spark_udf
 
-            helper = spark_udf(spark, args.model_uri, output=args.output, env_manager=args.env_manager)
+            helper = spark_udf(spark, model_uri, output=args.output, env_manager=args.env_manager)
             answer = helper(*given)
         else:
             # The plain MLflow API: the request is one struct, whose fields MLflow matches by name.
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             extra_env = None
             if args.env_manager != "local":
                 extra_env = {SCORING_TIMEOUT_ENV: os.environ.get(SCORING_TIMEOUT_ENV, "3600")}
-            udf = mlflow.pyfunc.spark_udf(spark, args.model_uri, env_manager=args.env_manager, extra_env=extra_env)
+            udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=args.env_manager, extra_env=extra_env)
             answer = udf(F.struct(*given))
             outputs = info.signature.outputs.input_names() if info.signature.outputs else []
             if args.output == "text" and "choices" in outputs:
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         seconds = time.monotonic() - started
         print(
-            f"generate.py: answered {args.source} with {args.model_uri} into {args.target} "
+            f"generate.py: answered {args.source} with {args.model_uri} ({model_uri}) into {args.target} "
             f"({partitions} partitions, request fields {', '.join(given)}) in {seconds:.1f} s"
         )
         return 0
