@@ -131,3 +131,39 @@ def test_optimum_on_cuda_with_provider_options(cuda: None, tiny_hf: Path, tmp_pa
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     assert session.get_provider_options()["CUDAExecutionProvider"]["device_id"] == "0"
     assert loaded.predict(chat("Hello", max_tokens=4))[0]["usage"]["completion_tokens"] <= 4
+
+
+def test_onnx_cuda_serves_the_openai_client_with_continuous_batching(tiny_ort_cuda: Path, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flavorkit.serve import create_app
+    from serve_fixtures import metric, running
+
+    path = tmp_path / "tiny-cuda"
+    flavorkit.package(model=str(tiny_ort_cuda), backend="onnx-cuda", path=path, generation={"temperature": 0.0})
+    prompts = [f"Question {i}: tell me about batching" + " please" * i for i in range(6)]
+    with running(create_app(str(path))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+
+        def ask(prompt: str) -> str:
+            reply = client.chat.completions.create(
+                model="tiny-cuda", messages=[{"role": "user", "content": prompt}], max_tokens=24
+            )
+            return reply.choices[0].message.content or ""
+
+        alone = [ask(p) for p in prompts]
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(ask, prompts))
+        chunks = client.chat.completions.create(
+            model="tiny-cuda", messages=[{"role": "user", "content": prompts[0]}], max_tokens=24, stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+        with urllib.request.urlopen(f"{url}/metrics") as response:
+            text = response.read().decode()
+    assert together == alone, "greedy answers do not depend on what else is in the batch"
+    assert streamed == alone[0]
+    batched = metric(text, "flavorkit_batch_size_count") - metric(text, "flavorkit_batch_size_bucket", le="1.0")
+    assert batched >= 1, "the concurrent requests shared a backend batch"
