@@ -241,24 +241,23 @@ def test_the_image_builds_and_serves(
             expected = choice["message"]["content"]
             answer = client.chat.completions.create(model="smollm2-chat", messages=messages, max_tokens=24)
             assert answer.choices[0].message.content == expected, "greedy: the same answer as in-process predict"
-            # SIGTERM (docker stop) while a stream runs: the stream still finishes, the process exits 0
-            # well inside the grace period instead of being killed.
             stream = client.chat.completions.create(model="smollm2-chat", messages=messages, max_tokens=24, stream=True)
-            chunks = iter(stream)
-            first = next(chunks)
+            chunks = [c for c in stream if c.choices]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+            assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [
+                choice["finish_reason"]
+            ]
+            # docker stop sends SIGTERM to PID 1 (flavorkit itself, exec form): the server shuts down
+            # through its lifespan (the drain) and exits 0 well before Docker would send SIGKILL.
+            # (The tiny model answers in milliseconds, so no request is still running by then; the
+            # drain itself: the probe test above, and tests/test_serve_cancel.py.)
             started = time.monotonic()
-            stop = subprocess.Popen([docker, "stop", "-t", "30", container], stdout=subprocess.DEVNULL)
-            rest = list(chunks)
-            assert stop.wait(timeout=60) == 0
+            assert _docker_run(docker, "stop", "-t", "30", container, timeout=60).returncode == 0
             stopped_after = time.monotonic() - started
-            text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
-            assert text == expected
-            reasons = [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason]
-            assert reasons == [choice["finish_reason"]]
-            state = _docker_run(docker, "inspect", "-f", "{{.State.ExitCode}}", container)
-            assert state.stdout.strip() == "0", _docker_run(docker, "logs", container).stderr[-3000:]
-            assert stopped_after < 25, "the server drained and exited before --drain-timeout"
-            assert "Finished server process" in _docker_run(docker, "logs", container).stderr
+            log = _docker_run(docker, "logs", container).stderr
+            assert _docker_run(docker, "inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip() == "0", log
+            assert stopped_after < 25, "SIGTERM was handled, not waited out"
+            assert "Application shutdown complete" in log and "Finished server process" in log
     finally:
         _remove_images(docker, tag)
 
