@@ -221,7 +221,8 @@ def test_spark_submit_answers_every_row_on_the_cluster_as_in_process_predict(
     proc = submit(cluster, tracking_server, registered, str(source), str(target))
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The alias is resolved once, to the version the job then uses.
-    assert f"generate.py: answered {source} with {registered} (models:/{NAME}/1) into {target} (2 partitions" in proc.stdout
+    pinned = f"models:/{NAME}/1"
+    assert f"generate.py: answered {source} with {registered} ({pinned}) into {target} (2 partitions" in proc.stdout
 
     # The same model, loaded through the server in this process, answers the same rows in one batch.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
