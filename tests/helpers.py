@@ -77,3 +77,13 @@ def load_engine(backend: str, folder: Path, **options: Any) -> LoadedModel:
     be = get_backend(backend)
     handle = be.load({"model": str(folder)}, be.validate_options(options))
     return LoadedModel(be, handle, defaults={"temperature": 0.0})
+
+
+def require_java(what: str) -> None:
+    """Skip (an error under CI=1) unless a Java runtime is found: ``what`` (Spark, pyspark) needs Java 17."""
+    import shutil
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
+        pytest.skip(f"no Java runtime: {what} needs Java 17")

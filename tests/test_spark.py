@@ -30,7 +30,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 import flavorkit  # noqa: E402
 from flavorkit.spark import spark_udf  # noqa: E402
-from helpers import PROMPTS  # noqa: E402
+from helpers import PROMPTS, require_java  # noqa: E402
 from plugin_fixtures import make_distribution  # noqa: E402
 
 pytestmark = [
@@ -71,12 +71,7 @@ middleware = Probe()
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """One ``local[2]`` session; its Python workers run this interpreter and see the probe plugin."""
-    import shutil
-
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
-        pytest.skip("no Java runtime: pyspark needs Java 17")
+    require_java("pyspark")
     site = make_distribution(
         tmp_path_factory.mktemp("spark-site") / "probe",
         "fk-spark-probe",

@@ -31,7 +31,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import flavorkit
-from helpers import PROMPTS
+from helpers import PROMPTS, require_java
 from serve_fixtures import free_port, server_process
 from tracking_fixtures import mlflow_server
 
@@ -108,10 +108,7 @@ def _no_leftovers(root: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A Spark master and one worker (2 cores, 2 GiB) on 127.0.0.1, ports chosen free; stopped with their JVMs."""
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
-        pytest.skip("no Java runtime: Spark needs Java 17")
+    require_java("Spark")
     root = tmp_path_factory.mktemp("spark-cluster")
     env = _base_env(root)
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
