@@ -78,6 +78,11 @@ ALLOWED_IMPORTS = frozenset(
     {"flavorkit", "flavorkit.sdk", "flavorkit.testing", "flavorkit.testing.plugin", "flavorkit.testing.models"}
 )
 
+#: What a user's script (``examples/spark``: not a plugin) may import besides: the public user API.
+USER_SCRIPT_IMPORTS = ALLOWED_IMPORTS | {"flavorkit.spark", "flavorkit.serve"}
+#: The folders under examples/ that hold scripts for users rather than a backend plugin.
+USER_SCRIPTS = ("spark",)
+
 #: Modules of core/flavorkit (relative paths) that are public and so carry no internal marker.
 PUBLIC_MODULES = frozenset(
     {
@@ -204,8 +209,19 @@ def test_importing_the_sdk_or_the_cli_loads_no_heavy_runtime_and_no_demo() -> No
     ids=lambda p: p.relative_to(ROOT).as_posix(),
 )
 def test_plugins_and_examples_import_only_the_sdk_and_the_kit(path: Path) -> None:
-    bad = [f"line {line}: {module}" for line, module in _flavorkit_imports(path) if module not in ALLOWED_IMPORTS]
+    script = any(path.is_relative_to(ROOT / "examples" / folder) for folder in USER_SCRIPTS)
+    allowed = USER_SCRIPT_IMPORTS if script else ALLOWED_IMPORTS
+    bad = [f"line {line}: {module}" for line, module in _flavorkit_imports(path) if module not in allowed]
     assert not bad, f"{path.relative_to(ROOT)} imports flavorkit internals (use flavorkit.sdk): {bad}"
+
+
+def test_a_plugin_may_not_import_the_user_api_a_user_script_may(tmp_path: Path) -> None:
+    """flavorkit.spark is public for users' scripts, not for plugins: a backend builds on the SDK alone."""
+    source = tmp_path / "plugin.py"
+    source.write_text("from flavorkit.spark import spark_udf\nimport flavorkit.serve\n", encoding="utf-8")
+    modules = sorted(m for _, m in _flavorkit_imports(source))
+    assert [m for m in modules if m not in ALLOWED_IMPORTS] == ["flavorkit.serve", "flavorkit.spark"]
+    assert [m for m in modules if m not in USER_SCRIPT_IMPORTS] == []
 
 
 def test_the_import_scan_sees_internal_imports(tmp_path: Path) -> None:
