@@ -227,6 +227,12 @@ def test_the_image_builds_and_serves(
     try:
         done = _docker_run(docker, *build, timeout=1800)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        # The image holds MLflow's client side only (the model's mlflow-skinny pin), not its server side.
+        script = "import importlib.metadata as md; print(*(d.metadata['Name'] for d in md.distributions()))"
+        listed = _docker_run(docker, "run", "--rm", "--label", TEST_LABEL, "--entrypoint", "python", tag, "-c", script)
+        installed = {re.sub(r"[-_.]+", "-", name).lower() for name in listed.stdout.split()}
+        assert {"flavorkit", "mlflow-skinny", "onnxruntime-genai", "uvicorn", "prometheus-client"} <= installed
+        assert not installed & {"mlflow", "sqlalchemy", "alembic", "flask", "scikit-learn", "scipy", "matplotlib"}
         port = free_port()
         with _running_container(docker, tag, "-p", f"127.0.0.1:{port}:8000", "-e", "FLAVORKIT_API_KEY=k") as container:
             base = f"http://127.0.0.1:{port}"
