@@ -11,10 +11,10 @@ set -eu
 TAG="${1:-flavorkit-local/python:3.11-bookworm}"
 MIRROR="${2:-http://deb.debian.org/debian}"
 ROOTFS="$(mktemp -d)"
-trap 'rm -rf "$ROOTFS"' EXIT
+trap 'rm -rf --one-file-system "$ROOTFS"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR"
 # What an image does not need: package caches, documentation, manual pages.
-rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
+rm -rf --one-file-system "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
     "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/*
 tar -C "$ROOTFS" -c . | docker import \
     --change 'ENV LANG=C.UTF-8' \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -50,7 +51,7 @@ def server_process(cmd: Sequence[str], ready_url: str, *, timeout: float = 120, 
     """Run a server command in its own process group until ``ready_url`` answers 200; stop it afterwards.
 
     Its output goes to a temporary log, whose tail is in the error when it does not start in time.
-    SIGTERM stops it (the whole group), SIGKILL after 30 s.
+    SIGTERM stops it (the whole group); 30 s later at most, SIGKILL ends what is left of the group.
     """
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
@@ -69,11 +70,15 @@ def server_process(cmd: Sequence[str], ready_url: str, *, timeout: float = 120, 
                     time.sleep(0.3)
             yield
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone if it died while starting
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            # Whatever of the group is still there (children that outlived their leader, or a leader
+            # that ignored SIGTERM) is killed, and the leader reaped.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 async def collect_events(ticket: Any) -> list[Any]:

@@ -79,3 +79,34 @@ def test_a_prebuilt_folder_onnx_runtime_refuses_loads_as_a_model_source_error(ti
     assert message.startswith(f"model source {tmp_path / 'm' / 'artifacts'}/")
     assert ": ONNX Runtime cannot load its model file: Load model from " in message
     assert "Graph output (bogus) does not exist in the graph" in message
+
+
+def test_a_bad_build_cached_before_the_check_existed_is_refused_too(
+    tiny_hf: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flavorkit_onnxgenai import convert
+
+    # An older flavorkit cached the builder's output unchecked: stand that in by switching the check off.
+    with monkeypatch.context() as m:
+        m.setattr(convert, "unproduced_outputs", lambda folder: [])
+        stale = convert.convert_checkpoint(tiny_hf, precision="fp32", execution_provider="cuda")
+    assert (stale / "genai_config.json").is_file()
+    with pytest.raises(PackagingError, match=r"wrote an invalid model for precision 'fp32' on 'cuda'"):
+        convert.convert_checkpoint(tiny_hf, precision="fp32", execution_provider="cuda")
+
+
+@pytest.mark.parametrize(
+    ("message", "defect"),
+    [
+        ("Load model from m.onnx failed:graph.cc:1617 This is an invalid model. Graph output (x) does not exist", True),
+        ("Load model from m.onnx failed:This is an invalid model. In Node, Error No Op registered for Foo", False),
+        ("Load model from m.onnx failed:Unsupported model IR version: 11, max supported IR version: 10", False),
+        ("Load model from m.onnx failed:This is an invalid model. opset 25 is under development", False),
+        ("Failed to load library libonnxruntime_providers_cuda.so", False),
+    ],
+)
+def test_only_a_malformed_graph_blames_the_folder(message: str, defect: bool) -> None:
+    """A runtime older than the model (operator, IR version, opset) stays 'backend unavailable'."""
+    from flavorkit_onnxgenai.runtime import _graph_defect
+
+    assert _graph_defect(message) is defect

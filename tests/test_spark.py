@@ -473,6 +473,22 @@ def _own_env_root(manager: str) -> Path:
     return Path(cache[key][0], "envs")
 
 
+@pytest.fixture
+def _env_root_restored() -> Iterator[None]:
+    """Give MLflow's per-process folder back to the rest of the session after a test chose its own."""
+    from mlflow.utils import process
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    key = (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
+    cache = process._per_process_value_cache_map
+    before = cache.get(key)
+    yield
+    if before is None:
+        cache.pop(key, None)
+    else:
+        cache[key] = before
+
+
 def _built_envs(root: Path) -> list[dict[str, str]]:
     """The ``pyvenv.cfg`` of each environment MLflow built under ``root``."""
     return [
@@ -482,7 +498,7 @@ def _built_envs(root: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(params=["uv", "virtualenv"])
-def env_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def env_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _env_root_restored: None) -> str:
     """A non-local env manager whose tool is installed (``uv``; pyenv for ``virtualenv``), with its own folder."""
     if request.param == "uv":
         _tool("uv", monkeypatch, "pip install uv; env_manager='uv' runs it to build the model's environment")
@@ -508,15 +524,17 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
     monkeypatch.delenv(SCORING_TIMEOUT_ENV, raising=False)
     requests = _long_requests()
     df = chat_frame(spark, requests, partitions=1)
-    # The helper passes a long timeout to the executors: every row is answered, as in-process.
-    out = df.select(spark_udf(spark, str(tiny_model_dir), env_manager=env_manager)(*_COLS).alias("t")).collect()
-    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
+    helper = spark_udf(spark, str(tiny_model_dir), env_manager=env_manager)  # builds the environment here
     # The model's environment was built by the manager asked for, on this Python version.
     (built,) = _built_envs(_own_env_root(env_manager))
     assert platform.python_version() in (built.get("version_info"), built.get("version"))  # uv, venv
     assert ("uv" in built) == (env_manager == "uv")
-    # Compiled at install (pip does by default; the helper asks uv to), so no scoring server recompiles.
+    # Compiled at install (pip does by default; the helper asks uv to), so no scoring server recompiles:
+    # checked before any scoring server has run (one would write .pyc files as it imports).
     assert list(_own_env_root(env_manager).glob("virtualenv_envs/*/lib/python*/site-packages/mlflow/__pycache__/*.pyc"))
+    # The helper passes a long timeout to the executors: every row is answered, as in-process.
+    out = df.select(helper(*_COLS).alias("t")).collect()
+    assert [row.t for row in out] == _texts(tiny_model_dir, requests)
     # Each task's scoring server answers one Arrow batch per request; past the timeout the task fails.
     # (1 s stands in for MLflow's default 60 s: a batch of long generations takes longer than that.)
     short = mlflow.pyfunc.spark_udf(
@@ -527,12 +545,12 @@ def test_non_local_env_manager_batches_fail_past_the_scoring_timeout_and_the_hel
 
 
 def test_plain_api_with_virtualenv_and_a_long_timeout_in_extra_env_answers_every_row(
-    spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, _env_root_restored: None
 ) -> None:
     from flavorkit.spark import SCORING_TIMEOUT_ENV, reuse_local_python
 
     _tool("pyenv", monkeypatch, "env_manager='virtualenv' asks pyenv for the model's Python version")
-    root = _own_env_root("virtualenv")
+    root = _own_env_root("virtualenv-plain")  # its own, empty: the plain API must build, not reuse
     # Without this, MLflow's pyenv compiles the model's Python from python.org's source (fails offline).
     assert platform.python_version() in reuse_local_python()
     requests = _long_requests()[:6]

@@ -139,9 +139,7 @@ def convert_checkpoint(
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in sorted(options.items()))]
         return cmd
 
-    def usable(out: Path) -> bool:
-        if not (out / "genai_config.json").is_file():
-            return False
+    def refuse_unloadable(out: Path) -> None:
         missing = unproduced_outputs(out)
         if missing:
             shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
@@ -151,9 +149,14 @@ def convert_checkpoint(
                 f"produces ({shown}), so ONNX Runtime would refuse to load it. Choose another precision "
                 "(on cuda: 'fp16' or 'int4')."
             )
+
+    def usable(out: Path) -> bool:
+        if not (out / "genai_config.json").is_file():
+            return False
+        refuse_unloadable(out)  # a bad build is never cached
         return True
 
-    return cached_build(
+    folder = cached_build(
         "onnx-genai",
         recipe,
         command,
@@ -162,3 +165,5 @@ def convert_checkpoint(
         produced=usable,
         tools=_TOOLS,
     )
+    refuse_unloadable(folder)  # a cache entry written before this check existed (it reads the graph only)
+    return folder

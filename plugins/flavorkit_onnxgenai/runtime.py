@@ -53,6 +53,18 @@ def _og() -> Any:
     return og
 
 
+#: ONNX Runtime's words for a graph it refuses ...
+_INVALID_GRAPH = "This is an invalid model"
+#: ... and, within those, the ones that mean a runtime older than the model (an unknown operator or
+#: opset, a newer IR version): the runtime is at fault, not the folder.
+_RUNTIME_TOO_OLD = ("No Op registered", "IR version", "opset")
+
+
+def _graph_defect(message: str) -> bool:
+    """Whether ONNX Runtime's load error ``message`` says the graph is malformed in itself."""
+    return _INVALID_GRAPH in message and not any(marker in message for marker in _RUNTIME_TOO_OLD)
+
+
 @dataclass
 class OgHandle:
     """A loaded ORT-genai model, its tokenizer and the facts the core asks for."""
@@ -91,8 +103,9 @@ class OgHandle:
         try:
             model = og.Model(config)
         except Exception as exc:
-            if "Load model from" in str(exc):
-                # ONNX Runtime rejected the graph itself: the folder is at fault, not the runtime.
+            if _graph_defect(str(exc)):
+                # ONNX Runtime rejected the graph itself: the folder is at fault, not the runtime. (An IR
+                # version, opset or operator it does not know means an older runtime: unavailable, below.)
                 raise ModelSourceError(path, f"ONNX Runtime cannot load its model file: {exc}") from exc
             raise BackendUnavailable(
                 f"onnx-{provider}", f"onnxruntime-genai could not create the model: {exc}"
