@@ -457,13 +457,19 @@ def _tool(name: str, monkeypatch: pytest.MonkeyPatch, why: str) -> str:
     return found
 
 
-def _own_env_root(manager: str) -> Path:
-    """Point MLflow's per-process folder (where spark_udf builds environments) at ``manager``'s own one."""
+def _tmp_dir_slot() -> tuple[dict[Any, Any], Any]:
+    """MLflow's per-process value cache and the key of its per-process folder (where spark_udf builds)."""
     from mlflow.utils import process
     from mlflow.utils.file_utils import get_or_create_tmp_dir
 
-    key = (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
-    cache = process._per_process_value_cache_map
+    return process._per_process_value_cache_map, (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
+
+
+def _own_env_root(manager: str) -> Path:
+    """Point MLflow's per-process folder (where spark_udf builds environments) at ``manager``'s own one."""
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    cache, key = _tmp_dir_slot()
     if manager in _ENV_ROOTS:
         cache[key] = _ENV_ROOTS[manager]
     else:
@@ -476,11 +482,7 @@ def _own_env_root(manager: str) -> Path:
 @pytest.fixture
 def _env_root_restored() -> Iterator[None]:
     """Give MLflow's per-process folder back to the rest of the session after a test chose its own."""
-    from mlflow.utils import process
-    from mlflow.utils.file_utils import get_or_create_tmp_dir
-
-    key = (get_or_create_tmp_dir.__wrapped__, ())  # type: ignore[attr-defined]
-    cache = process._per_process_value_cache_map
+    cache, key = _tmp_dir_slot()
     before = cache.get(key)
     yield
     if before is None:
