@@ -1,6 +1,6 @@
 """Calibrate the batch cost models of the onnx-cpu and transformers backends on this machine.
 
-The backends decide which requests share a padded batch with :class:`flavorkit.batching.CostModel`
+The backends decide which requests share a padded batch with :class:`flavorkit.runtime.cost.CostModel`
 (see docs/architecture.md, "Length-aware batching"). Its coefficients come from this script: it
 times the two parts of decoding on SmolLM2-135M-Instruct, the way each backend runs them,
 
@@ -69,8 +69,8 @@ class _Hf:
     """Prompt pass and steps of the transformers backend's own engine (left-padded batch)."""
 
     def __init__(self) -> None:
+        from flavorkit.backend.registry import get_backend
         from flavorkit.demo import smollm2
-        from flavorkit.registry import get_backend
 
         backend = get_backend("transformers")
         self.engine = backend.load({"model": str(smollm2.checkpoint())}, backend.validate_options({}))

@@ -43,8 +43,8 @@ Result = dict[str, float]
 
 
 def _load() -> Any:
+    from flavorkit.backend.registry import get_backend
     from flavorkit.demo import smollm2
-    from flavorkit.registry import get_backend
 
     backend = get_backend("transformers")
     return backend.load({"model": str(smollm2.checkpoint())}, backend.validate_options({}))

@@ -181,7 +181,7 @@ def mixed_lengths(wrapped: Any, rounds: int, max_tokens: int, one_batch: bool) -
     ``one_batch`` adds a third side, every row forced into one padded batch (what flavorkit did
     before length-aware batching), by giving the handle a cost model in which only steps count.
     """
-    from flavorkit.batching import CostModel
+    from flavorkit.runtime.cost import CostModel
 
     loaded = wrapped.unwrap_python_model().loaded
     handle = loaded.handle

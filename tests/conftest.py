@@ -21,6 +21,36 @@ from typing import Any
 
 import pytest
 
+# Each folder of tests/ is an area of the code, and its name is a marker: `pytest -m serve` runs the
+# server's tests, `pytest -m "not slow"` the fast ones. `needs_model` marks every test that asks for
+# SmolLM2 (a real 135M model: conversions and real decoding), so it is applied by fixture, not by folder.
+AREAS = (
+    "backend",
+    "runtime",
+    "packaging",
+    "model",
+    "plugins",
+    "kit",
+    "serve",
+    "thirdparty",
+    "spark",
+    "deploy",
+    "cli",
+    "docs",
+)
+_SMOLLM2_FIXTURES = ("smollm2_hf", "smollm2_ort")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's area, and with ``needs_model`` when it uses SmolLM2."""
+    tests_root = Path(__file__).resolve().parent
+    for item in items:
+        area = Path(str(item.path)).resolve().relative_to(tests_root).parts[0]
+        if area in AREAS:
+            item.add_marker(getattr(pytest.mark, area))
+        if any(name in getattr(item, "fixturenames", ()) for name in _SMOLLM2_FIXTURES):
+            item.add_marker(pytest.mark.needs_model)
+
 
 @pytest.fixture(scope="session")
 def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from flavorkit.registry import get_backend
-from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
+from flavorkit.backend.registry import get_backend
+from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 
 #: The example third-party backend's project folder.
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flavorkit-llamacpp"

@@ -69,7 +69,7 @@ def hub_env(cache: Path, *, online: bool) -> Iterator[None]:
 
     huggingface_hub reads its environment once at import, so the in-process equivalent of the
     variables is its ``constants`` module (the sessions it caches per thread are reset around the
-    change). ``tests/test_sources.py`` checks the same two modes through real environment variables.
+    change). ``tests/packaging/test_sources.py`` checks the same two modes through real environment variables.
     """
     from huggingface_hub import constants
 

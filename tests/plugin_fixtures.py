@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flavorkit.registry import get_registry
+from flavorkit.backend.registry import get_registry
 
 
 def make_distribution(

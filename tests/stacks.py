@@ -41,7 +41,7 @@ def optimum_unavailable() -> str | None:
     tf = _installed("transformers")
     if _installed("optimum-onnx") is not None and tf is not None and tf < Version("4.58"):
         return None
-    from flavorkit.registry import get_registry
+    from flavorkit.backend.registry import get_registry
 
     status = {s.name: s for s in get_registry().statuses()}.get("optimum-onnx")
     reason = status.error if status is not None and status.error else "the optimum-onnx stack is not installed"

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flavorkit._version import __version__
+from flavorkit.backend.hookspec import SPEC_VERSION, hookimpl
+from flavorkit.backend.registry import backends
 from flavorkit.errors import (
     BackendError,
     BackendNotFound,
@@ -37,12 +39,10 @@ from flavorkit.errors import (
     PluginSpecError,
     SignatureError,
 )
-from flavorkit.hookspec import SPEC_VERSION, hookimpl
-from flavorkit.registry import backends
 from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, GenerationSession, RuntimeInfo
 
 if TYPE_CHECKING:
-    from flavorkit.packager import package as package
+    from flavorkit.packaging.packager import package as package
 
 __all__ = [
     "SPEC_VERSION",
@@ -73,7 +73,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The packager imports MLflow machinery; load it on first use so `import flavorkit` stays light.
     if name == "package":
-        from flavorkit.packager import package
+        from flavorkit.packaging.packager import package
 
         return package
     raise AttributeError(f"module 'flavorkit' has no attribute {name!r}")

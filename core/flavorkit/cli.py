@@ -28,7 +28,7 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 def cmd_backends(args: argparse.Namespace) -> int:
     """Print installed backends as a table or JSON; exit 1 in strict mode if any plugin is broken."""
-    from flavorkit.registry import get_registry
+    from flavorkit.backend.registry import get_registry
 
     statuses = get_registry(refresh=True, strict=args.strict or None).statuses()
     if args.json:
@@ -81,7 +81,7 @@ def _parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
 
 def cmd_package(args: argparse.Namespace) -> int:
     """Package a model source with a backend, to a directory or to the active MLflow tracking store."""
-    from flavorkit.packager import package
+    from flavorkit.packaging.packager import package
 
     info = package(
         model=args.model,
@@ -100,9 +100,9 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check a packaged model's signature and manifest without running any of its code; exit 1 if it fails."""
-    from flavorkit.loading import verify_packaged
-    from flavorkit.model_uri import local_model
-    from flavorkit.signing import TRUSTED_KEY_ENV, trusted_key
+    from flavorkit.model.loading import verify_packaged
+    from flavorkit.model.signing import TRUSTED_KEY_ENV, trusted_key
+    from flavorkit.model.uri import local_model
 
     key = Path(args.key) if args.key else trusted_key()
     with local_model(args.model_uri) as model_dir:

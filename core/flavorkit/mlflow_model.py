@@ -24,7 +24,7 @@ _MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class FlavorkitModel(PythonModel):  # type: ignore[misc]
-    """A pyfunc model delegating to :class:`flavorkit.runtime.LoadedModel`."""
+    """A pyfunc model delegating to :class:`flavorkit.runtime.loaded.LoadedModel`."""
 
     # flavorkit validates requests itself (with field names MLflow's checks cannot give), so MLflow's
     # type-hint validation of predict() is off, as for MLflow's own ChatModel; this also silences the
@@ -33,8 +33,8 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
     def load_context(self, context: PythonModelContext) -> None:
         """Verify the whole model (signature, manifest), check its configuration and load the backend."""
-        from flavorkit.loading import load_packaged
-        from flavorkit.mlflow_columns import watch_dropped_columns
+        from flavorkit.model.columns import watch_dropped_columns
+        from flavorkit.model.loading import load_packaged
 
         # MLflow runs this file from the model's root folder, so that folder is the model to verify.
         self._model = load_packaged(context.artifacts, context.model_config, _MODEL_DIR)
@@ -42,14 +42,14 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
     @property
     def loaded(self) -> Any:
-        """The :class:`flavorkit.runtime.LoadedModel` behind this pyfunc model (backend, handle, defaults)."""
+        """The :class:`flavorkit.runtime.loaded.LoadedModel` behind this pyfunc model (backend, handle, defaults)."""
         return self._model
 
     # model_input is deliberately unannotated: MLflow would infer a second schema from a hint.
     def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
         """Answer each request (dict, list of dicts or DataFrame rows), in order."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
-        from flavorkit.mlflow_columns import refuse_dropped_columns
+        from flavorkit.model.columns import refuse_dropped_columns
 
         try:
             refuse_dropped_columns(self._model.task)
@@ -66,7 +66,7 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
         when the call is made, rather than being deferred to the first ``next()``.
         """
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
-        from flavorkit.mlflow_columns import refuse_dropped_columns
+        from flavorkit.model.columns import refuse_dropped_columns
 
         try:
             refuse_dropped_columns(self._model.task)

@@ -2,7 +2,7 @@
 
 A backend plugin (first-party or third-party) imports from here and from :mod:`flavorkit.testing`
 (the conformance kit), and from nowhere else in flavorkit. The names below are the SDK's contract:
-``tests/test_sdk.py`` pins ``__all__``, so adding or removing one is a deliberate, reviewed change.
+``tests/backend/test_sdk.py`` pins ``__all__``, so adding or removing one is a deliberate, reviewed change.
 Every other module of the package is internal and may change without notice.
 
 Importing this module is cheap (no MLflow, torch or onnxruntime), because entry points import it
@@ -11,9 +11,8 @@ whenever backends are listed.
 
 from __future__ import annotations
 
-from flavorkit.batching import CostModel
-from flavorkit.build import cached_build, tool_versions
-from flavorkit.cache import build_scratch, cache_root, cached_dir, content_key, tree_digest
+from flavorkit.backend.handles import HandleHooks, RuntimeHandle
+from flavorkit.backend.hookspec import SPEC_VERSION, hookimpl
 from flavorkit.errors import (
     BackendError,
     BackendUnavailable,
@@ -24,13 +23,11 @@ from flavorkit.errors import (
     PackagingError,
     PluginSpecError,
 )
-from flavorkit.handles import HandleHooks, RuntimeHandle
-from flavorkit.hookspec import SPEC_VERSION, hookimpl
-from flavorkit.interleave import InterleavedSession
-from flavorkit.progress import step
-from flavorkit.requirements import extra_requirements, installed_version, pinned
-from flavorkit.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
-from flavorkit.sources import (
+from flavorkit.packaging.build import cached_build, tool_versions
+from flavorkit.packaging.cache import build_scratch, cache_root, cached_dir, content_key, tree_digest
+from flavorkit.packaging.progress import step
+from flavorkit.packaging.requirements import extra_requirements, installed_version, pinned
+from flavorkit.packaging.sources import (
     ModelDir,
     check_links,
     looks_like_hub_id,
@@ -38,6 +35,9 @@ from flavorkit.sources import (
     resolve_model_dir,
     stage_tree,
 )
+from flavorkit.runtime.cost import CostModel
+from flavorkit.runtime.interleave import InterleavedSession
+from flavorkit.runtime.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
 from flavorkit.types import (
     Artifacts,
     Capability,

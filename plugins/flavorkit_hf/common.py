@@ -185,6 +185,6 @@ def weight_files(folder: Path, *, required: bool = True) -> list[Path]:
 def stage_files(folder: ModelDir | Path, dest: Path, keep: Callable[[Path], bool]) -> Path:
     """Stage the visible top-level files of ``folder`` that ``keep`` accepts into ``dest`` as real files.
 
-    Every link in ``folder`` is checked first (see :func:`flavorkit.sources.stage_tree`).
+    Every link in ``folder`` is checked first (see :func:`flavorkit.packaging.sources.stage_tree`).
     """
     return stage_tree(folder, dest, keep=lambda path: not path.name.startswith(".") and keep(path), recursive=False)

@@ -11,7 +11,7 @@ with its own seeded ``torch.Generator`` so a seed reproduces whatever else is in
 Batching: requests are decoded in left-padded batches with explicit attention masks and position
 ids, so every row sees exactly its own tokens at its own positions; finished and cancelled rows
 leave the batch (their KV-cache rows are dropped). Which requests share a batch is decided by a
-cost model (:class:`flavorkit.batching.CostModel`, calibrated on CPU): every row of a batch is
+cost model (:class:`flavorkit.runtime.cost.CostModel`, calibrated on CPU): every row of a batch is
 computed at the widest prompt, so prompts of very different lengths are decoded apart. A padded
 batch is mathematically equal to one request at a time but not bit-for-bit (other matmul shapes,
 padded keys), which could flip a greedy choice when the two best logits nearly tie. In ``"exact"`` mode a

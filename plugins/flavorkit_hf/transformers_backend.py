@@ -3,7 +3,7 @@
 Sources: a local checkpoint folder, a Hub id (downloaded with huggingface_hub), or an already built
 ``transformers.Pipeline``. A folder is validated (config, causal-LM class, weight headers,
 tokenizer) without loading the weights and its files are staged as real files (no link in it may lead
-outside the source, see :func:`flavorkit.sources.stage_tree`); a pipeline's model
+outside the source, see :func:`flavorkit.packaging.sources.stage_tree`); a pipeline's model
 and tokenizer are saved with ``save_pretrained``. This module is what the entry point names, so it
 stays light: torch and transformers are imported only inside hooks.
 """

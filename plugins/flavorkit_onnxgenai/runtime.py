@@ -4,7 +4,7 @@ Decoding uses ``og.Generator`` with ``append_tokens``/``generate_next_token``. R
 their sampling settings run together in right-padded batches (``batch_size`` > 1), which on these
 models is faster than ``og.Engine`` and, unlike the 0.15 Engine, can stop early and survives bad
 requests; greedy rows give exactly their single-request output. Which requests share a batch is
-decided by a cost model (:class:`flavorkit.batching.CostModel`, calibrated for the CPU provider):
+decided by a cost model (:class:`flavorkit.runtime.cost.CostModel`, calibrated for the CPU provider):
 a padded batch computes every row at the widest prompt and until the longest request ends, so
 prompts of very different lengths or ``max_tokens`` are decoded apart. Limits that
 onnxruntime-genai applies per batch (``max_length``, EOS) are enforced per row here.

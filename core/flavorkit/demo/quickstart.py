@@ -37,8 +37,8 @@ def run(
     import mlflow
 
     from flavorkit.demo import smollm2
-    from flavorkit.packager import package
-    from flavorkit.progress import step
+    from flavorkit.packaging.packager import package
+    from flavorkit.packaging.progress import step
 
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)

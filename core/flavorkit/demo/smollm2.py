@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flavorkit.cache import cached_dir, content_key
 from flavorkit.errors import BackendUnavailable, ModelSourceError
-from flavorkit.manifest import sha256_file
-from flavorkit.progress import step
-from flavorkit.requirements import installed_version
+from flavorkit.model.manifest import sha256_file
+from flavorkit.packaging.cache import cached_dir, content_key
+from flavorkit.packaging.progress import step
+from flavorkit.packaging.requirements import installed_version
 
 __all__ = [
     "DISTRIBUTION",

@@ -20,15 +20,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flavorkit.loading import VERIFY_ENV, verify_packaged
-from flavorkit.model_uri import local_model
+from flavorkit.model.loading import VERIFY_ENV, verify_packaged
+from flavorkit.model.signing import TRUSTED_KEY_ENV
+from flavorkit.model.signing import trusted_key as trusted_key_from_env
+from flavorkit.model.uri import local_model
 from flavorkit.serve import routes
 from flavorkit.serve.auth import check_bearer
 from flavorkit.serve.errors import APIError, NotAFlavorkitModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Scheduler
-from flavorkit.signing import TRUSTED_KEY_ENV
-from flavorkit.signing import trusted_key as trusted_key_from_env
 
 __all__ = [
     "BATCHING_MODES",
@@ -83,7 +83,7 @@ def load_flavorkit_model(model_uri: str) -> tuple[Any, Any]:
     """Load ``model_uri`` with ``mlflow.pyfunc.load_model``; return the pyfunc and its ``LoadedModel``."""
     import mlflow
 
-    from flavorkit.runtime import LoadedModel
+    from flavorkit.runtime.loaded import LoadedModel
 
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     try:

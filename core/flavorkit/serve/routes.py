@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
 
 from flavorkit.errors import InvalidRequest
-from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
+from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve import openai_api as oa
 from flavorkit.serve.errors import APIError, error_body, from_invalid_request
 from flavorkit.serve.metrics import CONTENT_TYPE_LATEST, Metrics

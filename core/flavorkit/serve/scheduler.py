@@ -3,7 +3,7 @@
 Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
 
 Runtimes and backends are not thread-safe, so exactly one thread (the worker) ever touches the
-:class:`~flavorkit.runtime.LoadedModel`: it encodes prompts, runs ``generate`` and executes
+:class:`~flavorkit.runtime.loaded.LoadedModel`: it encodes prompts, runs ``generate`` and executes
 exclusive jobs (the MLflow ``/invocations`` route). Request handlers on the event loop only
 submit :class:`Ticket` objects and read their events.
 
@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flavorkit.continuous import ContinuousBatch
+from flavorkit.backend.hookspec import hookimpl
 from flavorkit.errors import FlavorkitError, InvalidRequest
-from flavorkit.hookspec import hookimpl
-from flavorkit.runtime import BatchEvent, LoadedModel, PreparedRequest
+from flavorkit.runtime.continuous import ContinuousBatch
+from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
 
 __all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]

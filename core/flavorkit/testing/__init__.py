@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flavorkit.registry import get_backend
+    from flavorkit.backend.registry import get_backend
     from flavorkit.testing.clauses import CLAUSES, Clause
     from flavorkit.testing.conformance import HEAVY_MODULES, BackendConformance
     from flavorkit.testing.harness import ClauseFailed, Generated, Harness
@@ -42,7 +42,7 @@ _WHERE = {
     "Harness": "flavorkit.testing.harness",
     "REPORT_FORMAT": "flavorkit.testing.report",
     "REPORT_VERSION": "flavorkit.testing.report",
-    "get_backend": "flavorkit.registry",
+    "get_backend": "flavorkit.backend.registry",
 }
 
 

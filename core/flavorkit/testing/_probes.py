@@ -23,7 +23,7 @@ import importlib, importlib.abc, json, sys, time, traceback
 
 name, heavy = sys.argv[1], set(json.loads(sys.argv[2]))
 # flavorkit itself (and its SDK) is imported before the clock starts: only the plugin's own cost counts.
-for module in ("flavorkit", "flavorkit.registry", "flavorkit.sdk"):
+for module in ("flavorkit", "flavorkit.backend.registry", "flavorkit.sdk"):
     try:
         importlib.import_module(module)
     except Exception:  # a missing SDK module is counted against the plugin, not hidden
@@ -48,7 +48,7 @@ result = {"error": None, "object": None, "seconds": None}
 try:
     import importlib.metadata as md
     import inspect
-    from flavorkit.registry import BACKEND_GROUP, Backend
+    from flavorkit.backend.registry import BACKEND_GROUP, Backend
     eps = [ep for ep in md.entry_points(group=BACKEND_GROUP) if ep.name == name]
     if not eps:
         raise LookupError(f"no entry point named {name!r} in group {BACKEND_GROUP!r}")

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from flavorkit.backend.registry import BACKEND_GROUP
 from flavorkit.errors import BackendNotFound
-from flavorkit.registry import BACKEND_GROUP
 from flavorkit.testing._probes import child_env
 from flavorkit.testing.report import format_table, write_report
 

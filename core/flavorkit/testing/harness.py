@@ -8,8 +8,8 @@ still reads its source fails), the raw handle loaded from the packaged artifacts
 model. A failure while building one of them is remembered, so every clause that needs it fails
 with the same message instead of retrying.
 
-Raw calls go through :class:`flavorkit.registry.Backend` (the hooks, with only the registry's type
-checks) and never through :class:`flavorkit.runtime.LoadedModel`, which repairs some mistakes (it
+Raw calls go through :class:`flavorkit.backend.registry.Backend` (the hooks, with only the registry's type
+checks) and never through :class:`flavorkit.runtime.loaded.LoadedModel`, which repairs some mistakes (it
 cuts output past ``max_tokens``, for instance) and would hide them.
 """
 
@@ -24,12 +24,12 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flavorkit.registry import Backend, get_registry
+from flavorkit.backend.registry import Backend, get_registry
 from flavorkit.signatures import CHAT
 from flavorkit.types import Artifacts, Capability, GenerationRequest, Message, RuntimeInfo
 
 if TYPE_CHECKING:
-    from flavorkit.runtime import LoadedModel
+    from flavorkit.runtime.loaded import LoadedModel
 
 __all__ = ["PROMPTS", "ClauseFailed", "Generated", "Harness", "Probe", "check"]
 
@@ -224,7 +224,7 @@ class Harness:
     @_once
     def handle(self) -> Any:
         """A raw handle: the backend's ``load`` hook on the packaged chat model's artifacts."""
-        from flavorkit.loading import MANIFEST_ARTIFACT
+        from flavorkit.model.loading import MANIFEST_ARTIFACT
 
         files = {k: v for k, v in self.packaged_artifacts().items() if k != MANIFEST_ARTIFACT}
         backend = self.backend()
@@ -244,7 +244,7 @@ class Harness:
         Falls back to :data:`flavorkit.testing._special.WELL_KNOWN` (marked ``"well-known"``) when
         no tokenizer file the kit can read declares any.
         """
-        from flavorkit.loading import MANIFEST_ARTIFACT
+        from flavorkit.model.loading import MANIFEST_ARTIFACT
         from flavorkit.testing._special import WELL_KNOWN, special_tokens
 
         roots = [p for k, p in self.packaged_artifacts().items() if k != MANIFEST_ARTIFACT]
@@ -255,7 +255,7 @@ class Harness:
     @_once
     def model(self) -> LoadedModel:
         """The core runtime around the raw handle (chat task, no packaged defaults)."""
-        from flavorkit.runtime import LoadedModel
+        from flavorkit.runtime.loaded import LoadedModel
 
         return LoadedModel(self.backend(), self.handle(), task=CHAT)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flavorkit.cache import cached_dir, content_key
-from flavorkit.requirements import installed_version
+from flavorkit.packaging.cache import cached_dir, content_key
+from flavorkit.packaging.requirements import installed_version
 
 __all__ = ["CHATML_TEMPLATE", "TINY_RECIPE", "smollm2_gguf", "tiny_checkpoint"]
 

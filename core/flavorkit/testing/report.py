@@ -89,7 +89,7 @@ def summarize(results: Iterable[ClauseResult]) -> dict[str, int]:
 def build_report(results: Sequence[ClauseResult], backends: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The JSON report for ``results`` (see the module docstring for the format)."""
     from flavorkit import __version__
-    from flavorkit.hookspec import SPEC_VERSION
+    from flavorkit.backend.hookspec import SPEC_VERSION
 
     summary = summarize(results)
     return {

@@ -294,7 +294,7 @@ class ContractClauses(ConformanceBase):
 
 def _reference_prompt(conformance: Harness, conversation: Sequence[Message]) -> tuple[Any, str]:
     """``((ids, text, tokenizer), "")`` rendered by the model's own chat template, or ``(None, why not)``."""
-    from flavorkit.loading import MANIFEST_ARTIFACT
+    from flavorkit.model.loading import MANIFEST_ARTIFACT
 
     roots = [Path(p) for k, p in conformance.packaged_artifacts().items() if k != MANIFEST_ARTIFACT]
     if isinstance(conformance.source, (str, os.PathLike)):

@@ -26,8 +26,8 @@ class PackagingClauses(ConformanceBase):
     @clause("artifacts_manifest")
     def test_artifacts_manifest(self, conformance: Harness) -> None:
         """artifacts() names existing files; the packaged copies match the manifest."""
-        from flavorkit.loading import MANIFEST_ARTIFACT
-        from flavorkit.manifest import verify_model
+        from flavorkit.model.loading import MANIFEST_ARTIFACT
+        from flavorkit.model.manifest import verify_model
 
         arts = conformance.raw_artifacts()
         for key, location in arts.files.items():
@@ -162,7 +162,7 @@ class PackagingClauses(ConformanceBase):
         """The packaged model loads with mlflow.pyfunc and answers with a well-formed chat completion."""
         from mlflow.models import Model
 
-        from flavorkit.loading import MANIFEST_ARTIFACT
+        from flavorkit.model.loading import MANIFEST_ARTIFACT
         from flavorkit.signatures import input_example
 
         meta = Model.load(str(conformance.packaged())).metadata or {}
@@ -190,7 +190,7 @@ class PackagingClauses(ConformanceBase):
         import mlflow
 
         from flavorkit.errors import IntegrityError
-        from flavorkit.manifest import read_manifest
+        from flavorkit.model.manifest import read_manifest
 
         source = conformance.packaged()
         arts = {n: Path(p).relative_to(source).as_posix() for n, p in conformance.packaged_artifacts().items()}

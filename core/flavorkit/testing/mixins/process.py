@@ -61,8 +61,8 @@ class ProcessClauses(ConformanceBase):
         import pluggy
         from pydantic import BaseModel
 
-        from flavorkit.hookspec import PROJECT, REQUIRED_HOOKS, WrapperBackend
-        from flavorkit.registry import BACKEND_GROUP
+        from flavorkit.backend.hookspec import PROJECT, REQUIRED_HOOKS, WrapperBackend
+        from flavorkit.backend.registry import BACKEND_GROUP
 
         name = conformance.backend_name
         eps = [ep for ep in md.entry_points(group=BACKEND_GROUP) if ep.name == name]

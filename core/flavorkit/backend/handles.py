@@ -1,0 +1,75 @@
+"""Runtime hooks for backends whose ``load`` returns a handle object that does the work itself.
+
+Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
+
+Most backends end up with a handle class holding the model and tokenizer, and hooks that only
+forward to it. Inheriting :class:`HandleHooks` provides those forwarding hooks (``describe``,
+``encode``, ``generate``, ``unload``, and ``generate_session`` for a handle with a ``session()``
+method); the backend then implements ``dependencies``,
+``artifacts`` and ``load`` (returning a :class:`RuntimeHandle`) and whatever optional hooks it needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from flavorkit.backend.hookspec import hookimpl
+from flavorkit.types import Delta, GenerationRequest, GenerationSession, Message, RuntimeInfo
+
+__all__ = ["HandleHooks", "RuntimeHandle"]
+
+
+@runtime_checkable
+class RuntimeHandle(Protocol):
+    """What :class:`HandleHooks` expects ``load`` to return."""
+
+    #: Tokens (prompt + completion) the model can attend to.
+    context_length: int
+    #: The name reported in responses when the packager recorded none.
+    name: str
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Prompt token ids after the chat template (with the generation prompt)."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """Deltas for a batch of requests, as the ``generate`` hook specifies."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+        ...
+
+
+class HandleHooks:
+    """``describe``/``encode``/``generate``/``unload`` forwarded to a :class:`RuntimeHandle`."""
+
+    @hookimpl
+    def describe(self, handle: Any) -> RuntimeInfo:
+        """Context length and name from the handle."""
+        return RuntimeInfo(context_length=int(handle.context_length), model_name=str(handle.name))
+
+    @hookimpl
+    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
+        """The handle's chat template and tokenizer."""
+        return list(handle.encode(messages))
+
+    @hookimpl
+    def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
+        """The handle's decoding loop."""
+        return handle.generate(requests)  # type: ignore[no-any-return]
+
+    @hookimpl
+    def generate_session(self, handle: Any) -> GenerationSession | None:
+        """The handle's ``session()`` when it has one (continuous batching, spec version 2), else None."""
+        session = getattr(handle, "session", None)
+        if not inspect.ismethod(session):  # e.g. an onnxruntime InferenceSession kept as ``handle.session``
+            return None
+        return session()  # type: ignore[no-any-return]
+
+    @hookimpl
+    def unload(self, handle: Any) -> None:
+        """The handle's close()."""
+        handle.close()

@@ -1,0 +1,93 @@
+"""The top-level request fields MLflow's schema enforcement drops before ``predict``, so they can be refused.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
+MLflow keeps only the signature's columns and drops the others before the model sees the input,
+logging "Found extra inputs in the model input that are not defined in the model signature:
+`[...]`. These inputs will be ignored." from ``mlflow.models.utils``. No MLflow API hands a pyfunc
+model its raw input, so a :class:`logging.Filter` on that logger records the names for the
+prediction that is running (MLflow's prediction context, set around schema enforcement and
+``predict`` in the same thread), and the pyfunc wrapper refuses them as OpenAI does, naming the
+field. The filter changes no record; see docs/architecture.md section 4 for why this design and
+what it cannot see.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+import threading
+from typing import Any
+
+from flavorkit.errors import InvalidRequest
+from flavorkit.schema import ChatRequest, TextRequest
+from flavorkit.signatures import CHAT
+
+__all__ = ["dropped_columns", "refuse_dropped_columns", "watch_dropped_columns"]
+
+#: The logger and message of MLflow's notice (``mlflow.models.utils._enforce_schema``, MLflow 3.x).
+LOGGER = "mlflow.models.utils"
+_NOTICE = re.compile(r"Found extra inputs in the model input that are not defined in the model signature: `(\[.*\])`")
+
+
+def _prediction_context() -> Any:
+    from mlflow.pyfunc.context import get_prediction_context
+
+    return get_prediction_context()
+
+
+class _DroppedColumns(logging.Filter):
+    """Records the names in MLflow's "Found extra inputs" notice, per thread, with the prediction context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Remember the dropped names; always let the record through."""
+        match = _NOTICE.search(record.getMessage())
+        if match:
+            context = _prediction_context()
+            if context is not None:  # outside a pyfunc prediction nobody will ask
+                try:
+                    names = [str(n) for n in ast.literal_eval(match.group(1))]
+                except (ValueError, SyntaxError):
+                    names = [match.group(1)]
+                # A name may hold a lone surrogate; the error message must still be valid text.
+                names = [n.encode("utf-8", "backslashreplace").decode("utf-8") for n in names]
+                self.local.seen = (context, names)
+        return True
+
+
+_FILTER = _DroppedColumns()
+
+
+def watch_dropped_columns() -> None:
+    """Start recording the fields MLflow drops (idempotent); call before the first prediction."""
+    logger = logging.getLogger(LOGGER)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
+def dropped_columns() -> list[str]:
+    """The fields MLflow dropped from the input of the prediction running in this thread; then forget them."""
+    seen = getattr(_FILTER.local, "seen", None)
+    _FILTER.local.seen = None
+    if seen is None:
+        return []
+    context, names = seen
+    # A notice from an earlier prediction whose enforcement failed afterwards belongs to another context.
+    return list(names) if context is _prediction_context() else []
+
+
+def refuse_dropped_columns(task: str) -> None:
+    """Raise :class:`InvalidRequest` naming the first field MLflow dropped, if it dropped any."""
+    names = dropped_columns()
+    if not names:
+        return
+    model = ChatRequest if task == CHAT else TextRequest
+    message = "unknown field"
+    if len(names) > 1:
+        message += " (also unknown: " + ", ".join(repr(n) for n in names[1:]) + ")"
+    raise InvalidRequest(names[0], message, allowed=", ".join(model.model_fields))

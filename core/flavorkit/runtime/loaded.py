@@ -1,0 +1,529 @@
+"""The serving core: turns validated requests into backend calls and OpenAI-shaped answers.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
+Everything a user can observe about a response is decided here, not in the backend: defaults,
+``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason``, usage and the response and
+chunk shapes. ``predict`` is literally the joined stream of ``predict_stream``'s events, so the two
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flavorkit.backend.registry import Backend
+from flavorkit.errors import BackendError, InvalidRequest
+from flavorkit.runtime.stopping import StopMatcher
+from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, stop_tuple
+from flavorkit.signatures import CHAT, TASKS
+from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo
+
+if TYPE_CHECKING:
+    from flavorkit.runtime.continuous import ContinuousBatch
+
+__all__ = ["CORE_DEFAULTS", "BatchEvent", "LoadedModel", "PreparedRequest"]
+
+log = logging.getLogger(__name__)
+
+#: Generation settings used when neither the request nor the packaged defaults set them.
+CORE_DEFAULTS: dict[str, Any] = {"max_tokens": 256, "temperature": 1.0, "top_p": 1.0, "n": 1}
+
+
+@dataclass(slots=True)
+class _Choice:
+    """State of one generated sequence (one of the ``n`` choices of one input row)."""
+
+    row: int
+    index: int
+    request: GenerationRequest
+    matcher: StopMatcher
+    parts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish: str | None = None
+
+
+@dataclass(slots=True)
+class _Row:
+    request: ChatRequest | TextRequest
+    choices: list[_Choice]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One increment of :meth:`LoadedModel.run_batch`: text for choice ``choice`` of request ``request``.
+
+    ``request`` is the position of the :class:`PreparedRequest` in the batch; ``tokens`` counts the
+    generated tokens this event accounts for (``text`` may be empty while a stop string or a
+    multi-byte character is held back); the last event of a choice carries ``finish_reason``.
+    """
+
+    request: int
+    choice: int
+    text: str
+    tokens: int
+    finish_reason: str | None
+
+
+class PreparedRequest:
+    """One validated, encoded request that can share a backend batch with others (see ``run_batch``).
+
+    The generated text, finish reasons and usage accumulate here while the batch runs. ``cancel``
+    may be called from any thread: the backend drops the request within a few decoding steps.
+    """
+
+    __slots__ = ("_cancelled", "_row")
+
+    def __init__(self, row: _Row) -> None:
+        self._row = row
+        self._cancelled = False
+
+    @property
+    def request(self) -> ChatRequest | TextRequest:
+        """The validated request."""
+        return self._row.request
+
+    @property
+    def n(self) -> int:
+        """How many choices (sequences) the request asked for."""
+        return len(self._row.choices)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the encoded prompt."""
+        return self._row.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, over all choices."""
+        return sum(c.tokens for c in self._row.choices)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancelled
+
+    @property
+    def finished(self) -> bool:
+        """True when every choice has a finish reason (``"cancelled"`` included)."""
+        return all(c.finish is not None for c in self._row.choices)
+
+    def texts(self) -> list[str]:
+        """The text generated so far for each choice, in choice order."""
+        return ["".join(c.parts) for c in self._row.choices]
+
+    def finish_reasons(self) -> list[str | None]:
+        """The finish reason of each choice (None while it is still generating)."""
+        return [c.finish for c in self._row.choices]
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI usage counts: the prompt is counted once, completions over all choices."""
+        return _usage(self._row)
+
+    def cancel(self) -> None:
+        """Stop generating for this request (thread-safe): backends see ``GenerationRequest.cancelled``."""
+        self._cancelled = True
+        for choice in self._row.choices:
+            choice.request.cancelled = True
+
+    def _mark_cancelled(self) -> None:
+        """Give every unfinished choice ``finish_reason="cancelled"`` (on the thread that runs the batch)."""
+        for choice in self._row.choices:
+            choice.finish = choice.finish or "cancelled"
+
+
+def _usage(row: _Row) -> dict[str, int]:
+    """OpenAI usage counts of one input row: its prompt once, plus every choice's tokens."""
+    completion = sum(c.tokens for c in row.choices)
+    return {
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": row.prompt_tokens + completion,
+    }
+
+
+def _close(stream: Any) -> None:
+    """Close a backend's stream at once (a generator's cleanup frees its batch), if it can be closed."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def _is_template_error(exc: BaseException) -> bool:
+    """True for a Jinja template error (what ``raise_exception`` in a chat template raises)."""
+    return any(cls.__module__.split(".")[0] == "jinja2" for cls in type(exc).__mro__)
+
+
+class LoadedModel:
+    """A backend handle plus the contract: what the packaged pyfunc model delegates to.
+
+    Safe to share between threads: calls into the handle never overlap, and one generation (a
+    ``generate`` stream, or a session from :meth:`open_session` until its ``close()``) runs at a
+    time, as the hook spec promises backends. A ``predict_stream`` iterator holds the model until
+    it is exhausted or closed.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        handle: Any,
+        *,
+        task: str = CHAT,
+        defaults: Mapping[str, Any] | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
+        self.backend = backend
+        self.handle = handle
+        self.task = task
+        self.info: RuntimeInfo = backend.describe(handle)
+        self.capabilities = backend.capabilities()
+        self.defaults = {**CORE_DEFAULTS, **(defaults or {})}
+        if Capability.SAMPLING not in self.capabilities and "temperature" not in (defaults or {}):
+            self.defaults["temperature"] = 0.0
+        self.model_name = model_name or self.info.model_name
+        # The concurrency rule of the hook spec (see ``WrapperBackend.generate``): ``_calls`` makes every
+        # call into the handle (encode, starting or advancing or closing a stream, a session's add,
+        # step and close, unload) wait for the one in progress, from whichever thread; ``_generation``
+        # is held from the start of a generation (a ``generate`` stream, an open session) until it is
+        # exhausted or closed, so generations of one handle never interleave. ``_calls`` is only ever
+        # taken inside ``_generation``, never the other way round.
+        self._calls = threading.RLock()
+        self._generation = threading.Lock()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def predict(self, model_input: Any) -> list[Any]:
+        """Answer every input row, in order: chat completion dicts, or strings for text-generation."""
+        rows = self._prepare(self._rows(model_input))
+        for _choice, _text, _finish in self._events(rows):
+            pass  # _events accumulates text into each choice
+        return [self._response(row) for row in rows]
+
+    def predict_stream(self, model_input: Any) -> Iterator[Any]:
+        """Stream one request: ``chat.completion.chunk`` dicts, or text pieces for text-generation."""
+        raw = self._rows(model_input)
+        if len(raw) != 1:
+            raise InvalidRequest("inputs", f"predict_stream takes exactly one request, got {len(raw)}")
+        rows = self._prepare(raw)
+        return self._stream(rows[0], rows)
+
+    def prepare_request(self, raw: Any) -> PreparedRequest:
+        """Validate and encode one request for :meth:`run_batch`; raise ``InvalidRequest`` naming the field."""
+        return PreparedRequest(self._prepare([raw])[0])
+
+    def run_batch(self, requests: Sequence[PreparedRequest]) -> Iterator[BatchEvent]:
+        """Run independent requests through one backend ``generate`` call; yield per-choice events.
+
+        Each request keeps its own settings (``n``, stop strings, ``max_tokens``, sampling): the core
+        expands every choice into its own :class:`GenerationRequest`, so one call serves them all. A
+        request cancelled before or during the batch gets ``finish_reason="cancelled"`` on its
+        unfinished choices and yields no more events; the others are not disturbed.
+        """
+        live: list[_Choice] = []
+        owner: dict[int, int] = {}  # id(choice) -> position of its request in ``requests``
+        for i, prepared in enumerate(requests):
+            if prepared.cancelled:
+                prepared._mark_cancelled()
+                continue
+            for choice in prepared._row.choices:
+                if choice.finish is None:
+                    live.append(choice)
+                    owner[id(choice)] = i
+        if not live:
+            return
+        seen_cancelled: set[int] = set()
+
+        def cancelled() -> int:
+            """Mark requests cancelled from other threads; return how many unfinished choices that ended."""
+            ended = 0
+            for i, prepared in enumerate(requests):
+                if prepared.cancelled and i not in seen_cancelled:
+                    seen_cancelled.add(i)
+                    ended += sum(1 for c in prepared._row.choices if c.finish is None)
+                    prepared._mark_cancelled()
+            return ended
+
+        for choice, out, finish, tokens in self._drive(live, cancelled):
+            yield BatchEvent(owner[id(choice)], choice.index, out, tokens, finish)
+        for prepared in requests:
+            if prepared.cancelled:
+                prepared._mark_cancelled()
+        self._check_finished(live)
+
+    def open_session(self) -> ContinuousBatch | None:
+        """A :class:`~flavorkit.runtime.continuous.ContinuousBatch` that requests can join while it decodes.
+
+        It uses the backend's own ``generate_session`` (spec version 2) when it has one, else
+        interleaved ``generate`` streams when it declares ``continuous_batching``; None when neither,
+        and the caller falls back to :meth:`run_batch`. The session holds the model until its
+        ``close()``: other generations wait (encoding does not), so close it from a ``finally``.
+        """
+        from flavorkit.runtime.continuous import ContinuousBatch
+        from flavorkit.runtime.interleave import InterleavedSession
+
+        self._generation.acquire()
+        try:
+            with self._calls:
+                session = self.backend.generate_session(self.handle)
+            if session is None and Capability.CONTINUOUS_BATCHING in self.capabilities:
+                session = InterleavedSession(lambda requests: self.backend.generate(self.handle, requests))
+        except BaseException:
+            self._generation.release()
+            raise
+        if session is None:
+            self._generation.release()
+            return None
+        return ContinuousBatch(self, session, release=self._generation.release)
+
+    def close(self) -> None:
+        """Release the backend handle."""
+        with self._calls:
+            self.backend.unload(self.handle)
+
+    # -- input handling -------------------------------------------------------------------------
+
+    def _rows(self, model_input: Any) -> list[Any]:
+        """Normalise dict / list / DataFrame / str inputs into a list of row objects."""
+        try:
+            import pandas as pd
+
+            if isinstance(model_input, pd.DataFrame):
+                return list(model_input.to_dict(orient="records"))
+        except ImportError:  # pragma: no cover - pandas comes with mlflow
+            pass
+        if isinstance(model_input, Mapping):
+            return [model_input]
+        if isinstance(model_input, str):
+            return [model_input]
+        if isinstance(model_input, Sequence) or hasattr(model_input, "tolist"):
+            rows = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+            if not rows:
+                raise InvalidRequest("inputs", "no requests given", allowed="a request object or a non-empty list")
+            return rows
+        raise InvalidRequest(
+            "inputs",
+            f"unsupported input type {type(model_input).__name__}",
+            allowed="a dict, a list of dicts or a pandas DataFrame",
+        )
+
+    def _settings(self, req: ChatRequest | TextRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Effective settings (defaults overlaid by the request) and the explicitly requested ones."""
+        explicit = req.model_dump(exclude_none=True, exclude={"messages", "prompt", "stream"})
+        return {**self.defaults, **explicit}, explicit
+
+    def _prepare(self, raw_rows: Sequence[Any]) -> list[_Row]:
+        """Validate and encode every row before any generation starts, so bad input costs nothing."""
+        rows: list[_Row] = []
+        errors: list[InvalidRequest] = []
+        many = len(raw_rows) > 1
+        for i, raw in enumerate(raw_rows):
+            try:
+                rows.append(self._prepare_row(i, raw))
+            except InvalidRequest as exc:
+                if not many:
+                    raise
+                errors.append(InvalidRequest(f"inputs[{i}].{exc.field}", exc.detail, exc.allowed))
+        if errors:  # every bad row is named, not only the first
+            raise InvalidRequest.for_rows(errors)
+        return rows
+
+    def _prepare_row(self, i: int, raw: Any) -> _Row:
+        req = parse_request(raw, self.task)
+        settings, explicit = self._settings(req)
+        if isinstance(req, ChatRequest):
+            # Exactly role and content reach the backend: ``name`` is accepted for OpenAI
+            # compatibility only, so that no chat template renders (or chokes on) a field that
+            # backends treat differently.
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            prompt_field = "messages"
+        else:
+            messages = [{"role": "user", "content": req.prompt}]
+            prompt_field = "prompt"
+        if settings["temperature"] > 0 and Capability.SAMPLING not in self.capabilities:
+            raise InvalidRequest(
+                "temperature",
+                f"backend {self.backend.name!r} supports greedy decoding only",
+                allowed="0",
+            )
+        try:
+            with self._calls:
+                prompt_ids = self.backend.encode(self.handle, messages)
+        except Exception as exc:
+            if not _is_template_error(exc):
+                raise
+            # A chat template may refuse a conversation (roles that do not alternate, a system turn
+            # it does not support): that is the request's fault, so it is named, not a server error.
+            raise InvalidRequest(prompt_field, f"the model's chat template refuses these messages: {exc}") from None
+        ctx = self.info.context_length
+        n_prompt = len(prompt_ids)
+        if n_prompt >= ctx:
+            raise InvalidRequest(
+                prompt_field,
+                f"the prompt is {n_prompt} tokens but the model's context is {ctx} tokens",
+                allowed=f"a prompt of at most {ctx - 1} tokens",
+            )
+        max_tokens = int(settings["max_tokens"])
+        if n_prompt + max_tokens > ctx:
+            if "max_tokens" in explicit:
+                raise InvalidRequest(
+                    "max_tokens",
+                    f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of {ctx} tokens",
+                    allowed=f"at most {ctx - n_prompt} for this prompt",
+                )
+            max_tokens = ctx - n_prompt
+        n = int(settings.get("n", 1)) if isinstance(req, ChatRequest) else 1
+        seed = settings.get("seed")
+        temperature = float(settings["temperature"])
+        stop = stop_tuple(settings.get("stop"))  # the request's own stop replaces the default
+        choices = []
+        for j in range(n):
+            gen = GenerationRequest(
+                prompt_ids=prompt_ids,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=float(settings["top_p"]),
+                top_k=settings.get("top_k"),
+                seed=None if seed is None else (int(seed) + j) % (MAX_SEED + 1),
+                stop=stop,
+            )
+            choices.append(_Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop)))
+        return _Row(request=req, choices=choices, prompt_tokens=n_prompt)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _events(self, rows: Sequence[_Row]) -> Iterator[tuple[_Choice, str, str | None]]:
+        """Run one backend batch over all choices; yield ``(choice, text, finish_reason)`` events."""
+        choices = [c for row in rows for c in row.choices]
+        for choice, out, finish, _tokens in self._drive(choices, lambda: 0):
+            if out or finish is not None:
+                yield choice, out, finish
+        self._check_finished(choices)
+
+    def _drive(
+        self, choices: Sequence[_Choice], cancelled: Callable[[], int]
+    ) -> Iterator[tuple[_Choice, str, str | None, int]]:
+        """One backend ``generate`` over ``choices``; yield ``(choice, text, finish, tokens)`` per applied delta.
+
+        ``cancelled()`` is polled before each delta and returns how many unfinished choices it has
+        just marked cancelled; the stream is closed as soon as every choice has finished.
+        """
+        pending = len(choices)
+        with self._generation:  # released when the stream is exhausted, closed or garbage collected
+            with self._calls:
+                stream = self.backend.generate(self.handle, [c.request for c in choices])
+            try:
+                while True:
+                    with self._calls:
+                        delta: Delta | None = next(stream, None)
+                    if delta is None:
+                        break
+                    pending -= cancelled()
+                    if pending == 0:
+                        break
+                    choice = choices[delta.index]
+                    if choice.finish is not None:
+                        continue  # cancelled or capped; the backend may still be winding down
+                    before = choice.tokens
+                    out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
+                    if finish is not None:
+                        pending -= 1
+                    if out or finish is not None or choice.tokens > before:
+                        yield choice, out, finish, choice.tokens - before
+                    if pending == 0:
+                        break
+            finally:
+                with self._calls:
+                    _close(stream)
+
+    def _check_finished(self, choices: Sequence[_Choice]) -> None:
+        """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""
+        unfinished = sum(1 for c in choices if c.finish is None)
+        if unfinished:
+            raise BackendError(
+                f"backend {self.backend.name!r} stopped without finishing {unfinished} request(s); "
+                "every request must end with a Delta carrying finish_reason"
+            )
+
+    def _advance(self, choice: _Choice, text: str, tokens: int, finish: str | None) -> tuple[str, str | None]:
+        """Apply one backend delta to a choice (max_tokens cap, stop strings); return new text and finish."""
+        if choice.tokens + tokens > choice.request.max_tokens:
+            log.warning(
+                "backend %r produced more than max_tokens=%d tokens; output cut",
+                self.backend.name,
+                choice.request.max_tokens,
+            )
+            text, finish = "", "length"
+        choice.tokens = min(choice.tokens + tokens, choice.request.max_tokens)
+        out, hit = choice.matcher.feed(text)
+        if not hit and finish is not None:
+            tail, hit = choice.matcher.flush()
+            out += tail
+        if hit:
+            finish = "stop"
+        if finish is not None:
+            choice.finish = finish
+            choice.request.cancelled = True
+        if out:
+            choice.parts.append(out)
+        return out, finish
+
+    # -- response shaping -----------------------------------------------------------------------
+
+    def _response(self, row: _Row) -> Any:
+        if self.task != CHAT:
+            return "".join(row.choices[0].parts)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": "".join(c.parts)},
+                    "finish_reason": c.finish,
+                }
+                for c in row.choices
+            ],
+            "usage": _usage(row),
+        }
+
+    def _stream(self, row: _Row, rows: list[_Row]) -> Iterator[Any]:
+        events = self._events(rows)
+        if self.task != CHAT:
+            for _choice, text, _finish in events:
+                if text:
+                    yield text
+            return
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        started: set[int] = set()
+        remaining = len(row.choices)
+        for choice, text, finish in events:
+            delta: dict[str, str] = {}
+            if choice.index not in started:
+                started.add(choice.index)
+                delta["role"] = "assistant"
+            if text or "role" in delta:
+                delta["content"] = text
+            chunk: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_name,
+                "choices": [{"index": choice.index, "delta": delta, "finish_reason": finish}],
+            }
+            if finish is not None:
+                remaining -= 1
+                if remaining == 0:
+                    chunk["usage"] = _usage(row)
+            yield chunk

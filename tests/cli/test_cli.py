@@ -1,0 +1,189 @@
+"""The ``flavorkit package`` command's flags and the FLAVORKIT_PROGRESS switch.
+
+The command runs in-process through ``flavorkit.cli.main`` (the console script's entry point) on
+the echo backend, a real pure-Python plugin installed as a throwaway distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.models import Model
+
+from flavorkit.backend.registry import get_registry
+from flavorkit.cli import main
+from flavorkit.packaging.progress import step
+from plugin_fixtures import ECHO_BACKEND, make_distribution
+
+
+@pytest.fixture
+def echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = make_distribution(
+        tmp_path / "site", "fk-cli", modules={"fk_echo": ECHO_BACKEND}, backends={"echo": "fk_echo:backend"}
+    )
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    yield tmp_path
+    sys.modules.pop("fk_echo", None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any] | None, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    out = json.loads(captured.out) if captured.out.strip() else None
+    return code, out, captured.err
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    return dict(Model.load(str(path)).metadata["flavorkit"])
+
+
+def test_package_to_a_path_with_generation_defaults(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = echo / "m"
+    code, out, _ = _run(
+        capsys,
+        "package",
+        "src",
+        "--backend",
+        "echo",
+        "--path",
+        str(target),
+        "--generation",
+        "temperature=0",
+        "--generation",
+        "max_tokens=3",
+        "--generation",
+        'stop=["c"]',
+    )
+    assert code == 0
+    assert out == {"model_uri": str(target), "registered_model_version": None}
+    meta = _meta(target)
+    assert meta["generation"] == {"temperature": 0.0, "max_tokens": 3, "stop": ["c"]}
+    assert meta["task"] == "llm/v1/chat" and meta["backend"] == "echo"
+    answer = mlflow.pyfunc.load_model(str(target)).predict({"messages": [{"role": "user", "content": "abcdef"}]})[0]
+    assert answer["choices"][0]["message"]["content"] == "ab"  # cut by the default stop "c"
+
+
+def test_package_refuses_to_overwrite_unless_asked(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = echo / "m"
+    assert _run(capsys, "package", "one", "--backend", "echo", "--path", str(target))[0] == 0
+    before = (target / "MLmodel").read_text()
+    code, out, err = _run(capsys, "package", "two", "--backend", "echo", "--path", str(target))
+    assert (code, out) == (2, None)
+    assert err.startswith("flavorkit: error: ") and "already exists; pass overwrite=True to replace it" in err
+    assert (target / "MLmodel").read_text() == before
+    code, out, _ = _run(capsys, "package", "two", "--backend", "echo", "--path", str(target), "--overwrite")
+    assert code == 0 and out is not None and out["model_uri"] == str(target)
+    assert _meta(target)["model_name"] == "two"
+
+
+def test_package_with_the_text_generation_task(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = echo / "m"
+    code, _, _ = _run(capsys, "package", "src", "--backend", "echo", "--path", str(target), "--task", "text-generation")
+    assert code == 0
+    assert _meta(target)["task"] == "text-generation"
+    assert mlflow.pyfunc.load_model(str(target)).predict({"prompt": "xyz"}) == ["xyz"]
+    with pytest.raises(SystemExit) as exc:
+        main(["package", "src", "--backend", "echo", "--task", "summarise"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'summarise'" in capsys.readouterr().err
+
+
+def test_package_logs_and_registers(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "package", "src", "--backend", "echo", "--register", "echo-chat")
+    assert code == 0 and out is not None
+    assert out["registered_model_version"] == 1
+    assert out["model_uri"].startswith("models:/")
+    version = mlflow.MlflowClient().get_model_version("echo-chat", "1")
+    assert version.status == "READY"
+    model = mlflow.pyfunc.load_model("models:/echo-chat/1")
+    assert (
+        model.predict({"messages": [{"role": "user", "content": "hi"}]})[0]["choices"][0]["message"]["content"] == "hi"
+    )
+    assert mlflow.active_run() is None, "the run the command started is ended"
+
+
+def test_register_with_a_path_is_refused_naming_the_field(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "package", "src", "--backend", "echo", "--path", str(echo / "m"), "--register", "x")
+    assert (code, out) == (2, None)
+    assert "field 'registered_model_name'" in err
+    assert not (echo / "m").exists()
+
+
+def test_bad_generation_settings_name_the_field(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        capsys, "package", "src", "--backend", "echo", "--path", str(echo / "m"), "--generation", "top_p=7"
+    )
+    assert code == 2
+    assert "field 'generation.top_p'" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["package", "src", "--backend", "echo", "--generation", "temperature"])
+    assert str(exc.value.code) == "flavorkit: --generation must look like key=value, got 'temperature'"
+    with pytest.raises(SystemExit) as exc:
+        main(["package", "src", "--backend", "echo", "--option", "=3"])
+    assert str(exc.value.code) == "flavorkit: --option must look like key=value, got '=3'"
+
+
+def test_progress_lines_and_the_switch_that_silences_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FLAVORKIT_PROGRESS", raising=False)
+    with step("converting"):
+        pass
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "[flavorkit] converting ..."
+    assert lines[1].startswith("[flavorkit] converting: done in ") and lines[1].endswith("s")
+    with pytest.raises(ValueError, match="boom"), step("exporting"):
+        raise ValueError("boom")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[flavorkit] exporting: failed in ")
+    monkeypatch.setenv("FLAVORKIT_PROGRESS", "0")
+    with step("converting"):
+        pass
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("FLAVORKIT_PROGRESS", "1")
+    with step("converting"):
+        pass
+    assert "[flavorkit] converting" in capsys.readouterr().err
+
+
+def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    target = tmp_path / "m"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}  # conftest sets it
+    cmd = [sys.executable, "-m", "flavorkit.cli", "package", str(tiny_ort), "--backend", "onnx-cpu"]
+    proc = subprocess.run(
+        [*cmd, "--path", str(target)], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["model_uri"] == str(target)
+    assert "Downloading artifacts" not in proc.stderr, "MLflow's copy progress bars are off while packaging"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--join-wait", "-1"], "argument --join-wait: -1 is out of range: at least 0"),
+        (["--max-batch", "0"], "argument --max-batch: 0 is out of range: at least 1"),
+        (["--max-queue", "2.5"], "argument --max-queue: '2.5' is not a whole number"),
+        (["--request-timeout", "0"], "argument --request-timeout: 0 is out of range: above 0"),
+    ],
+)
+def test_serve_refuses_out_of_range_options_before_loading_anything(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "/no/such/model", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
