@@ -74,6 +74,8 @@ demo: $(CURRENT_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests benchmarks examples docs/_ext
 	$(BIN)/ruff format --check core plugins tests benchmarks examples docs/_ext
+	@# The architecture: layers, no import circles, plugins through the SDK ([tool.importlinter] in pyproject.toml).
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -46,7 +46,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield from isolated_site(tmp_path, monkeypatch, MODULES)
 
 
-# -- Registry.load_object and _import_object ------------------------------------------------------
+# -- Registry.load_object ----------------------------------------------------------------------
 
 
 def test_load_object_follows_a_dotted_attribute_path_and_keeps_the_middleware(

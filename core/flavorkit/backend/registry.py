@@ -15,7 +15,6 @@ turns that into an error.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import inspect
 import os
@@ -410,7 +409,8 @@ class Registry:
         if cached is not None:
             return cached
         try:
-            plugin = _instantiate(_import_object(object_path))
+            # The same parser and importer as an installed entry point's: "module:attr.attr".
+            plugin = _instantiate(md.EntryPoint(name=name, value=object_path, group=BACKEND_GROUP).load())
         except Exception as exc:
             raise PluginSpecError(f"backend {name!r}: cannot import {object_path}: {_describe_exception(exc)}") from exc
         backend = Backend(name, plugin, object_path=object_path, middleware=self._middleware)
@@ -425,14 +425,6 @@ def _entry_points(group: str) -> list[md.EntryPoint]:
 def _instantiate(obj: Any) -> Any:
     """Entry points may name a class; pluggy needs an instance so ``self`` is bound."""
     return obj() if inspect.isclass(obj) else obj
-
-
-def _import_object(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    obj: Any = importlib.import_module(module_name.strip())
-    for part in filter(None, attr.strip().split(".")):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _describe_exception(exc: BaseException | None) -> str:
