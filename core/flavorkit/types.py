@@ -22,6 +22,7 @@ __all__ = [
     "GenerationSession",
     "Message",
     "RuntimeInfo",
+    "close_stream",
 ]
 
 FinishReason = Literal["stop", "length"]
@@ -140,3 +141,14 @@ class GenerationSession(Protocol):
     def close(self) -> None:
         """Drop every request still in the session and free its state (KV caches, generators)."""
         ...
+
+
+def close_stream(stream: object) -> None:
+    """Close a backend's stream now if it can be closed, so its runtime state is freed at once, not at GC.
+
+    The hook spec lets ``generate`` return any iterable; a generator (or any object with ``close``)
+    is closed, a plain iterator is left alone.
+    """
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()

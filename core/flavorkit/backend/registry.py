@@ -46,6 +46,7 @@ from flavorkit.types import (
     GenerationSession,
     Message,
     RuntimeInfo,
+    close_stream,
 )
 
 if TYPE_CHECKING:
@@ -281,11 +282,7 @@ class Backend:
                     )
                 yield delta
         finally:
-            # Close the backend's generator now, not at garbage collection, so it can free its
-            # runtime state (KV cache, threads) as soon as the core stops reading.
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            close_stream(stream)
 
     def generate_session(self, handle: Any) -> GenerationSession | None:
         """The backend's continuous-batching session for ``handle``, or None when it has none (spec v2)."""

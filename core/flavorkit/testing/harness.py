@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flavorkit.backend.registry import Backend, get_registry
 from flavorkit.signatures import CHAT
-from flavorkit.types import Artifacts, Capability, GenerationRequest, Message, RuntimeInfo
+from flavorkit.types import Artifacts, Capability, GenerationRequest, Message, RuntimeInfo, close_stream
 
 if TYPE_CHECKING:
     from flavorkit.runtime.loaded import LoadedModel
@@ -314,9 +314,7 @@ class Harness:
                 if limit is not None and res.deltas >= limit:
                     requests[delta.index].cancelled = True
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            close_stream(stream)
         return results
 
     def greedy(self, messages: Sequence[Message], max_tokens: int) -> Generated:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from flavorkit.testing.clauses import clause
 from flavorkit.testing.harness import PROBE_TOKENS, ClauseFailed, Generated, Harness, check, content
 from flavorkit.testing.mixins.base import ConformanceBase
-from flavorkit.types import Message
+from flavorkit.types import Message, close_stream
 
 __all__ = ["GenerationClauses"]
 
@@ -70,9 +70,7 @@ class GenerationClauses(ConformanceBase):
         abandoned = [conformance.request(probe.messages, PROBE_TOKENS)]
         stream = conformance.backend().generate(conformance.handle(), abandoned)
         first = next(iter(stream), None)
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        close_stream(stream)
         again = conformance.greedy(probe.messages, PROBE_TOKENS)
         check(
             again.same_as(probe.answer),
