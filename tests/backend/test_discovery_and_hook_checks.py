@@ -1,4 +1,4 @@
-"""Registry behaviour pinned by mutation testing: each test kills mutants that survived the others.
+"""The registry in detail: loading shipped objects, discovery records, hook-result checks, requirements and options.
 
 Plugins are real distributions on ``sys.path`` (see ``plugin_fixtures``); backends built in-process
 use a small plugin class defined here. Nothing is mocked.

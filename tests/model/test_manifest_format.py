@@ -1,4 +1,4 @@
-"""What mutation testing found unprotected in ``manifest.py`` and ``loading.py`` (docs/testing.md).
+"""The manifest's format and its checks in detail: canonical digests, malformed manifests, byte-code caches.
 
 These work on small model folders written here, not on the session's packaged models: mutmut
 credits a session fixture's packaging to the first test that asks for it, so checks that read a

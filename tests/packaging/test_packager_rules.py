@@ -1,4 +1,4 @@
-"""Packager behaviour pinned by mutation testing: each test kills mutants that survived the others.
+"""The packager's rules in detail: model ids, targets and overwriting, artifacts, shipped code, signatures.
 
 Real packaging of the tiny ORT model (``tiny_ort``), or of a pure-Python plugin installed as a real
 distribution, into real MLflow stores; nothing is mocked.

@@ -1,5 +1,5 @@
-"""Request edges found in review: a chat template that refuses a conversation, pandas' NA markers,
-and backend artifact folders holding byte-code caches."""
+"""Request edges: a chat template that refuses a conversation, pandas' NA markers, and backend
+artifact folders holding byte-code caches."""
 
 from __future__ import annotations
 
