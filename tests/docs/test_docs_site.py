@@ -208,7 +208,7 @@ def test_a_broken_link_anchor_or_cross_reference_fails_the_build(tmp_path: Path)
         shutil.copytree(ROOT / folder, copy / folder, ignore=ignore)
     for file in ("mkdocs.yml", "README.md"):
         shutil.copy(ROOT / file, copy / file)
-    hookspec = copy / "core" / "flavorkit" / "hookspec.py"
+    hookspec = copy / "core" / "flavorkit" / "backend" / "hookspec.py"
     source = hookspec.read_text(encoding="utf-8")
     hookspec.write_text(source.replace('"""', '"""See :meth:`WrapperBackend.no_such_hook`. ', 1), encoding="utf-8")
     with (copy / "docs" / "index.md").open("a", encoding="utf-8") as index:

@@ -167,7 +167,7 @@ def test_verification_can_be_switched_off(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _copy(tiny_model_dir, tmp_path)
-    _append(model / "code" / "flavorkit" / "runtime.py", "\n# edited\n")
+    _append(model / "code" / "flavorkit" / "runtime" / "loaded.py", "\n# edited\n")
     monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", "0")
     out = mlflow.pyfunc.load_model(str(model)).predict(CHAT)
     assert out[0]["usage"]["completion_tokens"] <= 4

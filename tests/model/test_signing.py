@@ -98,7 +98,7 @@ def test_an_edited_signature_fails_verification(
 def test_a_changed_file_fails_verification_naming_it(
     signed_copy: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = signed_copy / "code" / "flavorkit" / "runtime.py"
+    target = signed_copy / "code" / "flavorkit" / "runtime" / "loaded.py"
     target.write_text(target.read_text() + "\n# edited\n")
     code, out = _verify(capsys, signed_copy, keys["public"])
     assert code == 1
