@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flavorkit.backend.hookspec import hookimpl
-from flavorkit.errors import FlavorkitError, InvalidRequest
+from flavorkit.errors import InvalidRequest, JobCancelled
 from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
@@ -47,10 +47,6 @@ class ClientDisconnected(Exception):
 
 class ShuttingDown(Exception):
     """The server is draining and takes no new work; the caller answers 503."""
-
-
-class JobCancelled(FlavorkitError):
-    """A running job's client went away or timed out; its generation was stopped."""
 
 
 class _JobGuard:
