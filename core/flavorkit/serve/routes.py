@@ -28,6 +28,7 @@ from flavorkit.serve import openai_api as oa
 from flavorkit.serve.errors import APIError, error_body, from_invalid_request
 from flavorkit.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from flavorkit.serve.scheduler import ClientDisconnected, Event, QueueFull, Scheduler, ShuttingDown, Ticket
+from flavorkit.settings import ServeSettings
 from flavorkit.signatures import CHAT
 
 __all__ = ["ServerState", "read_body", "read_json"]
@@ -45,8 +46,7 @@ class ServerState:
     metrics: Metrics
     served_name: str
     created: int
-    request_timeout: float
-    max_body_bytes: int
+    settings: ServeSettings
 
 
 # -- request bodies ---------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ async def _generate(
     prompt ``i`` is numbered after the choices of the prompts before it (``i * n + j``).
     """
     tickets = _submit_all(state, parsed, route)
-    watch = _Watch(tickets, request.receive, state.request_timeout)
+    watch = _Watch(tickets, request.receive, state.settings.request_timeout)
     streaming = False
     reason = "disconnect"
     try:
@@ -305,7 +305,7 @@ async def chat_completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    parsed = oa.parse_chat(await read_json(request, state.max_body_bytes), state.served_name)
+    parsed = oa.parse_chat(await read_json(request, state.settings.max_body_bytes), state.served_name)
     name = state.served_name
     usage = parsed.include_usage
 
@@ -341,7 +341,7 @@ async def completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    body = await read_json(request, state.max_body_bytes)
+    body = await read_json(request, state.settings.max_body_bytes)
     parsed = oa.parse_completion(body, state.served_name, max_prompts=state.scheduler.max_queue)
     name = state.served_name
     usage = parsed.include_usage
@@ -392,7 +392,7 @@ async def invocations(request: Request) -> Response:
     from mlflow.pyfunc import scoring_server
 
     state: ServerState = request.app.state.flavorkit
-    data = await read_body(request, state.max_body_bytes)
+    data = await read_body(request, state.settings.max_body_bytes)
     content_type = request.headers.get("content-type") or "application/json"
     pyfunc = state.pyfunc
     schema = pyfunc.metadata.get_input_schema()
@@ -401,7 +401,7 @@ async def invocations(request: Request) -> Response:
         return scoring_server.invocations(data, content_type, pyfunc, schema)
 
     ticket = _submit(state, lambda: state.scheduler.submit_job(job, route="/invocations"))
-    watch = _Watch([ticket], request.receive, state.request_timeout)
+    watch = _Watch([ticket], request.receive, state.settings.request_timeout)
     try:
         _, event = await watch.next()
     finally:

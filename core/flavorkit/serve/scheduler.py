@@ -31,6 +31,7 @@ from flavorkit.errors import InvalidRequest, JobCancelled
 from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
+from flavorkit.settings import ServeSettings
 
 __all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
 
@@ -137,31 +138,24 @@ class Ticket:
 
 
 class Scheduler:
-    """A bounded queue in front of one worker thread that owns the model."""
+    """A bounded queue in front of one worker thread that owns the model.
+
+    It takes the checked :class:`~flavorkit.settings.ServeSettings` (``max_batch``, ``max_queue``,
+    ``batch_wait``, ``join_wait``, ``batching``); ``values`` change some of them (checked too).
+    """
 
     def __init__(
-        self,
-        model: LoadedModel,
-        metrics: Metrics,
-        *,
-        max_batch: int = 8,
-        max_queue: int = 64,
-        batch_wait: float = 0.02,
-        join_wait: float = 0.1,
-        continuous: bool = True,
+        self, model: LoadedModel, metrics: Metrics, settings: ServeSettings | None = None, **values: Any
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+        settings = ServeSettings.of(settings, **values)
         self.model = model
         self.metrics = metrics
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.batch_wait = batch_wait
-        self.join_wait = join_wait
+        self.max_batch = settings.max_batch
+        self.max_queue = settings.max_queue
+        self.batch_wait = settings.batch_wait
+        self.join_wait = settings.join_wait
         # None: decided on the worker when the first request runs (does the backend have a session?)
-        self._continuous: bool | None = None if continuous else False
+        self._continuous: bool | None = None if settings.batching == "continuous" else False
         self._freed = 0  # requests finished since the last admission
         self._last_batch = 1
         self._queue: collections.deque[Ticket] = collections.deque()
