@@ -9,11 +9,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flavorkit.errors import FlavorkitError, IntegrityError
+from flavorkit.errors import FlavorkitError, IntegrityError, SettingsError
 
 __all__ = ["main"]
 
@@ -49,21 +50,6 @@ def cmd_backends(args: argparse.Namespace) -> int:
         return 0
     print(_table(rows, ("backend", "distribution", "capabilities", "status")))
     return 0
-
-
-def _at_least(low: float, kind: type[int] | type[float] = float, *, exclusive: bool = False) -> Any:
-    """An argparse type: a number of ``kind`` at least (or above) ``low``; anything else is a usage error."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
-        if value < low or (exclusive and value == low):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: {'above' if exclusive else 'at least'} {low}")
-        return value
-
-    return parse
 
 
 def _parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
@@ -138,26 +124,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a packaged model over an OpenAI-compatible HTTP API (needs the ``serve`` extra)."""
+    from flavorkit.settings import ServeSettings
+
+    given = {name: getattr(args, name) for name in sorted(args.serve_flags_given)}
+    # the flags given, then FLAVORKIT_* variables, then the defaults; a bad variable is named here
+    settings = ServeSettings.load({name: _flag(name) for name in given}, **given)
     try:
         from flavorkit.serve import run
     except ImportError as exc:
         raise SystemExit(f"flavorkit serve needs the serve extra: pip install 'flavorkit[serve]' ({exc})") from None
     try:
-        run(
-            args.model_uri,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            drain_timeout=args.drain_timeout,
-            served_model_name=args.served_model_name,
-            api_key=args.api_key,
-            max_batch=args.max_batch,
-            batching=args.batching,
-            join_wait=args.join_wait,
-            max_queue=args.max_queue,
-            request_timeout=args.request_timeout,
-            trusted_key=args.trusted_key,
-        )
+        run(args.model_uri, settings)
     except IntegrityError as exc:
         print(f"flavorkit serve: refusing to load {args.model_uri}: {exc}", file=sys.stderr)
         return 1
@@ -172,6 +149,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"flavorkit serve: cannot load {args.model_uri}: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _flag(setting: str) -> str:
+    """The command-line flag of serve setting ``setting``: ``--max-batch`` for ``max_batch``."""
+    return "--" + setting.replace("_", "-")
+
+
+class _SettingFlag(argparse.Action):
+    """Stores a serve flag's value and records that it was given, so that it wins over its variable."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.serve_flags_given = {*namespace.serve_flags_given, self.dest}
+
+
+def _setting_type(setting: str) -> Callable[[str], Any]:
+    """An argparse type: the flag's text checked as serve setting ``setting``; a bad one is a usage error."""
+    from flavorkit.settings import check_value
+
+    def parse(text: str) -> Any:
+        try:
+            return check_value(setting, text)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(f"{exc.value!r} {exc.problem} (allowed: {exc.allowed})") from None
+
+    parse.__name__ = setting
+    return parse
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~flavorkit.settings.ServeSettings` field: its type, bounds, default and help."""
+    from flavorkit.settings import ServeSettings, env_var
+
+    parser.set_defaults(serve_flags_given=frozenset())
+    for setting, field in ServeSettings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        default = "" if field.default is None else "default: %(default)s; "
+        checked: dict[str, Any] = {"choices": choices} if choices else {"type": _setting_type(setting)}
+        metavar = extra.get("metavar") or ("N" if field.annotation is int else None)
+        parser.add_argument(
+            _flag(setting),
+            dest=setting,
+            action=_SettingFlag,
+            default=field.default,
+            metavar=str(metavar) if metavar else None,
+            help=f"{field.description} ({default}or {env_var(setting)})",
+            **checked,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,40 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a packaged model over an OpenAI-compatible HTTP API")
     p.add_argument("model_uri", help="an MLflow model URI: a path, runs:/..., models:/name/1, models:/name@alias")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the URI)")
-    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $FLAVORKIT_API_KEY)")
-    p.add_argument("--max-batch", type=_at_least(1, int), default=8, help="most requests generating at once")
-    p.add_argument(
-        "--batching",
-        choices=["continuous", "request"],
-        default="continuous",
-        help="continuous: requests join running batches between decoding steps (when the backend can); "
-        "request: each batch of queued requests runs to the end before the next starts",
-    )
-    p.add_argument(
-        "--join-wait",
-        type=_at_least(0),
-        default=0.1,
-        metavar="SECONDS",
-        help="how long a request arriving mid-batch may wait for others to join with it (default 0.1)",
-    )
-    p.add_argument("--max-queue", type=_at_least(1, int), default=64, help="most waiting requests; more get 429")
-    p.add_argument(
-        "--request-timeout",
-        type=_at_least(0, exclusive=True),
-        default=600.0,
-        help="seconds before a request is cancelled",
-    )
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument(
-        "--trusted-key",
-        metavar="PEM",
-        help="verify the model's signature with this EC public key before loading anything "
-        "(default: $FLAVORKIT_TRUSTED_KEY; needs flavorkit[signing])",
-    )
+    _add_serve_flags(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

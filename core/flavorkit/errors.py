@@ -21,10 +21,13 @@ __all__ = [
     "FlavorkitError",
     "IntegrityError",
     "InvalidRequest",
+    "JobCancelled",
     "ModelConfigError",
     "ModelSourceError",
+    "NotAFlavorkitModel",
     "PackagingError",
     "PluginSpecError",
+    "SettingsError",
     "SignatureError",
     "to_mlflow_exception",
 ]
@@ -153,6 +156,29 @@ class ModelConfigError(FlavorkitError, ValueError):
 
 class BackendError(FlavorkitError, RuntimeError):
     """A backend broke its contract at run time (for example a request never finished)."""
+
+
+class SettingsError(FlavorkitError, ValueError):
+    """A setting (a command-line flag, a ``FLAVORKIT_*`` variable, a keyword) has a value it does not allow.
+
+    ``name`` is how the user gave it (``--max-batch``, ``FLAVORKIT_VERIFY_ARTIFACTS``, ``max_batch``),
+    ``value`` what was given and ``allowed`` what it takes.
+    """
+
+    def __init__(self, name: str, value: Any, problem: str, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.problem = problem
+        self.allowed = allowed
+        super().__init__(f"{name}: {value!r} {problem} (allowed: {allowed})")
+
+
+class NotAFlavorkitModel(FlavorkitError, TypeError):
+    """The model URI points at an MLflow model that flavorkit did not package."""
+
+
+class JobCancelled(FlavorkitError):
+    """A running ``flavorkit serve`` job's client went away or timed out; its generation was stopped."""
 
 
 def to_mlflow_exception(err: InvalidRequest) -> Exception:

@@ -173,10 +173,12 @@ def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--join-wait", "-1"], "argument --join-wait: -1 is out of range: at least 0"),
-        (["--max-batch", "0"], "argument --max-batch: 0 is out of range: at least 1"),
-        (["--max-queue", "2.5"], "argument --max-queue: '2.5' is not a whole number"),
-        (["--request-timeout", "0"], "argument --request-timeout: 0 is out of range: above 0"),
+        (["--join-wait", "-1"], "argument --join-wait: '-1' is out of range (allowed: number, at least 0)"),
+        (["--max-batch", "0"], "argument --max-batch: '0' is out of range (allowed: whole number, at least 1)"),
+        (["--max-queue", "2.5"], "argument --max-queue: '2.5' is not a whole number (allowed: whole number, "),
+        (["--request-timeout", "0"], "argument --request-timeout: '0' is out of range (allowed: number, above 0)"),
+        (["--port", "70000"], "argument --port: '70000' is out of range (allowed: whole number, from 0 to 65535)"),
+        (["--batching", "eager"], "argument --batching: invalid choice: 'eager'"),
     ],
 )
 def test_serve_refuses_out_of_range_options_before_loading_anything(

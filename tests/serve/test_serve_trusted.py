@@ -56,9 +56,9 @@ def test_a_tampered_file_is_named_and_nothing_of_the_model_runs(
 ) -> None:
     model, public, _ = signed
     copy = Path(shutil.copytree(model, tmp_path / "model"))
-    runtime = copy / "code" / "flavorkit" / "runtime.py"
+    runtime = copy / "code" / "flavorkit" / "runtime" / "loaded.py"
     runtime.write_text(runtime.read_text() + "\nraise SystemExit('attacker code ran')\n")
-    with pytest.raises(SignatureError, match=r"code/flavorkit/runtime\.py"):
+    with pytest.raises(SignatureError, match=r"code/flavorkit/runtime/loaded\.py"):
         create_app(str(copy), trusted_key=public)
     assert main(["serve", str(copy), "--trusted-key", str(public), "--port", "1"]) == 1
     err = capsys.readouterr().err

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import inspect
-import os
 import shlex
 import threading
 import traceback
@@ -38,6 +37,7 @@ from flavorkit.errors import (
     InvalidRequest,
     PluginSpecError,
 )
+from flavorkit.settings import env_flag
 from flavorkit.types import (
     Artifacts,
     Capability,
@@ -72,7 +72,7 @@ STRICT_ENV = "FLAVORKIT_STRICT_PLUGINS"
 
 def strict_from_env() -> bool:
     """True when ``FLAVORKIT_STRICT_PLUGINS`` asks for plugin failures to be errors."""
-    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(STRICT_ENV)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from flavorkit.model.config import PackagedConfig
 from flavorkit.model.manifest import Manifest, verify_model
 from flavorkit.model.signing import TRUSTED_KEY_ENV, trusted_key, verify_signature
 from flavorkit.runtime.loaded import LoadedModel
+from flavorkit.settings import env_flag
 
 __all__ = ["MANIFEST_ARTIFACT", "TRUSTED_KEY_ENV", "VERIFY_ENV", "load_packaged", "resolve_backend", "verify_packaged"]
 
 #: An artifact name reserved by flavorkit (models packaged before the whole-model manifest kept it there).
 MANIFEST_ARTIFACT = "flavorkit_manifest"
-#: Set to 0 to skip the integrity check at load (for example on a read-only, pre-verified mount).
+#: Set to false (or 0, no, off) to skip the integrity check at load (for example on a read-only, pre-verified mount).
 VERIFY_ENV = "FLAVORKIT_VERIFY_ARTIFACTS"
 
 
@@ -70,10 +71,10 @@ def load_packaged(
 
     ``model_dir`` is the packaged model's root (the folder of its models-from-code file). With
     ``FLAVORKIT_TRUSTED_KEY`` set, an unsigned or badly signed model is refused; otherwise the
-    manifest is checked unless ``FLAVORKIT_VERIFY_ARTIFACTS=0``.
+    manifest is checked unless ``FLAVORKIT_VERIFY_ARTIFACTS`` is false.
     """
     key = trusted_key()
-    if key is not None or os.environ.get(VERIFY_ENV, "1") != "0":
+    if key is not None or env_flag(VERIFY_ENV):
         if model_dir is None:
             raise PackagingError("the packaged model's folder is unknown, so it cannot be verified")
         verify_packaged(Path(model_dir), public_key=key, strict=False)

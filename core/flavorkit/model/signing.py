@@ -19,6 +19,7 @@ from typing import Any
 
 from flavorkit.errors import PackagingError, SignatureError
 from flavorkit.model.manifest import MLMODEL_FILE, REGISTRY_MARKER, SIGNATURE_FILE
+from flavorkit.settings import env_path
 
 __all__ = ["REQUIREMENTS", "SIGNATURE_FILE", "TRUSTED_KEY_ENV", "Signer", "trusted_key", "verify_signature"]
 
@@ -73,8 +74,7 @@ class Signer:
 
 def trusted_key() -> Path | None:
     """The public key named by ``FLAVORKIT_TRUSTED_KEY``, or None when it is unset or empty."""
-    value = os.environ.get(TRUSTED_KEY_ENV, "").strip()
-    return Path(value).expanduser() if value else None
+    return env_path(TRUSTED_KEY_ENV)
 
 
 def verify_signature(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flavorkit.model.manifest import sha256_file
+from flavorkit.settings import env_path
 
 __all__ = [
     "CACHE_ENV",
@@ -40,8 +41,9 @@ CACHE_ENV = "FLAVORKIT_CACHE"
 
 def cache_root() -> Path:
     """``$FLAVORKIT_CACHE``, else ``$XDG_CACHE_HOME/flavorkit``, else ``~/.cache/flavorkit``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+    configured = env_path(CACHE_ENV)
+    if configured is not None:
+        return configured
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "flavorkit"
 

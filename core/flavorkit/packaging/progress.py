@@ -2,18 +2,20 @@
 
 Internal: not part of the plugin SDK; import its public names from :mod:`flavorkit.sdk`.
 
-Quiet with ``FLAVORKIT_PROGRESS=0``. On a terminal the elapsed time updates in place; elsewhere
-(CI logs) a line is printed when a step starts, every 30 s while it runs, and when it ends.
+Quiet with ``FLAVORKIT_PROGRESS=false`` (or ``0``, ``no``, ``off``). On a terminal the elapsed time
+updates in place; elsewhere (CI logs) a line is printed when a step starts, every 30 s while it
+runs, and when it ends.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from flavorkit.settings import env_flag
 
 __all__ = ["PROGRESS_ENV", "step"]
 
@@ -21,7 +23,7 @@ PROGRESS_ENV = "FLAVORKIT_PROGRESS"
 
 
 def _enabled() -> bool:
-    return os.environ.get(PROGRESS_ENV, "1") != "0"
+    return env_flag(PROGRESS_ENV)
 
 
 @contextmanager

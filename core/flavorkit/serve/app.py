@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,15 +21,16 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flavorkit.errors import NotAFlavorkitModel
 from flavorkit.model.loading import VERIFY_ENV, verify_packaged
 from flavorkit.model.signing import TRUSTED_KEY_ENV
-from flavorkit.model.signing import trusted_key as trusted_key_from_env
 from flavorkit.model.uri import local_model
 from flavorkit.serve import routes
 from flavorkit.serve.auth import check_bearer
-from flavorkit.serve.errors import APIError, NotAFlavorkitModel
+from flavorkit.serve.errors import APIError
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Scheduler
+from flavorkit.settings import ServeSettings
 
 __all__ = [
     "BATCHING_MODES",
@@ -42,20 +44,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Defaults shared by ``create_app`` and ``flavorkit serve``.
-DEFAULTS: dict[str, Any] = {
-    "max_batch": 8,
-    "max_queue": 64,
-    "request_timeout": 600.0,
-    "max_body_bytes": 4 * 1024 * 1024,
-    "drain_timeout": 30.0,
-    "batch_wait": 0.02,
-    "join_wait": 0.1,
-    "batching": "continuous",
-}
+#: The default of every serve setting, from :class:`~flavorkit.settings.ServeSettings` (read-only view).
+DEFAULTS: dict[str, Any] = {name: field.default for name, field in ServeSettings.model_fields.items()}
 
 #: ``batching`` values: join running batches between steps, or one ``generate`` call per batch of requests.
-BATCHING_MODES = ("continuous", "request")
+BATCHING_MODES: tuple[str, ...] = typing.get_args(ServeSettings.model_fields["batching"].annotation)
 
 _PROTECTED = ("/v1/", "/invocations")
 
@@ -182,51 +175,32 @@ class FlavorkitApp:
             count(500)  # nothing was sent: the app failed
 
 
-def create_app(
-    model_uri: str,
-    *,
-    served_model_name: str | None = None,
-    api_key: str | None = None,
-    max_batch: int = DEFAULTS["max_batch"],
-    max_queue: int = DEFAULTS["max_queue"],
-    request_timeout: float = DEFAULTS["request_timeout"],
-    max_body_bytes: int = DEFAULTS["max_body_bytes"],
-    drain_timeout: float = DEFAULTS["drain_timeout"],
-    batch_wait: float = DEFAULTS["batch_wait"],
-    trusted_key: str | os.PathLike[str] | None = None,
-    batching: str = DEFAULTS["batching"],
-    join_wait: float = DEFAULTS["join_wait"],
-) -> FlavorkitApp:
+def create_app(model_uri: str, settings: ServeSettings | None = None, **values: Any) -> FlavorkitApp:
     """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
+
+    ``values`` are :class:`~flavorkit.settings.ServeSettings` by keyword (``max_batch=4``). Without
+    ``settings`` they override the ``FLAVORKIT_*`` variables, which override the defaults
+    (:meth:`ServeSettings.load`); with ``settings``, they change it (and no variable is read). A
+    bad value raises :class:`~flavorkit.errors.SettingsError` naming it, before anything loads.
 
     The model is loaded here, through ``mlflow.pyfunc.load_model``; a background worker starts
     at once (so the app also works mounted inside another app, without lifespan events) and is
-    drained at lifespan shutdown. ``api_key`` defaults to ``$FLAVORKIT_API_KEY``; without either
-    the API is open (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for
-    the clients of the previous batch to come back before it starts a smaller batch.
+    drained at lifespan shutdown. Without ``api_key`` (``$FLAVORKIT_API_KEY``) the API is open
+    (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for the clients
+    of the previous batch to come back before it starts a smaller batch.
     ``batching="continuous"`` (the default) lets requests join a running batch between decoding
     steps when the backend supports it (it declares ``continuous_batching``);
     a request that arrives while others decode waits at most ``join_wait`` seconds for companions
     to start with (less when rows have freed up). ``"request"`` runs each batch of queued requests
     to completion before the next one starts.
-    ``trusted_key`` (default ``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model's signature
+    ``trusted_key`` (``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model's signature
     and manifest are checked with the installed flavorkit before any of its code runs (a model URI
     is downloaded first and the checked download is loaded; a local folder is checked and loaded
     in place); a failure raises ``SignatureError`` or ``IntegrityError`` naming the files.
     """
-    if api_key is None:
-        api_key = os.environ.get("FLAVORKIT_API_KEY") or None
-    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_body_bytes", max_body_bytes)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if request_timeout <= 0:
-        raise ValueError(f"request_timeout must be positive, got {request_timeout}")
-    if batching not in BATCHING_MODES:
-        raise ValueError(f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}")
-    if join_wait < 0:
-        raise ValueError(f"join_wait must be at least 0, got {join_wait}")
+    settings = ServeSettings.load(**values) if settings is None else settings.updated(**values)
     verified = contextlib.ExitStack()
-    key = trusted_key if trusted_key is not None else trusted_key_from_env()
+    key = settings.trusted_key
     try:
         if key:
             model_dir = verified.enter_context(local_model(model_uri))
@@ -239,25 +213,17 @@ def create_app(
         verified.close()
         raise
     metrics = Metrics()
-    scheduler = Scheduler(
-        loaded,
-        metrics,
-        max_batch=max_batch,
-        max_queue=max_queue,
-        batch_wait=batch_wait,
-        join_wait=join_wait,
-        continuous=batching == "continuous",
-    )
+    scheduler = Scheduler(loaded, metrics, settings)
     state = routes.ServerState(
         pyfunc=pyfunc,
         model=loaded,
         scheduler=scheduler,
         metrics=metrics,
-        served_name=served_model_name or default_model_name(model_uri),
+        served_name=settings.served_model_name or default_model_name(model_uri),
         created=int(time.time()),
-        request_timeout=float(request_timeout),
-        max_body_bytes=int(max_body_bytes),
+        settings=settings,
     )
+    drain_timeout = settings.drain_timeout
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -285,27 +251,21 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.flavorkit = state
-    return FlavorkitApp(app, state, api_key)
+    return FlavorkitApp(app, state, settings.api_key)
 
 
-def run(
-    model_uri: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    log_level: str = "info",
-    drain_timeout: float = DEFAULTS["drain_timeout"],
-    **options: Any,
-) -> None:
+def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) -> None:
     """Load the model and serve it with uvicorn until SIGINT or SIGTERM.
 
-    On a signal, new requests are answered 503 and in-flight ones get ``drain_timeout`` seconds to
-    finish before the rest is cancelled.
+    ``settings`` and ``values`` are taken as :func:`create_app` takes them (``host``, ``port`` and
+    ``log_level`` too). On a signal, new requests are answered 503 and in-flight ones get
+    ``drain_timeout`` seconds to finish before the rest is cancelled.
     """
     import uvicorn
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(model_uri, drain_timeout=drain_timeout, **options)
+    settings = ServeSettings.load(**values) if settings is None else settings.updated(**values)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(model_uri, settings)
     state = app.server
 
     class Server(uvicorn.Server):
@@ -315,11 +275,11 @@ def run(
 
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=max(1, int(drain_timeout)),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout)),
         lifespan="on",
     )
-    log.info("serving %r as %r on http://%s:%d/v1", model_uri, state.served_name, host, port)
+    log.info("serving %r as %r on http://%s:%d/v1", model_uri, state.served_name, settings.host, settings.port)
     Server(config).run()

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from flavorkit.errors import FlavorkitError, InvalidRequest
+from flavorkit.errors import InvalidRequest, NotAFlavorkitModel
 
 __all__ = ["APIError", "NotAFlavorkitModel", "error_body", "from_invalid_request"]
 
@@ -54,7 +54,3 @@ def from_invalid_request(exc: InvalidRequest, prefix: str = "") -> APIError:
     """A flavorkit request error as a 400 naming the field (``param``) and the allowed values."""
     param = f"{prefix}{exc.field}" if prefix else exc.field
     return APIError(400, str(exc), param=param, code="invalid_value")
-
-
-class NotAFlavorkitModel(FlavorkitError, TypeError):
-    """The model URI points at an MLflow model that flavorkit did not package."""

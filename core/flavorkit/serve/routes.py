@@ -2,21 +2,24 @@
 
 Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
 
-Handlers never touch the model: they validate, submit a :class:`~flavorkit.serve.scheduler.Ticket`
-and turn its events into a JSON answer or server-sent events. Each handler also watches the
-connection: a client that goes away, or a request that outlives ``request_timeout``, cancels
-its ticket, and the worker drops it from the running batch within a decoding step.
+Handlers never touch the model: they validate, submit :class:`~flavorkit.serve.scheduler.Ticket`
+objects (one per prompt) whose events the worker puts into one queue per HTTP request, and turn
+those events into a JSON answer or server-sent events. The two OpenAI generation routes differ only
+in their :class:`Endpoint` (how the answer is shaped). Each handler also watches the connection:
+a client that goes away, or a request that outlives ``request_timeout``, cancels its tickets, and
+the worker drops them from the running batch within a decoding step.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import functools
+import collections
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -27,10 +30,11 @@ from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve import openai_api as oa
 from flavorkit.serve.errors import APIError, error_body, from_invalid_request
 from flavorkit.serve.metrics import CONTENT_TYPE_LATEST, Metrics
-from flavorkit.serve.scheduler import ClientDisconnected, Event, QueueFull, Scheduler, ShuttingDown, Ticket
+from flavorkit.serve.scheduler import ClientDisconnected, Event, EventQueue, QueueFull, Scheduler, ShuttingDown, Ticket
+from flavorkit.settings import ServeSettings
 from flavorkit.signatures import CHAT
 
-__all__ = ["ServerState", "read_body", "read_json"]
+__all__ = ["ChatCompletions", "Completions", "Endpoint", "ServerState", "read_body", "read_json"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,7 @@ class ServerState:
     metrics: Metrics
     served_name: str
     created: int
-    request_timeout: float
-    max_body_bytes: int
+    settings: ServeSettings
 
 
 # -- request bodies ---------------------------------------------------------------------------------
@@ -106,35 +109,30 @@ def _error_for(exc: BaseException) -> APIError:
 
 
 class _Watch:
-    """Relays the events of a request's tickets (one per prompt) and watches the connection.
+    """One HTTP request's event queue, fed by the worker for each of its tickets, and its connection.
 
-    A client that disconnects cancels every ticket; past the deadline they are cancelled and a
-    504 raised. :meth:`next` returns ``(i, event)``: which ticket the event belongs to (``-1`` for
-    the disconnect itself).
+    The worker puts every event of every ticket (one per prompt) straight into ``events``; one
+    task listens for the client going away, which cancels every ticket; past the deadline they
+    are cancelled and a 504 raised. :meth:`next` returns the next :class:`Event`, whose
+    ``ticket`` says which ticket it belongs to (``-1`` for the disconnect itself).
     """
 
-    def __init__(self, tickets: Sequence[Ticket], receive: Receive, timeout: float) -> None:
+    def __init__(self, tickets: Sequence[Ticket], events: EventQueue, receive: Receive, timeout: float) -> None:
         self.tickets = list(tickets)
+        self.events = events
         self.timeout = timeout
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + timeout
-        self._events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        self._tasks = [loop.create_task(self._listen(receive))]
-        self._tasks += [loop.create_task(self._relay(i, t)) for i, t in enumerate(self.tickets)]
+        self._listener = loop.create_task(self._listen(receive))
+        # wakes a reader waiting at the deadline, without a timeout task per event
+        self._alarm = loop.call_at(self.deadline, events.put_nowait, _DEADLINE)
 
     async def _listen(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self._cancel("disconnect")
-                self._events.put_nowait((-1, Event("error", ClientDisconnected())))  # wakes the reader
-                return
-
-    async def _relay(self, i: int, ticket: Ticket) -> None:
-        while True:
-            event = await ticket.events.get()
-            self._events.put_nowait((i, event))
-            if event.kind in ("done", "error", "result"):  # a ticket's last event
+                self.events.put_nowait(Event("error", ClientDisconnected(), -1))  # wakes the reader
                 return
 
     def _cancel(self, reason: str) -> None:
@@ -142,23 +140,24 @@ class _Watch:
             if not ticket.done:
                 ticket.cancel(reason)
 
-    async def next(self) -> tuple[int, Event]:
-        """The next event of any ticket; on timeout every ticket is cancelled and a 504 raised."""
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        try:
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            return await asyncio.wait_for(self._events.get(), remaining)
-        except asyncio.TimeoutError:
-            self._cancel("timeout")
-            raise _timeout_error(self.timeout) from None
+    async def next(self) -> Event:
+        """The next event of any ticket; at the deadline every ticket is cancelled and a 504 raised."""
+        if asyncio.get_running_loop().time() < self.deadline:
+            event = await self.events.get()
+            if event is not _DEADLINE:
+                return event
+        self._cancel("timeout")
+        raise _timeout_error(self.timeout)
 
     def close(self, reason: str = "disconnect") -> None:
         """Stop watching; cancel the tickets still running (the handler is gone, or gave up)."""
-        for task in self._tasks:
-            task.cancel()
+        self._listener.cancel()
+        self._alarm.cancel()
         self._cancel(reason)
 
+
+#: What the deadline puts into a request's queue.
+_DEADLINE = Event("deadline", None, -1)
 
 T = TypeVar("T")
 
@@ -186,13 +185,6 @@ def _sse(obj: Any) -> bytes:
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _submit_all(state: ServerState, parsed: oa.ParsedRequest, route: str) -> list[Ticket]:
-    """One ticket per prompt, queued together so the scheduler batches them; all are queued or none."""
-    return _submit(
-        state, functools.partial(state.scheduler.submit_many, parsed.raws, stream=parsed.stream, route=route)
-    )
-
-
 def _failure(exc: BaseException, i: int, parsed: oa.ParsedRequest) -> APIError:
     """The error for the whole request when ticket ``i`` failed (``prompt[i]`` named for a list prompt)."""
     if not isinstance(exc, InvalidRequest):
@@ -204,73 +196,171 @@ def _failure(exc: BaseException, i: int, parsed: oa.ParsedRequest) -> APIError:
     return from_invalid_request(exc)
 
 
-async def _generate(
-    state: ServerState,
-    request: Request,
-    parsed: oa.ParsedRequest,
-    route: str,
-    whole: Callable[[str, int, list[PreparedRequest]], dict[str, Any]],
-    piece: Callable[[str, int, int, str, str | None], list[dict[str, Any]]],
-    start: Callable[[str, int, list[PreparedRequest]], list[dict[str, Any]]],
-    prefix: str,
-    obj: str,
-) -> Response:
-    """Run a request's prompts as tickets; answer one JSON body, or server-sent events.
+# -- the OpenAI generation endpoints ----------------------------------------------------------------
 
-    Nothing is sent before every prompt was admitted, so a prompt the model refuses (too long)
-    is a plain 400 for the whole request, and the other prompts are cancelled. Choice ``j`` of
-    prompt ``i`` is numbered after the choices of the prompts before it (``i * n + j``).
+
+@dataclass(frozen=True)
+class Endpoint(abc.ABC):
+    """How one OpenAI generation endpoint shapes its answer: the whole body, or its stream's chunks.
+
+    ``model`` is the served name and ``include_usage`` the request's ``stream_options``; choice
+    ``index`` counts over every prompt of the request.
     """
-    tickets = _submit_all(state, parsed, route)
-    watch = _Watch(tickets, request.receive, state.request_timeout)
-    streaming = False
-    reason = "disconnect"
-    try:
-        admitted: list[PreparedRequest | None] = [None] * len(tickets)
-        early: list[tuple[int, Event]] = []  # events of admitted prompts while others wait for a batch
-        while any(p is None for p in admitted):
-            i, event = await watch.next()
-            if event.kind == "error":
-                reason = "error"
-                raise _failure(event.payload, i, parsed)
-            if event.kind == "start":
-                admitted[i] = event.payload
-            else:
-                early.append((i, event))
-        prepared = [p for p in admitted if p is not None]
-        offsets = [sum(p.n for p in prepared[:i]) for i in range(len(prepared))]
-        rid, created = oa.new_id(prefix), oa.now()
-        if parsed.stream:
-            streaming = True  # the body below owns the watch from here
-        else:
-            finished = sum(1 for _, e in early if e.kind == "done")
-            while finished < len(tickets):
-                i, event = await watch.next()
-                if event.kind == "error":
-                    reason = "error"
-                    raise _failure(event.payload, i, parsed)
-                if event.kind == "done":
-                    finished += 1
-            return JSONResponse(whole(rid, created, prepared))
-    finally:
-        if not streaming:
-            watch.close(reason)
 
-    async def body() -> AsyncIterator[bytes]:
+    route: ClassVar[str]
+    id_prefix: ClassVar[str]
+    chunk_object: ClassVar[str]
+
+    model: str
+    include_usage: bool
+
+    @abc.abstractmethod
+    def whole(self, rid: str, created: int, prepared: list[PreparedRequest]) -> dict[str, Any]:
+        """The non-streamed response."""
+
+    def opening(self, rid: str, created: int, prepared: list[PreparedRequest]) -> list[dict[str, Any]]:
+        """The chunks a stream starts with, before any text."""
+        return []
+
+    @abc.abstractmethod
+    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+        """The chunks for new ``text`` (and ``finish``, the finish reason) of choice ``index``."""
+
+
+class ChatCompletions(Endpoint):
+    """``POST /v1/chat/completions``: ``chat.completion`` and its chunks, the first naming the role."""
+
+    route = "/v1/chat/completions"
+    id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+
+    def whole(self, rid: str, created: int, prepared: list[PreparedRequest]) -> dict[str, Any]:
+        """The ``chat.completion`` object."""
+        return oa.chat_completion(rid, created, self.model, prepared[0])
+
+    def opening(self, rid: str, created: int, prepared: list[PreparedRequest]) -> list[dict[str, Any]]:
+        """One chunk per choice giving the assistant role."""
+        return [
+            oa.chat_chunk(rid, created, self.model, i, {"role": "assistant", "content": ""}, None, self.include_usage)
+            for i in range(prepared[0].n)
+        ]
+
+    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+        """A content chunk for ``text``, then a chunk with the finish reason."""
+        out = []
+        if text:
+            out.append(oa.chat_chunk(rid, created, self.model, index, {"content": text}, None, self.include_usage))
+        if finish is not None:
+            out.append(oa.chat_chunk(rid, created, self.model, index, {}, finish, self.include_usage))
+        return out
+
+
+class Completions(Endpoint):
+    """``POST /v1/completions``: ``text_completion`` and its chunks."""
+
+    route = "/v1/completions"
+    id_prefix = "cmpl"
+    chunk_object = "text_completion"
+
+    def whole(self, rid: str, created: int, prepared: list[PreparedRequest]) -> dict[str, Any]:
+        """The ``text_completion`` object, one choice per prompt."""
+        return oa.completion(rid, created, self.model, prepared)
+
+    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+        """One chunk carrying ``text`` and the finish reason, if there is either."""
+        if not text and finish is None:
+            return []
+        return [oa.completion_chunk(rid, created, self.model, index, text, finish, self.include_usage)]
+
+
+class _Generation:
+    """One request to a generation endpoint, in flight: its tickets (one per prompt) and their events.
+
+    :meth:`respond` answers once every prompt was admitted, so a prompt the model refuses (too
+    long) is a plain 400 for the whole request and the other prompts are cancelled. Choice ``j``
+    of prompt ``i`` is numbered after the choices of the prompts before it (``i * n + j``).
+    """
+
+    def __init__(self, state: ServerState, parsed: oa.ParsedRequest, endpoint: Endpoint) -> None:
+        self.state = state
+        self.parsed = parsed
+        self.endpoint = endpoint
+        self.early: collections.deque[Event] = collections.deque()  # events of prompts admitted while others wait
+        self.prepared: list[PreparedRequest] = []
+        self.rid = oa.new_id(endpoint.id_prefix)
+        self.created = 0  # set when every prompt was admitted
+
+    async def respond(self, request: Request) -> Response:
+        """Queue the prompts; answer one JSON body, or server-sent events."""
+        parsed, endpoint = self.parsed, self.endpoint
+        events: EventQueue = asyncio.Queue()
+        tickets = _submit(
+            self.state,
+            lambda: self.state.scheduler.submit_many(
+                parsed.raws, stream=parsed.stream, route=endpoint.route, events=events
+            ),
+        )
+        watch = _Watch(tickets, events, request.receive, self.state.settings.request_timeout)
+        streaming = False
+        reason = "disconnect"
+        try:
+            await self._admit(watch)
+            if parsed.stream:
+                streaming = True  # the body owns the watch from here
+                return StreamingResponse(self._stream(watch), media_type="text/event-stream", headers=_SSE_HEADERS)
+            await self._finish(watch)
+            return JSONResponse(endpoint.whole(self.rid, self.created, self.prepared))
+        except APIError:
+            reason = "error"  # a prompt failed: the others are cancelled (timeouts and disconnects already were)
+            raise
+        finally:
+            if not streaming:
+                watch.close(reason)
+
+    async def _admit(self, watch: _Watch) -> None:
+        """Wait for every ticket's ``start`` (keeping other events for later); a failed one fails the request."""
+        admitted: list[PreparedRequest | None] = [None] * len(watch.tickets)
+        while any(p is None for p in admitted):
+            event = await self._next(watch)
+            if event.kind == "start":
+                admitted[event.ticket] = event.payload
+            else:
+                self.early.append(event)
+        self.prepared = [p for p in admitted if p is not None]
+        self.created = oa.now()
+
+    async def _finish(self, watch: _Watch) -> None:
+        """Wait for every ticket's ``done``."""
+        finished = sum(1 for e in self.early if e.kind == "done")
+        while finished < len(watch.tickets):
+            if (await self._next(watch)).kind == "done":
+                finished += 1
+
+    async def _next(self, watch: _Watch) -> Event:
+        """The next event; a ticket's error fails the whole request."""
+        event = await watch.next()
+        if event.kind == "error":
+            raise _failure(event.payload, event.ticket, self.parsed)
+        return event
+
+    async def _stream(self, watch: _Watch) -> AsyncIterator[bytes]:
+        """The server-sent events: the events kept while admitting first, then the queue's, then ``[DONE]``."""
+        endpoint, rid, created, prepared = self.endpoint, self.rid, self.created, self.prepared
+        offsets = [sum(p.n for p in prepared[:i]) for i in range(len(prepared))]
         end = "disconnect"
         try:
-            for chunk in start(rid, created, prepared):
+            for chunk in endpoint.opening(rid, created, prepared):
                 yield _sse(chunk)
             finished = 0
             while True:
-                i, event = early.pop(0) if early else await watch.next()
+                event = self.early.popleft() if self.early else await watch.next()
                 if event.kind == "error":
                     end = "error"
-                    yield _sse(_failure(event.payload, i, parsed).body())
+                    yield _sse(_failure(event.payload, event.ticket, self.parsed).body())
                     return
                 if event.kind == "done":
                     finished += 1
-                    if finished == len(tickets):
+                    if finished == len(prepared):
                         break
                     continue
                 if event.kind != "delta":
@@ -278,18 +368,16 @@ async def _generate(
                 ev: BatchEvent = event.payload
                 if ev.finish_reason == "cancelled":
                     continue
-                for chunk in piece(rid, created, offsets[i] + ev.choice, ev.text, ev.finish_reason):
+                for chunk in endpoint.piece(rid, created, offsets[event.ticket] + ev.choice, ev.text, ev.finish_reason):
                     yield _sse(chunk)
-            if parsed.include_usage:
-                yield _sse(oa.usage_chunk(rid, created, state.served_name, obj, prepared))
+            if self.parsed.include_usage:
+                yield _sse(oa.usage_chunk(rid, created, self.state.served_name, endpoint.chunk_object, prepared))
             yield b"data: [DONE]\n\n"
         except APIError as exc:  # the deadline passed mid-stream
             end = "timeout"
             yield _sse(exc.body())
         finally:
             watch.close(end)
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 # -- routes -----------------------------------------------------------------------------------------
@@ -305,30 +393,8 @@ async def chat_completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    parsed = oa.parse_chat(await read_json(request, state.max_body_bytes), state.served_name)
-    name = state.served_name
-    usage = parsed.include_usage
-
-    def start(rid: str, created: int, ps: list[PreparedRequest]) -> list[dict[str, Any]]:
-        return [
-            oa.chat_chunk(rid, created, name, i, {"role": "assistant", "content": ""}, None, usage)
-            for i in range(ps[0].n)
-        ]
-
-    def piece(rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-        out = []
-        if text:
-            out.append(oa.chat_chunk(rid, created, name, index, {"content": text}, None, usage))
-        if finish is not None:
-            out.append(oa.chat_chunk(rid, created, name, index, {}, finish, usage))
-        return out
-
-    def whole(rid: str, created: int, ps: list[PreparedRequest]) -> dict[str, Any]:
-        return oa.chat_completion(rid, created, name, ps[0])
-
-    return await _generate(
-        state, request, parsed, "/v1/chat/completions", whole, piece, start, "chatcmpl", "chat.completion.chunk"
-    )
+    parsed = oa.parse_chat(await read_json(request, state.settings.max_body_bytes), state.served_name)
+    return await _Generation(state, parsed, ChatCompletions(state.served_name, parsed.include_usage)).respond(request)
 
 
 async def completions(request: Request) -> Response:
@@ -341,23 +407,9 @@ async def completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    body = await read_json(request, state.max_body_bytes)
+    body = await read_json(request, state.settings.max_body_bytes)
     parsed = oa.parse_completion(body, state.served_name, max_prompts=state.scheduler.max_queue)
-    name = state.served_name
-    usage = parsed.include_usage
-
-    def start(rid: str, created: int, ps: list[PreparedRequest]) -> list[dict[str, Any]]:
-        return []
-
-    def piece(rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-        if not text and finish is None:
-            return []
-        return [oa.completion_chunk(rid, created, name, index, text, finish, usage)]
-
-    def whole(rid: str, created: int, ps: list[PreparedRequest]) -> dict[str, Any]:
-        return oa.completion(rid, created, name, ps)
-
-    return await _generate(state, request, parsed, "/v1/completions", whole, piece, start, "cmpl", "text_completion")
+    return await _Generation(state, parsed, Completions(state.served_name, parsed.include_usage)).respond(request)
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
@@ -392,7 +444,7 @@ async def invocations(request: Request) -> Response:
     from mlflow.pyfunc import scoring_server
 
     state: ServerState = request.app.state.flavorkit
-    data = await read_body(request, state.max_body_bytes)
+    data = await read_body(request, state.settings.max_body_bytes)
     content_type = request.headers.get("content-type") or "application/json"
     pyfunc = state.pyfunc
     schema = pyfunc.metadata.get_input_schema()
@@ -400,10 +452,11 @@ async def invocations(request: Request) -> Response:
     def job() -> Any:
         return scoring_server.invocations(data, content_type, pyfunc, schema)
 
-    ticket = _submit(state, lambda: state.scheduler.submit_job(job, route="/invocations"))
-    watch = _Watch([ticket], request.receive, state.request_timeout)
+    events: EventQueue = asyncio.Queue()
+    ticket = _submit(state, lambda: state.scheduler.submit_job(job, route="/invocations", events=events))
+    watch = _Watch([ticket], events, request.receive, state.settings.request_timeout)
     try:
-        _, event = await watch.next()
+        event = await watch.next()
     finally:
         watch.close()
     if event.kind == "error":

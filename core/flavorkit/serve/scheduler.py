@@ -5,7 +5,9 @@ Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :fun
 Runtimes and backends are not thread-safe, so exactly one thread (the worker) ever touches the
 :class:`~flavorkit.runtime.loaded.LoadedModel`: it encodes prompts, runs ``generate`` and executes
 exclusive jobs (the MLflow ``/invocations`` route). Request handlers on the event loop only
-submit :class:`Ticket` objects and read their events.
+submit :class:`Ticket` objects and read their events: the worker puts each event straight into
+the asyncio queue of the HTTP request (``loop.call_soon_threadsafe``), one queue shared by the
+request's tickets, so no task relays them.
 
 Batching is request-level for every backend: while a batch runs, new requests wait in a bounded
 queue; the next ``generate`` call takes all of them together (up to ``max_batch``). Each request
@@ -27,12 +29,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flavorkit.backend.hookspec import hookimpl
-from flavorkit.errors import FlavorkitError, InvalidRequest
+from flavorkit.errors import InvalidRequest, JobCancelled
 from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
+from flavorkit.settings import ServeSettings
 
-__all__ = ["ClientDisconnected", "Event", "JobCancelled", "QueueFull", "Scheduler", "ShuttingDown", "Ticket"]
+__all__ = [
+    "ClientDisconnected",
+    "Event",
+    "EventQueue",
+    "JobCancelled",
+    "QueueFull",
+    "Scheduler",
+    "ShuttingDown",
+    "Ticket",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +59,6 @@ class ClientDisconnected(Exception):
 
 class ShuttingDown(Exception):
     """The server is draining and takes no new work; the caller answers 503."""
-
-
-class JobCancelled(FlavorkitError):
-    """A running job's client went away or timed out; its generation was stopped."""
 
 
 class _JobGuard:
@@ -99,16 +107,23 @@ class Event:
     ``kind`` is ``"start"`` (the request was validated and joined a batch; payload: the
     :class:`PreparedRequest`), ``"delta"`` (a :class:`BatchEvent`, streaming tickets only),
     ``"done"`` (every choice finished; payload: the PreparedRequest), ``"result"`` (a job's return
-    value) or ``"error"`` (an exception).
+    value) or ``"error"`` (an exception). ``ticket`` is the :attr:`Ticket.index` of the ticket it
+    belongs to, which tells apart the tickets of one request sharing a queue (``-1``: none, the
+    connection itself).
     """
 
     kind: str
     payload: Any = None
+    ticket: int = 0
+
+
+#: The queue a request's events arrive on (one per HTTP request, shared by its tickets).
+EventQueue = asyncio.Queue[Event]
 
 
 @dataclass(eq=False)
 class Ticket:
-    """One unit of queued work and the asyncio queue its events arrive on."""
+    """One unit of queued work, and the asyncio queue its events arrive on (its own, or its request's)."""
 
     raw: Any
     job: Callable[[], Any] | None
@@ -116,7 +131,8 @@ class Ticket:
     loop: asyncio.AbstractEventLoop
     scheduler: Scheduler
     route: str = ""
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    events: EventQueue = field(default_factory=asyncio.Queue)
+    index: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     prepared: PreparedRequest | None = None
     cancel_reason: str | None = None
@@ -124,10 +140,10 @@ class Ticket:
     first_token: float | None = None
     last_token: dict[int, float] = field(default_factory=dict)
 
-    def push(self, event: Event) -> None:
-        """Hand an event to the reader (called from the worker thread)."""
+    def push(self, kind: str, payload: Any = None) -> None:
+        """Put an event into the reader's queue (called from the worker thread), marked with this ticket's index."""
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            self.loop.call_soon_threadsafe(self.events.put_nowait, Event(kind, payload, self.index))
 
     def cancel(self, reason: str) -> None:
         """Stop this request (any thread): leave the queue, or make the backend drop it within a step."""
@@ -141,31 +157,24 @@ class Ticket:
 
 
 class Scheduler:
-    """A bounded queue in front of one worker thread that owns the model."""
+    """A bounded queue in front of one worker thread that owns the model.
+
+    It takes the checked :class:`~flavorkit.settings.ServeSettings` (``max_batch``, ``max_queue``,
+    ``batch_wait``, ``join_wait``, ``batching``); ``values`` change some of them (checked too).
+    """
 
     def __init__(
-        self,
-        model: LoadedModel,
-        metrics: Metrics,
-        *,
-        max_batch: int = 8,
-        max_queue: int = 64,
-        batch_wait: float = 0.02,
-        join_wait: float = 0.1,
-        continuous: bool = True,
+        self, model: LoadedModel, metrics: Metrics, settings: ServeSettings | None = None, **values: Any
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+        settings = ServeSettings.of(settings, **values)
         self.model = model
         self.metrics = metrics
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.batch_wait = batch_wait
-        self.join_wait = join_wait
+        self.max_batch = settings.max_batch
+        self.max_queue = settings.max_queue
+        self.batch_wait = settings.batch_wait
+        self.join_wait = settings.join_wait
         # None: decided on the worker when the first request runs (does the backend have a session?)
-        self._continuous: bool | None = None if continuous else False
+        self._continuous: bool | None = None if settings.batching == "continuous" else False
         self._freed = 0  # requests finished since the last admission
         self._last_batch = 1
         self._queue: collections.deque[Ticket] = collections.deque()
@@ -188,17 +197,24 @@ class Scheduler:
         """False once draining began."""
         return self._accepting
 
-    def submit(self, raw: Any, *, stream: bool, route: str = "") -> Ticket:
-        """Queue one generation request; raise :class:`QueueFull` or :class:`ShuttingDown`."""
-        return self._enqueue(Ticket(raw, None, stream, asyncio.get_running_loop(), self, route))
+    def submit(self, raw: Any, *, stream: bool, route: str = "", events: EventQueue | None = None) -> Ticket:
+        """Queue one generation request; raise :class:`QueueFull` or :class:`ShuttingDown`.
 
-    def submit_many(self, raws: Sequence[Any], *, stream: bool, route: str = "") -> list[Ticket]:
+        Its events arrive on ``events`` (its own new queue by default).
+        """
+        return self._enqueue(self._ticket(raw, None, stream, route, events))
+
+    def submit_many(
+        self, raws: Sequence[Any], *, stream: bool, route: str = "", events: EventQueue | None = None
+    ) -> list[Ticket]:
         """Queue several requests at once (a list prompt): all of them, or none when they do not fit.
 
         They enter the queue together, so the worker admits them together (up to ``max_batch``).
+        Their events share one queue (``events``, or a new one), each marked with its ticket's
+        position in ``raws``.
         """
-        loop = asyncio.get_running_loop()
-        tickets = [Ticket(raw, None, stream, loop, self, route) for raw in raws]
+        queue: EventQueue = asyncio.Queue() if events is None else events
+        tickets = [self._ticket(raw, None, stream, route, queue, i) for i, raw in enumerate(raws)]
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown
@@ -209,9 +225,22 @@ class Scheduler:
             self._cond.notify()
         return tickets
 
-    def submit_job(self, job: Callable[[], Any], *, route: str = "") -> Ticket:
+    def submit_job(self, job: Callable[[], Any], *, route: str = "", events: EventQueue | None = None) -> Ticket:
         """Queue a callable that runs alone on the worker (it may use the model); its result comes back."""
-        return self._enqueue(Ticket(None, job, False, asyncio.get_running_loop(), self, route))
+        return self._enqueue(self._ticket(None, job, False, route, events))
+
+    def _ticket(
+        self,
+        raw: Any,
+        job: Callable[[], Any] | None,
+        stream: bool,
+        route: str,
+        events: EventQueue | None,
+        index: int = 0,
+    ) -> Ticket:
+        loop = asyncio.get_running_loop()
+        queue: EventQueue = asyncio.Queue() if events is None else events
+        return Ticket(raw, job, stream, loop, self, route, events=queue, index=index)
 
     def _enqueue(self, ticket: Ticket) -> Ticket:
         with self._cond:
@@ -256,7 +285,7 @@ class Scheduler:
             self._cond.notify_all()
         for ticket in left:
             ticket.cancel("shutdown")
-            ticket.push(Event("error", ShuttingDown()))
+            ticket.push("error", ShuttingDown())
         self._thread.join(timeout=max(1.0, end - time.monotonic()))
         if self._pm is not None and self._pm.is_registered(self._guard):
             self._pm.unregister(self._guard)  # the manager outlives this server (backends are cached)
@@ -317,10 +346,10 @@ class Scheduler:
             result = ticket.job()
         except BaseException as exc:
             ticket.done = True
-            ticket.push(Event("error", exc))
+            ticket.push("error", exc)
         else:
             ticket.done = True
-            ticket.push(Event("result", result))
+            ticket.push("result", result)
         finally:
             self._guard.current = None
 
@@ -332,12 +361,12 @@ class Scheduler:
                 p = self.model.prepare_request(ticket.raw)
             except InvalidRequest as exc:
                 ticket.done = True
-                ticket.push(Event("error", exc))
+                ticket.push("error", exc)
                 continue
             except Exception as exc:
                 log.exception("preparing a request failed")
                 ticket.done = True
-                ticket.push(Event("error", exc))
+                ticket.push("error", exc)
                 continue
             ticket.prepared = p
             if ticket.cancel_reason is not None:  # cancelled while it waited
@@ -345,7 +374,7 @@ class Scheduler:
                 continue
             admitted.append(ticket)
             self.metrics.prompt_tokens.inc(p.prompt_tokens)
-            ticket.push(Event("start", p))
+            ticket.push("start", p)
         self.metrics.active.inc(len(admitted))
         return admitted
 
@@ -362,10 +391,10 @@ class Scheduler:
         ticket.last_token[key] = now
         self.metrics.completion_tokens.inc(ev.tokens)
         if ticket.stream:
-            ticket.push(Event("delta", ev))
+            ticket.push("delta", ev)
         prepared = ticket.prepared
         if ev.finish_reason is not None and prepared is not None and prepared.finished and not ticket.done:
-            self._finish(ticket, Event("done", prepared))
+            self._finish(ticket, "done", prepared)
 
     def _run_batch(self, batch: list[Ticket]) -> None:
         """Request-level batching: every admitted ticket shares one ``run_batch`` (one ``generate`` call)."""
@@ -381,11 +410,11 @@ class Scheduler:
             log.exception("generation failed for a batch of %d request(s)", len(tickets))
             for ticket in tickets:
                 if not ticket.done:
-                    self._finish(ticket, Event("error", exc))
+                    self._finish(ticket, "error", exc)
         finally:
             for ticket in tickets:
                 if not ticket.done:  # cancelled ones end here
-                    self._finish(ticket, Event("done", ticket.prepared))
+                    self._finish(ticket, "done", ticket.prepared)
 
     def _run_continuous(self, batch: list[Ticket]) -> None:
         """Continuous batching: decode step by step, admitting queued requests between steps.
@@ -413,7 +442,7 @@ class Scheduler:
                 for key in ended:
                     ticket = running.pop(key)
                     if not ticket.done:  # cancelled: it ends without another event from the backend
-                        self._finish(ticket, Event("done", ticket.prepared))
+                        self._finish(ticket, "done", ticket.prepared)
                     self._freed += 1
                 if ended:
                     with self._cond:
@@ -428,11 +457,11 @@ class Scheduler:
             log.exception("generation failed with %d request(s) running", len(running))
             for ticket in running.values():
                 if not ticket.done:
-                    self._finish(ticket, Event("error", exc))
+                    self._finish(ticket, "error", exc)
         finally:
             for ticket in running.values():
                 if not ticket.done:  # shutdown: cancelled
-                    self._finish(ticket, Event("done", ticket.prepared))
+                    self._finish(ticket, "done", ticket.prepared)
             try:
                 session.close()
             except Exception:
@@ -449,7 +478,7 @@ class Scheduler:
             keys = session.add([t.prepared for t in tickets if t.prepared is not None])
         except Exception as exc:
             for ticket in tickets:
-                self._finish(ticket, Event("error", exc))
+                self._finish(ticket, "error", exc)
             raise
         running.update(zip(keys, tickets, strict=True))
         with self._cond:
@@ -485,8 +514,8 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._queue))
             return joining
 
-    def _finish(self, ticket: Ticket, event: Event) -> None:
+    def _finish(self, ticket: Ticket, kind: str, payload: Any) -> None:
         """The ticket's last event; the metrics are updated before the reader can see it."""
         ticket.done = True
         self.metrics.active.dec()
-        ticket.push(event)
+        ticket.push(kind, payload)

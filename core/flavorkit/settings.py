@@ -1,0 +1,371 @@
+"""Every ``FLAVORKIT_*`` environment variable flavorkit reads, and the settings of ``flavorkit serve``.
+
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
+
+One table, :data:`VARIABLES`, declares each variable (name, type, default, meaning); code reads
+them only through :func:`env_flag` and :func:`env_path`, or through :class:`ServeSettings`. Every
+boolean follows one grammar: ``1``, ``true``, ``yes``, ``on`` turn it on, ``0``, ``false``, ``no``,
+``off`` turn it off (any case, surrounding spaces ignored), unset or empty leaves the default, and
+anything else is a :class:`~flavorkit.errors.SettingsError` naming the variable.
+
+The serve settings are one model: :class:`ServeSettings` holds each setting's default, bounds and
+description; ``flavorkit serve`` generates its flags from it, and each setting is also read from
+``FLAVORKIT_<NAME>`` (:meth:`ServeSettings.load`, with pydantic-settings).
+
+A kernel module: it imports the standard library, pydantic and :mod:`flavorkit.errors` only.
+pydantic-settings is imported when serve settings are loaded, because this module ships inside
+every packaged model (the loader reads ``FLAVORKIT_VERIFY_ARTIFACTS``), whose environment has
+pydantic but not pydantic-settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from flavorkit.errors import SettingsError
+
+__all__ = [
+    "ENV_PREFIX",
+    "FALSE",
+    "TRUE",
+    "VARIABLES",
+    "ServeSettings",
+    "Variable",
+    "allowed_values",
+    "check_value",
+    "env_flag",
+    "env_path",
+    "env_var",
+]
+
+#: The spellings of a true boolean, then of a false one (compared lower-cased, stripped).
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+_BOOLEAN = f"{', '.join(TRUE)} to turn it on; {', '.join(FALSE)} to turn it off"
+
+#: Every serve setting ``name`` is also read from ``FLAVORKIT_<NAME>``.
+ENV_PREFIX = "FLAVORKIT_"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, type and default as the user guide shows them, and what it does."""
+
+    name: str
+    type: str
+    default: str
+    meaning: str
+
+
+# -- the serve settings -----------------------------------------------------------------------------
+
+_SECONDS: dict[str, JsonValue] = {"metavar": "SECONDS"}
+
+
+class ServeSettings(BaseModel):
+    """The settings of ``flavorkit serve`` and ``create_app``: defaults, bounds and help in one place.
+
+    Build it with :meth:`load` (keywords over ``FLAVORKIT_*`` variables over defaults) or directly
+    (defaults and keywords only); either way every value is checked once, here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="address to bind (the default is loopback only)",
+        json_schema_extra={"metavar": "ADDRESS"},
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on")
+    served_model_name: str | None = Field(
+        default=None,
+        description="the name clients pass as `model`; unset: the registered model's name or the folder's name",
+        json_schema_extra={"metavar": "NAME"},
+    )
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="require `Authorization: Bearer KEY` on /v1/* and /invocations",
+        json_schema_extra={"metavar": "KEY"},
+    )
+    trusted_key: Path | None = Field(
+        default=None,
+        description="verify the model's signature with this EC public key (PEM) before loading anything "
+        "(needs flavorkit[signing])",
+        json_schema_extra={"metavar": "PEM"},
+    )
+    max_batch: int = Field(default=8, ge=1, description="most requests generating at once")
+    batching: Literal["continuous", "request"] = Field(
+        default="continuous",
+        description="continuous: requests join running batches between decoding steps (when the backend can); "
+        "request: each batch of queued requests runs to the end before the next starts",
+    )
+    join_wait: float = Field(
+        default=0.1,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds a request arriving mid-batch may wait for others to join with it",
+        json_schema_extra=_SECONDS,
+    )
+    batch_wait: float = Field(
+        default=0.02,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds an idle worker waits for the clients of the last batch before it starts a smaller one",
+        json_schema_extra=_SECONDS,
+    )
+    max_queue: int = Field(default=64, ge=1, description="most waiting requests; more get 429")
+    request_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds before a request is cancelled and answered 504",
+        json_schema_extra=_SECONDS,
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="largest request body; larger ones get 413")
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds SIGTERM waits for running requests before it cancels them",
+        json_schema_extra=_SECONDS,
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="server log level"
+    )
+
+    @field_validator("served_model_name", "api_key", "trusted_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """An empty value (``FLAVORKIT_API_KEY=``) means unset, as for every other variable."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("trusted_key")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        """``~`` in the key's path is the home folder."""
+        return value.expanduser() if value is not None else None
+
+    @classmethod
+    def load(cls, names: Mapping[str, str] | None = None, **values: Any) -> ServeSettings:
+        """``values``, then ``FLAVORKIT_<NAME>`` variables, then the defaults; a bad one raises ``SettingsError``.
+
+        ``names`` says how the caller calls each of ``values`` in an error (``--max-batch`` for a
+        flag); by default the keyword itself. A bad variable is named as the variable.
+        """
+        _refuse_unknown(values)
+        try:
+            return _from_environment()(**values)
+        except ValidationError as exc:
+            raise _settings_error(exc, values, names or {}) from None
+
+    def updated(self, **values: Any) -> ServeSettings:
+        """A copy with ``values`` changed, checked like the rest; a bad one raises ``SettingsError``."""
+        _refuse_unknown(values)
+        try:
+            return ServeSettings(**{**self.model_dump(), **values})
+        except ValidationError as exc:
+            raise _settings_error(exc, values, {}) from None
+
+    @classmethod
+    def of(cls, settings: ServeSettings | None, **values: Any) -> ServeSettings:
+        """``settings`` (or the defaults, without reading the environment) with ``values`` changed."""
+        base = settings if settings is not None else cls()
+        return base.updated(**values) if values else base
+
+
+def _refuse_unknown(values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - set(ServeSettings.model_fields))
+    if unknown:
+        known = ", ".join(ServeSettings.model_fields)
+        raise TypeError(f"unknown serve setting {unknown[0]!r}; the settings are: {known}")
+
+
+@functools.cache
+def _from_environment() -> type[ServeSettings]:
+    """:class:`ServeSettings` that also reads ``FLAVORKIT_<NAME>`` (pydantic-settings, imported now)."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class ServeEnvironment(BaseSettings, ServeSettings):  # type: ignore[misc]
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    return ServeEnvironment
+
+
+def env_var(setting: str) -> str:
+    """The environment variable of serve setting ``setting``: ``FLAVORKIT_MAX_BATCH`` for ``max_batch``."""
+    return ENV_PREFIX + setting.upper()
+
+
+def _settings_error(exc: ValidationError, values: Mapping[str, Any], names: Mapping[str, str]) -> SettingsError:
+    """The first problem of ``exc``, naming the keyword (or flag) it came from, else its variable."""
+    error = exc.errors()[0]
+    setting = str(error["loc"][0]) if error["loc"] else ""
+    field = ServeSettings.model_fields[setting]
+    name = names.get(setting, setting) if setting in values else env_var(setting)
+    return SettingsError(name, error.get("input"), _problem(error), allowed_values(field))
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """What is wrong with a value, from pydantic's error type."""
+    kind = str(error["type"])
+    if kind.startswith("int_"):
+        return "is not a whole number"
+    if kind.startswith("float_"):
+        return "is not a number"
+    if kind.startswith(("greater_than", "less_than", "finite_number")):
+        return "is out of range"
+    if kind == "literal_error":
+        return "is not one of the choices"
+    return f"is not allowed ({error['msg']})"
+
+
+# -- what a setting allows, and checking one value ------------------------------------------------------
+
+
+def _choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values of a ``Literal`` annotation, else None."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def _base_type(annotation: Any) -> Any:
+    """``X`` for ``X | None``, else the annotation itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def allowed_values(field: FieldInfo) -> str:
+    """What a setting allows, in words: ``whole number, at least 1``, ``one of: continuous, request``."""
+    choices = _choices(field.annotation)
+    if choices is not None:
+        return "one of: " + ", ".join(str(c) for c in choices)
+    base = _base_type(field.annotation)
+    kind = {int: "whole number", float: "number", Path: "path"}.get(base, "text")
+    low = high = ""
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = f"at least {rule.ge}"
+        elif isinstance(rule, annotated_types.Gt):
+            low = f"above {rule.gt}"
+        elif isinstance(rule, annotated_types.Le):
+            high = f"at most {rule.le}"
+        elif isinstance(rule, annotated_types.Lt):
+            high = f"below {rule.lt}"
+    if low.startswith("at least") and high.startswith("at most"):
+        bounds = f"from {low.removeprefix('at least ')} to {high.removeprefix('at most ')}"
+    else:
+        bounds = " and ".join(part for part in (low, high) if part)
+    return f"{kind}, {bounds}" if bounds else kind
+
+
+@functools.cache
+def _adapter(setting: str) -> TypeAdapter[Any]:
+    field = ServeSettings.model_fields[setting]
+    annotated: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return TypeAdapter(annotated)
+
+
+def check_value(setting: str, value: Any, name: str | None = None) -> Any:
+    """``value`` converted and checked as serve setting ``setting`` allows; else ``SettingsError`` naming ``name``."""
+    try:
+        return _adapter(setting).validate_python(value)
+    except ValidationError as exc:
+        problem = _problem(exc.errors()[0])
+        raise SettingsError(
+            name or setting, value, problem, allowed_values(ServeSettings.model_fields[setting])
+        ) from None
+
+
+# -- the table of every variable ------------------------------------------------------------------------
+
+
+def _serve_variable(setting: str, field: FieldInfo) -> Variable:
+    default = "unset" if field.default is None else str(field.default)
+    return Variable(env_var(setting), allowed_values(field), default, f"`flavorkit serve`: {field.description}")
+
+
+_GENERAL = (
+    Variable(
+        "FLAVORKIT_VERIFY_ARTIFACTS",
+        "boolean",
+        "true",
+        "check a packaged model's files against its sha256 manifest when it loads; false skips it "
+        "(for pre-verified read-only mounts; the configuration is still validated)",
+    ),
+    Variable(
+        "FLAVORKIT_TRUSTED_KEY",
+        "path",
+        "unset",
+        "an EC public key (PEM): loading, `flavorkit verify` and `flavorkit serve` refuse a model not signed with it",
+    ),
+    Variable(
+        "FLAVORKIT_STRICT_PLUGINS",
+        "boolean",
+        "false",
+        "a plugin that fails to load is an error, not a warning (for CI)",
+    ),
+    Variable("FLAVORKIT_PROGRESS", "boolean", "true", "progress lines on stderr during conversions and exports"),
+    Variable(
+        "FLAVORKIT_CACHE",
+        "path",
+        "`$XDG_CACHE_HOME/flavorkit`, else `~/.cache/flavorkit`",
+        "where converted models and build scratch are kept",
+    ),
+)
+
+#: Every ``FLAVORKIT_*`` variable flavorkit reads, by name. A serve setting whose variable is declared
+#: above (``trusted_key``) shares that row.
+VARIABLES: dict[str, Variable] = {v.name: v for v in _GENERAL}
+for _setting, _field in ServeSettings.model_fields.items():
+    VARIABLES.setdefault(env_var(_setting), _serve_variable(_setting, _field))
+del _setting, _field
+
+
+def _declared(name: str, type: str) -> Variable:
+    variable = VARIABLES.get(name)
+    if variable is None or variable.type != type:
+        raise KeyError(f"{name} is not a declared {type} variable (see flavorkit.settings.VARIABLES)")
+    return variable
+
+
+def _raw(name: str) -> str | None:
+    """The variable's value, stripped; None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def env_flag(name: str) -> bool:
+    """The boolean variable ``name``: its default when unset or empty; ``SettingsError`` outside the grammar."""
+    variable = _declared(name, "boolean")
+    raw = _raw(name)
+    if raw is None:
+        return variable.default == "true"
+    word = raw.lower()
+    if word in TRUE:
+        return True
+    if word in FALSE:
+        return False
+    raise SettingsError(name, os.environ.get(name), "is not a boolean", _BOOLEAN)
+
+
+def env_path(name: str) -> Path | None:
+    """The path variable ``name`` (``~`` expanded), or None when it is unset or empty."""
+    _declared(name, "path")
+    raw = _raw(name)
+    return Path(raw).expanduser() if raw is not None else None

@@ -1,0 +1,355 @@
+"""Every ``FLAVORKIT_*`` variable: one table (``flavorkit.settings``), one boolean grammar, read where it acts.
+
+Each variable is checked through the code that reads it (the registry, the progress lines, the
+loader of a packaged model, the cache, the signing key, ``flavorkit serve``), so the tests hold
+whatever the accessors look like inside. The user guide's table is checked against the settings
+table, and ``flavorkit serve``'s flags against the serve settings model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from pydantic import ValidationError
+
+import flavorkit
+from flavorkit.backend.registry import get_registry, strict_from_env
+from flavorkit.cli import build_parser, main
+from flavorkit.errors import IntegrityError, SettingsError
+from flavorkit.model.signing import trusted_key
+from flavorkit.packaging.cache import cache_root
+from flavorkit.packaging.progress import step
+from flavorkit.settings import VARIABLES, ServeSettings, allowed_values, env_var
+from plugin_fixtures import ECHO_BACKEND, make_distribution
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TRUE_FORMS = ("1", "true", "yes", "on", "TRUE", " Yes ", "On\n")
+FALSE_FORMS = ("0", "false", "no", "off", "FALSE", " No ", "\toff")
+BAD_FORMS = ("2", "maybe", "y", "enabled", "-1")
+BOOLEAN = "1, true, yes, on to turn it on; 0, false, no, off to turn it off"
+
+
+def _refused(name: str, value: str) -> str:
+    """The message of the error for a boolean variable outside the grammar."""
+    return re.escape(f"{name}: {value!r} is not a boolean (allowed: {BOOLEAN})")
+
+
+def test_the_boolean_variables_are_the_ones_tested_here() -> None:
+    booleans = {name for name, v in VARIABLES.items() if v.type == "boolean"}
+    assert booleans == {"FLAVORKIT_STRICT_PLUGINS", "FLAVORKIT_PROGRESS", "FLAVORKIT_VERIFY_ARTIFACTS"}
+
+
+# -- FLAVORKIT_STRICT_PLUGINS ---------------------------------------------------------------------
+
+
+def test_strict_plugins_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS", raising=False)
+    assert strict_from_env() is False, "off by default"
+    for value in TRUE_FORMS:
+        monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", value)
+        assert strict_from_env() is True, value
+    for value in (*FALSE_FORMS, "", "  "):
+        monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", value)
+        assert strict_from_env() is False, value
+    for value in BAD_FORMS:
+        monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", value)
+        with pytest.raises(SettingsError, match=_refused("FLAVORKIT_STRICT_PLUGINS", value)):
+            strict_from_env()
+
+
+def test_a_bad_strict_plugins_value_is_a_clear_cli_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FLAVORKIT_STRICT_PLUGINS", "sure")
+    try:
+        assert main(["backends", "--json"]) == 2
+    finally:
+        monkeypatch.delenv("FLAVORKIT_STRICT_PLUGINS")
+        get_registry(refresh=True)
+    err = capsys.readouterr().err
+    assert err.startswith("flavorkit: error: FLAVORKIT_STRICT_PLUGINS: 'sure' is not a boolean (allowed: ")
+
+
+# -- FLAVORKIT_PROGRESS ---------------------------------------------------------------------------
+
+
+def _progress_lines(capsys: pytest.CaptureFixture[str]) -> str:
+    with step("converting"):
+        pass
+    return capsys.readouterr().err
+
+
+def test_progress_grammar(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FLAVORKIT_PROGRESS", raising=False)
+    assert "[flavorkit] converting" in _progress_lines(capsys), "on by default"
+    for value in (*TRUE_FORMS, ""):
+        monkeypatch.setenv("FLAVORKIT_PROGRESS", value)
+        assert "[flavorkit] converting" in _progress_lines(capsys), value
+    for value in FALSE_FORMS:
+        monkeypatch.setenv("FLAVORKIT_PROGRESS", value)
+        assert _progress_lines(capsys) == "", value
+    for value in BAD_FORMS:
+        monkeypatch.setenv("FLAVORKIT_PROGRESS", value)
+        with pytest.raises(SettingsError, match=_refused("FLAVORKIT_PROGRESS", value)):
+            _progress_lines(capsys)
+
+
+# -- FLAVORKIT_VERIFY_ARTIFACTS, on a packaged model ----------------------------------------------
+
+HELLO = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture
+def tampered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A model packaged with a pure-Python backend, one of whose artifacts was changed afterwards."""
+    modules, backends = {"fk_env_echo": ECHO_BACKEND}, {"echo": "fk_env_echo:backend"}
+    root = make_distribution(tmp_path / "site", "fk-env-verify", modules=modules, backends=backends)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delenv("FLAVORKIT_VERIFY_ARTIFACTS", raising=False)
+    monkeypatch.delenv("FLAVORKIT_TRUSTED_KEY", raising=False)
+    get_registry(refresh=True)
+    model = tmp_path / "model"
+    flavorkit.package(model="source-text", backend="echo", path=model)
+    (packaged,) = (model / "artifacts").rglob("config.txt")
+    packaged.write_text("changed after packaging")
+    yield model
+    sys.modules.pop("fk_env_echo", None)
+    monkeypatch.undo()
+    get_registry(refresh=True)
+
+
+def test_verify_artifacts_grammar_on_a_packaged_model(tampered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(IntegrityError, match=r"echo/config\.txt"):
+        mlflow.pyfunc.load_model(str(tampered))  # on by default
+    for value in ("1", "true", " ON", ""):
+        monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", value)
+        with pytest.raises(IntegrityError, match=r"echo/config\.txt"):
+            mlflow.pyfunc.load_model(str(tampered))
+    for value in ("false", "FALSE", "no", " off ", "0"):  # "false" once left verification on silently
+        monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", value)
+        loaded = mlflow.pyfunc.load_model(str(tampered))
+        assert loaded.predict(HELLO)[0]["choices"][0]["message"]["content"] == "hello", value
+    for value in ("nope", "disabled"):
+        monkeypatch.setenv("FLAVORKIT_VERIFY_ARTIFACTS", value)
+        with pytest.raises(Exception, match=_refused("FLAVORKIT_VERIFY_ARTIFACTS", value)) as exc:
+            mlflow.pyfunc.load_model(str(tampered))
+        assert type(exc.value).__name__ == "SettingsError"
+
+
+# -- the path variables -----------------------------------------------------------------------------
+
+
+def test_trusted_key_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for value in ("", "  "):
+        monkeypatch.setenv("FLAVORKIT_TRUSTED_KEY", value)
+        assert trusted_key() is None, "empty is unset"
+    monkeypatch.delenv("FLAVORKIT_TRUSTED_KEY")
+    assert trusted_key() is None
+    monkeypatch.setenv("FLAVORKIT_TRUSTED_KEY", f" {tmp_path / 'signer.pub.pem'} ")
+    assert trusted_key() == tmp_path / "signer.pub.pem"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FLAVORKIT_TRUSTED_KEY", "~/signer.pub.pem")
+    assert trusted_key() == tmp_path / "signer.pub.pem"
+
+
+def test_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for value in ("", " "):
+        monkeypatch.setenv("FLAVORKIT_CACHE", value)
+        assert cache_root() == tmp_path / "xdg" / "flavorkit", "empty is unset"
+    monkeypatch.delenv("FLAVORKIT_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "flavorkit"
+    monkeypatch.setenv("FLAVORKIT_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
+# -- the serve settings -----------------------------------------------------------------------------
+
+#: A value each serve setting takes from its variable, and what it becomes.
+GOOD: dict[str, tuple[str, Any]] = {
+    "host": ("0.0.0.0", "0.0.0.0"),
+    "port": ("9000", 9000),
+    "served_model_name": ("chat", "chat"),
+    "api_key": ("k3y", "k3y"),
+    "trusted_key": ("/keys/signer.pub.pem", Path("/keys/signer.pub.pem")),
+    "max_batch": ("3", 3),
+    "batching": ("request", "request"),
+    "join_wait": ("0.5", 0.5),
+    "batch_wait": ("0", 0.0),
+    "max_queue": ("5", 5),
+    "request_timeout": ("1.5", 1.5),
+    "max_body_bytes": ("10", 10),
+    "drain_timeout": ("0", 0.0),
+    "log_level": ("debug", "debug"),
+}
+
+#: A value each bounded serve setting refuses, and why.
+BAD: dict[str, tuple[str, str]] = {
+    "port": ("65536", "is out of range"),
+    "max_batch": ("0", "is out of range"),
+    "batching": ("eager", "is not one of the choices"),
+    "join_wait": ("-1", "is out of range"),
+    "batch_wait": ("soon", "is not a number"),
+    "max_queue": ("2.5", "is not a whole number"),
+    "request_timeout": ("0", "is out of range"),
+    "max_body_bytes": ("0", "is out of range"),
+    "drain_timeout": ("inf", "is out of range"),
+    "log_level": ("loud", "is not one of the choices"),
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_every_serve_setting_is_tested() -> None:
+    assert set(GOOD) == set(ServeSettings.model_fields)
+    assert set(ServeSettings.model_fields) - set(BAD) == {"host", "served_model_name", "api_key", "trusted_key"}
+
+
+@pytest.mark.parametrize("setting", list(GOOD))
+def test_each_serve_setting_is_read_from_its_variable(clean_env: pytest.MonkeyPatch, setting: str) -> None:
+    name = env_var(setting)
+    assert name in VARIABLES
+    assert getattr(ServeSettings.load(), setting) == ServeSettings.model_fields[setting].default
+    text, value = GOOD[setting]
+    clean_env.setenv(name, text)
+    assert getattr(ServeSettings.load(), setting) == value
+    # a flag (or keyword) wins over the variable
+    other = ServeSettings.load(**{setting: ServeSettings.model_fields[setting].default})
+    assert getattr(other, setting) == ServeSettings.model_fields[setting].default
+
+
+@pytest.mark.parametrize("setting", list(BAD))
+def test_a_bad_serve_variable_names_the_variable_and_the_range(clean_env: pytest.MonkeyPatch, setting: str) -> None:
+    text, problem = BAD[setting]
+    name = env_var(setting)
+    clean_env.setenv(name, text)
+    allowed = allowed_values(ServeSettings.model_fields[setting])
+    with pytest.raises(SettingsError) as exc:
+        ServeSettings.load()
+    assert str(exc.value) == f"{name}: {text!r} {problem} (allowed: {allowed})"
+    # given as a flag it is named as the flag, and the variable is not read
+    flag = "--" + setting.replace("_", "-")
+    with pytest.raises(SettingsError) as exc:
+        ServeSettings.load({setting: flag}, **{setting: text})
+    assert str(exc.value) == f"{flag}: {text!r} {problem} (allowed: {allowed})"
+
+
+def test_empty_text_variables_are_unset(clean_env: pytest.MonkeyPatch) -> None:
+    for setting in ("served_model_name", "api_key", "trusted_key"):
+        clean_env.setenv(env_var(setting), " ")
+    settings = ServeSettings.load()
+    assert (settings.served_model_name, settings.api_key, settings.trusted_key) == (None, None, None)
+
+
+def test_the_cli_refuses_a_bad_variable_before_loading_anything(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("FLAVORKIT_MAX_QUEUE", "0")
+    assert main(["serve", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert err == "flavorkit: error: FLAVORKIT_MAX_QUEUE: '0' is out of range (allowed: whole number, at least 1)\n"
+    # the flag wins over the variable: now the model is what fails
+    assert main(["serve", "/no/such/model", "--max-queue", "3"]) == 2
+    assert "cannot load /no/such/model: no such folder" in capsys.readouterr().err
+
+
+def test_create_app_refuses_a_bad_keyword_before_loading_anything(clean_env: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("starlette")
+    from flavorkit.serve import create_app
+
+    message = "max_batch: 0 is out of range (allowed: whole number, at least 1)"
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        create_app("/no/such/model", max_batch=0)
+    with pytest.raises(ValueError, match="request_timeout"):  # a SettingsError is a ValueError, as before
+        create_app("/no/such/model", request_timeout=-1)
+    with pytest.raises(TypeError, match="unknown serve setting 'max_bach'"):
+        create_app("/no/such/model", max_bach=2)
+
+
+# -- flavorkit serve's flags are the settings model ---------------------------------------------------
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["serve"]
+    return parser
+
+
+def test_the_serve_flags_are_generated_from_the_settings_model() -> None:
+    actions = {a.dest: a for a in _serve_parser()._actions if a.option_strings and a.dest != "help"}
+    assert list(actions) == list(ServeSettings.model_fields)
+    for setting, field in ServeSettings.model_fields.items():
+        action = actions[setting]
+        assert action.option_strings == ["--" + setting.replace("_", "-")]
+        assert action.default == field.default
+        assert action.help is not None and field.description is not None
+        assert action.help.startswith(field.description) and env_var(setting) in action.help
+        if field.default is not None:
+            assert "default: %(default)s" in action.help
+    help_text = _serve_parser().format_help()
+    assert "(default: 8; or FLAVORKIT_MAX_BATCH)" in " ".join(help_text.split())
+
+
+#: Flag values tried against every setting: the flag takes exactly what the model takes.
+CANDIDATES = ("-1", "0", "0.5", "1", "3", "65535", "65536", "1e3", "abc", "request", "debug", "inf", "nan", "")
+
+
+@pytest.mark.parametrize("setting", list(ServeSettings.model_fields))
+def test_the_serve_flags_take_exactly_what_the_settings_take(setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _serve_parser()
+    flag = "--" + setting.replace("_", "-")
+    for text in CANDIDATES:
+        try:
+            ServeSettings(**{setting: text})
+        except ValidationError:
+            model_ok = False
+        else:
+            model_ok = True
+        try:
+            parsed = parser.parse_args(["m", flag, text])
+        except SystemExit:
+            flag_ok = False
+        else:
+            flag_ok = True
+            assert parsed.serve_flags_given == {setting}
+        capsys.readouterr()
+        assert flag_ok == model_ok, (flag, text)
+
+
+# -- the user guide's table -----------------------------------------------------------------------------
+
+
+def _guide_table() -> dict[str, list[str]]:
+    """The rows of the user guide's environment table naming a FLAVORKIT_* variable: name -> other cells."""
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    section = text.split("\n## Environment variables\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        match = re.fullmatch(r"`(FLAVORKIT_\w+)`", cells[0]) if line.startswith("|") else None
+        if match:
+            assert match.group(1) not in rows, f"{match.group(1)} is listed twice"
+            rows[match.group(1)] = cells[1:]
+    return rows
+
+
+def test_the_user_guide_lists_exactly_the_declared_variables() -> None:
+    rows = _guide_table()
+    assert sorted(rows) == sorted(VARIABLES)
+    for name, variable in VARIABLES.items():
+        kind, default, meaning = rows[name]
+        assert (kind, default) == (variable.type, variable.default), name
+        assert meaning, name
