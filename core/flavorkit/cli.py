@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flavorkit._version import __version__
 from flavorkit.errors import FlavorkitError, IntegrityError, SettingsError
 
 __all__ = ["main"]
@@ -208,7 +209,11 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flavorkit`` command."""
-    parser = argparse.ArgumentParser(prog="flavorkit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flavorkit",
+        description="Package a language model with any inference backend as an MLflow model, verify it and serve it.",
+    )
+    parser.add_argument("--version", action="version", version=f"flavorkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backends", help="list installed backends and what they need")
