@@ -121,6 +121,7 @@ class ModelSourceError(FlavorkitError, FileNotFoundError):
 
     def __init__(self, source: Any, reason: str) -> None:
         self.source = source
+        self.reason = reason
         super().__init__(f"model source {source!s}: {reason}")
 
 

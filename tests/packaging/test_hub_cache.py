@@ -152,7 +152,8 @@ def test_a_repo_missing_from_the_cache_says_why(tmp_path: Path, online: bool) ->
         flavorkit.package(model=REPO, backend="onnx-cpu", path=tmp_path / "m", options={"subfolder": SUBFOLDER})
     assert str(err.value) == (
         f"model source {REPO} (subfolder {SUBFOLDER!r}): not found in the local Hugging Face cache and downloading "
-        "is disabled or impossible (HF_HUB_OFFLINE is set, or the Hub is unreachable); pass a local path instead"
+        "is disabled or impossible (HF_HUB_OFFLINE is set, or the Hub is unreachable); "
+        f"there is no local folder {Path(REPO).resolve()} either; pass a local path instead"
     )
     cause = err.value.__cause__
     assert isinstance(cause, LocalEntryNotFoundError)

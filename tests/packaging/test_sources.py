@@ -103,6 +103,30 @@ def test_transformers_hub_id_with_the_hub_unreachable(tiny_hf: Path, tmp_path: P
     assert [p for p in packaged.rglob("*") if p.is_symlink()] == []
 
 
+def test_a_mistyped_path_whose_first_folder_exists_is_no_such_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'models/phi3-int4' reads as a Hub id too, but with a local models/ folder it is a path."""
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelSourceError) as exc:
+        resolve_local_dir("models/phi3-int4")
+    missing = tmp_path.resolve() / "models" / "phi3-int4"
+    assert str(exc.value) == f"model source models/phi3-int4: no such folder: {missing}"
+
+
+def test_a_hub_id_missing_offline_also_says_there_is_no_such_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError) as exc:
+        resolve_local_dir("acme/phi3-int4")
+    assert "not found in the local Hugging Face cache" in str(exc.value)
+    assert f"there is no local folder {tmp_path.resolve() / 'acme' / 'phi3-int4'} either" in str(exc.value)
+
+
 def test_unknown_hub_id_offline_is_a_clear_error(tiny_ort: Path, tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     hub_cache(cache, "acme/tiny-chat-onnx", tiny_ort, SUBFOLDER)

@@ -231,10 +231,14 @@ def resolve_model_dir(
         raise ModelSourceError(repr(text), "an empty model path was given")
     subfolder = _clean_subfolder(subfolder)
     path = Path(text).expanduser()
-    if path.exists() or not looks_like_hub_id(text):
+    # "models/phi3-int4" reads as a Hub id too; when its first folder exists here, it is a path.
+    if path.exists() or not looks_like_hub_id(text) or path.parent.is_dir():
         return model_dir(_local(path, subfolder), root=path)
     patterns = _hub_patterns(subfolder, allow_patterns)
-    snapshot = _from_hub(text, revision=revision, allow_patterns=patterns, where=_where(text, subfolder, revision))
+    # Every Hub id is also a relative path: a Hub error says that no such folder exists either.
+    where = _where(text, subfolder, revision)
+    also = f"; there is no local folder {path.resolve()} either"
+    snapshot = _from_hub(text, revision=revision, allow_patterns=patterns, where=where, also=also)
     return model_dir(_local(snapshot, subfolder), root=snapshot)
 
 
@@ -250,7 +254,7 @@ def _clean_subfolder(subfolder: str | None) -> str | None:
 
 def _local(path: Path, subfolder: str | None) -> Path:
     if not path.exists():
-        raise ModelSourceError(path, "no such file or directory")
+        raise ModelSourceError(path, f"no such folder: {path.resolve()}")
     target = path / subfolder if subfolder else path
     if subfolder and not target.resolve().is_relative_to(path.resolve()):
         raise ModelSourceError(target, f"subfolder {subfolder!r} leads outside {path} (through a symbolic link)")
@@ -273,8 +277,13 @@ def _where(repo_id: str, subfolder: str | None, revision: str | None) -> str:
     return repo_id + (f" (subfolder {subfolder!r})" if subfolder else "") + (f" at {revision}" if revision else "")
 
 
-def _from_hub(repo_id: str, *, revision: str | None, allow_patterns: list[str] | None, where: str) -> Path:
-    """The snapshot folder of ``repo_id`` at ``revision``, downloaded or found in the local Hub cache."""
+def _from_hub(
+    repo_id: str, *, revision: str | None, allow_patterns: list[str] | None, where: str, also: str = ""
+) -> Path:
+    """The snapshot folder of ``repo_id`` at ``revision``, downloaded or found in the local Hub cache.
+
+    ``also`` ends each error message (what else was tried).
+    """
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -288,9 +297,9 @@ def _from_hub(repo_id: str, *, revision: str | None, allow_patterns: list[str] |
         raise ModelSourceError(
             where,
             "not found in the local Hugging Face cache and downloading is disabled or impossible "
-            "(HF_HUB_OFFLINE is set, or the Hub is unreachable); pass a local path instead",
+            f"(HF_HUB_OFFLINE is set, or the Hub is unreachable){also}; pass a local path instead",
         ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelSourceError(where, f"not found on the Hugging Face Hub: {exc}") from exc
+        raise ModelSourceError(where, f"not found on the Hugging Face Hub{also}: {exc}") from exc
     except OSError as exc:
-        raise ModelSourceError(where, f"download failed: {exc}") from exc
+        raise ModelSourceError(where, f"download failed{also}: {exc}") from exc
