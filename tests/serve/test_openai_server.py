@@ -20,6 +20,7 @@ from serve_fixtures import metric, running
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
 
+import flavorkit  # noqa: E402
 from flavorkit.serve import create_app, default_model_name  # noqa: E402
 
 NAME = "tiny-chat"
@@ -278,7 +279,9 @@ def test_mlflow_routes(base: str) -> None:
     assert _http("GET", f"{base}/health")[0] == 200
     import mlflow
 
-    assert _http("GET", f"{base}/version")[2].decode() == mlflow.__version__
+    status, _, body = _http("GET", f"{base}/version")
+    assert status == 200
+    assert json.loads(body) == {"flavorkit": flavorkit.__version__, "mlflow": mlflow.__version__}
 
 
 @pytest.mark.parametrize(

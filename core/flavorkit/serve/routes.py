@@ -477,10 +477,12 @@ async def ping(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    """``GET /version``: the MLflow version, as MLflow's scoring server answers."""
+    """``GET /version``: flavorkit's version and MLflow's (MLflow's scoring server answers only its own)."""
     import mlflow
 
-    return Response(mlflow.__version__, media_type="application/json")
+    from flavorkit._version import __version__
+
+    return JSONResponse({"flavorkit": __version__, "mlflow": mlflow.__version__})
 
 
 async def metrics(request: Request) -> Response:
