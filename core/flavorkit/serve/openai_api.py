@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flavorkit.errors import InvalidRequest
-from flavorkit.runtime.loaded import PreparedRequest
+from flavorkit.runtime.choices import PreparedRequest
 from flavorkit.schema import parse_request
 from flavorkit.serve.errors import APIError, from_invalid_request
 from flavorkit.signatures import CHAT
