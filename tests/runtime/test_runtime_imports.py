@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import flavorkit
@@ -62,3 +63,16 @@ def test_no_runtime_module_uses_another_module_s_underscore_names() -> None:
             ):
                 bad.append(f"{name}:{node.lineno} reads .{node.attr} of another object")
     assert bad == []
+
+
+def test_the_response_models_are_a_kernel_module() -> None:
+    # flavorkit.responses sits beside errors and types: it imports only them, the standard library and pydantic.
+    allowed = {"flavorkit.errors", "flavorkit.types", "pydantic", "__future__"}
+    imported: set[str] = set()
+    for node in ast.walk(_tree(CORE / "responses.py")):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    outside = {m for m in imported if m not in allowed and m.split(".")[0] not in sys.stdlib_module_names}
+    assert outside == set()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from flavorkit.responses import Usage
 from flavorkit.runtime.stopping import StopMatcher
 from flavorkit.schema import ChatRequest, TextRequest
 from flavorkit.types import GenerationRequest
@@ -69,14 +70,9 @@ class Row:
     choices: list[Choice]
     prompt_tokens: int
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         """OpenAI usage counts of the row: its prompt once, plus every choice's tokens."""
-        completion = sum(c.tokens for c in self.choices)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
+        return Usage.of(self.prompt_tokens, sum(c.tokens for c in self.choices))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +149,7 @@ class PreparedRequest:
 
     def usage(self) -> dict[str, int]:
         """OpenAI usage counts: the prompt is counted once, completions over all choices."""
-        return self._row.usage()
+        return self._row.usage().model_dump()
 
     def cancel(self) -> None:
         """Stop generating for this request (thread-safe): backends see ``GenerationRequest.cancelled``."""

@@ -4,20 +4,20 @@ Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
 
 Everything a user can observe about a response is decided in the core, not in the backend:
 defaults, ``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason`` and usage (per choice,
-in :mod:`flavorkit.runtime.choices`) and the response and chunk shapes. ``predict`` is literally the
-joined stream of ``predict_stream``'s events, so the two cannot disagree.
+in :mod:`flavorkit.runtime.choices`) and the response and chunk shapes (built by
+:mod:`flavorkit.responses`, as the HTTP server builds them). ``predict`` is literally the joined
+stream of ``predict_stream``'s events, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flavorkit.backend.registry import Backend
 from flavorkit.errors import BackendError, InvalidRequest
+from flavorkit.responses import Dialect, chat_chunk, chat_completion, new_id, now
 from flavorkit.runtime.choices import BatchEvent, Choice, PreparedRequest, Row
 from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.interleave import InterleavedSession
@@ -348,51 +348,41 @@ class LoadedModel:
     # -- response shaping -----------------------------------------------------------------------
 
     def _response(self, row: Row) -> Any:
+        """One row's answer: a ``chat.completion`` dict in the pyfunc dialect, or the text for text-generation."""
         if self.task != CHAT:
             return "".join(row.choices[0].parts)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.parts)},
-                    "finish_reason": c.finish,
-                }
-                for c in row.choices
-            ],
-            "usage": row.usage(),
-        }
+        choices = [("".join(c.parts), c.finish) for c in row.choices]
+        return chat_completion(new_id("chatcmpl"), now(), self.model_name, choices, row.usage(), dialect=Dialect.PYFUNC)
 
     def _stream(self, row: Row, rows: list[Row]) -> Iterator[Any]:
+        """One row's stream: ``chat.completion.chunk`` dicts (usage on the last), or text pieces for text-generation."""
         events = self._events(rows)
         if self.task != CHAT:
             for _choice, text, _finish in events:
                 if text:
                     yield text
             return
-        cid = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        cid, created = new_id("chatcmpl"), now()
         started: set[int] = set()
         remaining = len(row.choices)
         for choice, text, finish in events:
-            delta: dict[str, str] = {}
+            role: Literal["assistant"] | None = None
             if choice.index not in started:
                 started.add(choice.index)
-                delta["role"] = "assistant"
-            if text or "role" in delta:
-                delta["content"] = text
-            chunk: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.model_name,
-                "choices": [{"index": choice.index, "delta": delta, "finish_reason": finish}],
-            }
+                role = "assistant"
+            usage = None
             if finish is not None:
                 remaining -= 1
                 if remaining == 0:
-                    chunk["usage"] = row.usage()
-            yield chunk
+                    usage = row.usage()
+            yield chat_chunk(
+                cid,
+                created,
+                self.model_name,
+                choice.index,
+                role=role,
+                content=text if text or role else None,
+                finish_reason=finish,
+                usage=usage,
+                dialect=Dialect.PYFUNC,
+            )
