@@ -8,39 +8,52 @@ backend that declares ``continuous_batching`` without that hook, through
 :class:`~flavorkit.runtime.interleave.InterleavedSession`.
 It applies exactly the contract of :meth:`LoadedModel.run_batch <flavorkit.runtime.loaded.LoadedModel.run_batch>`
 (``n`` choices, the ``max_tokens`` cap, stop strings, finish reasons, usage) to each request, only
-one decoding step at a time, so the caller can admit new requests between steps.
+one decoding step at a time, so the caller can admit new requests between steps. That contract
+is :mod:`flavorkit.runtime.choices`' (:meth:`Choice.advance <flavorkit.runtime.choices.Choice.advance>`);
+of the model that opened the session it needs only what :class:`SessionOwner` names, so this module
+does not import :mod:`flavorkit.runtime.loaded` (which imports it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
+from flavorkit.backend.registry import Backend
 from flavorkit.errors import BackendError
-from flavorkit.runtime.loaded import BatchEvent
+from flavorkit.runtime.choices import BatchEvent, Choice, PreparedRequest
 from flavorkit.types import Delta, GenerationSession
 
-if TYPE_CHECKING:
-    from flavorkit.runtime.loaded import LoadedModel, PreparedRequest, _Choice
+__all__ = ["RETIRED_STEPS", "ContinuousBatch", "SessionOwner"]
 
-__all__ = ["RETIRED_STEPS", "ContinuousBatch"]
+_T = TypeVar("_T")
 
 #: Steps during which deltas for a finished or cancelled choice are ignored (a backend drops such
 #: rows within a step or two); a delta for an id older than that, or never issued, is an error.
 RETIRED_STEPS = 64
 
 
+class SessionOwner(Protocol):
+    """What a :class:`ContinuousBatch` needs of the model that opened it (a ``LoadedModel`` has it)."""
+
+    backend: Backend
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``, one call into the handle or its session, while no other call into the handle runs."""
+        ...
+
+
 class ContinuousBatch:
     """Prepared requests decoding together in one backend session; new ones may join between steps."""
 
     def __init__(
-        self, model: LoadedModel, session: GenerationSession, *, release: Callable[[], None] | None = None
+        self, model: SessionOwner, session: GenerationSession, *, release: Callable[[], None] | None = None
     ) -> None:
         self.model = model
         self.session = session
         self._release = release  # called once, by close(): the model's generation lock (open_session)
         self._requests: dict[int, PreparedRequest] = {}  # live requests by key
-        self._choices: dict[int, tuple[int, _Choice]] = {}  # session id -> (request key, choice)
+        self._choices: dict[int, tuple[int, Choice]] = {}  # session id -> (request key, choice)
         self._next_key = 0
         self._retired: dict[int, int] = {}  # session id of a finished choice -> step it finished at
         self._steps = 0
@@ -53,19 +66,19 @@ class ContinuousBatch:
     def add(self, requests: Sequence[PreparedRequest]) -> list[int]:
         """Admit prepared requests (they start at the next step); return their keys for :class:`BatchEvent`."""
         keys: list[int] = []
-        pending: list[tuple[int, _Choice]] = []
+        pending: list[tuple[int, Choice]] = []
         for prepared in requests:
             key = self._next_key
             self._next_key += 1
             keys.append(key)
             if prepared.cancelled:
-                prepared._mark_cancelled()
+                prepared.mark_cancelled()
                 continue
             self._requests[key] = prepared
-            pending.extend((key, c) for c in prepared._row.choices if c.finish is None)
+            pending.extend((key, c) for c in prepared.choices if c.finish is None)
         if pending:
-            with self.model._calls:
-                ids = self.session.add([c.request for _, c in pending])
+            joining = [c.request for _, c in pending]
+            ids = self.model.call(lambda: self.session.add(joining))
             reused = any(i in self._choices or i in self._retired for i in ids)
             if len(ids) != len(pending) or len(set(ids)) != len(ids) or reused:
                 raise BackendError(
@@ -85,8 +98,7 @@ class ContinuousBatch:
         self._drop_cancelled()
         if not self._requests:
             return []
-        with self.model._calls:
-            deltas = self.session.step()
+        deltas = self.model.call(self.session.step)
         events: list[BatchEvent] = []
         for delta in deltas:
             if not isinstance(delta, Delta):
@@ -105,7 +117,7 @@ class ContinuousBatch:
             if choice.finish is not None:
                 continue  # cancelled or capped; the backend may still be winding down
             before = choice.tokens
-            out, finish = self.model._advance(choice, delta.text, delta.tokens, delta.finish_reason)
+            out, finish = choice.advance(delta.text, delta.tokens, delta.finish_reason, self.model.backend.name)
             if out or finish is not None or choice.tokens > before:
                 events.append(BatchEvent(key, choice.index, out, choice.tokens - before, finish))
             if finish is not None:
@@ -128,12 +140,11 @@ class ContinuousBatch:
         """End the session: unfinished requests are marked cancelled and the backend frees its state."""
         for prepared in self._requests.values():
             prepared.cancel()
-            prepared._mark_cancelled()
+            prepared.mark_cancelled()
         self._requests.clear()
         self._choices.clear()
         try:
-            with self.model._calls:
-                self.session.close()
+            self.model.call(self.session.close)
         finally:
             release, self._release = self._release, None
             if release is not None:
@@ -147,7 +158,7 @@ class ContinuousBatch:
         dropped = False
         for key, prepared in list(self._requests.items()):
             if prepared.cancelled:
-                prepared._mark_cancelled()
+                prepared.mark_cancelled()
                 del self._requests[key]
                 dropped = True
         if dropped:

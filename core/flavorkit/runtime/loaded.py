@@ -2,151 +2,37 @@
 
 Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
 
-Everything a user can observe about a response is decided here, not in the backend: defaults,
-``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason``, usage and the response and
-chunk shapes. ``predict`` is literally the joined stream of ``predict_stream``'s events, so the two
-cannot disagree.
+Everything a user can observe about a response is decided in the core, not in the backend:
+defaults, ``n``, stop strings, ``max_tokens`` enforcement, ``finish_reason`` and usage (per choice,
+in :mod:`flavorkit.runtime.choices`) and the response and chunk shapes (built by
+:mod:`flavorkit.responses`, as the HTTP server builds them). ``predict`` is literally the joined
+stream of ``predict_stream``'s events, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, TypeVar
 
 from flavorkit.backend.registry import Backend
 from flavorkit.errors import BackendError, InvalidRequest
+from flavorkit.responses import Dialect, chat_chunk, chat_completion, new_id, now
+from flavorkit.runtime.choices import BatchEvent, Choice, PreparedRequest, Row
+from flavorkit.runtime.continuous import ContinuousBatch
+from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.stopping import StopMatcher
 from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, stop_tuple
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo
 
-if TYPE_CHECKING:
-    from flavorkit.runtime.continuous import ContinuousBatch
-
+# BatchEvent and PreparedRequest live in flavorkit.runtime.choices; serve/ imports them from here too.
 __all__ = ["CORE_DEFAULTS", "BatchEvent", "LoadedModel", "PreparedRequest"]
 
-log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Generation settings used when neither the request nor the packaged defaults set them.
 CORE_DEFAULTS: dict[str, Any] = {"max_tokens": 256, "temperature": 1.0, "top_p": 1.0, "n": 1}
-
-
-@dataclass(slots=True)
-class _Choice:
-    """State of one generated sequence (one of the ``n`` choices of one input row)."""
-
-    row: int
-    index: int
-    request: GenerationRequest
-    matcher: StopMatcher
-    parts: list[str] = field(default_factory=list)
-    tokens: int = 0
-    finish: str | None = None
-
-
-@dataclass(slots=True)
-class _Row:
-    request: ChatRequest | TextRequest
-    choices: list[_Choice]
-    prompt_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchEvent:
-    """One increment of :meth:`LoadedModel.run_batch`: text for choice ``choice`` of request ``request``.
-
-    ``request`` is the position of the :class:`PreparedRequest` in the batch; ``tokens`` counts the
-    generated tokens this event accounts for (``text`` may be empty while a stop string or a
-    multi-byte character is held back); the last event of a choice carries ``finish_reason``.
-    """
-
-    request: int
-    choice: int
-    text: str
-    tokens: int
-    finish_reason: str | None
-
-
-class PreparedRequest:
-    """One validated, encoded request that can share a backend batch with others (see ``run_batch``).
-
-    The generated text, finish reasons and usage accumulate here while the batch runs. ``cancel``
-    may be called from any thread: the backend drops the request within a few decoding steps.
-    """
-
-    __slots__ = ("_cancelled", "_row")
-
-    def __init__(self, row: _Row) -> None:
-        self._row = row
-        self._cancelled = False
-
-    @property
-    def request(self) -> ChatRequest | TextRequest:
-        """The validated request."""
-        return self._row.request
-
-    @property
-    def n(self) -> int:
-        """How many choices (sequences) the request asked for."""
-        return len(self._row.choices)
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Length of the encoded prompt."""
-        return self._row.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        """Tokens generated so far, over all choices."""
-        return sum(c.tokens for c in self._row.choices)
-
-    @property
-    def cancelled(self) -> bool:
-        """True once :meth:`cancel` was called."""
-        return self._cancelled
-
-    @property
-    def finished(self) -> bool:
-        """True when every choice has a finish reason (``"cancelled"`` included)."""
-        return all(c.finish is not None for c in self._row.choices)
-
-    def texts(self) -> list[str]:
-        """The text generated so far for each choice, in choice order."""
-        return ["".join(c.parts) for c in self._row.choices]
-
-    def finish_reasons(self) -> list[str | None]:
-        """The finish reason of each choice (None while it is still generating)."""
-        return [c.finish for c in self._row.choices]
-
-    def usage(self) -> dict[str, int]:
-        """OpenAI usage counts: the prompt is counted once, completions over all choices."""
-        return _usage(self._row)
-
-    def cancel(self) -> None:
-        """Stop generating for this request (thread-safe): backends see ``GenerationRequest.cancelled``."""
-        self._cancelled = True
-        for choice in self._row.choices:
-            choice.request.cancelled = True
-
-    def _mark_cancelled(self) -> None:
-        """Give every unfinished choice ``finish_reason="cancelled"`` (on the thread that runs the batch)."""
-        for choice in self._row.choices:
-            choice.finish = choice.finish or "cancelled"
-
-
-def _usage(row: _Row) -> dict[str, int]:
-    """OpenAI usage counts of one input row: its prompt once, plus every choice's tokens."""
-    completion = sum(c.tokens for c in row.choices)
-    return {
-        "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": row.prompt_tokens + completion,
-    }
 
 
 def _close(stream: Any) -> None:
@@ -228,13 +114,13 @@ class LoadedModel:
         request cancelled before or during the batch gets ``finish_reason="cancelled"`` on its
         unfinished choices and yields no more events; the others are not disturbed.
         """
-        live: list[_Choice] = []
+        live: list[Choice] = []
         owner: dict[int, int] = {}  # id(choice) -> position of its request in ``requests``
         for i, prepared in enumerate(requests):
             if prepared.cancelled:
-                prepared._mark_cancelled()
+                prepared.mark_cancelled()
                 continue
-            for choice in prepared._row.choices:
+            for choice in prepared.choices:
                 if choice.finish is None:
                     live.append(choice)
                     owner[id(choice)] = i
@@ -248,15 +134,15 @@ class LoadedModel:
             for i, prepared in enumerate(requests):
                 if prepared.cancelled and i not in seen_cancelled:
                     seen_cancelled.add(i)
-                    ended += sum(1 for c in prepared._row.choices if c.finish is None)
-                    prepared._mark_cancelled()
+                    ended += sum(1 for c in prepared.choices if c.finish is None)
+                    prepared.mark_cancelled()
             return ended
 
         for choice, out, finish, tokens in self._drive(live, cancelled):
             yield BatchEvent(owner[id(choice)], choice.index, out, tokens, finish)
         for prepared in requests:
             if prepared.cancelled:
-                prepared._mark_cancelled()
+                prepared.mark_cancelled()
         self._check_finished(live)
 
     def open_session(self) -> ContinuousBatch | None:
@@ -267,9 +153,6 @@ class LoadedModel:
         and the caller falls back to :meth:`run_batch`. The session holds the model until its
         ``close()``: other generations wait (encoding does not), so close it from a ``finally``.
         """
-        from flavorkit.runtime.continuous import ContinuousBatch
-        from flavorkit.runtime.interleave import InterleavedSession
-
         self._generation.acquire()
         try:
             with self._calls:
@@ -283,6 +166,15 @@ class LoadedModel:
             self._generation.release()
             return None
         return ContinuousBatch(self, session, release=self._generation.release)
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``, one call into the handle or a session of it, while no other call into the handle runs.
+
+        This is the hook spec's rule that calls into a handle never overlap; a
+        :class:`~flavorkit.runtime.continuous.ContinuousBatch` makes its session's calls through it.
+        """
+        with self._calls:
+            return fn()
 
     def close(self) -> None:
         """Release the backend handle."""
@@ -320,9 +212,9 @@ class LoadedModel:
         explicit = req.model_dump(exclude_none=True, exclude={"messages", "prompt", "stream"})
         return {**self.defaults, **explicit}, explicit
 
-    def _prepare(self, raw_rows: Sequence[Any]) -> list[_Row]:
+    def _prepare(self, raw_rows: Sequence[Any]) -> list[Row]:
         """Validate and encode every row before any generation starts, so bad input costs nothing."""
-        rows: list[_Row] = []
+        rows: list[Row] = []
         errors: list[InvalidRequest] = []
         many = len(raw_rows) > 1
         for i, raw in enumerate(raw_rows):
@@ -336,7 +228,7 @@ class LoadedModel:
             raise InvalidRequest.for_rows(errors)
         return rows
 
-    def _prepare_row(self, i: int, raw: Any) -> _Row:
+    def _prepare_row(self, i: int, raw: Any) -> Row:
         req = parse_request(raw, self.task)
         settings, explicit = self._settings(req)
         if isinstance(req, ChatRequest):
@@ -395,12 +287,12 @@ class LoadedModel:
                 seed=None if seed is None else (int(seed) + j) % (MAX_SEED + 1),
                 stop=stop,
             )
-            choices.append(_Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop)))
-        return _Row(request=req, choices=choices, prompt_tokens=n_prompt)
+            choices.append(Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop)))
+        return Row(request=req, choices=choices, prompt_tokens=n_prompt)
 
     # -- generation -----------------------------------------------------------------------------
 
-    def _events(self, rows: Sequence[_Row]) -> Iterator[tuple[_Choice, str, str | None]]:
+    def _events(self, rows: Sequence[Row]) -> Iterator[tuple[Choice, str, str | None]]:
         """Run one backend batch over all choices; yield ``(choice, text, finish_reason)`` events."""
         choices = [c for row in rows for c in row.choices]
         for choice, out, finish, _tokens in self._drive(choices, lambda: 0):
@@ -409,8 +301,8 @@ class LoadedModel:
         self._check_finished(choices)
 
     def _drive(
-        self, choices: Sequence[_Choice], cancelled: Callable[[], int]
-    ) -> Iterator[tuple[_Choice, str, str | None, int]]:
+        self, choices: Sequence[Choice], cancelled: Callable[[], int]
+    ) -> Iterator[tuple[Choice, str, str | None, int]]:
         """One backend ``generate`` over ``choices``; yield ``(choice, text, finish, tokens)`` per applied delta.
 
         ``cancelled()`` is polled before each delta and returns how many unfinished choices it has
@@ -433,7 +325,7 @@ class LoadedModel:
                     if choice.finish is not None:
                         continue  # cancelled or capped; the backend may still be winding down
                     before = choice.tokens
-                    out, finish = self._advance(choice, delta.text, delta.tokens, delta.finish_reason)
+                    out, finish = choice.advance(delta.text, delta.tokens, delta.finish_reason, self.backend.name)
                     if finish is not None:
                         pending -= 1
                     if out or finish is not None or choice.tokens > before:
@@ -444,7 +336,7 @@ class LoadedModel:
                 with self._calls:
                     _close(stream)
 
-    def _check_finished(self, choices: Sequence[_Choice]) -> None:
+    def _check_finished(self, choices: Sequence[Choice]) -> None:
         """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""
         unfinished = sum(1 for c in choices if c.finish is None)
         if unfinished:
@@ -453,77 +345,44 @@ class LoadedModel:
                 "every request must end with a Delta carrying finish_reason"
             )
 
-    def _advance(self, choice: _Choice, text: str, tokens: int, finish: str | None) -> tuple[str, str | None]:
-        """Apply one backend delta to a choice (max_tokens cap, stop strings); return new text and finish."""
-        if choice.tokens + tokens > choice.request.max_tokens:
-            log.warning(
-                "backend %r produced more than max_tokens=%d tokens; output cut",
-                self.backend.name,
-                choice.request.max_tokens,
-            )
-            text, finish = "", "length"
-        choice.tokens = min(choice.tokens + tokens, choice.request.max_tokens)
-        out, hit = choice.matcher.feed(text)
-        if not hit and finish is not None:
-            tail, hit = choice.matcher.flush()
-            out += tail
-        if hit:
-            finish = "stop"
-        if finish is not None:
-            choice.finish = finish
-            choice.request.cancelled = True
-        if out:
-            choice.parts.append(out)
-        return out, finish
-
     # -- response shaping -----------------------------------------------------------------------
 
-    def _response(self, row: _Row) -> Any:
+    def _response(self, row: Row) -> Any:
+        """One row's answer: a ``chat.completion`` dict in the pyfunc dialect, or the text for text-generation."""
         if self.task != CHAT:
             return "".join(row.choices[0].parts)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.parts)},
-                    "finish_reason": c.finish,
-                }
-                for c in row.choices
-            ],
-            "usage": _usage(row),
-        }
+        choices = [("".join(c.parts), c.finish) for c in row.choices]
+        return chat_completion(new_id("chatcmpl"), now(), self.model_name, choices, row.usage(), dialect=Dialect.PYFUNC)
 
-    def _stream(self, row: _Row, rows: list[_Row]) -> Iterator[Any]:
+    def _stream(self, row: Row, rows: list[Row]) -> Iterator[Any]:
+        """One row's stream: ``chat.completion.chunk`` dicts (usage on the last), or text pieces for text-generation."""
         events = self._events(rows)
         if self.task != CHAT:
             for _choice, text, _finish in events:
                 if text:
                     yield text
             return
-        cid = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        cid, created = new_id("chatcmpl"), now()
         started: set[int] = set()
         remaining = len(row.choices)
         for choice, text, finish in events:
-            delta: dict[str, str] = {}
+            role: Literal["assistant"] | None = None
             if choice.index not in started:
                 started.add(choice.index)
-                delta["role"] = "assistant"
-            if text or "role" in delta:
-                delta["content"] = text
-            chunk: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.model_name,
-                "choices": [{"index": choice.index, "delta": delta, "finish_reason": finish}],
-            }
+                role = "assistant"
+            usage = None
             if finish is not None:
                 remaining -= 1
                 if remaining == 0:
-                    chunk["usage"] = _usage(row)
-            yield chunk
+                    usage = row.usage()
+            yield chat_chunk(
+                cid,
+                created,
+                self.model_name,
+                choice.index,
+                role=role,
+                content=text if text or role else None,
+                finish_reason=finish,
+                usage=usage,
+                dialect=Dialect.PYFUNC,
+            )

@@ -7,18 +7,21 @@ core's (:func:`flavorkit.schema.parse_request`), so the server and the pyfunc mo
 inputs with the same messages. This module adds what only the HTTP API has: ``model``, ``user``,
 ``stream``, ``stream_options``, ``max_completion_tokens``, the refusal of unknown fields, and
 ``/v1/completions``' list of prompts (one core request per prompt, so they share batches).
+
+The response objects are built by :mod:`flavorkit.responses` in its OpenAI dialect, by the same
+builders that shape the pyfunc model's answers.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flavorkit import responses
 from flavorkit.errors import InvalidRequest
-from flavorkit.runtime.loaded import PreparedRequest
+from flavorkit.responses import Usage, new_id, now
+from flavorkit.runtime.choices import PreparedRequest
 from flavorkit.schema import parse_request
 from flavorkit.serve.errors import APIError, from_invalid_request
 from flavorkit.signatures import CHAT
@@ -31,6 +34,8 @@ __all__ = [
     "chat_completion",
     "completion",
     "completion_chunk",
+    "new_id",
+    "now",
     "parse_chat",
     "parse_completion",
     "prompt_error",
@@ -205,38 +210,17 @@ def parse_completion(body: Any, served_name: str, max_prompts: int | None = None
     return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts)
 
 
-# -- responses ------------------------------------------------------------------------------------
+# -- responses: OpenAI's shapes, built by flavorkit.responses -------------------------------------
 
 
-def new_id(prefix: str) -> str:
-    """A fresh response id, ``chatcmpl-...`` or ``cmpl-...``."""
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    """Unix time in seconds, for ``created``."""
-    return int(time.time())
+def _choices(ps: Sequence[PreparedRequest]) -> list[tuple[str, str | None]]:
+    """``(text, finish_reason)`` of every choice of every prompt, in answer order."""
+    return [pair for p in ps for pair in zip(p.texts(), p.finish_reasons(), strict=True)]
 
 
 def chat_completion(rid: str, created: int, model: str, p: PreparedRequest) -> dict[str, Any]:
     """A ``chat.completion`` object."""
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            for i, (text, finish) in enumerate(zip(p.texts(), p.finish_reasons(), strict=True))
-        ],
-        "usage": p.usage(),
-        "system_fingerprint": None,
-    }
+    return responses.chat_completion(rid, created, model, _choices([p]), usage([p]))
 
 
 def chat_chunk(
@@ -244,72 +228,31 @@ def chat_chunk(
     created: int,
     model: str,
     index: int,
-    delta: dict[str, Any],
+    delta: Mapping[str, Any],
     finish: str | None,
     include_usage: bool,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` with one choice."""
-    chunk: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
+    """A ``chat.completion.chunk`` with one choice; ``delta`` holds the delta's ``role`` and/or ``content``."""
+    return responses.chat_chunk(rid, created, model, index, finish_reason=finish, include_usage=include_usage, **delta)
 
 
-def usage(ps: Sequence[PreparedRequest]) -> dict[str, int]:
+def usage(ps: Sequence[PreparedRequest]) -> Usage:
     """OpenAI usage over every prompt of a request: each prompt counted once, every choice's tokens."""
-    each = [p.usage() for p in ps]
-    return {k: sum(u[k] for u in each) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return Usage.total(Usage.model_validate(p.usage()) for p in ps)
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, ps: Sequence[PreparedRequest]) -> dict[str, Any]:
     """The last chunk when ``stream_options.include_usage`` is set: no choices, the usage."""
-    return {
-        "id": rid,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [],
-        "usage": usage(ps),
-    }
+    return responses.usage_chunk(rid, created, model, obj, usage(ps))
 
 
 def completion(rid: str, created: int, model: str, ps: Sequence[PreparedRequest]) -> dict[str, Any]:
     """A ``text_completion`` object: the choices of every prompt in order, the usage summed."""
-    pairs = [pair for p in ps for pair in zip(p.texts(), p.finish_reasons(), strict=True)]
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-            for i, (text, finish) in enumerate(pairs)
-        ],
-        "usage": usage(ps),
-        "system_fingerprint": None,
-    }
+    return responses.text_completion(rid, created, model, _choices(ps), usage(ps))
 
 
 def completion_chunk(
     rid: str, created: int, model: str, index: int, text: str, finish: str | None, include_usage: bool
 ) -> dict[str, Any]:
     """A streamed ``text_completion`` chunk with one choice."""
-    chunk: dict[str, Any] = {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
+    return responses.text_chunk(rid, created, model, index, text, finish, include_usage=include_usage)
