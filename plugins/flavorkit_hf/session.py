@@ -2,15 +2,16 @@
 
 An :class:`EngineSession` holds *cohorts*: groups of rows decoded by one forward pass per step, each
 a :class:`~flavorkit_hf.decoding.Batch` (left-padded, with its own KV cache, attention mask and
-per-row position ids), the very batch the engine's ``generate`` decodes. A :meth:`~EngineSession.step` advances
-every cohort once (one forward each), then admits waiting requests while fewer than
-``max_batch_size`` rows are live: they are prefilled in the groups the engine's cost model plans
-(one forward per group) and pick their first token in that same step. Finally cohorts are merged
-when the cost model says one wider pass is cheaper than two: the narrower cohort's cache is
-left-padded along the sequence axis with masked positions up to the wider one's, the caches, masks,
-positions and next tokens are concatenated along the batch axis, and from the next step on every
-row of both shares one forward pass. Finished and cancelled rows leave their cohort (their cache
-rows are dropped), and padding columns no row needs any more are cut off.
+per-row position ids), the very batch the engine's ``generate`` decodes. A
+:meth:`~EngineSession.step` advances every cohort once (one forward each), then admits waiting
+requests while fewer than ``max_batch_size`` rows are live: they are prefilled in the groups the
+engine's cost model plans (one forward per group) and pick their first token in that same step.
+Finally cohorts are merged when the cost model says one wider pass is cheaper than two: the
+narrower cohort's cache is left-padded along the sequence axis with masked positions up to the
+wider one's, the caches, masks, positions and next tokens are concatenated along the batch axis,
+and from the next step on every row of both shares one forward pass. Finished and cancelled rows
+leave their cohort (their cache rows are dropped), and padding columns no row needs any more are
+cut off.
 
 Guarantees are the engine's. In ``batching="exact"`` a greedy row of a batched cohort whose top-2
 logits nearly tie leaves it; its prompt and the tokens it already produced are replayed alone with
