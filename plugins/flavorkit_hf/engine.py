@@ -22,24 +22,25 @@ computation. Observed batch-vs-single drift on SmolLM2 fp32 is about 1e-4 on log
 ~20, i.e. 5e-6 relative, twenty times below the tolerance. 16-bit weights drift too much for a
 useful bound, so ``"exact"`` decodes them one request at a time.
 
+The batch itself (rows, sampling, row selection, replaying a row alone) is
+:mod:`flavorkit_hf.decoding`, which the continuous-batching session (:mod:`flavorkit_hf.session`,
+opened by :meth:`Engine.session`) decodes with too; the engine supplies the model call.
+
 This module imports torch: only hooks import it, never the plugin modules the entry points name.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from flavorkit.sdk import BackendError, CostModel, Delta, GenerationRequest, Message, TokenRow, WindowDecoder
-
-if TYPE_CHECKING:
-    from flavorkit_hf.session import EngineSession
+from flavorkit_hf.decoding import Batch, Row, Sampler, replay_alone
+from flavorkit_hf.session import EngineSession
 
 __all__ = [
     "CPU_COST",
@@ -50,8 +51,6 @@ __all__ = [
     "context_length_of",
     "eos_ids_of",
 ]
-
-log = logging.getLogger(__name__)
 
 Batching = Literal["exact", "padded", "sequential"]
 
@@ -69,63 +68,6 @@ GPU_COST = CostModel(
     prompt_token=0.0, prompt_attention=0.0, step=1.0, row_step=0.0, context=0.0, rows_leave=True, margin=0.0
 )
 _EXACT_DTYPES = (torch.float32, torch.float64)
-
-
-class _Sampler:
-    """Chooses the next token of one row: argmax, or temperature/top-k/top-p sampling with its own RNG."""
-
-    __slots__ = ("generator", "greedy", "temperature", "top_k", "top_p")
-
-    def __init__(self, request: GenerationRequest) -> None:
-        self.greedy = request.greedy
-        self.temperature = float(request.temperature)
-        self.top_p = float(request.top_p)
-        self.top_k = int(request.top_k) if request.top_k else 0
-        self.generator: torch.Generator | None = None
-        if not self.greedy:
-            self.generator = torch.Generator(device="cpu")
-            if request.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(int(request.seed) % 2**64)
-
-    def pick(self, logits: torch.Tensor) -> int:
-        """The next token id from one row of float32 CPU logits."""
-        if self.greedy:
-            return int(torch.argmax(logits))
-        scores = logits / self.temperature
-        if 0 < self.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, self.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=True)
-            probs = torch.softmax(ordered, dim=-1)
-            # Drop a token when the tokens ranked above it already cover top_p (the best one always stays).
-            drop = (torch.cumsum(probs, dim=-1) - probs) > self.top_p
-            scores = scores.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-@dataclass(eq=False)
-class _Row:
-    """Decoding state of one request: its sampler, the tokens it produced and its :class:`TokenRow` step."""
-
-    index: int
-    request: GenerationRequest
-    decoder: TokenRow
-    sampler: _Sampler
-    generated: list[int] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        """True once the row has ended (end of sequence or ``max_tokens``)."""
-        return self.decoder.finish_reason is not None
-
-    def accept(self, token: int) -> Delta:
-        """Record ``token`` and return its delta; the row's last one carries the finish reason."""
-        self.generated.append(token)
-        return self.decoder.accept(token)
 
 
 def _ids(value: Any) -> set[int]:
@@ -161,16 +103,6 @@ def context_length_of(config: Any, tokenizer: Any, default: int = 2048) -> int:
     if isinstance(limit, int) and 0 < limit < 10**7:
         return limit
     return default
-
-
-def _select_rows(past: Any, index: torch.Tensor) -> Any:
-    """Keep only the batch rows ``index`` of a KV cache (transformers Cache or tuple of tensors)."""
-    if hasattr(past, "batch_select_indices"):
-        past.batch_select_indices(index)
-        return past
-    if isinstance(past, torch.Tensor):
-        return past.index_select(0, index)
-    return tuple(_select_rows(item, index) for item in past)
 
 
 def cache_argument(model: Any) -> str:
@@ -268,25 +200,21 @@ class Engine:
             else:
                 todo.append(i)
         for group in self.plan(requests, todo):
-            rows = [self._row(i, requests[i]) for i in group]
-            if len(rows) == 1:
-                yield from self._solo(rows[0])
-            else:
-                yield from self._batch(rows)
+            if len(group) > 1:
+                self.stats["batches"] += 1
+            yield from self._run(Batch([self.row(i, requests[i]) for i in group]))
 
     def session(self) -> EngineSession:
         """A continuous-batching session over this engine (see :mod:`flavorkit_hf.session`).
 
         ``"sequential"`` keeps its promise of one request at a time: one live row, the rest wait.
         """
-        from flavorkit_hf.session import EngineSession
-
         return EngineSession(self, max_rows=1 if self.batching == "sequential" else None)
 
     def token_ids(self, request: GenerationRequest) -> list[int]:
         """The token ids one request produces alone (end-of-sequence included), for diagnostics and tests."""
-        row = self._row(0, request)
-        for _delta in self._solo(row):
+        row = self.row(0, request)
+        for _delta in self._run(Batch([row])):
             pass
         return list(row.generated)
 
@@ -310,11 +238,12 @@ class Engine:
         """The text of generated ids: special tokens skipped, an incomplete character as U+FFFD."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-    def _row(self, index: int, request: GenerationRequest) -> _Row:
+    def row(self, index: int, request: GenerationRequest) -> Row:
+        """The decoding state of ``request``, whose deltas carry ``index``."""
         decoder = TokenRow(index, request.max_tokens, self.eos_ids, WindowDecoder(self.decode))
-        return _Row(index, request, decoder, _Sampler(request))
+        return Row(index, request, decoder, Sampler(request))
 
-    def _forward(
+    def forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: Any
     ) -> tuple[torch.Tensor, Any]:
         """One model call; returns the last position's logits (float32, CPU) and the new cache."""
@@ -334,85 +263,32 @@ class Engine:
         self.stats["rows"] += int(ids.shape[0])
         return out.logits[:, -1, :].float().cpu(), _returned_cache(out, self.cache_argument)
 
-    def _solo(self, row: _Row, replay: Sequence[int] = ()) -> Iterator[Delta]:
-        """Decode one request alone; ``replay`` tokens (already emitted) are fed again, not re-emitted.
-
-        A plain single request and a row finishing here after leaving a batch make exactly the same
-        model calls, so the row's remaining tokens are the single-request ones.
-        """
-        req = row.request
-        if req.cancelled:
-            return
-        prompt = torch.tensor([list(req.prompt_ids)], dtype=torch.long)
-        mask = torch.ones_like(prompt)
-        positions = torch.arange(prompt.shape[1], dtype=torch.long).unsqueeze(0)
-        logits, past = self._forward(prompt, mask, positions, None)
-        step = 0
-        while not req.cancelled:
-            if step < len(replay):
-                token = replay[step]
-                if row.sampler.greedy and int(torch.argmax(logits[0])) != token:
-                    self.stats["replay_mismatch"] += 1
-                    log.warning("request %d: replayed token %d differs from the single-request choice", row.index, step)
-            else:
-                token = row.sampler.pick(logits[0])
-                yield row.accept(token)
-                if row.done or req.cancelled:
-                    return
-            step += 1
-            mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, past = self._forward(torch.tensor([[token]], dtype=torch.long), mask, positions, past)
-
-    def _near_tie(self, row: _Row, logits: torch.Tensor) -> bool:
+    def near_tie(self, row: Row, logits: torch.Tensor) -> bool:
         """In exact mode: whether a greedy row's two best logits are too close to trust a batched step."""
+        return self._near_tie(row, logits)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _near_tie(self, row: Row, logits: torch.Tensor) -> bool:
+        # The rule behind near_tie; tests replace it on an instance to make rows leave at a chosen step.
         if self.batching != "exact" or not row.sampler.greedy or self.tie_tolerance is None:
             return False
         top = torch.topk(logits, 2).values
         best, second = float(top[0]), float(top[1])
         return best - second <= self.tie_tolerance * max(1.0, abs(best))
 
-    def _batch(self, rows: list[_Row]) -> Iterator[Delta]:
-        """Decode rows in one left-padded batch; rows leave it when done, cancelled or near a tie."""
-        self.stats["batches"] += 1
-        width = max(len(r.request.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, row in enumerate(rows):
-            n = len(row.request.prompt_ids)
-            ids[k, width - n :] = torch.tensor(list(row.request.prompt_ids), dtype=torch.long)
-            mask[k, width - n :] = 1
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        logits, past = self._forward(ids, mask, positions, None)
-        live = rows
-        while True:
-            keep: list[int] = []
-            tokens: list[int] = []
-            alone: list[_Row] = []
-            for k, row in enumerate(live):
-                if row.request.cancelled:
-                    continue
-                if self._near_tie(row, logits[k]):
-                    alone.append(row)
-                    continue
-                token = row.sampler.pick(logits[k])
-                yield row.accept(token)
-                if not row.done:
-                    keep.append(k)
-                    tokens.append(token)
-            for row in alone:
-                self.stats["replays"] += 1
-                yield from self._solo(row, replay=list(row.generated))
-            # Consumers cancel while they handle a delta: do not compute another step for those rows.
-            tokens = [t for k, t in zip(keep, tokens, strict=True) if not live[k].request.cancelled]
-            keep = [k for k in keep if not live[k].request.cancelled]
-            if not keep:
-                return
-            if len(keep) < len(live):
-                index = torch.tensor(keep, dtype=torch.long)
-                past = _select_rows(past, index.to(self.device))
-                mask, positions = mask[index], positions[index]
-                live = [live[k] for k in keep]
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, past = self._forward(torch.tensor(tokens, dtype=torch.long).unsqueeze(1), mask, positions, past)
+    def _run(self, batch: Batch, logits: torch.Tensor | None = None) -> Iterator[Delta]:
+        """Decode ``batch`` to its end (from the ``logits`` of its last pass, if it made one already).
+
+        Rows leave when done, cancelled or near a tie; a row leaving at a near tie is finished alone
+        by :meth:`_finish_alone` before the batch goes on.
+        """
+        if logits is not None:
+            yield from batch.pick(self, logits, self._finish_alone)
+        while batch.rows:
+            yield from batch.step(self, self._finish_alone)
+
+    def _finish_alone(self, row: Row) -> Iterator[Delta]:
+        """Replay a row that left a batch alone, then decode it to its end as the single request it is."""
+        batch = Batch([row])
+        yield from self._run(batch, replay_alone(self, batch))

@@ -1,16 +1,17 @@
 """Continuous batching over :class:`~flavorkit_hf.engine.Engine`: requests join a running batch between steps.
 
 An :class:`EngineSession` holds *cohorts*: groups of rows decoded by one forward pass per step, each
-a left-padded batch with its own KV cache, attention mask (padding masked) and per-row position
-ids, exactly as the engine's ``generate`` decodes a batch. A :meth:`~EngineSession.step` advances
-every cohort once (one forward each), then admits waiting requests while fewer than
-``max_batch_size`` rows are live: they are prefilled in the groups the engine's cost model plans
-(one forward per group) and pick their first token in that same step. Finally cohorts are merged
-when the cost model says one wider pass is cheaper than two: the narrower cohort's cache is
-left-padded along the sequence axis with masked positions up to the wider one's, the caches, masks,
-positions and next tokens are concatenated along the batch axis, and from the next step on every
-row of both shares one forward pass. Finished and cancelled rows leave their cohort (their cache
-rows are dropped), and padding columns no row needs any more are cut off.
+a :class:`~flavorkit_hf.decoding.Batch` (left-padded, with its own KV cache, attention mask and
+per-row position ids), the very batch the engine's ``generate`` decodes. A
+:meth:`~EngineSession.step` advances every cohort once (one forward each), then admits waiting
+requests while fewer than ``max_batch_size`` rows are live: they are prefilled in the groups the
+engine's cost model plans (one forward per group) and pick their first token in that same step.
+Finally cohorts are merged when the cost model says one wider pass is cheaper than two: the
+narrower cohort's cache is left-padded along the sequence axis with masked positions up to the
+wider one's, the caches, masks, positions and next tokens are concatenated along the batch axis,
+and from the next step on every row of both shares one forward pass. Finished and cancelled rows
+leave their cohort (their cache rows are dropped), and padding columns no row needs any more are
+cut off.
 
 Guarantees are the engine's. In ``batching="exact"`` a greedy row of a batched cohort whose top-2
 logits nearly tie leaves it; its prompt and the tokens it already produced are replayed alone with
@@ -18,31 +19,48 @@ the very calls a single request makes, so it continues as the single-request com
 cohort of its own that never merges again (it shares the session's steps, not their forward
 passes). A row prefilled alone and not yet merged *is* the single-request computation and needs no
 check. Each row samples with its own seeded generator. ``max_tokens``, end of sequence, special
-tokens and text increments are handled by the engine's row state, as in ``generate``.
+tokens and text increments are handled by the shared row state (:mod:`flavorkit_hf.decoding`), as
+in ``generate``. What only a session does is here: admitting rows, merging cohorts and cutting the
+padding no row needs any more. Cache access for those (what differs between transformers ``Cache``
+objects and Optimum's tuples) is kept in :func:`_kv_tensors` and :func:`_with_kv_tensors`.
 
-Cache access (what differs between transformers ``Cache`` objects and Optimum's tuples) is kept in
-:func:`_kv_tensors` and :func:`_with_kv_tensors`.
+The session is typed against :class:`SessionEngine`, so this module does not import the engine.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from flavorkit.sdk import CostModel, Delta, GenerationRequest
-from flavorkit_hf.engine import _Row, _select_rows
+from flavorkit_hf.decoding import Batch, DecodingEngine, Row, replay_alone
 
-if TYPE_CHECKING:
-    from flavorkit_hf.engine import Engine
+__all__ = ["EngineSession", "SessionEngine", "merge_saving"]
 
-__all__ = ["EngineSession", "merge_saving"]
 
-log = logging.getLogger(__name__)
+class SessionEngine(DecodingEngine, Protocol):
+    """What a session needs of :class:`~flavorkit_hf.engine.Engine`: a batch's needs, rows and the batching plan."""
+
+    max_batch_size: int
+    cost: CostModel
+
+    @property
+    def batches(self) -> bool:
+        """Whether several requests may share a forward pass."""
+        ...
+
+    def row(self, index: int, request: GenerationRequest) -> Row:
+        """The decoding state of ``request``, whose deltas carry ``index``."""
+        ...
+
+    def plan(self, requests: Sequence[GenerationRequest], todo: Sequence[int]) -> list[list[int]]:
+        """Groups of request indices to prefill together."""
+        ...
+
 
 # -- KV cache access --------------------------------------------------------------------------------
 
@@ -108,64 +126,26 @@ def merge_saving(cost: CostModel, a: tuple[int, int], b: tuple[int, int]) -> flo
 # -- cohorts ----------------------------------------------------------------------------------------
 
 
-class _Cohort:
-    """Rows decoded by one forward pass per step: a left-padded batch with its cache, mask and positions.
+class _Cohort(Batch):
+    """A session's batch: it also cuts the padding no row needs when rows leave, and may merge.
 
-    Until its first forward pass (``past`` None) it holds the prompts; afterwards ``tokens`` are the
-    tokens each row picked last, fed at the next pass. ``solo``: every call so far was exactly what a
-    single request makes (one row, never padded, never merged). ``pinned``: never merged, e.g. a row
-    that left a batch at a near tie and must stay the single-request computation.
+    ``pinned``: never merged, e.g. a row that left a batch at a near tie and must stay the
+    single-request computation.
     """
 
-    __slots__ = ("mask", "past", "pinned", "positions", "rows", "solo", "tokens")
+    __slots__ = ("pinned",)
 
-    def __init__(self, rows: list[_Row], *, pinned: bool = False) -> None:
-        self.rows = rows
-        self.solo = len(rows) == 1
+    def __init__(self, rows: list[Row], *, pinned: bool = False) -> None:
+        super().__init__(rows)
         self.pinned = pinned
-        self.past: Any = None
-        self.tokens: list[int] = [0] * len(rows)
-        width = max(len(r.request.prompt_ids) for r in rows)
-        self.mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, row in enumerate(rows):
-            self.mask[k, width - len(row.request.prompt_ids) :] = 1
-        self.positions = (self.mask.cumsum(dim=-1) - 1).clamp(min=0)
-
-    @property
-    def width(self) -> int:
-        """Positions in the cache (padding included) once prefilled; the prompt width before."""
-        return int(self.mask.shape[1])
-
-    def feed(self, engine: Engine) -> torch.Tensor:
-        """One forward pass (the prompts first, then each row's pending token); returns next-token logits."""
-        if self.past is None:
-            ids = torch.full(self.mask.shape, engine.pad_id, dtype=torch.long)
-            for k, row in enumerate(self.rows):
-                n = len(row.request.prompt_ids)
-                ids[k, self.width - n :] = torch.tensor(list(row.request.prompt_ids), dtype=torch.long)
-            positions = self.positions
-        else:
-            ids = torch.tensor(self.tokens, dtype=torch.long).unsqueeze(1)
-            self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
-            positions = self.positions[:, -1:] + 1
-        logits, self.past = engine._forward(ids, self.mask, positions, self.past)
-        self.positions = positions[:, -1:]
-        return logits
 
     def keep(self, keep: list[int], device: torch.device) -> None:
         """Keep only the rows at ``keep`` (in order); cut left padding that no remaining row needs."""
         if len(keep) == len(self.rows):
             return
-        self.rows = [self.rows[k] for k in keep]
-        self.tokens = [self.tokens[k] for k in keep]
-        if not keep:
-            self.past = None
-            return
-        index = torch.tensor(keep, dtype=torch.long)
-        self.mask, self.positions = self.mask[index], self.positions[index]
+        super().keep(keep, device)
         if self.past is None:
             return
-        self.past = _select_rows(self.past, index.to(device))
         used = torch.nonzero(self.mask.any(dim=0))
         start = int(used[0]) if used.numel() else 0
         layers = _kv_tensors(self.past) if start else None
@@ -217,11 +197,11 @@ class EngineSession:
     as a single-row cohort, and the rows still advance together, one token each per step).
     """
 
-    def __init__(self, engine: Engine, max_rows: int | None = None) -> None:
+    def __init__(self, engine: SessionEngine, max_rows: int | None = None) -> None:
         self.engine = engine
         self.max_rows = max(1, int(max_rows or engine.max_batch_size))
         self._cohorts: list[_Cohort] = []
-        self._waiting: deque[_Row] = deque()
+        self._waiting: deque[Row] = deque()
         self._next_id = 0
         self._closed = False
 
@@ -246,7 +226,7 @@ class EngineSession:
             raise RuntimeError("this generation session is closed")
         ids: list[int] = []
         for request in requests:
-            self._waiting.append(self.engine._row(self._next_id, request))
+            self._waiting.append(self.engine.row(self._next_id, request))
             ids.append(self._next_id)
             self._next_id += 1
         return ids
@@ -271,48 +251,16 @@ class EngineSession:
 
     def _advance(self, cohort: _Cohort) -> list[Delta]:
         """Drop the cohort's cancelled rows, then one forward pass and one token for each other row."""
-        cohort.keep([k for k, r in enumerate(cohort.rows) if not r.request.cancelled], self.engine.device)
-        if not cohort.rows:
-            return []
-        return self._pick(cohort, cohort.feed(self.engine))
+        return list(cohort.step(self.engine, self._replay))
 
-    def _pick(self, cohort: _Cohort, logits: torch.Tensor) -> list[Delta]:
-        """Choose each row's token from ``logits``; finished rows leave, near-tie rows are replayed alone."""
-        engine = self.engine
-        deltas: list[Delta] = []
-        keep: list[int] = []
-        alone: list[_Row] = []
-        for k, row in enumerate(cohort.rows):
-            if not cohort.solo and engine._near_tie(row, logits[k]):
-                alone.append(row)
-                continue
-            token = row.sampler.pick(logits[k])
-            deltas.append(row.accept(token))
-            if not row.done:
-                keep.append(k)
-                cohort.tokens[k] = token
-        cohort.keep(keep, engine.device)
-        for row in alone:
-            deltas += self._replay(row)
-        return deltas
-
-    def _replay(self, row: _Row) -> list[Delta]:
-        """Recompute a row alone (its prompt, then its emitted tokens) and pick its next token there.
+    def _replay(self, row: Row) -> list[Delta]:
+        """Recompute a row that left its cohort at a near tie alone, and pick its next token there.
 
         The calls are those of a single request, so from here on the row is the single-request
         computation; it continues in a cohort of its own that never merges.
         """
-        engine = self.engine
-        engine.stats["replays"] += 1
         cohort = _Cohort([row], pinned=True)
-        logits = cohort.feed(engine)
-        for step, token in enumerate(row.generated):
-            if row.sampler.greedy and int(torch.argmax(logits[0])) != token:
-                engine.stats["replay_mismatch"] += 1
-                log.warning("request %d: replayed token %d differs from the single-request choice", row.index, step)
-            cohort.tokens = [token]
-            logits = cohort.feed(engine)
-        deltas = self._pick(cohort, logits)
+        deltas = list(cohort.pick(self.engine, replay_alone(self.engine, cohort), self._replay))
         if cohort.rows:
             self._cohorts.append(cohort)
         return deltas
@@ -321,9 +269,9 @@ class EngineSession:
         """Prefill waiting requests into the free rows, grouped by the engine's plan; emit their first tokens."""
         engine = self.engine
         deltas: list[Delta] = []
-        admitted: list[_Row] = []
+        admitted: list[Row] = []
         free = self.max_rows - self.live
-        pending: deque[_Row] = deque()
+        pending: deque[Row] = deque()
         while self._waiting:
             row = self._waiting.popleft()
             if row.request.cancelled:
@@ -339,7 +287,7 @@ class EngineSession:
         for group in engine.plan(requests, range(len(admitted))):
             cohort = _Cohort([admitted[i] for i in group])
             engine.stats["prefills"] += 1
-            deltas += self._pick(cohort, cohort.feed(engine))
+            deltas += cohort.step(engine, self._replay)
             if cohort.rows:
                 self._cohorts.append(cohort)
         return deltas

@@ -427,3 +427,29 @@ def test_smollm2_late_joiners_equal_single_requests(smollm2_hf: Path) -> None:
     assert run.forwards[12:20] == [1] * 8  # every live row in one pass
     assert model.handle.stats["replay_mismatch"] == 0
     model.close()
+
+
+# -- structure ---------------------------------------------------------------------------------------
+
+
+def test_shared_decoding_has_no_import_circle_and_no_private_imports() -> None:
+    """decoding.py is shared by engine and session: it imports neither, and the session not the engine."""
+    import ast
+
+    import flavorkit_hf
+
+    folder = Path(flavorkit_hf.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("flavorkit_hf"):
+                found.add(node.module)
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports private names {private} from {node.module}"
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("flavorkit_hf")}
+        imports[path.stem] = found
+    assert not imports["decoding"] & {"flavorkit_hf.engine", "flavorkit_hf.session"}
+    assert "flavorkit_hf.engine" not in imports["session"]
+    assert {"flavorkit_hf.decoding"} <= imports["engine"] & imports["session"]
