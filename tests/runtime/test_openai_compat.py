@@ -243,3 +243,25 @@ def test_pyfunc_refuses_an_image_part_and_unsupported_fields_as_the_core_does(ti
 def test_pyfunc_names_every_unknown_field_at_once(tiny_pyfunc: Any) -> None:
     message = _pyfunc_error(tiny_pyfunc, chat("hi", max_tokens=2, best_of=2, echo=True))
     assert "field 'best_of': unknown field (also unknown: 'echo')" in message
+
+
+def test_a_model_with_a_signature_from_before_ignores_dropped_ignored_fields_only(tiny_model_dir: Any) -> None:
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema
+
+    model = mlflow.pyfunc.load_model(str(tiny_model_dir))
+    signature = standard_signature(CHAT)
+    assert signature is not None
+    before = [c for c in signature.inputs.inputs if c.name not in CHAT_COMPAT_FIELDS]
+    model.metadata.signature = ModelSignature(inputs=Schema(before), outputs=signature.outputs)
+    answer = model.predict(chat("Hello", max_tokens=2, store=False, metadata={"a": "b"}, user="u"))
+    assert answer[0]["usage"]["completion_tokens"] <= 2
+    message = _pyfunc_error(model, chat("hi", max_tokens=2, tools=[], store=False))
+    assert message == (
+        "invalid request: field 'tools': this model's signature, written by an older flavorkit, does not list "
+        "'tools', so MLflow dropped the value before it could be checked; package the model again to send it "
+        "(allowed: a request without it)"
+    )
+    message = _pyfunc_error(model, chat("hi", max_tokens=2, best_of=2, tools=[]))
+    assert "field 'best_of': unknown field" in message
