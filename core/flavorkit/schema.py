@@ -13,28 +13,40 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 
 from flavorkit.errors import InvalidRequest
 
 __all__ = [
+    "CHAT_COMPAT_FIELDS",
+    "IGNORED_FIELDS",
     "MAX_DEPTH",
     "MAX_N",
     "MAX_SEED",
     "MAX_STOP",
+    "NEUTRAL_VALUES",
     "ROLES",
+    "TEXT_COMPAT_FIELDS",
+    "ChatCompat",
     "ChatMessage",
     "ChatRequest",
     "GenerationParams",
+    "Prediction",
+    "ResponseFormat",
+    "TextCompat",
     "TextRequest",
+    "UnsupportedFields",
     "format_validation_error",
+    "generation_settings",
     "parse_request",
     "stop_tuple",
+    "unknown_fields_error",
     "validate_generation_defaults",
     "validate_options",
 ]
 
-ROLES = ("system", "user", "assistant")
+#: Message roles; ``developer`` (OpenAI's newer name for ``system``) is read as ``system``.
+ROLES = ("system", "user", "assistant", "developer")
 MAX_N = 16
 MAX_STOP = 4
 #: Deepest nesting of lists and objects a request may have (a valid one needs three levels).
@@ -86,12 +98,17 @@ Number = Annotated[float, BeforeValidator(_no_text_or_bool)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
+def _developer_is_system(role: str) -> str:
+    """OpenAI's ``developer`` role is its newer name for ``system``."""
+    return "system" if role == "developer" else role
+
+
 class ChatMessage(BaseModel):
-    """One chat turn."""
+    """One chat turn; a list ``content`` of text parts was joined by :func:`parse_request`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Annotated[Literal["system", "user", "assistant", "developer"], AfterValidator(_developer_is_system)]
     content: str
     name: str | None = None
 
@@ -121,19 +138,120 @@ def stop_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-class ChatRequest(GenerationParams):
+Penalty = Annotated[Number, Field(ge=-2.0, le=2.0)]
+
+
+class _LooseObject(BaseModel):
+    """An object whose ``type`` is checked; its other fields are not read."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ResponseFormat(_LooseObject):
+    """OpenAI's ``response_format``; only ``{"type": "text"}`` is honoured (see :data:`NEUTRAL_VALUES`)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class Prediction(_LooseObject):
+    """OpenAI's predicted output, a latency hint that never changes the answer (ignored)."""
+
+    type: Literal["content"]
+    content: StrictStr | list[dict[str, Any]]
+
+
+class TextCompat(BaseModel):
+    """OpenAI fields both tasks accept: ``user`` is ignored, the others only at their neutral value."""
+
+    user: StrictStr | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[Number, Field(ge=-100.0, le=100.0)]] | None = None
+
+
+class ChatCompat(TextCompat):
+    """OpenAI chat fields that change nothing for a local model, or that are accepted at a neutral value only."""
+
+    store: Flag | None = None
+    metadata: dict[str, StrictStr] | None = None
+    service_tier: StrictStr | None = None
+    parallel_tool_calls: Flag | None = None
+    prediction: Prediction | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: Flag | None = None
+    top_logprobs: Annotated[Integer, Field(ge=0, le=20)] | None = None
+
+
+#: Fields accepted and ignored: they change nothing for a local model (types are still checked).
+IGNORED_FIELDS = ("user", "store", "metadata", "service_tier", "parallel_tool_calls", "prediction")
+#: Fields accepted only at the neutral value clients send by default, which each names here.
+NEUTRAL_VALUES: dict[str, str] = {
+    "presence_penalty": "0",
+    "frequency_penalty": "0",
+    "logit_bias": "{}",
+    "tools": "[]",
+    "tool_choice": "'none'",
+    "response_format": "{'type': 'text'}",
+    "logprobs": "false",
+    "top_logprobs": "0",
+    "modalities": "['text']",
+}
+TEXT_COMPAT_FIELDS = tuple(TextCompat.model_fields)
+CHAT_COMPAT_FIELDS = tuple(ChatCompat.model_fields)
+
+
+def _is_neutral(name: str, value: Any) -> bool:
+    """Whether ``value`` of the neutral-only field ``name`` asks for nothing the model cannot do."""
+    if name == "tool_choice":
+        return bool(value == "none")
+    if name == "response_format":
+        return bool(value.type == "text")
+    if name == "modalities":
+        return set(value) <= {"text"}
+    return not bool(value)  # 0, 0.0, {}, [], false
+
+
+class ChatRequest(ChatCompat, GenerationParams):
     """An OpenAI-style chat completion request (the ``llm/v1/chat`` task)."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: Flag | None = None
 
 
-class TextRequest(GenerationParams):
+class TextRequest(TextCompat, GenerationParams):
     """A ``{"prompt": str}`` request (the ``text-generation`` task); always one completion."""
 
     prompt: Annotated[str, Field(strict=True)]
     n: Literal[1] | None = None
     stream: Flag | None = None
+
+
+class UnsupportedFields(InvalidRequest):
+    """Fields given a value the backend cannot honour yet; ``field`` is the first, ``fields`` all of them."""
+
+    def __init__(self, fields: Sequence[str], backend: str | None = None) -> None:
+        self.fields = list(fields)
+        names = ", ".join(repr(f) for f in self.fields)
+        who = f"backend {backend!r}" if backend else "this model's backend"
+        verb = "is" if len(self.fields) == 1 else "are"
+        allowed = "; ".join(f"{f}: {NEUTRAL_VALUES[f]} or absent" for f in self.fields)
+        super().__init__(self.fields[0], f"{names} {verb} not supported by {who} yet", allowed=allowed)
+
+
+def generation_settings(req: ChatRequest | TextRequest) -> dict[str, Any]:
+    """The generation settings a request sets explicitly (the compatibility fields change none)."""
+    return req.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
+
+
+def unknown_fields_error(names: Sequence[str], allowed: Sequence[str]) -> InvalidRequest:
+    """One error for unknown fields: the first is ``field``, the message names every one."""
+    message = "unknown field"
+    if len(names) > 1:
+        message += " (also unknown: " + ", ".join(repr(n) for n in names[1:]) + ")"
+    return InvalidRequest(names[0], message, allowed=", ".join(allowed))
 
 
 _ALLOWED = {
@@ -146,10 +264,29 @@ _ALLOWED = {
     "stop": f"a non-empty string or a list of at most {MAX_STOP} non-empty strings",
     "seed": f"an integer from 0 to {MAX_SEED}",
     "stream": "true or false",
-    "content": "a string",
+    "content": "a string or a non-empty list of {'type': 'text', 'text': ...} parts",
+    "user": "a string",
+    "store": "true or false",
+    "metadata": "an object whose values are strings",
+    "service_tier": "a string",
+    "parallel_tool_calls": "true or false",
+    "prediction": "{'type': 'content', 'content': ...}",
+    "modalities": "['text']",
+    "presence_penalty": "a number from -2 to 2 (only 0 is supported yet)",
+    "frequency_penalty": "a number from -2 to 2 (only 0 is supported yet)",
+    "logit_bias": "an object of token ids to numbers from -100 to 100 (only {} is supported yet)",
+    "tools": "a list of tool objects (only [] is supported yet)",
+    "tool_choice": "'none', 'auto', 'required' or an object (only 'none' is supported yet)",
+    "response_format": "{'type': 'text'}",
+    "logprobs": "true or false (only false is supported yet)",
+    "top_logprobs": "an integer from 0 to 20 (only 0 is supported yet)",
     "messages": "a non-empty list of {'role': ..., 'content': ...} objects",
     "prompt": "a string",
 }
+
+
+#: Fields that are objects of the client's own keys.
+_MAPS = ("metadata", "logit_bias")
 
 
 def _is_branch_label(part: int | str) -> bool:
@@ -182,12 +319,15 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
             if not any(isinstance(p, int) for p in loc)
             else [f for f in ChatMessage.model_fields]
         )
-        return InvalidRequest(field, "unknown field", allowed=", ".join(known))
+        extras = [_field_path(e["loc"], prefix) for e in errors if e["type"] == "extra_forbidden"]
+        return unknown_fields_error([field, *(f for f in extras if f != field)], known)
     if kind == "missing":
         return InvalidRequest(field, "is required", allowed=_ALLOWED.get(leaf))
     message = first["msg"]
     extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 and leaf != "stop" else ""
     allowed = _ALLOWED.get(leaf)
+    if loc and loc[0] in _MAPS:  # the leaf is the client's own key: describe the field
+        allowed = _ALLOWED[str(loc[0])]
     if model is TextRequest and leaf == "n":
         allowed = "1 (text-generation returns one string per prompt)"
     if message.startswith("Value error, "):  # our own validators already show the input
@@ -269,8 +409,12 @@ def _is_missing(value: Any) -> bool:
     return value is pd.NA or value is pd.NaT or (isinstance(value, np.floating) and bool(np.isnan(value)))
 
 
-def parse_request(row: Any, task: str) -> ChatRequest | TextRequest:
-    """Validate one input row for ``task``; raise :class:`InvalidRequest` naming the bad field."""
+def parse_request(row: Any, task: str, backend: str | None = None) -> ChatRequest | TextRequest:
+    """Validate one input row for ``task``; raise :class:`InvalidRequest` naming the bad field.
+
+    Unknown fields, and fields set to a value ``backend`` cannot honour yet (:class:`UnsupportedFields`),
+    are named all at once.
+    """
     model: type[ChatRequest] | type[TextRequest] = ChatRequest if task == "llm/v1/chat" else TextRequest
     if isinstance(row, str) and model is TextRequest:
         row = {"prompt": row}
@@ -278,13 +422,66 @@ def parse_request(row: Any, task: str) -> ChatRequest | TextRequest:
         expected = "'messages'" if model is ChatRequest else "'prompt'"
         raise InvalidRequest("request", f"each input must be an object with {expected}, got {type(row).__name__}")
     data = _clean(row)
+    unknown = [k for k in data if k not in model.model_fields]
+    if unknown:  # every one at once, as OpenAI's clients show only the first error
+        raise unknown_fields_error(unknown, list(model.model_fields))
+    if model is ChatRequest:
+        data = _join_text_parts(data)
     try:
         req = model.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc, model) from None
     if len(req.stop_strings()) > MAX_STOP:
         raise InvalidRequest("stop", f"{len(req.stop_strings())} stop strings given", allowed=_ALLOWED["stop"])
+    unsupported = [k for k in data if k in NEUTRAL_VALUES and not _is_neutral(k, getattr(req, k))]
+    if unsupported:
+        raise UnsupportedFields(unsupported, backend)
     return req
+
+
+_PART = "{'type': 'text', 'text': ...}"
+
+
+def _join_text_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each message's list ``content`` of text parts joined into one string (as OpenAI does).
+
+    A part of another type (``image_url``, ``input_audio``, ``file``, ...) is refused naming it
+    (``messages[1].content[2].type``); what is not a list of messages is left to pydantic to name.
+    """
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return data
+    joined: list[Any] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            joined.append(message)
+            continue
+        where = f"messages[{i}].content"
+        if not content:
+            raise InvalidRequest(where, "is an empty list", allowed=_ALLOWED["content"])
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise InvalidRequest(f"{where}[{j}]", f"must be an object, got {type(part).__name__}", allowed=_PART)
+            kind = part.get("type")
+            if kind != "text":
+                shown = repr(kind) if isinstance(kind, str) else type(kind).__name__
+                raise InvalidRequest(
+                    f"{where}[{j}].type",
+                    f"content part type {shown} is not supported: this model reads text only",
+                    allowed="'text'",
+                )
+            extra = [k for k in part if k not in ("type", "text")]
+            if extra:
+                raise unknown_fields_error([f"{where}[{j}].{k}" for k in extra], ["type", "text"])
+            text = part.get("text")
+            if not isinstance(text, str):
+                got = "missing" if text is None else f"got {type(text).__name__}"
+                raise InvalidRequest(f"{where}[{j}].text", f"must be a string, {got}", allowed="a string")
+            texts.append(text)
+        joined.append({**message, "content": "".join(texts)})
+    return {**data, "messages": joined}
 
 
 def validate_generation_defaults(generation: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`).
 
 ``llm/v1/chat`` uses the field names of MLflow's own ``llm/v1/chat`` schema, restricted to the
-fields flavorkit honours (a signature never lists a field the model would reject).
+fields flavorkit honours, plus OpenAI's fields that clients send by default (``store``, ``tools: []``,
+``logprobs: false``, ...), which flavorkit ignores or accepts at their neutral value only.
 ``text-generation`` is ``{"prompt": str}`` in and ``str`` out, with the same optional settings.
 ``stop``, the numeric settings and the message properties are typed ``Any`` (see
 :func:`_generation_columns` and docs/architecture.md section 4); flavorkit validates them itself.
@@ -21,6 +22,35 @@ __all__ = ["CHAT", "TASKS", "TEXT", "input_example", "standard_signature"]
 CHAT = "llm/v1/chat"
 TEXT = "text-generation"
 TASKS = (CHAT, TEXT)
+
+# flavorkit.schema's TEXT_COMPAT_FIELDS and CHAT_COMPAT_FIELDS (the layers keep this module from
+# importing it; tests/runtime/test_openai_compat.py checks that they agree).
+_TEXT_COMPAT = ("user", "presence_penalty", "frequency_penalty", "logit_bias")
+_CHAT_COMPAT = (
+    *_TEXT_COMPAT,
+    "store",
+    "metadata",
+    "service_tier",
+    "parallel_tool_calls",
+    "prediction",
+    "modalities",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+def _compat_columns(names: tuple[str, ...]) -> list[Any]:
+    """OpenAI's compatibility fields (ignored, or accepted at a neutral value), typed ``Any``.
+
+    Listed so that MLflow passes them on (it drops top-level fields the signature does not name,
+    and its typed checks reject objects and lists it does not know); flavorkit validates them.
+    """
+    from mlflow.types.schema import AnyType, ColSpec
+
+    return [ColSpec(name=name, type=AnyType(), required=False) for name in names]
 
 
 def _generation_columns(*, with_n: bool) -> list[Any]:
@@ -63,7 +93,13 @@ def standard_signature(task: str) -> ModelSignature | None:
                 Property("name", AnyType(), required=False),
             ]
         )
-        inputs = Schema([ColSpec(name="messages", type=Array(message)), *_generation_columns(with_n=True)])
+        inputs = Schema(
+            [
+                ColSpec(name="messages", type=Array(message)),
+                *_generation_columns(with_n=True),
+                *_compat_columns(_CHAT_COMPAT),
+            ]
+        )
         outputs = Schema(
             [
                 ColSpec(name="id", type=DataType.string),
@@ -104,7 +140,13 @@ def standard_signature(task: str) -> ModelSignature | None:
         )
         return ModelSignature(inputs=inputs, outputs=outputs)
     if task == TEXT:
-        inputs = Schema([ColSpec(name="prompt", type=DataType.string), *_generation_columns(with_n=False)])
+        inputs = Schema(
+            [
+                ColSpec(name="prompt", type=DataType.string),
+                *_generation_columns(with_n=False),
+                *_compat_columns(_TEXT_COMPAT),
+            ]
+        )
         return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.string)]))
     return None
 

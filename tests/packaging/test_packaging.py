@@ -16,6 +16,10 @@ import flavorkit
 from flavorkit.errors import IntegrityError, InvalidRequest, ModelSourceError, PackagingError
 
 CHAT_FIELDS_IN = ["messages", "temperature", "max_tokens", "stop", "n", "stream", "top_p", "top_k", "seed"]
+#: OpenAI's fields that flavorkit ignores or accepts at a neutral value only (listed so MLflow passes them on).
+CHAT_COMPAT_IN = ["user", "presence_penalty", "frequency_penalty", "logit_bias", "store", "metadata", "service_tier"]
+CHAT_COMPAT_IN += ["parallel_tool_calls", "prediction", "modalities", "tools", "tool_choice", "response_format"]
+CHAT_COMPAT_IN += ["logprobs", "top_logprobs"]
 CHAT_FIELDS_OUT = ["id", "object", "created", "model", "choices", "usage"]
 
 
@@ -29,9 +33,9 @@ def test_chat_signature_uses_mlflow_llm_v1_chat_field_names(tiny_model_dir: Path
 
     sig = _signature(tiny_model_dir)
     names_in = [c["name"] for c in sig["inputs"]]
-    assert names_in == CHAT_FIELDS_IN
+    assert names_in == CHAT_FIELDS_IN + CHAT_COMPAT_IN
     mlflow_in = set(CHAT_MODEL_INPUT_SCHEMA.input_names())
-    assert set(names_in) - {"seed"} <= mlflow_in, "every chat field except seed is one of MLflow's own"
+    assert set(CHAT_FIELDS_IN) - {"seed"} <= mlflow_in, "every chat setting except seed is one of MLflow's own"
     assert [c["name"] for c in sig["outputs"]] == CHAT_FIELDS_OUT == CHAT_MODEL_OUTPUT_SCHEMA.input_names()[:6]
     messages = sig["inputs"][0]
     assert messages["type"] == "array" and messages["required"] is True

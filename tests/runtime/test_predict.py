@@ -308,16 +308,16 @@ def test_deep_nesting_is_an_invalid_request_naming_the_field(tiny_pyfunc: Any, d
 
 
 def test_an_unknown_top_level_field_is_rejected_naming_it(tiny_pyfunc: Any) -> None:
-    request_ = chat("hi", max_tokens=2, frequency_penalty=0.5)
+    request_ = chat("hi", max_tokens=2, best_of=2)
     err = _runtime_error(tiny_pyfunc, request_)
-    assert err.field == "frequency_penalty" and "unknown field" in str(err)
+    assert err.field == "best_of" and "unknown field" in str(err)
     for form in (request_, [request_], pd.DataFrame([request_])):
         message = _pyfunc_error(tiny_pyfunc, form).message
-        assert "'frequency_penalty'" in message and "unknown field" in message
+        assert "'best_of'" in message and "unknown field" in message
         assert "max_tokens" in message, "the allowed fields are listed"
     with pytest.raises(MlflowException) as exc:
         list(tiny_pyfunc.predict_stream(request_))
-    assert exc.value.error_code == "INVALID_PARAMETER_VALUE" and "'frequency_penalty'" in exc.value.message
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE" and "'best_of'" in exc.value.message
     # A rejected request leaves nothing behind: the next valid one is answered.
     assert tiny_pyfunc.predict(chat("Hello", max_tokens=2))[0]["usage"]["completion_tokens"] <= 2
 
@@ -368,7 +368,7 @@ def test_an_unknown_field_is_refused_even_with_mlflow_logging_silenced(tiny_pyfu
     mlflow_logger.setLevel(logging.ERROR)
     try:
         with pytest.raises(MlflowException):
-            tiny_pyfunc.predict(chat("hi", max_tokens=2, frequency_penalty=0.5))
+            tiny_pyfunc.predict(chat("hi", max_tokens=2, best_of=2))
     finally:
         mlflow_logger.setLevel(level)
 

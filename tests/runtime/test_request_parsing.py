@@ -144,9 +144,11 @@ MESSAGES = [
         "field 'messages': is required (allowed: a non-empty list of {'role': ..., 'content': ...} objects)",
     ),
     (
-        {"messages": OK, "frequency_penalty": 0.5},
+        {"messages": OK, "best_of": 2, "echo": False},
         "llm/v1/chat",
-        "field 'frequency_penalty': unknown field (allowed: max_tokens, temperature, top_p, top_k, n, stop, seed, "
+        "field 'best_of': unknown field (also unknown: 'echo') (allowed: max_tokens, temperature, top_p, top_k, n, "
+        "stop, seed, user, presence_penalty, frequency_penalty, logit_bias, store, metadata, service_tier, "
+        "parallel_tool_calls, prediction, modalities, tools, tool_choice, response_format, logprobs, top_logprobs, "
         "messages, stream)",
     ),
     (
@@ -182,7 +184,12 @@ MESSAGES = [
         "field 'messages': Input should be a valid list; got str "
         "(allowed: a non-empty list of {'role': ..., 'content': ...} objects)",
     ),
-    ({"messages": [{"role": "user"}]}, "llm/v1/chat", "field 'messages[0].content': is required (allowed: a string)"),
+    (
+        {"messages": [{"role": "user"}]},
+        "llm/v1/chat",
+        "field 'messages[0].content': is required "
+        "(allowed: a string or a non-empty list of {'type': 'text', 'text': ...} parts)",
+    ),
     ({"prompt": 5}, "text-generation", "field 'prompt': Input should be a valid string; got 5 (allowed: a string)"),
     (["hi"], "llm/v1/chat", "field 'request': each input must be an object with 'messages', got list"),
     (3, "text-generation", "field 'request': each input must be an object with 'prompt', got int"),

@@ -31,7 +31,11 @@ def _nested(depth: int, leaf: object = "x") -> object:
         ({"messages": [{"content": "hi"}]}, "messages[0].role", "required"),
         ({"messages": [{"role": "bot", "content": "hi"}]}, "messages[0].role", "'system', 'user', 'assistant'"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "valid string"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}, "messages[0].content", "string"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0].type",
+            "content part type 'image_url' is not supported",
+        ),
         (
             {"messages": [{"role": "user", "content": "hi", "tool_calls": []}]},
             "messages[0].tool_calls",
@@ -58,7 +62,8 @@ def _nested(depth: int, leaf: object = "x") -> object:
         ({"messages": OK, "stream": "yes"}, "stream", "true or false"),
         ({"messages": OK, "seed": -1}, "seed", "greater than or equal to 0"),
         ({"messages": OK, "seed": 2**31}, "seed", "less than or equal to 2147483647"),
-        ({"messages": OK, "frequency_penalty": 0.5}, "frequency_penalty", "unknown field"),
+        ({"messages": OK, "frequency_penalty": 0.5}, "frequency_penalty", "not supported by this model's backend"),
+        ({"messages": OK, "best_of": 2}, "best_of", "unknown field"),
         # Lone surrogates are not Unicode text: no tokenizer can encode them.
         ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content", "lone surrogate U+D800"),
         ({"messages": [*OK, {"role": "user", "content": "\udfff"}]}, "messages[1].content", "position 0"),
@@ -127,7 +132,7 @@ def test_valid_text_with_surrogate_pairs_and_moderate_nesting_is_fine() -> None:
     # Nesting below the limit is judged by the ordinary type rules.
     with pytest.raises(InvalidRequest) as exc:
         parse_request({"messages": [{"role": "user", "content": _nested(20)}]}, "llm/v1/chat")
-    assert exc.value.field == "messages[0].content" and "valid string" in str(exc.value)
+    assert exc.value.field == "messages[0].content[0]" and "must be an object, got list" in str(exc.value)
 
 
 def test_a_lone_surrogate_in_a_key_or_a_text_prompt_names_the_field() -> None:

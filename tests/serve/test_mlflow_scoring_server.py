@@ -137,9 +137,9 @@ def test_nesting_beyond_the_json_parser_limit_is_a_400(server: str) -> None:
 
 
 def test_an_unknown_top_level_field_is_a_400_naming_it(server: str) -> None:
-    request_ = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "frequency_penalty": 0.5}
-    _assert_bad_request(*_post(f"{server}/invocations", request_), "frequency_penalty")
-    _assert_bad_request(*_post(f"{server}/invocations", {"dataframe_records": [request_]}), "frequency_penalty")
+    request_ = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "best_of": 2}
+    _assert_bad_request(*_post(f"{server}/invocations", request_), "best_of")
+    _assert_bad_request(*_post(f"{server}/invocations", {"dataframe_records": [request_]}), "best_of")
     status, _ = _post(f"{server}/invocations", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert status == 200
 

@@ -174,7 +174,8 @@ def _error(status: int, body: Any) -> dict[str, Any]:
 
 
 BAD_REQUESTS = [
-    ({"messages": _messages(), "frequency_penalty": 1}, 400, "frequency_penalty", "unknown_field"),
+    ({"messages": _messages(), "best_of": 1}, 400, "best_of", "unknown_field"),
+    ({"messages": _messages(), "frequency_penalty": 1}, 400, "frequency_penalty", "unsupported_parameter"),
     ({"messages": _messages(), "temperature": 3}, 400, "temperature", "invalid_value"),
     ({"messages": _messages(), "top_p": "high"}, 400, "top_p", "invalid_value"),
     ({"messages": _messages(), "n": 0}, 400, "n", "invalid_value"),
@@ -221,8 +222,8 @@ def test_bad_chat_request_gets_its_status_and_param(
 
 def test_openai_client_raises_the_matching_error_classes(client: Any) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=NAME, messages=_messages(), extra_body={"logit_bias": {}})
-    assert bad.value.param == "logit_bias" and bad.value.code == "unknown_field"
+        client.chat.completions.create(model=NAME, messages=_messages(), extra_body={"best_of": 2})
+    assert bad.value.param == "best_of" and bad.value.code == "unknown_field"
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="nope", messages=_messages())
     assert missing.value.code == "model_not_found"
@@ -325,6 +326,137 @@ def test_invocations_errors_keep_mlflow_shape(base: str) -> None:
     assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and "top_p" in answer["message"]
     status, _, answer = _post(f"{base}/invocations", b"{not json")
     assert status == 400 and answer["error_code"] == "BAD_REQUEST"
+
+
+# -- OpenAI's default request forms (issue 18): the same rules as pyfunc ------------------------------
+
+_IGNORED: dict[str, Any] = {
+    "store": False,
+    "metadata": {"session": "abc"},
+    "service_tier": "auto",
+    "user": "user-1",
+    "parallel_tool_calls": True,
+    "prediction": {"type": "content", "content": "a guess"},
+    "modalities": ["text"],
+}
+_NEUTRAL: dict[str, Any] = {
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": {},
+    "tools": [],
+    "logprobs": False,
+    "top_logprobs": 0,
+    "tool_choice": "none",
+    "response_format": {"type": "text"},
+}
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _system_answer(client: Any) -> str:
+    system = [{"role": "system", "content": "Be brief."}, *_messages("Hello")]
+    return str(client.chat.completions.create(model=NAME, messages=system, max_tokens=4).choices[0].message.content)
+
+
+def test_developer_role_and_text_parts_are_read_as_a_system_string(client: Any) -> None:
+    messages: Any = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+    ]
+    r = client.chat.completions.create(model=NAME, messages=messages, max_tokens=4)
+    assert r.choices[0].message.content == _system_answer(client)
+
+
+@pytest.mark.parametrize(("name", "value"), [*_IGNORED.items(), *_NEUTRAL.items()])
+def test_each_ignored_or_neutral_field_is_accepted(client: Any, name: str, value: Any) -> None:
+    r = client.chat.completions.create(model=NAME, messages=_messages("Hello"), max_tokens=4, extra_body={name: value})
+    plain = client.chat.completions.create(model=NAME, messages=_messages("Hello"), max_tokens=4)
+    assert r.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_the_openai_clients_typed_arguments_are_accepted(client: Any) -> None:
+    r = client.chat.completions.create(
+        model=NAME,
+        messages=[{"role": "developer", "content": "Be brief."}, *_messages("Hello")],
+        max_tokens=4,
+        store=False,
+        metadata={"k": "v"},
+        user="u",
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        logprobs=False,
+        tool_choice="none",
+        response_format={"type": "text"},
+        modalities=["text"],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in r if c.choices) == _system_answer(client)
+
+
+def test_an_image_part_is_a_400_naming_the_part(client: Any) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}, image]
+    messages: Any = [*_messages("x"), {"role": "user", "content": parts}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=NAME, messages=messages)
+    assert bad.value.status_code == 400
+    assert (bad.value.param, bad.value.code) == ("messages[1].content[2].type", "invalid_value")
+    assert bad.value.body["message"] == (  # type: ignore[index]
+        "invalid request: field 'messages[1].content[2].type': content part type 'image_url' is not supported: "
+        "this model reads text only (allowed: 'text')"
+    )
+
+
+def test_two_unsupported_fields_get_one_400_naming_both(base: str, client: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=NAME, messages=_messages(), tools=[_TOOL], logprobs=True)  # type: ignore[list-item]
+    # The fields are named in the order the body has them (the client puts logprobs first).
+    assert (bad.value.status_code, bad.value.param, bad.value.code) == (400, "logprobs", "unsupported_parameter")
+    assert bad.value.body["message"] == (  # type: ignore[index]
+        "invalid request: field 'logprobs': 'logprobs', 'tools' are not supported by backend 'onnx-cpu' yet "
+        "(allowed: logprobs: false or absent; tools: [] or absent)"
+    )
+    body = {"messages": _messages(), "response_format": {"type": "json_object"}, "frequency_penalty": 1}
+    status, _, answer = _post(f"{base}/v1/chat/completions", body)
+    assert status == 400
+    assert _error(status, answer) == {
+        "message": "invalid request: field 'response_format': 'response_format', 'frequency_penalty' are not "
+        "supported by backend 'onnx-cpu' yet (allowed: response_format: {'type': 'text'} or absent; "
+        "frequency_penalty: 0 or absent)",
+        "type": "invalid_request_error",
+        "param": "response_format",
+        "code": "unsupported_parameter",
+    }
+
+
+def test_unknown_fields_are_named_all_at_once(base: str) -> None:
+    status, _, answer = _post(f"{base}/v1/chat/completions", {"messages": _messages(), "best_of": 2, "echo": True})
+    err = _error(status, answer)
+    assert (status, err["param"], err["code"]) == (400, "best_of", "unknown_field")
+    assert err["message"].startswith("unsupported fields 'best_of', 'echo'; supported fields: messages, ")
+
+
+def test_garbage_in_an_ignored_field_is_a_400(base: str) -> None:
+    status, _, answer = _post(f"{base}/v1/chat/completions", {"messages": _messages(), "metadata": {"a": 1}})
+    err = _error(status, answer)
+    assert (status, err["param"], err["code"]) == (400, "metadata.a", "invalid_value")
+    assert err["message"] == (
+        "invalid request: field 'metadata.a': Input should be a valid string; got 1 "
+        "(allowed: an object whose values are strings)"
+    )
+
+
+def test_invocations_follow_the_same_rules(base: str) -> None:
+    request_ = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 2}
+    status, _, answer = _post(f"{base}/invocations", {**request_, **_IGNORED, **_NEUTRAL})
+    assert status == 200, answer
+    status, _, answer = _post(f"{base}/invocations", {**request_, "tools": [_TOOL], "top_logprobs": 3})
+    assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert (
+        "invalid request: field 'tools': 'tools', 'top_logprobs' are not supported by backend 'onnx-cpu' yet "
+        "(allowed: tools: [] or absent; top_logprobs: 0 or absent)"
+    ) in answer["message"]
 
 
 # -- metrics --------------------------------------------------------------------------------------

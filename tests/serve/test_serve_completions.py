@@ -360,3 +360,23 @@ def test_chat_stop_and_user(chat: Any) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         chat.chat.completions.create(model=CHAT, messages=messages, user=5)  # type: ignore[arg-type]
     assert err.value.param == "user"
+
+
+def test_completions_accept_neutral_penalties_and_name_unsupported_ones(client: Any, text_url: str) -> None:
+    plain = client.completions.create(model=TEXT, prompt="Hello", max_tokens=4).choices[0].text
+    neutral = client.completions.create(
+        model=TEXT, prompt="Hello", max_tokens=4, presence_penalty=0, frequency_penalty=0, logit_bias={}, user="u"
+    )
+    assert neutral.choices[0].text == plain
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=TEXT, prompt=["a", "b"], presence_penalty=1, logit_bias={"1": 5})
+    got = (bad.value.status_code, bad.value.param, bad.value.code)
+    assert got == (400, "logit_bias", "unsupported_parameter")  # the body's order: the client sends logit_bias first
+    assert bad.value.body["message"] == (  # type: ignore[index]
+        "invalid request: field 'logit_bias': 'logit_bias', 'presence_penalty' are not supported by backend "
+        "'onnx-cpu' yet (allowed: logit_bias: {} or absent; presence_penalty: 0 or absent)"
+    )
+    status, raw = _post(f"{text_url}/v1/completions", {"prompt": "x", "tools": [], "store": False})
+    err = json.loads(raw)["error"]
+    assert (status, err["param"], err["code"]) == (400, "tools", "unknown_field")
+    assert err["message"].startswith("unsupported fields 'tools', 'store'; supported fields: prompt, ")

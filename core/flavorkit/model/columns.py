@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from flavorkit.errors import InvalidRequest
-from flavorkit.schema import ChatRequest, TextRequest
+from flavorkit.schema import IGNORED_FIELDS, ChatRequest, TextRequest, unknown_fields_error
 from flavorkit.signatures import CHAT
 
 __all__ = ["dropped_columns", "refuse_dropped_columns", "watch_dropped_columns"]
@@ -82,12 +82,23 @@ def dropped_columns() -> list[str]:
 
 
 def refuse_dropped_columns(task: str) -> None:
-    """Raise :class:`InvalidRequest` naming the first field MLflow dropped, if it dropped any."""
-    names = dropped_columns()
+    """Raise :class:`InvalidRequest` naming every field MLflow dropped, if it dropped any.
+
+    The signature of a model packaged before flavorkit accepted OpenAI's compatibility fields does
+    not list them, so MLflow drops them: an ignored one (``store``, ``user``, ...) loses nothing,
+    while one accepted only at its neutral value (``tools: []``) is refused, since its value is gone.
+    """
+    model = ChatRequest if task == CHAT else TextRequest
+    names = [n for n in dropped_columns() if not (n in IGNORED_FIELDS and n in model.model_fields)]
     if not names:
         return
-    model = ChatRequest if task == CHAT else TextRequest
-    message = "unknown field"
-    if len(names) > 1:
-        message += " (also unknown: " + ", ".join(repr(n) for n in names[1:]) + ")"
-    raise InvalidRequest(names[0], message, allowed=", ".join(model.model_fields))
+    unknown = [n for n in names if n not in model.model_fields]
+    if unknown:
+        raise unknown_fields_error(unknown, list(model.model_fields))
+    listed = ", ".join(repr(n) for n in names)
+    raise InvalidRequest(
+        names[0],
+        f"this model's signature, written by an older flavorkit, does not list {listed}, so MLflow dropped "
+        "the value before it could be checked; package the model again to send it",
+        allowed="a request without it",
+    )

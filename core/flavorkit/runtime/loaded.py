@@ -22,7 +22,7 @@ from flavorkit.runtime.choices import BatchEvent, Choice, PreparedRequest, Row
 from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.stopping import StopMatcher
-from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, parse_request, stop_tuple
+from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, generation_settings, parse_request, stop_tuple
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo
 
@@ -209,7 +209,7 @@ class LoadedModel:
 
     def _settings(self, req: ChatRequest | TextRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """Effective settings (defaults overlaid by the request) and the explicitly requested ones."""
-        explicit = req.model_dump(exclude_none=True, exclude={"messages", "prompt", "stream"})
+        explicit = generation_settings(req)
         return {**self.defaults, **explicit}, explicit
 
     def _prepare(self, raw_rows: Sequence[Any]) -> list[Row]:
@@ -229,7 +229,7 @@ class LoadedModel:
         return rows
 
     def _prepare_row(self, i: int, raw: Any) -> Row:
-        req = parse_request(raw, self.task)
+        req = parse_request(raw, self.task, self.backend.name)
         settings, explicit = self._settings(req)
         if isinstance(req, ChatRequest):
             # Exactly role and content reach the backend: ``name`` is accepted for OpenAI

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from flavorkit.errors import InvalidRequest, NotAFlavorkitModel
+from flavorkit.schema import UnsupportedFields
 
 __all__ = ["APIError", "NotAFlavorkitModel", "error_body", "from_invalid_request"]
 
@@ -51,6 +52,10 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 
 def from_invalid_request(exc: InvalidRequest, prefix: str = "") -> APIError:
-    """A flavorkit request error as a 400 naming the field (``param``) and the allowed values."""
+    """A flavorkit request error as a 400 naming the field (``param``) and the allowed values.
+
+    The code is ``unsupported_parameter`` for fields the backend cannot honour yet, else ``invalid_value``.
+    """
     param = f"{prefix}{exc.field}" if prefix else exc.field
-    return APIError(400, str(exc), param=param, code="invalid_value")
+    code = "unsupported_parameter" if isinstance(exc, UnsupportedFields) else "invalid_value"
+    return APIError(400, str(exc), param=param, code=code)

@@ -5,8 +5,10 @@ Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :fun
 Validation of the generation settings themselves (ranges, message roles, stop strings) is the
 core's (:func:`flavorkit.schema.parse_request`), so the server and the pyfunc model reject the same
 inputs with the same messages. This module adds what only the HTTP API has: ``model``, ``user``,
-``stream``, ``stream_options``, ``max_completion_tokens``, the refusal of unknown fields, and
-``/v1/completions``' list of prompts (one core request per prompt, so they share batches).
+``stream``, ``stream_options``, ``max_completion_tokens``, the refusal of unknown fields (all named
+at once), and ``/v1/completions``' list of prompts (one core request per prompt, so they share
+batches). OpenAI's compatibility fields (``store``, ``tools: []``, ``logprobs: false``, ...) go to the
+core with the settings, which ignores them or accepts only their neutral values, as for pyfunc.
 
 The response objects are built by :mod:`flavorkit.responses` in its OpenAI dialect, by the same
 builders that shape the pyfunc model's answers.
@@ -22,7 +24,7 @@ from flavorkit import responses
 from flavorkit.errors import InvalidRequest
 from flavorkit.responses import Usage, new_id, now
 from flavorkit.runtime.choices import PreparedRequest
-from flavorkit.schema import parse_request
+from flavorkit.schema import CHAT_COMPAT_FIELDS, TEXT_COMPAT_FIELDS, UnsupportedFields, parse_request
 from flavorkit.serve.errors import APIError, from_invalid_request
 from flavorkit.signatures import CHAT
 
@@ -45,9 +47,9 @@ __all__ = [
 
 #: Generation settings passed on to the core as they are (``top_k`` is a flavorkit extension).
 _SETTINGS = ("max_tokens", "temperature", "top_p", "n", "stop", "seed", "top_k")
-_HTTP_ONLY = ("model", "max_completion_tokens", "stream", "stream_options", "user")
-CHAT_FIELDS = ("messages", *_SETTINGS, *_HTTP_ONLY)
-COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY)
+_HTTP_ONLY = ("model", "max_completion_tokens", "stream", "stream_options")
+CHAT_FIELDS = ("messages", *_SETTINGS, *_HTTP_ONLY, *CHAT_COMPAT_FIELDS)
+COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY, *TEXT_COMPAT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,12 @@ class ParsedRequest:
 
 
 def prompt_error(exc: InvalidRequest, i: int) -> InvalidRequest:
-    """An error about element ``i`` of a list ``prompt``: ``prompt`` becomes ``prompt[i]``; others say which."""
+    """An error about element ``i`` of a list ``prompt``: ``prompt`` becomes ``prompt[i]``; others say which.
+
+    Unsupported fields are the whole request's, not one prompt's, and stay as they are.
+    """
+    if isinstance(exc, UnsupportedFields):
+        return exc
     if exc.field == "prompt":
         return InvalidRequest(f"prompt[{i}]", exc.detail, exc.allowed)
     return InvalidRequest(exc.field, f"for prompt[{i}]: {exc.detail}", exc.allowed)
@@ -89,14 +96,16 @@ def _parse(
     task: str,
     served_name: str,
     prompts: list[str] | None = None,
+    backend: str | None = None,
 ) -> ParsedRequest:
     if not isinstance(body, Mapping):
         raise _bad(None, f"the request body must be a JSON object, got {type(body).__name__}", "invalid_body")
     unknown = [k for k in body if k not in fields]
-    if unknown:
+    if unknown:  # every one at once: OpenAI's clients show one error
+        listed = ", ".join(repr(k) for k in unknown)
         raise _bad(
             unknown[0],
-            f"unsupported field {unknown[0]!r}; supported fields: {', '.join(fields)}",
+            f"unsupported field{'s' if len(unknown) > 1 else ''} {listed}; supported fields: {', '.join(fields)}",
             "unknown_field",
         )
     body = {k: v for k, v in body.items() if v is not None}  # OpenAI treats null as "not given"
@@ -111,9 +120,6 @@ def _parse(
                 param="model",
                 code="model_not_found",
             )
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _bad("user", f"'user' must be a string, got {type(user).__name__}")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream", f"'stream' must be true or false, got {stream!r}")
@@ -132,7 +138,9 @@ def _parse(
         if wanted is not None and not isinstance(wanted, bool):  # null is "not given"
             raise _bad("stream_options.include_usage", f"must be true or false, got {wanted!r}")
         include_usage = bool(wanted)
-    raw: dict[str, Any] = {k: body[k] for k in (prompt_field, *_SETTINGS) if k in body}
+    compat = CHAT_COMPAT_FIELDS if task == CHAT else TEXT_COMPAT_FIELDS
+    passed = (prompt_field, *_SETTINGS, *compat)
+    raw: dict[str, Any] = {k: v for k, v in body.items() if k in passed}  # the client's order, for errors
     if "max_completion_tokens" in body:
         mct = body["max_completion_tokens"]
         if "max_tokens" in raw and raw["max_tokens"] != mct:
@@ -144,7 +152,7 @@ def _parse(
     raws = (raw,) if prompts is None else tuple({**raw, prompt_field: p} for p in prompts)
     for i, one in enumerate(raws):
         try:
-            parse_request(one, task)
+            parse_request(one, task, backend)
         except InvalidRequest as exc:
             if exc.field == "max_tokens" and "max_completion_tokens" in body:
                 exc = InvalidRequest("max_completion_tokens", exc.detail, exc.allowed)
@@ -153,11 +161,11 @@ def _parse(
     return ParsedRequest(raws, stream, include_usage, prompts is not None, tokens_field)
 
 
-def parse_chat(body: Any, served_name: str) -> ParsedRequest:
+def parse_chat(body: Any, served_name: str, backend: str | None = None) -> ParsedRequest:
     """Validate a ``/v1/chat/completions`` body; raise :class:`APIError` (400/404) naming the param."""
     if isinstance(body, Mapping) and "messages" not in body:
         raise _bad("messages", "'messages' is required: a non-empty list of {'role': ..., 'content': ...}")
-    return _parse(body, "messages", CHAT_FIELDS, CHAT, served_name)
+    return _parse(body, "messages", CHAT_FIELDS, CHAT, served_name, backend=backend)
 
 
 _PROMPT_FORMS = "a non-empty string or a non-empty list of non-empty strings"
@@ -196,7 +204,9 @@ def _prompts(prompt: Any, max_prompts: int | None) -> list[str] | None:
     return list(prompt)
 
 
-def parse_completion(body: Any, served_name: str, max_prompts: int | None = None) -> ParsedRequest:
+def parse_completion(
+    body: Any, served_name: str, max_prompts: int | None = None, backend: str | None = None
+) -> ParsedRequest:
     """Validate a ``/v1/completions`` body (text-generation models); raise :class:`APIError`.
 
     ``prompt`` is a string or a list of strings (one core request each, at most ``max_prompts``);
@@ -207,7 +217,7 @@ def parse_completion(body: Any, served_name: str, max_prompts: int | None = None
         if body.get("prompt") is None:
             raise _bad("prompt", f"'prompt' is required: {_PROMPT_FORMS}")
         prompts = _prompts(body["prompt"], max_prompts)
-    return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts)
+    return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts, backend)
 
 
 # -- responses: OpenAI's shapes, built by flavorkit.responses -------------------------------------

@@ -393,7 +393,8 @@ async def chat_completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
-    parsed = oa.parse_chat(await read_json(request, state.settings.max_body_bytes), state.served_name)
+    body = await read_json(request, state.settings.max_body_bytes)
+    parsed = oa.parse_chat(body, state.served_name, backend=state.model.backend.name)
     return await _Generation(state, parsed, ChatCompletions(state.served_name, parsed.include_usage)).respond(request)
 
 
@@ -408,7 +409,9 @@ async def completions(request: Request) -> Response:
             code="unsupported_endpoint",
         )
     body = await read_json(request, state.settings.max_body_bytes)
-    parsed = oa.parse_completion(body, state.served_name, max_prompts=state.scheduler.max_queue)
+    parsed = oa.parse_completion(
+        body, state.served_name, max_prompts=state.scheduler.max_queue, backend=state.model.backend.name
+    )
     return await _Generation(state, parsed, Completions(state.served_name, parsed.include_usage)).respond(request)
 
 
