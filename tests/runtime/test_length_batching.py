@@ -211,6 +211,12 @@ def test_transformers_mixed_lengths_equal_single_requests(tiny_hf: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason="issue 21, open: onnxruntime-genai's int4 kernels take other paths for a batch than for one row, so "
+    "a batched greedy answer can drift from the single one (reproduced with raw onnxruntime-genai; it failed "
+    "here on 2026-12-07 and passed in earlier CI runs); onnx-cpu has no near-tie replay yet",
+    strict=False,
+)
 def test_smollm2_onnx_mixed_lengths_equal_single_requests(smollm2_ort: Path) -> None:
     model = load_engine("onnx-cpu", smollm2_ort)
     rows = [notes(n, 24) for n in (0, 2, 8, 23, 48, 102)]
