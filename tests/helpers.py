@@ -87,3 +87,36 @@ def require_java(what: str) -> None:
         if os.environ.get("CI"):
             raise RuntimeError("CI must have a Java runtime (17) for the pyspark tests")
         pytest.skip(f"no Java runtime: {what} needs Java 17")
+
+
+def raw_onnx_greedy(folder: Path, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, bool]:
+    """onnxruntime-genai alone, no flavorkit: the greedy answer to ``messages`` and whether EOS ended it.
+
+    The reference for the SmolLM2 tests: what a 135M int4 model answers depends on the CPU's kernels
+    (one machine says "Madrid", another "El Salvador"), but the wrapper must give exactly the raw answer.
+    """
+    import json
+
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    ids = tokenizer.encode(prompt)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    eos_ids = json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
+    eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+    stream = tokenizer.create_stream()
+    pieces: list[str] = []
+    ended = False
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        if token in eos:
+            ended = True
+            break
+        pieces.append(stream.decode(token))
+    return "".join(pieces), ended

@@ -13,10 +13,19 @@ import mlflow
 import pytest
 
 import flavorkit
+from helpers import raw_onnx_greedy
 
 pytestmark = pytest.mark.slow
 
 SPAIN = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 48}
+
+
+@pytest.fixture(scope="module")
+def raw_spain(smollm2_ort: Path) -> str:
+    """onnxruntime-genai's own greedy answer to SPAIN on this machine (the model's words, not flavorkit's)."""
+    answer, ended = raw_onnx_greedy(smollm2_ort, SPAIN["messages"], SPAIN["max_tokens"])
+    assert ended, f"the raw runtime did not end its answer within {SPAIN['max_tokens']} tokens: {answer!r}"
+    return answer
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +38,10 @@ def smol(smollm2_ort: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return mlflow.pyfunc.load_model(str(path))
 
 
-def test_answers_the_question_and_stops_by_itself(smol: Any) -> None:
+def test_answers_the_question_and_stops_by_itself(smol: Any, raw_spain: str) -> None:
     response = smol.predict(SPAIN)[0]
     answer = response["choices"][0]["message"]["content"]
-    assert "Madrid" in answer
+    assert answer == raw_spain
     assert response["choices"][0]["finish_reason"] == "stop"
     assert response["usage"]["completion_tokens"] < 48
     assert "<|im_end|>" not in answer and "Ġ" not in answer
@@ -51,12 +60,14 @@ def test_usage_matches_the_tokenizer(smol: Any, smollm2_hf: Path) -> None:
     assert response["usage"]["completion_tokens"] == len(answer_ids) + 1
 
 
-def test_length_limit_and_stop_string(smol: Any) -> None:
+def test_length_limit_and_stop_string(smol: Any, raw_spain: str) -> None:
     short = smol.predict({**SPAIN, "max_tokens": 3})[0]
     assert short["choices"][0]["finish_reason"] == "length"
     assert short["usage"]["completion_tokens"] == 3
-    cut = smol.predict({**SPAIN, "stop": ["Madrid"]})[0]
-    assert "Madrid" not in cut["choices"][0]["message"]["content"]
+    # Stop at the answer's last word: the text before it comes back, and the word does not.
+    word = raw_spain.split()[-1]
+    cut = smol.predict({**SPAIN, "stop": [word]})[0]
+    assert cut["choices"][0]["message"]["content"] == raw_spain[: raw_spain.index(word)]
     assert cut["choices"][0]["finish_reason"] == "stop"
 
 
@@ -93,25 +104,27 @@ def test_stream_equals_predict(smol: Any) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_registered_model_round_trip(smollm2_ort: Path) -> None:
+def test_registered_model_round_trip(smollm2_ort: Path, raw_spain: str) -> None:
     info = flavorkit.package(
         model=str(smollm2_ort), backend="onnx-cpu", registered_model_name="smol-chat", generation={"temperature": 0}
     )
     model = mlflow.pyfunc.load_model(f"models:/smol-chat/{info.registered_model_version}")
-    assert "Madrid" in model.predict(SPAIN)[0]["choices"][0]["message"]["content"]
+    assert model.predict(SPAIN)[0]["choices"][0]["message"]["content"] == raw_spain
 
 
-def test_quickstart_runs_from_scratch_then_skips_the_conversion(tmp_path: Path) -> None:
+def test_quickstart_runs_from_scratch_then_skips_the_conversion(tmp_path: Path, smollm2_ort: Path) -> None:
+    # The quickstart asks the same question with max_tokens=64, converting with the same options.
+    raw, _ = raw_onnx_greedy(smollm2_ort, SPAIN["messages"], 64)
     env = {**os.environ, "FLAVORKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "flavorkit.cli", "quickstart", "--workdir", str(tmp_path / "qs")]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "Madrid" in first.stdout
+    assert f"A: {raw.strip()}\n" in first.stdout
     assert "Converting" in first.stderr and "Dequantising" in first.stderr
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Madrid" in second.stdout
+    assert f"A: {raw.strip()}\n" in second.stdout
     assert "Converting" not in second.stderr and "Dequantising" not in second.stderr
     assert "models:/smollm2-135m-chat/2" in second.stdout, "each run registers a new version"
     usage = json.loads(second.stdout.split("usage=")[1].splitlines()[0])
