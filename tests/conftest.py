@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,44 @@ def smollm2_ort(smollm2_hf: Path) -> Path:
     )
 
 
+@contextmanager
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder built once per test run, also under pytest-xdist: yields ``(path, built)``.
+
+    The caller builds ``path`` when ``built`` is false; the folder counts as built once the block
+    ends without an error. Serially the folder lies in this session's temporary root. Under xdist
+    (``PYTEST_XDIST_WORKER`` is set) it lies in the root that the run's workers share (the parent of
+    each worker's own), and the first worker to get there builds it while the others wait on an
+    exclusive ``flock``, then use it. Only for folders the tests read and never change.
+    """
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # .../pytest-N/popen-gwK: pytest-N is this run's, shared by its workers
+    shared = base / "built-once"
+    shared.mkdir(exist_ok=True)
+    done = shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield shared / name, done.exists()
+            done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ort: Path) -> Path:
-    """The tiny ORT model packaged once (chat task, greedy by default) for read-only tests."""
+    """The tiny ORT model packaged once per run (chat task, greedy by default) for read-only tests.
+
+    Under pytest-xdist the workers share one packaged copy (``once_per_run``).
+    """
     import flavorkit
 
-    path = tmp_path_factory.mktemp("packaged") / "tiny-chat"
-    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=path, generation={"temperature": 0.0})
+    with once_per_run(tmp_path_factory, "tiny-chat") as (path, built):
+        if not built:
+            flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=path, generation={"temperature": 0.0})
     return path
 
 
