@@ -23,17 +23,22 @@ CURRENT_CONSTRAINTS := constraints/current.txt
 CURRENT_STAMP := $(CURRENT_VENV)/.flavorkit-installed
 CURRENT_PIP := $(CURRENT_BIN)/python -m pip install -q --disable-pip-version-check
 CURRENT_EXTRAS := onnx,onnx-convert,transformers,quickstart,signing,testing,serve,dev
-# Left out of the current stack's run, because the compatible run covers them and they exercise
-# neither transformers nor the model builder: the llama.cpp example plugin (not installed here),
-# Spark's batch path over the core's predict (local and on a cluster), and the documentation site (no docs tools here).
-# Whole folders of tests/ (an area each), so a test added to one of them follows its folder's rule.
-CURRENT_IGNORE := tests/thirdparty tests/spark tests/docs
+# The rule (DEVELOPERS.md, "Two stacks"): an area runs on both stacks when its tests load, convert or
+# generate with transformers or onnxruntime-genai, or read what the installed runtimes are; an area
+# that uses a model only as files, or through a scripted backend, runs once, on the compatible
+# stack. Left out here, the areas of the second kind: the model files (manifest, signing, load-time
+# config), the command line, the tracking server and container recipe, Spark's batch path over the
+# core's predict, the llama.cpp example plugin (not installed here) and the documentation site (no
+# docs tools here). Whole folders of tests/ (an area each), so a test added to one of them follows
+# its folder's rule.
+CURRENT_IGNORE := tests/model tests/cli tests/deploy tests/spark tests/thirdparty tests/docs
 
-.PHONY: help venv venv-current demo test lint typecheck pytest pytest-current docs bench constraints constraints-current clean mutation
+.PHONY: help venv venv-current demo test test-fast lint typecheck pytest pytest-current docs bench constraints constraints-current clean mutation
 
 help:
 	@echo "make demo   - package SmolLM2-135M with onnx-cpu, register it in a local MLflow store, ask it a question"
 	@echo "make test   - lint, type-check, run the test suite on both stacks and build the docs (what CI runs)"
+	@echo "make test-fast - lint and the fast tests of the areas a change usually touches (no SmolLM2)"
 	@echo "make pytest-current - the test suite on the current stack only (transformers 5, onnxruntime-genai 0.18)"
 	@echo "make docs   - build the documentation site into build/site in strict mode (a broken link fails)"
 	@echo "make bench  - wrapper-overhead and backend benchmarks; results go to docs/benchmarks.md"
@@ -80,15 +85,27 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# WORKERS=2 runs pytest-xdist with two processes, each taking whole files (--dist loadfile). Off by
+# default: docs/testing.md ("How long the suite takes") has why.
+WORKERS ?= 0
+XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # FLAVORKIT_STACK=current: optimum-onnx tests skip here (with the reason) instead of failing under CI=1.
 pytest-current: $(CURRENT_STAMP)
 	PATH=$(abspath $(CURRENT_BIN)):$$PATH FLAVORKIT_STACK=current \
-		$(CURRENT_BIN)/python -m pytest $(addprefix --ignore=,$(CURRENT_IGNORE))
+		$(CURRENT_BIN)/python -m pytest $(XDIST) $(addprefix --ignore=,$(CURRENT_IGNORE))
 
 test: lint typecheck pytest pytest-current docs
+
+# While editing: the linters, then the fast tests of the areas a change usually touches, on the
+# compatible stack (no slow test, nothing that needs SmolLM2). Spark, the tracking server and the
+# container recipe, the example plugin and the docs site are left to `make test`.
+FAST_AREAS := tests/backend tests/runtime tests/packaging tests/model tests/plugins tests/kit tests/serve tests/cli
+test-fast: lint
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not needs_model" $(FAST_AREAS)
 
 # Strict: a broken link or anchor, or a docstring cross-reference to nothing, fails the build.
 # NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2 (mkdocs is pinned below 2).
