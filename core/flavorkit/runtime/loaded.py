@@ -24,7 +24,7 @@ from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.stopping import StopMatcher
 from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, generation_settings, parse_request, stop_tuple
 from flavorkit.signatures import CHAT, TASKS
-from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo
+from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo, close_stream
 
 # BatchEvent and PreparedRequest live in flavorkit.runtime.choices; serve/ imports them from here too.
 __all__ = ["CORE_DEFAULTS", "BatchEvent", "LoadedModel", "PreparedRequest"]
@@ -33,13 +33,6 @@ _T = TypeVar("_T")
 
 #: Generation settings used when neither the request nor the packaged defaults set them.
 CORE_DEFAULTS: dict[str, Any] = {"max_tokens": 256, "temperature": 1.0, "top_p": 1.0, "n": 1}
-
-
-def _close(stream: Any) -> None:
-    """Close a backend's stream at once (a generator's cleanup frees its batch), if it can be closed."""
-    close = getattr(stream, "close", None)
-    if close is not None:
-        close()
 
 
 def _is_template_error(exc: BaseException) -> bool:
@@ -334,7 +327,7 @@ class LoadedModel:
                         break
             finally:
                 with self._calls:
-                    _close(stream)
+                    close_stream(stream)  # a generator's cleanup frees its batch
 
     def _check_finished(self, choices: Sequence[Choice]) -> None:
         """Raise :class:`BackendError` when the backend's stream ended before every choice finished."""

@@ -34,6 +34,7 @@ from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve.metrics import Metrics
 from flavorkit.settings import ServeSettings
+from flavorkit.types import close_stream
 
 __all__ = [
     "ClientDisconnected",
@@ -95,9 +96,7 @@ class _JobGuard:
                 self.metrics.completion_tokens.inc(delta.tokens)
                 yield delta
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            close_stream(stream)
 
 
 @dataclass(frozen=True, slots=True)
