@@ -155,7 +155,7 @@ def test_unusable_sources_fail_clearly(tiny_hf: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="not a causal language model"):
         package(encoder)
 
-    with pytest.raises(ModelSourceError, match="no such file"):
+    with pytest.raises(ModelSourceError, match=f"no such folder: {tmp_path.resolve() / 'missing'}$"):
         package(tmp_path / "missing")
     with pytest.raises(ModelSourceError, match="not found in the local Hugging Face cache"):
         package("flavorkit-tests/not-a-cached-repo")
