@@ -348,7 +348,9 @@ def test_an_input_without_the_models_request_column_fails_naming_it(
     assert proc.returncode == 2, proc.stdout[-4000:]
     assert (
         f"generate.py: error: input {str(source)!r} has no column 'messages' (the model's request fields: "
-        "messages, temperature, max_tokens, stop, n, stream, top_p, top_k, seed; "
+        "messages, temperature, max_tokens, stop, n, stream, top_p, top_k, seed, user, presence_penalty, "
+        "frequency_penalty, logit_bias, store, metadata, service_tier, parallel_tool_calls, prediction, modalities, "
+        "tools, tool_choice, response_format, logprobs, top_logprobs; "
         "the input's columns: id, text, max_tokens)"
     ) in proc.stdout
     assert "Traceback" not in proc.stdout
