@@ -36,6 +36,12 @@ from flavorkit.packaging.sources import (
     stage_tree,
 )
 from flavorkit.runtime.cost import CostModel
+from flavorkit.runtime.guidance import (
+    accept_tokens,
+    guidance_tokenizer_from_file,
+    guidance_tokenizer_from_hf,
+    process_logits,
+)
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
 from flavorkit.types import (
@@ -44,6 +50,7 @@ from flavorkit.types import (
     Delta,
     GenerationRequest,
     GenerationSession,
+    LogitsProcessor,
     Message,
     RuntimeInfo,
 )
@@ -62,6 +69,7 @@ __all__ = [
     "HandleHooks",
     "InterleavedSession",
     "InvalidRequest",
+    "LogitsProcessor",
     "Message",
     "ModelConfigError",
     "ModelDir",
@@ -75,6 +83,7 @@ __all__ = [
     "TextStream",
     "TokenRow",
     "WindowDecoder",
+    "accept_tokens",
     "build_scratch",
     "cache_root",
     "cached_build",
@@ -82,11 +91,14 @@ __all__ = [
     "check_links",
     "content_key",
     "extra_requirements",
+    "guidance_tokenizer_from_file",
+    "guidance_tokenizer_from_hf",
     "hookimpl",
     "installed_version",
     "looks_like_hub_id",
     "model_dir",
     "pinned",
+    "process_logits",
     "resolve_model_dir",
     "stage_tree",
     "step",

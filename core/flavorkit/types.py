@@ -20,6 +20,7 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "GenerationSession",
+    "LogitsProcessor",
     "Message",
     "RuntimeInfo",
     "close_stream",
@@ -27,8 +28,10 @@ __all__ = [
 
 FinishReason = Literal["stop", "length"]
 
-#: A chat message as backends receive it: ``{"role": ..., "content": ...}``, already validated.
-Message = Mapping[str, str]
+#: A chat message as backends receive it: ``{"role": ..., "content": ...}``, already validated. With
+#: ``tools`` (spec version 3) an assistant message may also carry ``tool_calls`` and a ``tool``
+#: message a ``tool_call_id``; see ``WrapperBackend.encode``.
+Message = Mapping[str, Any]
 
 
 class Capability(str, enum.Enum):
@@ -51,6 +54,38 @@ class Capability(str, enum.Enum):
     #:
     #: .. versionadded:: 2
     CONTINUOUS_BATCHING = "continuous_batching"
+    #: Before each token is picked, the backend hands the request's next-token logits to
+    #: ``request.logits_processor`` (when set), picks from what it leaves, then tells it the token
+    #: (:class:`LogitsProcessor`). The core builds on this ``response_format`` (JSON schema),
+    #: ``tools`` and ``tool_choice``: a grammar (llguidance) masks the tokens that would break it.
+    #: A backend also implements the ``guidance_tokenizer`` hook.
+    #:
+    #: .. versionadded:: 3
+    GUIDED_DECODING = "guided_decoding"
+
+
+@runtime_checkable
+class LogitsProcessor(Protocol):
+    """Edits one request's next-token logits before the backend picks a token (spec version 3).
+
+    The core sets one on a :class:`GenerationRequest` for a guided request; a backend that declares
+    :attr:`Capability.GUIDED_DECODING` calls it at every decoding step of that request, the first
+    included: ``process`` on the row of logits the token will be picked from, then, once the
+    token is chosen (greedy or sampled, from the processed logits), ``accept`` with it, the end of
+    sequence token included. Rows without a processor are left alone, so one batch may mix them.
+    """
+
+    def process(self, logits: Any) -> None:
+        """Set, in place, the logits of the tokens that must not come next to ``-inf``.
+
+        ``logits`` is a 1-D float numpy array (or a writable view of one row of the batch's
+        logits), at least as long as the tokenizer's vocabulary; extra columns are masked.
+        """
+        ...
+
+    def accept(self, token: int) -> None:
+        """Record the token picked for this request from the processed logits."""
+        ...
 
 
 @dataclass(slots=True)
@@ -70,6 +105,9 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     cancelled: bool = False
+    #: Set by the core for guided requests (spec version 3): see :class:`LogitsProcessor`. Only
+    #: backends that declare :attr:`Capability.GUIDED_DECODING` are given one.
+    logits_processor: LogitsProcessor | None = None
 
     @property
     def greedy(self) -> bool:

@@ -96,7 +96,14 @@ def test_listed_dependencies_capabilities_and_hint(site: Path, monkeypatch: pyte
     assert entry["install_hint"] is None and entry["error"] is None
     onnx = _listed()["onnx-cpu"]
     assert onnx["dependencies"] == ["onnxruntime-genai>=0.15,<0.19"]
-    assert onnx["capabilities"] == ["batching", "continuous_batching", "sampling", "seeded_sampling", "streaming"]
+    assert onnx["capabilities"] == [
+        "batching",
+        "continuous_batching",
+        "guided_decoding",
+        "sampling",
+        "seeded_sampling",
+        "streaming",
+    ]
     cuda = _listed()["onnx-cuda"]
     assert cuda["dependencies"] == ["onnxruntime-genai-cuda>=0.15,<0.19"]
     assert "gpu" in cuda["capabilities"]

@@ -12,7 +12,7 @@ method); the backend then implements ``dependencies``,
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from flavorkit.backend.hookspec import hookimpl
@@ -52,9 +52,17 @@ class HandleHooks:
         return RuntimeInfo(context_length=int(handle.context_length), model_name=str(handle.name))
 
     @hookimpl
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
-        """The handle's chat template and tokenizer."""
+    def encode(self, handle: Any, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
+        """The handle's chat template and tokenizer; ``tools`` only to a handle whose ``encode`` takes them."""
+        if tools is not None and "tools" in inspect.signature(handle.encode).parameters:
+            return list(handle.encode(messages, tools=tools))
         return list(handle.encode(messages))
+
+    @hookimpl
+    def guidance_tokenizer(self, handle: Any) -> Any:
+        """The handle's ``guidance_tokenizer()`` (spec version 3), when it has one."""
+        make = getattr(handle, "guidance_tokenizer", None)
+        return make() if callable(make) else None
 
     @hookimpl
     def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:

@@ -21,6 +21,8 @@ Rules that span several hooks are stated where they bite:
 - the seeds of the ``n`` choices of a request: :meth:`~WrapperBackend.generate`;
 - an incomplete UTF-8 sequence at the end of an answer: :meth:`~WrapperBackend.generate`;
 - which message fields reach the backend: :meth:`~WrapperBackend.encode`;
+- guided decoding (a grammar's logits mask): :class:`~flavorkit.types.LogitsProcessor` and
+  :meth:`~WrapperBackend.guidance_tokenizer`;
 - a model without a chat template: :meth:`~WrapperBackend.artifacts` and :meth:`~WrapperBackend.encode`;
 - ``artifacts`` called more than once for one source: :meth:`~WrapperBackend.artifacts`.
 """
@@ -51,7 +53,7 @@ __all__ = ["PROJECT", "REQUIRED_HOOKS", "SPEC_VERSION", "WrapperBackend", "hooki
 #: The pluggy project name shared by the spec and every implementation.
 PROJECT = "flavorkit"
 #: Version of this hook specification; bumped when hooks or arguments are added.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Marks a function as the implementation of a :class:`WrapperBackend` hook.
@@ -154,7 +156,9 @@ class WrapperBackend:
         """
 
     @hookspec(firstresult=True)
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:  # type: ignore[empty-body]
+    def encode(  # type: ignore[empty-body]
+        self, handle: Any, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None
+    ) -> list[int]:
         """Apply the model's chat template to ``messages`` and return the prompt token ids.
 
         Includes the generation prompt (the assistant turn opener). The core counts
@@ -177,7 +181,19 @@ class WrapperBackend:
         (between two of its steps, from another thread), but never at the same time as another
         call into the handle; see :meth:`generate`.
 
+        **Tools** (spec version 3). ``tools`` is None, or the request's OpenAI tool list
+        (``[{"type": "function", "function": {"name", "description", "parameters"}}]``) when the
+        core wants the model's own template to render them (Hugging Face's ``tools=`` argument of
+        ``apply_chat_template``). Only then may messages carry more than role and content: an
+        assistant message ``tool_calls`` (``[{"id", "type": "function", "function": {"name",
+        "arguments": <dict>}}]``, content possibly empty) and a ``tool`` message ``tool_call_id``.
+        The core probes once per model whether the template renders ``tools`` (the prompt
+        changes); where it does not, or the backend does not take the argument, it uses its
+        generic form instead: the tools described in a system message, calls and results as plain
+        text, so a backend need not implement ``tools`` at all.
+
         .. versionadded:: 1
+        .. versionchanged:: 3 the ``tools`` argument.
         """
 
     @hookspec(firstresult=True)
@@ -243,6 +259,21 @@ class WrapperBackend:
         generation on the handle. :meth:`encode` may run between two steps.
 
         .. versionadded:: 2
+        """
+
+    @hookspec(firstresult=True)
+    def guidance_tokenizer(self, handle: Any) -> Any:
+        """Return the model's vocabulary as an ``llguidance.LLTokenizer``, for guided decoding.
+
+        Required with the ``guided_decoding`` capability: the core compiles each request's grammar
+        against it and masks logits by its token ids, so it must number tokens as the model does
+        and name the end-of-sequence token the backend stops on. Build it once per handle (about a
+        second for a 50k vocabulary): :func:`flavorkit.sdk.guidance_tokenizer_from_hf` for a
+        ``transformers`` tokenizer, :func:`flavorkit.sdk.guidance_tokenizer_from_file` for a
+        ``tokenizer.json``. Called at most once per loaded model, lazily (on the first guided
+        request).
+
+        .. versionadded:: 3
         """
 
     @hookspec(firstresult=True)

@@ -259,9 +259,11 @@ class Backend:
             raise self._bad_return("describe", "flavorkit.RuntimeInfo", info)
         return info
 
-    def encode(self, handle: Any, messages: Sequence[Message]) -> list[int]:
-        """Prompt token ids for ``messages`` after the chat template."""
-        ids = self.pm.hook.encode(handle=handle, messages=messages)
+    def encode(
+        self, handle: Any, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[int]:
+        """Prompt token ids for ``messages`` after the chat template (``tools`` rendered by it, spec 3)."""
+        ids = self.pm.hook.encode(handle=handle, messages=messages, tools=tools)
         if ids is None:
             raise self._bad_return("encode", "a list of token ids", ids)
         return [int(i) for i in ids]
@@ -283,6 +285,16 @@ class Backend:
                 yield delta
         finally:
             close_stream(stream)
+
+    def guidance_tokenizer(self, handle: Any) -> Any:
+        """The model's ``llguidance.LLTokenizer`` (spec 3); a backend declaring guided decoding must give one."""
+        tokenizer = self.pm.hook.guidance_tokenizer(handle=handle) if self._implements("guidance_tokenizer") else None
+        if tokenizer is None:
+            raise BackendError(
+                f"backend {self.name!r} declares the 'guided_decoding' capability but its guidance_tokenizer "
+                "hook returned nothing; it must return an llguidance.LLTokenizer"
+            )
+        return tokenizer
 
     def generate_session(self, handle: Any) -> GenerationSession | None:
         """The backend's continuous-batching session for ``handle``, or None when it has none (spec v2)."""
