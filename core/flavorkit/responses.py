@@ -39,7 +39,7 @@ import enum
 import time
 import typing
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -55,13 +55,16 @@ __all__ = [
     "Shape",
     "TextChoice",
     "TextCompletion",
+    "TextLogprobs",
     "Usage",
     "chat_chunk",
     "chat_completion",
     "new_id",
+    "tool_call_deltas",
     "now",
     "text_chunk",
     "text_completion",
+    "text_logprobs",
     "usage_chunk",
 ]
 
@@ -188,24 +191,74 @@ class Usage(Shape):
 # -- chat.completion --------------------------------------------------------------------------------
 
 
+class FunctionCall(Shape):
+    """The function a tool call invokes: its name, and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(Shape):
+    """One tool call of an assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+#: ``(id, name, arguments)`` of a tool call, as the runtime reads it from an answer.
+CallTuple = tuple[str, str, str]
+
+
+def _tool_calls(calls: Sequence[CallTuple]) -> list[ToolCall] | None:
+    return [ToolCall(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in calls] or None
+
+
 class ChatMessage(Shape):
-    """The assistant message of a chat choice (issue 18 adds ``tool_calls`` as one optional field)."""
+    """The assistant message of a chat choice: its text, or (``content`` null) the tools it calls."""
 
     OPENAI_ONLY: ClassVar[frozenset[str]] = frozenset({"refusal"})
+    ABSENT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"tool_calls"})
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(Shape):
+    """One of the likeliest tokens at a position: its text, log-probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-probability, and the likeliest tokens at its position."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Shape):
+    """A choice's ``logprobs``: one entry per content token (``refusal`` is always null here)."""
+
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
+def _choice_logprobs(entries: Sequence[Mapping[str, Any]] | None) -> ChoiceLogprobs | None:
+    return None if entries is None else ChoiceLogprobs.model_validate({"content": list(entries)})
 
 
 class ChatChoice(Shape):
-    """One choice of a ``chat.completion``: its message and why it ended."""
+    """One choice of a ``chat.completion``: its message, its log-probabilities if asked for, and why it ended."""
 
     OPENAI_ONLY: ClassVar[frozenset[str]] = frozenset({"logprobs"})
 
     index: int
     message: ChatMessage
-    logprobs: None = None  # issue 18: the log-probabilities object, still optional
+    logprobs: ChoiceLogprobs | None = None
     # A backend's finish reason is passed on as it is (the conformance kit judges it), so not a Literal.
     finish_reason: str | None
 
@@ -225,16 +278,35 @@ class ChatCompletion(Shape):
 
 
 def chat_completion(
-    id: str, created: int, model: str, choices: Choices, usage: Usage, *, dialect: Dialect = Dialect.OPENAI
+    id: str,
+    created: int,
+    model: str,
+    choices: Choices,
+    usage: Usage,
+    *,
+    dialect: Dialect = Dialect.OPENAI,
+    tool_calls: Sequence[Sequence[CallTuple]] | None = None,
+    logprobs: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` with one choice per ``(text, finish_reason)``, numbered in order."""
+    """A ``chat.completion`` with one choice per ``(text, finish_reason)``, numbered in order.
+
+    ``tool_calls`` holds each choice's calls (a choice with calls and no text has ``content``
+    null); ``logprobs`` each choice's ``logprobs.content`` entries, or None where not asked for.
+    """
+    calls = tool_calls or [()] * len(choices)
+    entries = logprobs or [None] * len(choices)
     return ChatCompletion(
         id=id,
         created=created,
         model=model,
         choices=[
-            ChatChoice(index=i, message=ChatMessage(content=text), finish_reason=finish)
-            for i, (text, finish) in enumerate(choices)
+            ChatChoice(
+                index=i,
+                message=ChatMessage(content=text if text or not made else None, tool_calls=_tool_calls(made)),
+                logprobs=_choice_logprobs(lp),
+                finish_reason=finish,
+            )
+            for i, ((text, finish), made, lp) in enumerate(zip(choices, calls, entries, strict=True))
         ],
         usage=usage,
     ).wire(dialect)
@@ -243,13 +315,31 @@ def chat_completion(
 # -- chat.completion.chunk --------------------------------------------------------------------------
 
 
-class ChatDelta(Shape):
-    """What a chunk adds to a choice's message: the role on its first chunk, then text."""
+class ToolCallDelta(Shape):
+    """A streamed tool call: its position among the choice's calls, then its id, name and arguments."""
 
-    ABSENT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"role", "content"})
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatDelta(Shape):
+    """What a chunk adds to a choice's message: the role on its first chunk, then text or tool calls."""
+
+    ABSENT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"role", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+def tool_call_deltas(calls: Sequence[CallTuple], first: int = 0) -> list[dict[str, Any]]:
+    """The ``delta.tool_calls`` of a chunk carrying whole calls, numbered from ``first``."""
+    return [
+        ToolCallDelta(index=first + k, id=i, function=FunctionCall(name=n, arguments=a)).wire()
+        for k, (i, n, a) in enumerate(calls)
+    ]
 
 
 class ChatChunkChoice(Shape):
@@ -259,7 +349,7 @@ class ChatChunkChoice(Shape):
 
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -292,6 +382,8 @@ def chat_chunk(
     *,
     role: Literal["assistant"] | None = None,
     content: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: Sequence[Mapping[str, Any]] | None = None,
     finish_reason: str | None = None,
     usage: Usage | None = None,
     include_usage: bool = False,
@@ -306,9 +398,14 @@ def chat_chunk(
     delta: dict[str, Any] = {} if role is None else {"role": role}
     if content is not None:
         delta["content"] = content
+    if tool_calls:
+        delta["tool_calls"] = tool_calls
     choice = layout.copy()  # copying and setting keeps the layout's key order, and is as fast as a literal
     choice["index"] = index
     choice["delta"] = delta
+    if logprobs is not None:  # entries the engine built: {"token", "logprob", "bytes", "top_logprobs"}
+        choice["logprobs"] = {"content": list(logprobs), "refusal": None}
+        choice["finish_reason"] = choice.pop("finish_reason", None)  # keep OpenAI's key order
     choice["finish_reason"] = finish_reason
     chunk = head.copy()
     chunk["id"] = id
@@ -323,14 +420,45 @@ def chat_chunk(
 # -- text_completion --------------------------------------------------------------------------------
 
 
+class TextLogprobs(Shape):
+    """``/v1/completions``' legacy ``logprobs``: parallel lists, one entry per generated token.
+
+    ``top_logprobs`` maps the likeliest tokens at each position to their log-probabilities, the
+    picked token always among them (so up to ``logprobs + 1`` entries, as OpenAI documents);
+    ``text_offset`` is where each token starts in the answer's text.
+    """
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+def text_logprobs(entries: Sequence[Mapping[str, Any]], start: int = 0) -> TextLogprobs:
+    """The legacy form of chat-style ``logprobs.content`` entries, offsets counted from ``start``."""
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    top: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for entry in entries:
+        alternatives = {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs", ())}
+        alternatives.setdefault(entry["token"], entry["logprob"])
+        tokens.append(entry["token"])
+        token_logprobs.append(entry["logprob"])
+        top.append(alternatives)
+        offsets.append(start)
+        start += len(entry["token"])
+    return TextLogprobs(tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets)
+
+
 class TextChoice(Shape):
-    """One choice of a ``text_completion``, whole or streamed."""
+    """One choice of a ``text_completion``, whole or streamed; ``logprobs`` only where asked for."""
 
     OPENAI_ONLY: ClassVar[frozenset[str]] = frozenset({"logprobs"})
 
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -350,14 +478,30 @@ class TextCompletion(Shape):
 
 
 def text_completion(
-    id: str, created: int, model: str, choices: Choices, usage: Usage, *, dialect: Dialect = Dialect.OPENAI
+    id: str,
+    created: int,
+    model: str,
+    choices: Choices,
+    usage: Usage,
+    *,
+    dialect: Dialect = Dialect.OPENAI,
+    logprobs: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
 ) -> dict[str, Any]:
-    """A whole ``text_completion`` with one choice per ``(text, finish_reason)``, numbered in order."""
+    """A whole ``text_completion`` with one choice per ``(text, finish_reason)``, numbered in order.
+
+    ``logprobs``: each choice's chat-style entries (see :func:`text_logprobs`), or None where not asked for.
+    """
+    entries = logprobs or [None] * len(choices)
     return TextCompletion(
         id=id,
         created=created,
         model=model,
-        choices=[TextChoice(index=i, text=text, finish_reason=finish) for i, (text, finish) in enumerate(choices)],
+        choices=[
+            TextChoice(
+                index=i, text=text, finish_reason=finish, logprobs=None if lp is None else text_logprobs(lp)
+            )
+            for i, ((text, finish), lp) in enumerate(zip(choices, entries, strict=True))
+        ],
         usage=usage,
     ).wire(dialect)
 
@@ -376,12 +520,15 @@ def text_chunk(
     *,
     include_usage: bool = False,
     dialect: Dialect = Dialect.OPENAI,
+    logprobs: TextLogprobs | None = None,
 ) -> dict[str, Any]:
     """A streamed ``text_completion`` piece for choice ``index``, built per token from the model's layout."""
     head, layout = _TEXT_CHUNK_LAYOUTS[dialect is Dialect.PYFUNC][include_usage]
     choice = layout.copy()
     choice["index"] = index
     choice["text"] = text
+    if logprobs is not None:
+        choice["logprobs"] = logprobs.wire(dialect)
     choice["finish_reason"] = finish_reason
     chunk = head.copy()
     chunk["id"] = id

@@ -9,7 +9,9 @@ Errors are raised as :class:`~flavorkit.errors.InvalidRequest` naming the field 
 
 from __future__ import annotations
 
+import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -25,6 +27,8 @@ __all__ = [
     "MAX_SEED",
     "MAX_STOP",
     "NEUTRAL_VALUES",
+    "GUIDED_FIELDS",
+    "MAX_TOOLS",
     "ROLES",
     "TEXT_COMPAT_FIELDS",
     "ChatCompat",
@@ -32,7 +36,9 @@ __all__ = [
     "ChatRequest",
     "GenerationParams",
     "Prediction",
+    "NamedToolChoice",
     "ResponseFormat",
+    "Tool",
     "TextCompat",
     "TextRequest",
     "UnsupportedFields",
@@ -46,13 +52,15 @@ __all__ = [
 ]
 
 #: Message roles; ``developer`` (OpenAI's newer name for ``system``) is read as ``system``.
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_N = 16
 MAX_STOP = 4
 #: Deepest nesting of lists and objects a request may have (a valid one needs three levels).
 MAX_DEPTH = 32
 #: Seeds are 31-bit so every runtime can take them (onnxruntime-genai's random_seed is an int32).
 MAX_SEED = 2**31 - 1
+#: The most tools one request may declare.
+MAX_TOOLS = 128
 
 
 def _no_text_or_bool(value: Any) -> Any:
@@ -103,14 +111,45 @@ def _developer_is_system(role: str) -> str:
     return "system" if role == "developer" else role
 
 
-class ChatMessage(BaseModel):
-    """One chat turn; a list ``content`` of text parts was joined by :func:`parse_request`."""
+#: OpenAI's rule for function names.
+_FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    """The function an earlier assistant turn called: its name and its arguments as a JSON string."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Annotated[Literal["system", "user", "assistant", "developer"], AfterValidator(_developer_is_system)]
-    content: str
+    name: Annotated[str, Field(pattern=_FUNCTION_NAME)]
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call of an earlier assistant turn (conversation history)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Annotated[str, Field(min_length=1)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One chat turn; a list ``content`` of text parts was joined by :func:`parse_request`.
+
+    ``content`` may be null on an assistant turn that made ``tool_calls``; a ``tool`` turn answers
+    one of them by ``tool_call_id`` (checked by :func:`parse_request`).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Annotated[Literal["system", "user", "assistant", "developer", "tool"], AfterValidator(_developer_is_system)]
+    content: str | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    #: OpenAI's assistant-turn extras that a local model has no use for (accepted, ignored).
+    refusal: str | None = None
 
 
 class GenerationParams(BaseModel):
@@ -147,10 +186,61 @@ class _LooseObject(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class ResponseFormat(_LooseObject):
-    """OpenAI's ``response_format``; only ``{"type": "text"}`` is honoured (see :data:`NEUTRAL_VALUES`)."""
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: a named JSON schema the answer must follow."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[str, Field(strict=True, pattern=_FUNCTION_NAME)]
+    description: StrictStr | None = None
+    json_schema: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: Flag | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON following a schema."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call: its name, what it does and its parameters' JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(strict=True, pattern=_FUNCTION_NAME)]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: Flag | None = None
+
+
+class Tool(BaseModel):
+    """One entry of ``tools``: a function."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    """``tool_choice.function``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(strict=True)]
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function the model must call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class Prediction(_LooseObject):
@@ -178,8 +268,8 @@ class ChatCompat(TextCompat):
     parallel_tool_calls: Flag | None = None
     prediction: Prediction | None = None
     modalities: list[Literal["text", "audio"]] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
     logprobs: Flag | None = None
     top_logprobs: Annotated[Integer, Field(ge=0, le=20)] | None = None
@@ -201,6 +291,19 @@ NEUTRAL_VALUES: dict[str, str] = {
 }
 TEXT_COMPAT_FIELDS = tuple(TextCompat.model_fields)
 CHAT_COMPAT_FIELDS = tuple(ChatCompat.model_fields)
+
+
+#: Fields honoured by a backend with guided decoding (a logits processor): on others, neutral only.
+GUIDED_FIELDS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
 
 
 def _is_neutral(name: str, value: Any) -> bool:
@@ -238,7 +341,7 @@ class UnsupportedFields(InvalidRequest):
         who = f"backend {backend!r}" if backend else "this model's backend"
         verb = "is" if len(self.fields) == 1 else "are"
         allowed = "; ".join(f"{f}: {NEUTRAL_VALUES[f]} or absent" for f in self.fields)
-        super().__init__(self.fields[0], f"{names} {verb} not supported by {who} yet", allowed=allowed)
+        super().__init__(self.fields[0], f"{names} {verb} not supported by {who}", allowed=allowed)
 
 
 def generation_settings(req: ChatRequest | TextRequest) -> dict[str, Any]:
@@ -272,14 +375,19 @@ _ALLOWED = {
     "parallel_tool_calls": "true or false",
     "prediction": "{'type': 'content', 'content': ...}",
     "modalities": "['text']",
-    "presence_penalty": "a number from -2 to 2 (only 0 is supported yet)",
-    "frequency_penalty": "a number from -2 to 2 (only 0 is supported yet)",
-    "logit_bias": "an object of token ids to numbers from -100 to 100 (only {} is supported yet)",
-    "tools": "a list of tool objects (only [] is supported yet)",
-    "tool_choice": "'none', 'auto', 'required' or an object (only 'none' is supported yet)",
-    "response_format": "{'type': 'text'}",
-    "logprobs": "true or false (only false is supported yet)",
-    "top_logprobs": "an integer from 0 to 20 (only 0 is supported yet)",
+    "presence_penalty": "a number from -2 to 2",
+    "frequency_penalty": "a number from -2 to 2",
+    "logit_bias": "an object of token ids to numbers from -100 to 100",
+    "tools": f"a list of at most {MAX_TOOLS} {{'type': 'function', 'function': {{'name', 'parameters', ...}}}}",
+    "type": "'function'",
+    "name": "1 to 64 of a-z, A-Z, 0-9, _ and -",
+    "tool_choice": "'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
+    "response_format": (
+        "{'type': 'text'}, {'type': 'json_object'} or {'type': 'json_schema', 'json_schema': {'name', 'schema'}}"
+    ),
+    "logprobs": "true or false",
+    "top_logprobs": "an integer from 0 to 20, with logprobs: true",
+    "tool_call_id": "the id of a tool call made by an earlier assistant message",
     "messages": "a non-empty list of {'role': ..., 'content': ...} objects",
     "prompt": "a string",
 }
@@ -291,7 +399,7 @@ _MAPS = ("metadata", "logit_bias")
 
 def _is_branch_label(part: int | str) -> bool:
     """Pydantic puts union branches ("str", "list[str]", "function-before[...]") into error locations."""
-    return isinstance(part, str) and (part == "str" or "[" in part or part.startswith("function"))
+    return isinstance(part, str) and (part == "str" or "[" in part or part.startswith("function-"))
 
 
 def _field_path(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -304,6 +412,29 @@ def _field_path(loc: Sequence[int | str], prefix: str = "") -> str:
     return path or "request"
 
 
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel]:
+    """The pydantic model of the object at ``loc`` (``["tools", 0, "function"]``), for the names it allows."""
+    current = model
+    for part in loc:
+        if not isinstance(part, str) or part not in current.model_fields:
+            continue
+        found = _inner_model(current.model_fields[part].annotation)
+        if found is not None:
+            current = found
+    return current
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``list[X] | None``, ``Annotated[X, ...]`` and the like."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> InvalidRequest:
     """Turn pydantic's error list into one :class:`InvalidRequest` naming the first bad field."""
     errors = exc.errors(include_url=False)
@@ -314,11 +445,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
     kind = first["type"]
     if kind == "extra_forbidden":
-        known = (
-            [f for f in model.model_fields]
-            if not any(isinstance(p, int) for p in loc)
-            else [f for f in ChatMessage.model_fields]
-        )
+        known = list(_model_at(model, loc[:-1]).model_fields)
         extras = [_field_path(e["loc"], prefix) for e in errors if e["type"] == "extra_forbidden"]
         return unknown_fields_error([field, *(f for f in extras if f != field)], known)
     if kind == "missing":
@@ -409,11 +536,14 @@ def _is_missing(value: Any) -> bool:
     return value is pd.NA or value is pd.NaT or (isinstance(value, np.floating) and bool(np.isnan(value)))
 
 
-def parse_request(row: Any, task: str, backend: str | None = None) -> ChatRequest | TextRequest:
+def parse_request(
+    row: Any, task: str, backend: str | None = None, *, guided: bool = False
+) -> ChatRequest | TextRequest:
     """Validate one input row for ``task``; raise :class:`InvalidRequest` naming the bad field.
 
-    Unknown fields, and fields set to a value ``backend`` cannot honour yet (:class:`UnsupportedFields`),
-    are named all at once.
+    Unknown fields, and fields set to a value ``backend`` cannot honour (:class:`UnsupportedFields`),
+    are named all at once. ``guided``: the backend applies logits processors, so tools, response
+    formats, penalties and ``logit_bias`` are honoured (:data:`GUIDED_FIELDS`).
     """
     model: type[ChatRequest] | type[TextRequest] = ChatRequest if task == "llm/v1/chat" else TextRequest
     if isinstance(row, str) and model is TextRequest:
@@ -433,10 +563,88 @@ def parse_request(row: Any, task: str, backend: str | None = None) -> ChatReques
         raise format_validation_error(exc, model) from None
     if len(req.stop_strings()) > MAX_STOP:
         raise InvalidRequest("stop", f"{len(req.stop_strings())} stop strings given", allowed=_ALLOWED["stop"])
-    unsupported = [k for k in data if k in NEUTRAL_VALUES and not _is_neutral(k, getattr(req, k))]
+    honoured = GUIDED_FIELDS if guided else ()
+    unsupported = [k for k in data if k in NEUTRAL_VALUES and k not in honoured and not _is_neutral(k, getattr(req, k))]
     if unsupported:
         raise UnsupportedFields(unsupported, backend)
+    if isinstance(req, ChatRequest):
+        _check_conversation(req)
+        _check_tools(req)
+    if req.logit_bias:
+        for key in req.logit_bias:
+            if not key.isdigit():
+                raise InvalidRequest(f"logit_bias.{key}", "is not a token id", allowed=_ALLOWED["logit_bias"])
     return req
+
+
+def _check_conversation(req: ChatRequest) -> None:
+    """Content where it is required, tool calls only on assistant turns, tool results answering a call."""
+    called: set[str] = set()
+    for i, m in enumerate(req.messages):
+        where = f"messages[{i}]"
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            raise InvalidRequest(f"{where}.content", "is required", allowed=_ALLOWED["content"])
+        if m.tool_calls and m.role != "assistant":
+            raise InvalidRequest(
+                f"{where}.tool_calls", f"only an assistant message may carry tool_calls, not a {m.role!r} one"
+            )
+        for j, call in enumerate(m.tool_calls or ()):
+            try:
+                arguments = json.loads(call.function.arguments)
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise InvalidRequest(
+                    f"{where}.tool_calls[{j}].function.arguments",
+                    "is not a JSON object",
+                    allowed="a JSON object as a string",
+                )
+            called.add(call.id)
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise InvalidRequest(f"{where}.tool_call_id", "is missing", allowed=_ALLOWED["tool_call_id"])
+            if m.tool_call_id not in called:
+                raise InvalidRequest(
+                    f"{where}.tool_call_id",
+                    f"{m.tool_call_id!r} answers no tool call of an earlier assistant message",
+                    allowed=_ALLOWED["tool_call_id"],
+                )
+        elif m.tool_call_id is not None:
+            raise InvalidRequest(
+                f"{where}.tool_call_id", f"only a 'tool' message has a tool_call_id, not a {m.role!r} one"
+            )
+
+
+def _check_tools(req: ChatRequest) -> None:
+    """``tools``, ``tool_choice`` and ``response_format`` agree with each other."""
+    tools = req.tools or []
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(tools)} tools given", allowed=_ALLOWED["tools"])
+    seen: set[str] = set()
+    for i, tool in enumerate(tools):
+        if tool.function.name in seen:
+            raise InvalidRequest(f"tools[{i}].function.name", f"{tool.function.name!r} is declared twice")
+        seen.add(tool.function.name)
+    choice = req.tool_choice
+    if choice is not None and choice != "none" and not tools:
+        raise InvalidRequest(
+            "tool_choice", f"{_shown_choice(choice)} needs tools, and none are given", allowed="'none', or give tools"
+        )
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in seen:
+        raise InvalidRequest(
+            "tool_choice.function.name",
+            f"{choice.function.name!r} is not among the tools",
+            allowed=", ".join(repr(n) for n in seen),
+        )
+    if req.top_logprobs and not req.logprobs:
+        raise InvalidRequest("top_logprobs", "needs logprobs: true", allowed=_ALLOWED["top_logprobs"])
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+        raise InvalidRequest("response_format.json_schema", "is missing", allowed="{'name': ..., 'schema': {...}}")
+
+
+def _shown_choice(choice: Any) -> str:
+    return repr(choice) if isinstance(choice, str) else f"a named function ({choice.function.name!r})"
 
 
 _PART = "{'type': 'text', 'text': ...}"

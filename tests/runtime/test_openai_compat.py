@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from flavorkit.errors import InvalidRequest
 from flavorkit.schema import (
     CHAT_COMPAT_FIELDS,
+    GUIDED_FIELDS,
     IGNORED_FIELDS,
     NEUTRAL_VALUES,
     TEXT_COMPAT_FIELDS,
@@ -48,7 +49,7 @@ NEUTRAL = {
     "tool_choice": "none",
     "response_format": {"type": "text"},
 }
-#: The same fields at a value the backend cannot honour yet.
+#: The same fields at a value that asks for something (only a backend with guided decoding honours some).
 NON_NEUTRAL = {
     "presence_penalty": 0.5,
     "frequency_penalty": -1,
@@ -173,19 +174,36 @@ def test_garbage_in_an_accepted_field_is_named(name: str, value: Any, field: str
 
 
 @pytest.mark.parametrize(("name", "value"), NON_NEUTRAL.items())
-def test_a_non_neutral_value_is_not_supported_yet(name: str, value: Any) -> None:
-    err = _error({"messages": OK, name: value}, backend="onnx-cpu")
+def test_a_non_neutral_value_is_refused_by_a_backend_without_guided_decoding(name: str, value: Any) -> None:
+    err = _error({"messages": OK, name: value}, backend="scripted")
     assert isinstance(err, UnsupportedFields)
     assert (err.field, err.fields) == (name, [name])
-    assert err.detail == f"{name!r} is not supported by backend 'onnx-cpu' yet"
+    assert err.detail == f"{name!r} is not supported by backend 'scripted'"
     assert err.allowed == f"{name}: {NEUTRAL_VALUES[name]} or absent"
+
+
+@pytest.mark.parametrize(("name", "value"), NON_NEUTRAL.items())
+def test_guided_decoding_honours_tools_formats_penalties_bias_and_logprobs_but_not_audio(name: str, value: Any) -> None:
+    request_ = {"messages": OK, name: value}
+    if name == "tool_choice":  # a tool choice needs tools
+        request_["tools"] = NON_NEUTRAL["tools"]
+    if name == "top_logprobs":  # alternatives need logprobs
+        request_["logprobs"] = True
+    if name in GUIDED_FIELDS:
+        req = parse_request(request_, CHAT, "onnx-cpu", guided=True)
+        assert getattr(req, name) is not None
+        return
+    with pytest.raises(UnsupportedFields) as exc:
+        parse_request(request_, CHAT, "onnx-cpu", guided=True)
+    assert exc.value.fields == [name]
+    assert exc.value.detail == f"{name!r} is not supported by backend 'onnx-cpu'"
 
 
 def test_every_unsupported_field_is_named_at_once() -> None:
     err = _error({"messages": OK, "tools": NON_NEUTRAL["tools"], "temperature": 0, "logprobs": True})
     assert isinstance(err, UnsupportedFields) and err.fields == ["tools", "logprobs"]
     assert str(err) == (
-        "invalid request: field 'tools': 'tools', 'logprobs' are not supported by this model's backend yet "
+        "invalid request: field 'tools': 'tools', 'logprobs' are not supported by this model's backend "
         "(allowed: tools: [] or absent; logprobs: false or absent)"
     )
 
@@ -230,11 +248,15 @@ def test_pyfunc_refuses_an_image_part_and_unsupported_fields_as_the_core_does(ti
     assert "'messages[0].content[0].type': content part type 'image_url' is not supported" in _pyfunc_error(
         tiny_pyfunc, image
     )
-    two = chat("hi", tools=NON_NEUTRAL["tools"], response_format={"type": "json_object"})
-    message = _pyfunc_error(tiny_pyfunc, two)
+    audio = chat("hi", modalities=["text", "audio"], logprobs=True)
+    message = _pyfunc_error(tiny_pyfunc, audio)
     assert message == (
-        "invalid request: field 'tools': 'tools', 'response_format' are not supported by backend 'onnx-cpu' yet "
-        "(allowed: tools: [] or absent; response_format: {'type': 'text'} or absent)"
+        "invalid request: field 'modalities': 'modalities' is not supported by backend 'onnx-cpu' "
+        "(allowed: modalities: ['text'] or absent)"
+    )
+    assert _pyfunc_error(tiny_pyfunc, chat("hi", top_logprobs=2)) == (
+        "invalid request: field 'top_logprobs': needs logprobs: true "
+        "(allowed: an integer from 0 to 20, with logprobs: true)"
     )
     garbage = _pyfunc_error(tiny_pyfunc, chat("hi", metadata={"a": 1}))
     assert garbage.startswith("invalid request: field 'metadata.a': Input should be a valid string")

@@ -154,7 +154,7 @@ MESSAGES = [
     (
         {"messages": [{"role": "user", "content": "hi", "tool": 1}]},
         "llm/v1/chat",
-        "field 'messages[0].tool': unknown field (allowed: role, content, name)",
+        "field 'messages[0].tool': unknown field (allowed: role, content, name, tool_calls, tool_call_id, refusal)",
     ),
     (
         {"messages": OK, "temperature": 5, "top_p": 7},

@@ -37,9 +37,17 @@ def _nested(depth: int, leaf: object = "x") -> object:
             "content part type 'image_url' is not supported",
         ),
         (
-            {"messages": [{"role": "user", "content": "hi", "tool_calls": []}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "hi",
+                        "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}],
+                    }
+                ]
+            },
             "messages[0].tool_calls",
-            "unknown field",
+            "only an assistant message may carry tool_calls, not a 'user' one",
         ),
         ({"messages": "hello"}, "messages", "valid list"),
         ({}, "messages", "required"),

@@ -175,7 +175,9 @@ def _error(status: int, body: Any) -> dict[str, Any]:
 
 BAD_REQUESTS = [
     ({"messages": _messages(), "best_of": 1}, 400, "best_of", "unknown_field"),
-    ({"messages": _messages(), "frequency_penalty": 1}, 400, "frequency_penalty", "unsupported_parameter"),
+    ({"messages": _messages(), "top_logprobs": 1}, 400, "top_logprobs", "invalid_value"),
+    ({"messages": _messages(), "modalities": ["audio"]}, 400, "modalities", "unsupported_parameter"),
+    ({"messages": _messages(), "tool_choice": "required"}, 400, "tool_choice", "invalid_value"),
     ({"messages": _messages(), "temperature": 3}, 400, "temperature", "invalid_value"),
     ({"messages": _messages(), "top_p": "high"}, 400, "top_p", "invalid_value"),
     ({"messages": _messages(), "n": 0}, 400, "n", "invalid_value"),
@@ -408,26 +410,39 @@ def test_an_image_part_is_a_400_naming_the_part(client: Any) -> None:
     )
 
 
-def test_two_unsupported_fields_get_one_400_naming_both(base: str, client: Any) -> None:
-    with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=NAME, messages=_messages(), tools=[_TOOL], logprobs=True)  # type: ignore[list-item]
-    # The fields are named in the order the body has them (the client puts logprobs first).
-    assert (bad.value.status_code, bad.value.param, bad.value.code) == (400, "logprobs", "unsupported_parameter")
-    assert bad.value.body["message"] == (  # type: ignore[index]
-        "invalid request: field 'logprobs': 'logprobs', 'tools' are not supported by backend 'onnx-cpu' yet "
-        "(allowed: logprobs: false or absent; tools: [] or absent)"
-    )
-    body = {"messages": _messages(), "response_format": {"type": "json_object"}, "frequency_penalty": 1}
+def test_an_unsupported_field_gets_a_400_naming_it_and_the_backend(base: str, client: Any) -> None:
+    body = {"messages": _messages(), "modalities": ["text", "audio"], "logprobs": True, "tools": [_TOOL]}
     status, _, answer = _post(f"{base}/v1/chat/completions", body)
     assert status == 400
     assert _error(status, answer) == {
-        "message": "invalid request: field 'response_format': 'response_format', 'frequency_penalty' are not "
-        "supported by backend 'onnx-cpu' yet (allowed: response_format: {'type': 'text'} or absent; "
-        "frequency_penalty: 0 or absent)",
+        "message": "invalid request: field 'modalities': 'modalities' is not supported by backend 'onnx-cpu' "
+        "(allowed: modalities: ['text'] or absent)",
         "type": "invalid_request_error",
-        "param": "response_format",
+        "param": "modalities",
         "code": "unsupported_parameter",
     }
+
+
+def test_logprobs_with_the_openai_client_whole_and_streamed(client: Any) -> None:
+    whole = client.chat.completions.create(
+        model=NAME, messages=_messages(), max_tokens=5, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = whole.choices[0]
+    entries = choice.logprobs.content
+    assert len(entries) == whole.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content
+    for e in entries:
+        assert e.logprob <= 0 and bytes(e.bytes).decode("utf-8", "replace") == e.token
+        assert len(e.top_logprobs) == 3
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob  # greedy
+    stream = client.chat.completions.create(
+        model=NAME, messages=_messages(), max_tokens=5, temperature=0, logprobs=True, top_logprobs=3, stream=True
+    )
+    streamed = [e for chunk in stream for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    plain = client.chat.completions.create(model=NAME, messages=_messages(), max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == choice.message.content
 
 
 def test_unknown_fields_are_named_all_at_once(base: str) -> None:
@@ -454,8 +469,8 @@ def test_invocations_follow_the_same_rules(base: str) -> None:
     status, _, answer = _post(f"{base}/invocations", {**request_, "tools": [_TOOL], "top_logprobs": 3})
     assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE"
     assert (
-        "invalid request: field 'tools': 'tools', 'top_logprobs' are not supported by backend 'onnx-cpu' yet "
-        "(allowed: tools: [] or absent; top_logprobs: 0 or absent)"
+        "invalid request: field 'top_logprobs': needs logprobs: true "
+        "(allowed: an integer from 0 to 20, with logprobs: true)"
     ) in answer["message"]
 
 
@@ -503,7 +518,7 @@ _JSON = st.recursive(
     max_leaves=8,
 )
 _FIELDS = ["messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop"]
-_FIELDS += ["seed", "stream", "stream_options", "user", "top_k", "tools", "logprobs"]
+_FIELDS += ["seed", "stream", "stream_options", "user", "top_k", "tools", "logprobs", "tool_choice", "response_format"]
 _MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "system", "assistant", "tool", 3]), "content": st.text(max_size=30) | _JSON}
 )

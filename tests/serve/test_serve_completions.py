@@ -362,21 +362,74 @@ def test_chat_stop_and_user(chat: Any) -> None:
     assert err.value.param == "user"
 
 
-def test_completions_accept_neutral_penalties_and_name_unsupported_ones(client: Any, text_url: str) -> None:
+def test_completions_apply_penalties_and_logit_bias(client: Any, text_url: str, tiny_ort: Path) -> None:
+    from tokenizers import Tokenizer
+
     plain = client.completions.create(model=TEXT, prompt="Hello", max_tokens=4).choices[0].text
     neutral = client.completions.create(
         model=TEXT, prompt="Hello", max_tokens=4, presence_penalty=0, frequency_penalty=0, logit_bias={}, user="u"
     )
     assert neutral.choices[0].text == plain
+    # A bias of +100 makes one token win every step: the answer is that token four times.
+    token = 42
+    forced = client.completions.create(model=TEXT, prompt="Hello", max_tokens=4, logit_bias={str(token): 100})
+    assert forced.choices[0].text == Tokenizer.from_file(str(tiny_ort / "tokenizer.json")).decode([token] * 4)
+    assert forced.usage is not None and forced.usage.completion_tokens == 4
     with pytest.raises(openai.BadRequestError) as bad:
-        client.completions.create(model=TEXT, prompt=["a", "b"], presence_penalty=1, logit_bias={"1": 5})
-    got = (bad.value.status_code, bad.value.param, bad.value.code)
-    assert got == (400, "logit_bias", "unsupported_parameter")  # the body's order: the client sends logit_bias first
-    assert bad.value.body["message"] == (  # type: ignore[index]
-        "invalid request: field 'logit_bias': 'logit_bias', 'presence_penalty' are not supported by backend "
-        "'onnx-cpu' yet (allowed: logit_bias: {} or absent; presence_penalty: 0 or absent)"
-    )
+        client.completions.create(model=TEXT, prompt="x", logit_bias={"x": 5})
+    assert (bad.value.status_code, bad.value.param) == (400, "logit_bias.x")
     status, raw = _post(f"{text_url}/v1/completions", {"prompt": "x", "tools": [], "store": False})
     err = json.loads(raw)["error"]
     assert (status, err["param"], err["code"]) == (400, "tools", "unknown_field")
     assert err["message"].startswith("unsupported fields 'tools', 'store'; supported fields: prompt, ")
+
+
+def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None:
+    whole = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=2)
+    choice = whole.choices[0]
+    lp = choice.logprobs
+    assert whole.usage is not None and len(lp.tokens) == whole.usage.completion_tokens == 5
+    assert "".join(lp.tokens) == choice.text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert logprob <= 0
+        assert top[token] == logprob  # the picked token is always listed
+        assert len(top) <= 3  # two alternatives, plus the picked token when it is not one of them
+        assert max(top.values()) == logprob  # greedy: the picked token is the likeliest
+    plain = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+    only_picked = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=0)
+    assert only_picked.choices[0].logprobs.top_logprobs == [{t: v} for t, v in zip(lp.tokens, lp.token_logprobs)]
+
+    chunks = list(
+        client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=2, stream=True)
+    )
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for s in streamed for t in s.tokens] == lp.tokens
+    assert [v for s in streamed for v in s.token_logprobs] == lp.token_logprobs
+    assert [o for s in streamed for o in s.text_offset] == lp.text_offset  # offsets run on across chunks
+
+    listed = client.completions.create(model=TEXT, prompt=["Hello", PROMPTS[1]], max_tokens=3, temperature=0, logprobs=1)
+    assert [c.logprobs.tokens[:3] for c in listed.choices][0] == lp.tokens[:3]
+    assert all("".join(c.logprobs.tokens) == c.text for c in listed.choices)
+
+
+@pytest.mark.parametrize("value", [6, -1, True, 1.5, "2"])
+def test_completions_logprobs_out_of_range_is_a_400(text_url: str, value: Any) -> None:
+    status, raw = _post(f"{text_url}/v1/completions", {"prompt": "x", "logprobs": value})
+    err = json.loads(raw)["error"]
+    assert (status, err["param"], err["code"]) == (400, "logprobs", "invalid_value")
+    assert err["message"] == f"'logprobs' must be an integer from 0 to 5, got {value!r}"
+
+
+def test_completions_logprobs_on_a_backend_without_guided_decoding_names_the_backend() -> None:
+    from flavorkit.serve import openai_api as oa
+    from flavorkit.serve.errors import APIError
+
+    assert oa.parse_completion({"prompt": "x", "logprobs": None}, TEXT, backend="plain").text_logprobs is None
+    assert oa.parse_completion({"prompt": "x", "logprobs": False}, TEXT, backend="plain").text_logprobs is None
+    with pytest.raises(APIError) as exc:
+        oa.parse_completion({"prompt": "x", "logprobs": 1}, TEXT, backend="plain", guided=False)
+    assert (exc.value.status, exc.value.param) == (400, "logprobs")
+    assert "'logprobs' is not supported by backend 'plain'" in str(exc.value)
+    assert oa.parse_completion({"prompt": "x", "logprobs": 3}, TEXT, backend="onnx-cpu", guided=True).text_logprobs == 3

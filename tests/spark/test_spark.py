@@ -279,7 +279,8 @@ def test_plain_api_bad_message_values_are_flavorkits_error_naming_the_row(
     text = _job_error(bad, udf(F.struct("messages")))
     assert "invalid request: 2 bad rows" in text
     assert (
-        "field 'inputs[1].messages[0].role': Input should be 'system', 'user', 'assistant' or 'developer'; got 'robot'"
+        "field 'inputs[1].messages[0].role': Input should be 'system', 'user', 'assistant', 'developer' or 'tool'; "
+        "got 'robot'"
     ) in text
     assert "field 'inputs[2].messages[0].role': is required" in text
 
@@ -306,7 +307,8 @@ def test_plain_api_bad_message_values_are_flavorkits_error_naming_the_row(
         (
             f"messages {MESSAGES}",
             [([{"role": "user", "content": "ok"}],)] * 3 + [([{"role": "robot", "content": "x"}],)],
-            "field 'messages[0].role': Input should be 'system', 'user', 'assistant' or 'developer'; got 'robot' "
+            "field 'messages[0].role': Input should be 'system', 'user', 'assistant', 'developer' or 'tool'; "
+            "got 'robot' "
             "[Spark partition 0, row 3]",
         ),
     ],

@@ -331,7 +331,7 @@ def test_check_rows_names_a_bad_row_on_the_cluster(
     assert "generate.py: error: the job failed in a Spark task: " in proc.stdout
     assert re.search(
         r"flavorkit\.errors\.InvalidRequest: invalid request: field 'messages\[0\]\.role': Input should be 'system', "
-        r"'user', 'assistant' or 'developer'; got 'robot' \[Spark partition 0, row \d+\]",
+        r"'user', 'assistant', 'developer' or 'tool'; got 'robot' \[Spark partition 0, row \d+\]",
         proc.stdout,
     ), proc.stdout[-4000:]
     assert "Traceback" not in proc.stdout.split("generate.py: error:")[0], "no driver-side traceback"

@@ -119,7 +119,7 @@ class ContinuousBatch:
             before = choice.tokens
             out, finish = choice.advance(delta.text, delta.tokens, delta.finish_reason, self.model.backend.name)
             if out or finish is not None or choice.tokens > before:
-                events.append(BatchEvent(key, choice.index, out, choice.tokens - before, finish))
+                events.append(choice.event(key, out, choice.tokens - before, finish))
             if finish is not None:
                 self._retire(delta.index)
                 if self._requests[key].finished:

@@ -17,12 +17,23 @@ from typing import Any, Literal, TypeVar
 
 from flavorkit.backend.registry import Backend
 from flavorkit.errors import BackendError, InvalidRequest
-from flavorkit.responses import Dialect, chat_chunk, chat_completion, new_id, now
+from flavorkit.responses import Dialect, chat_chunk, chat_completion, new_id, now, tool_call_deltas
 from flavorkit.runtime.choices import BatchEvent, Choice, PreparedRequest, Row
 from flavorkit.runtime.continuous import ContinuousBatch
+from flavorkit.runtime.guidance import Grammar, Guidance, SamplingAdjustments, build_grammar, check_schema
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.stopping import StopMatcher
-from flavorkit.schema import MAX_SEED, ChatRequest, TextRequest, generation_settings, parse_request, stop_tuple
+from flavorkit.runtime.tool_prompts import PROBE_TOOLS, generic_messages, native_messages, tool_dicts
+from flavorkit.schema import (
+    MAX_SEED,
+    ChatRequest,
+    NamedToolChoice,
+    TextRequest,
+    UnsupportedFields,
+    generation_settings,
+    parse_request,
+    stop_tuple,
+)
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo, close_stream
 
@@ -77,6 +88,9 @@ class LoadedModel:
         # taken inside ``_generation``, never the other way round.
         self._calls = threading.RLock()
         self._generation = threading.Lock()
+        self.guided = Capability.GUIDED_DECODING in self.capabilities
+        self.guidance = Guidance(lambda: self.call(lambda: self.backend.guidance_tokenizer(self.handle)))
+        self._renders_tools: bool | None = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -95,9 +109,19 @@ class LoadedModel:
         rows = self._prepare(raw)
         return self._stream(rows[0], rows)
 
-    def prepare_request(self, raw: Any) -> PreparedRequest:
-        """Validate and encode one request for :meth:`run_batch`; raise ``InvalidRequest`` naming the field."""
-        return PreparedRequest(self._prepare([raw])[0])
+    def prepare_request(self, raw: Any, *, text_logprobs: int | None = None) -> PreparedRequest:
+        """Validate and encode one request for :meth:`run_batch`; raise ``InvalidRequest`` naming the field.
+
+        ``text_logprobs`` records the log-probabilities of a text-generation request's tokens with
+        that many alternatives each: ``/v1/completions``' ``logprobs``, which pyfunc's string
+        answers have no place for. A backend without guided decoding refuses it.
+        """
+        if text_logprobs is not None:
+            if self.task == CHAT:
+                raise InvalidRequest("logprobs", "a chat request asks for logprobs in its own fields")
+            if not self.guided:
+                raise UnsupportedFields(["logprobs"], self.backend.name)
+        return PreparedRequest(self._prepare([raw], text_logprobs)[0])
 
     def run_batch(self, requests: Sequence[PreparedRequest]) -> Iterator[BatchEvent]:
         """Run independent requests through one backend ``generate`` call; yield per-choice events.
@@ -132,7 +156,7 @@ class LoadedModel:
             return ended
 
         for choice, out, finish, tokens in self._drive(live, cancelled):
-            yield BatchEvent(owner[id(choice)], choice.index, out, tokens, finish)
+            yield choice.event(owner[id(choice)], out, tokens, finish)
         for prepared in requests:
             if prepared.cancelled:
                 prepared.mark_cancelled()
@@ -205,14 +229,14 @@ class LoadedModel:
         explicit = generation_settings(req)
         return {**self.defaults, **explicit}, explicit
 
-    def _prepare(self, raw_rows: Sequence[Any]) -> list[Row]:
+    def _prepare(self, raw_rows: Sequence[Any], text_logprobs: int | None = None) -> list[Row]:
         """Validate and encode every row before any generation starts, so bad input costs nothing."""
         rows: list[Row] = []
         errors: list[InvalidRequest] = []
         many = len(raw_rows) > 1
         for i, raw in enumerate(raw_rows):
             try:
-                rows.append(self._prepare_row(i, raw))
+                rows.append(self._prepare_row(i, raw, text_logprobs))
             except InvalidRequest as exc:
                 if not many:
                     raise
@@ -221,18 +245,73 @@ class LoadedModel:
             raise InvalidRequest.for_rows(errors)
         return rows
 
-    def _prepare_row(self, i: int, raw: Any) -> Row:
-        req = parse_request(raw, self.task, self.backend.name)
-        settings, explicit = self._settings(req)
-        if isinstance(req, ChatRequest):
+    def renders_tools(self) -> bool:
+        """Whether the model's chat template renders ``tools`` (probed once: the prompt changes with them)."""
+        if self._renders_tools is None:
+            probe = [{"role": "user", "content": "Hello"}]
+            with self._calls:
+                try:
+                    with_tools = self.backend.encode(self.handle, probe, PROBE_TOOLS)
+                except Exception:  # a template that chokes on tools does not render them
+                    with_tools = None
+                self._renders_tools = with_tools is not None and with_tools != self.backend.encode(self.handle, probe)
+        return self._renders_tools
+
+    def _messages(self, req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """The messages ``encode`` gets, and the tools its template renders (None: none, or the generic form)."""
+        with_tools = bool(req.tools) or any(m.role == "tool" or m.tool_calls for m in req.messages)
+        if not with_tools:
             # Exactly role and content reach the backend: ``name`` is accepted for OpenAI
             # compatibility only, so that no chat template renders (or chokes on) a field that
             # backends treat differently.
-            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            return [{"role": m.role, "content": m.content or ""} for m in req.messages], None
+        if self.renders_tools():
+            return native_messages(req.messages), tool_dicts(req.tools or []) or None
+        return generic_messages(req.messages, req.tools or []), None
+
+    def _grammar(self, req: ChatRequest | TextRequest) -> Grammar | None:
+        """The request's grammar (None: free decoding), its schemas checked with the path of a problem."""
+        if not isinstance(req, ChatRequest):
+            return None
+        fmt = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
+        tools = tool_dicts(req.tools or [])
+        choice = req.tool_choice.model_dump() if isinstance(req.tool_choice, NamedToolChoice) else req.tool_choice
+        grammar = build_grammar(fmt, tools, choice, req.parallel_tool_calls is not False)
+        if grammar is None:
+            return None
+        if grammar.schema is not None and fmt is not None and fmt["type"] == "json_schema":
+            check_schema(grammar.schema, "response_format.json_schema.schema")
+        if grammar.kind != "json":
+            for k, tool in enumerate(tools):
+                if tool["function"].get("parameters"):
+                    check_schema(tool["function"]["parameters"], f"tools[{k}].function.parameters")
+        return grammar
+
+    @staticmethod
+    def _adjustments(req: ChatRequest | TextRequest) -> SamplingAdjustments | None:
+        """The request's ``logit_bias`` and penalties, or None when they change nothing."""
+        adjust = SamplingAdjustments(
+            bias={int(k): float(v) for k, v in (req.logit_bias or {}).items()},
+            presence=float(req.presence_penalty or 0.0),
+            frequency=float(req.frequency_penalty or 0.0),
+        )
+        return adjust if adjust.active else None
+
+    def _prepare_row(self, i: int, raw: Any, text_logprobs: int | None = None) -> Row:
+        req = parse_request(raw, self.task, self.backend.name, guided=self.guided)
+        settings, explicit = self._settings(req)
+        tools: list[dict[str, Any]] | None = None
+        if isinstance(req, ChatRequest):
+            messages, tools = self._messages(req)
             prompt_field = "messages"
         else:
             messages = [{"role": "user", "content": req.prompt}]
             prompt_field = "prompt"
+        grammar = self._grammar(req) if self.guided else None
+        adjustments = self._adjustments(req) if self.guided else None
+        logprobs = text_logprobs
+        if isinstance(req, ChatRequest) and req.logprobs and self.guided:
+            logprobs = req.top_logprobs or 0
         if settings["temperature"] > 0 and Capability.SAMPLING not in self.capabilities:
             raise InvalidRequest(
                 "temperature",
@@ -241,7 +320,7 @@ class LoadedModel:
             )
         try:
             with self._calls:
-                prompt_ids = self.backend.encode(self.handle, messages)
+                prompt_ids = self.backend.encode(self.handle, messages, tools)
         except Exception as exc:
             if not _is_template_error(exc):
                 raise
@@ -280,7 +359,13 @@ class LoadedModel:
                 seed=None if seed is None else (int(seed) + j) % (MAX_SEED + 1),
                 stop=stop,
             )
-            choices.append(Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop)))
+            if grammar is not None or adjustments is not None or logprobs is not None:
+                gen.logits_processor = self.guidance.guide(grammar, adjustments, logprobs)
+            choice = Choice(row=i, index=j, request=gen, matcher=StopMatcher(stop), wants_logprobs=logprobs is not None)
+            if grammar is not None and grammar.kind != "json":
+                choice.tools = grammar.tool_names
+                choice.calls_only = grammar.kind == "tools"
+            choices.append(choice)
         return Row(request=req, choices=choices, prompt_tokens=n_prompt)
 
     # -- generation -----------------------------------------------------------------------------
@@ -289,7 +374,7 @@ class LoadedModel:
         """Run one backend batch over all choices; yield ``(choice, text, finish_reason)`` events."""
         choices = [c for row in rows for c in row.choices]
         for choice, out, finish, _tokens in self._drive(choices, lambda: 0):
-            if out or finish is not None:
+            if out or finish is not None or choice.unsent_calls:
                 yield choice, out, finish
         self._check_finished(choices)
 
@@ -345,7 +430,18 @@ class LoadedModel:
         if self.task != CHAT:
             return "".join(row.choices[0].parts)
         choices = [("".join(c.parts), c.finish) for c in row.choices]
-        return chat_completion(new_id("chatcmpl"), now(), self.model_name, choices, row.usage(), dialect=Dialect.PYFUNC)
+        calls = [c.calls for c in row.choices]
+        logprobs = [c.all_logprobs() for c in row.choices]
+        return chat_completion(
+            new_id("chatcmpl"),
+            now(),
+            self.model_name,
+            choices,
+            row.usage(),
+            dialect=Dialect.PYFUNC,
+            tool_calls=calls,
+            logprobs=logprobs,
+        )
 
     def _stream(self, row: Row, rows: list[Row]) -> Iterator[Any]:
         """One row's stream: ``chat.completion.chunk`` dicts (usage on the last), or text pieces for text-generation."""
@@ -358,7 +454,11 @@ class LoadedModel:
         cid, created = new_id("chatcmpl"), now()
         started: set[int] = set()
         remaining = len(row.choices)
+        sent_calls: dict[int, int] = {}
         for choice, text, finish in events:
+            calls = choice.take_calls()
+            deltas = tool_call_deltas(calls, sent_calls.get(choice.index, 0)) if calls else None
+            sent_calls[choice.index] = sent_calls.get(choice.index, 0) + len(calls)
             role: Literal["assistant"] | None = None
             if choice.index not in started:
                 started.add(choice.index)
@@ -375,6 +475,8 @@ class LoadedModel:
                 choice.index,
                 role=role,
                 content=text if text or role else None,
+                tool_calls=deltas,
+                logprobs=choice.take_logprobs(),
                 finish_reason=finish,
                 usage=usage,
                 dialect=Dialect.PYFUNC,

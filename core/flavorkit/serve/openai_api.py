@@ -16,6 +16,7 @@ builders that shape the pyfunc model's answers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,9 @@ __all__ = [
 _SETTINGS = ("max_tokens", "temperature", "top_p", "n", "stop", "seed", "top_k")
 _HTTP_ONLY = ("model", "max_completion_tokens", "stream", "stream_options")
 CHAT_FIELDS = ("messages", *_SETTINGS, *_HTTP_ONLY, *CHAT_COMPAT_FIELDS)
-COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY, *TEXT_COMPAT_FIELDS)
+#: ``/v1/completions``' legacy ``logprobs``: an integer, the alternatives to list per token.
+MAX_TEXT_LOGPROBS = 5
+COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY, "logprobs", *TEXT_COMPAT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class ParsedRequest:
     include_usage: bool
     listed: bool = False
     tokens_field: str = "max_tokens"  # what the client called the token limit, for errors found later
+    #: ``/v1/completions``' ``logprobs``: how many alternatives to list per token (None: no logprobs).
+    text_logprobs: int | None = None
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def _parse(
     served_name: str,
     prompts: list[str] | None = None,
     backend: str | None = None,
+    guided: bool = False,
 ) -> ParsedRequest:
     if not isinstance(body, Mapping):
         raise _bad(None, f"the request body must be a JSON object, got {type(body).__name__}", "invalid_body")
@@ -152,7 +158,7 @@ def _parse(
     raws = (raw,) if prompts is None else tuple({**raw, prompt_field: p} for p in prompts)
     for i, one in enumerate(raws):
         try:
-            parse_request(one, task, backend)
+            parse_request(one, task, backend, guided=guided)
         except InvalidRequest as exc:
             if exc.field == "max_tokens" and "max_completion_tokens" in body:
                 exc = InvalidRequest("max_completion_tokens", exc.detail, exc.allowed)
@@ -161,11 +167,11 @@ def _parse(
     return ParsedRequest(raws, stream, include_usage, prompts is not None, tokens_field)
 
 
-def parse_chat(body: Any, served_name: str, backend: str | None = None) -> ParsedRequest:
+def parse_chat(body: Any, served_name: str, backend: str | None = None, guided: bool = False) -> ParsedRequest:
     """Validate a ``/v1/chat/completions`` body; raise :class:`APIError` (400/404) naming the param."""
     if isinstance(body, Mapping) and "messages" not in body:
         raise _bad("messages", "'messages' is required: a non-empty list of {'role': ..., 'content': ...}")
-    return _parse(body, "messages", CHAT_FIELDS, CHAT, served_name, backend=backend)
+    return _parse(body, "messages", CHAT_FIELDS, CHAT, served_name, backend=backend, guided=guided)
 
 
 _PROMPT_FORMS = "a non-empty string or a non-empty list of non-empty strings"
@@ -205,7 +211,7 @@ def _prompts(prompt: Any, max_prompts: int | None) -> list[str] | None:
 
 
 def parse_completion(
-    body: Any, served_name: str, max_prompts: int | None = None, backend: str | None = None
+    body: Any, served_name: str, max_prompts: int | None = None, backend: str | None = None, guided: bool = False
 ) -> ParsedRequest:
     """Validate a ``/v1/completions`` body (text-generation models); raise :class:`APIError`.
 
@@ -213,11 +219,25 @@ def parse_completion(
     token arrays are refused with a 400 naming ``prompt``.
     """
     prompts = None
+    text_logprobs = None
     if isinstance(body, Mapping):
         if body.get("prompt") is None:
             raise _bad("prompt", f"'prompt' is required: {_PROMPT_FORMS}")
         prompts = _prompts(body["prompt"], max_prompts)
-    return _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts, backend)
+        text_logprobs = _text_logprobs(body.get("logprobs"), backend, guided)
+    parsed = _parse(body, "prompt", COMPLETION_FIELDS, "text-generation", served_name, prompts, backend, guided)
+    return dataclasses.replace(parsed, text_logprobs=text_logprobs)
+
+
+def _text_logprobs(value: Any, backend: str | None, guided: bool) -> int | None:
+    """The legacy ``logprobs`` of ``/v1/completions``: an integer from 0 to 5 (null and false: none)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TEXT_LOGPROBS:
+        raise _bad("logprobs", f"'logprobs' must be an integer from 0 to {MAX_TEXT_LOGPROBS}, got {value!r}")
+    if not guided:
+        raise from_invalid_request(UnsupportedFields(["logprobs"], backend))
+    return value
 
 
 # -- responses: OpenAI's shapes, built by flavorkit.responses -------------------------------------
@@ -230,7 +250,9 @@ def _choices(ps: Sequence[PreparedRequest]) -> list[tuple[str, str | None]]:
 
 def chat_completion(rid: str, created: int, model: str, p: PreparedRequest) -> dict[str, Any]:
     """A ``chat.completion`` object."""
-    return responses.chat_completion(rid, created, model, _choices([p]), usage([p]))
+    return responses.chat_completion(
+        rid, created, model, _choices([p]), usage([p]), tool_calls=p.tool_calls(), logprobs=p.logprobs()
+    )
 
 
 def chat_chunk(
@@ -242,7 +264,7 @@ def chat_chunk(
     finish: str | None,
     include_usage: bool,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` with one choice; ``delta`` holds the delta's ``role`` and/or ``content``."""
+    """A ``chat.completion.chunk`` of one choice; ``delta``: ``role``, ``content``, ``tool_calls``, ``logprobs``."""
     return responses.chat_chunk(rid, created, model, index, finish_reason=finish, include_usage=include_usage, **delta)
 
 
@@ -258,11 +280,21 @@ def usage_chunk(rid: str, created: int, model: str, obj: str, ps: Sequence[Prepa
 
 def completion(rid: str, created: int, model: str, ps: Sequence[PreparedRequest]) -> dict[str, Any]:
     """A ``text_completion`` object: the choices of every prompt in order, the usage summed."""
-    return responses.text_completion(rid, created, model, _choices(ps), usage(ps))
+    logprobs = [lp for p in ps for lp in p.logprobs()]
+    return responses.text_completion(rid, created, model, _choices(ps), usage(ps), logprobs=logprobs)
 
 
 def completion_chunk(
-    rid: str, created: int, model: str, index: int, text: str, finish: str | None, include_usage: bool
+    rid: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str,
+    finish: str | None,
+    include_usage: bool,
+    logprobs: responses.TextLogprobs | None = None,
 ) -> dict[str, Any]:
-    """A streamed ``text_completion`` chunk with one choice."""
-    return responses.text_chunk(rid, created, model, index, text, finish, include_usage=include_usage)
+    """A streamed ``text_completion`` chunk with one choice (``logprobs`` of its tokens, if asked for)."""
+    return responses.text_chunk(
+        rid, created, model, index, text, finish, include_usage=include_usage, logprobs=logprobs
+    )

@@ -18,7 +18,7 @@ import collections
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from starlette.requests import Request
@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
 
 from flavorkit.errors import InvalidRequest
+from flavorkit.responses import text_logprobs, tool_call_deltas
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve import openai_api as oa
 from flavorkit.serve.errors import APIError, error_body, from_invalid_request
@@ -223,8 +224,8 @@ class Endpoint(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-        """The chunks for new ``text`` (and ``finish``, the finish reason) of choice ``index``."""
+    def piece(self, rid: str, created: int, index: int, ev: BatchEvent) -> list[dict[str, Any]]:
+        """The chunks for event ``ev`` (its text, tool calls, logprobs and finish reason) as choice ``index``."""
 
 
 class ChatCompletions(Endpoint):
@@ -245,16 +246,23 @@ class ChatCompletions(Endpoint):
             for i in range(prepared[0].n)
         ]
 
-    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-        """A content chunk for ``text``, then a chunk with the finish reason."""
+    def piece(self, rid: str, created: int, index: int, ev: BatchEvent) -> list[dict[str, Any]]:
+        """A content chunk for the text (with its tokens' logprobs), one for the tool calls, then the finish."""
         out = []
-        if text:
-            out.append(oa.chat_chunk(rid, created, self.model, index, {"content": text}, None, self.include_usage))
-        if finish is not None:
-            out.append(oa.chat_chunk(rid, created, self.model, index, {}, finish, self.include_usage))
+        if ev.text or ev.logprobs:
+            delta: dict[str, Any] = {"content": ev.text}
+            if ev.logprobs is not None:
+                delta["logprobs"] = ev.logprobs
+            out.append(oa.chat_chunk(rid, created, self.model, index, delta, None, self.include_usage))
+        if ev.tool_calls:
+            delta = {"tool_calls": tool_call_deltas(ev.tool_calls)}
+            out.append(oa.chat_chunk(rid, created, self.model, index, delta, None, self.include_usage))
+        if ev.finish_reason is not None:
+            out.append(oa.chat_chunk(rid, created, self.model, index, {}, ev.finish_reason, self.include_usage))
         return out
 
 
+@dataclass(frozen=True)
 class Completions(Endpoint):
     """``POST /v1/completions``: ``text_completion`` and its chunks."""
 
@@ -262,15 +270,25 @@ class Completions(Endpoint):
     id_prefix = "cmpl"
     chunk_object = "text_completion"
 
+    #: Per choice, where its next token starts in its text (the legacy logprobs' ``text_offset``).
+    offsets: dict[int, int] = field(default_factory=dict)
+
     def whole(self, rid: str, created: int, prepared: list[PreparedRequest]) -> dict[str, Any]:
         """The ``text_completion`` object, one choice per prompt."""
         return oa.completion(rid, created, self.model, prepared)
 
-    def piece(self, rid: str, created: int, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-        """One chunk carrying ``text`` and the finish reason, if there is either."""
-        if not text and finish is None:
+    def piece(self, rid: str, created: int, index: int, ev: BatchEvent) -> list[dict[str, Any]]:
+        """One chunk carrying the text (with its tokens' logprobs) and the finish reason, if there is any."""
+        if not ev.text and not ev.logprobs and ev.finish_reason is None:
             return []
-        return [oa.completion_chunk(rid, created, self.model, index, text, finish, self.include_usage)]
+        logprobs = None
+        if ev.logprobs is not None:
+            logprobs = text_logprobs(ev.logprobs, self.offsets.get(index, 0))
+            self.offsets[index] = self.offsets.get(index, 0) + sum(len(e["token"]) for e in ev.logprobs)
+        chunk = oa.completion_chunk(
+            rid, created, self.model, index, ev.text, ev.finish_reason, self.include_usage, logprobs
+        )
+        return [chunk]
 
 
 class _Generation:
@@ -297,7 +315,11 @@ class _Generation:
         tickets = _submit(
             self.state,
             lambda: self.state.scheduler.submit_many(
-                parsed.raws, stream=parsed.stream, route=endpoint.route, events=events
+                parsed.raws,
+                stream=parsed.stream,
+                route=endpoint.route,
+                events=events,
+                text_logprobs=parsed.text_logprobs,
             ),
         )
         watch = _Watch(tickets, events, request.receive, self.state.settings.request_timeout)
@@ -368,7 +390,7 @@ class _Generation:
                 ev: BatchEvent = event.payload
                 if ev.finish_reason == "cancelled":
                     continue
-                for chunk in endpoint.piece(rid, created, offsets[event.ticket] + ev.choice, ev.text, ev.finish_reason):
+                for chunk in endpoint.piece(rid, created, offsets[event.ticket] + ev.choice, ev):
                     yield _sse(chunk)
             if self.parsed.include_usage:
                 yield _sse(oa.usage_chunk(rid, created, self.state.served_name, endpoint.chunk_object, prepared))
@@ -394,7 +416,7 @@ async def chat_completions(request: Request) -> Response:
             code="unsupported_endpoint",
         )
     body = await read_json(request, state.settings.max_body_bytes)
-    parsed = oa.parse_chat(body, state.served_name, backend=state.model.backend.name)
+    parsed = oa.parse_chat(body, state.served_name, backend=state.model.backend.name, guided=state.model.guided)
     return await _Generation(state, parsed, ChatCompletions(state.served_name, parsed.include_usage)).respond(request)
 
 
@@ -410,7 +432,11 @@ async def completions(request: Request) -> Response:
         )
     body = await read_json(request, state.settings.max_body_bytes)
     parsed = oa.parse_completion(
-        body, state.served_name, max_prompts=state.scheduler.max_queue, backend=state.model.backend.name
+        body,
+        state.served_name,
+        max_prompts=state.scheduler.max_queue,
+        backend=state.model.backend.name,
+        guided=state.model.guided,
     )
     return await _Generation(state, parsed, Completions(state.served_name, parsed.include_usage)).respond(request)
 

@@ -138,6 +138,8 @@ class Ticket:
     done: bool = False
     first_token: float | None = None
     last_token: dict[int, float] = field(default_factory=dict)
+    #: ``/v1/completions``' ``logprobs`` (see :meth:`LoadedModel.prepare_request`).
+    text_logprobs: int | None = None
 
     def push(self, kind: str, payload: Any = None) -> None:
         """Put an event into the reader's queue (called from the worker thread), marked with this ticket's index."""
@@ -204,7 +206,13 @@ class Scheduler:
         return self._enqueue(self._ticket(raw, None, stream, route, events))
 
     def submit_many(
-        self, raws: Sequence[Any], *, stream: bool, route: str = "", events: EventQueue | None = None
+        self,
+        raws: Sequence[Any],
+        *,
+        stream: bool,
+        route: str = "",
+        events: EventQueue | None = None,
+        text_logprobs: int | None = None,
     ) -> list[Ticket]:
         """Queue several requests at once (a list prompt): all of them, or none when they do not fit.
 
@@ -214,6 +222,8 @@ class Scheduler:
         """
         queue: EventQueue = asyncio.Queue() if events is None else events
         tickets = [self._ticket(raw, None, stream, route, queue, i) for i, raw in enumerate(raws)]
+        for ticket in tickets:
+            ticket.text_logprobs = text_logprobs
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown
@@ -357,7 +367,7 @@ class Scheduler:
         admitted: list[Ticket] = []
         for ticket in batch:
             try:
-                p = self.model.prepare_request(ticket.raw)
+                p = self.model.prepare_request(ticket.raw, text_logprobs=ticket.text_logprobs)
             except InvalidRequest as exc:
                 ticket.done = True
                 ticket.push("error", exc)
@@ -377,8 +387,13 @@ class Scheduler:
         self.metrics.active.inc(len(admitted))
         return admitted
 
-    def _deliver(self, ticket: Ticket, ev: BatchEvent) -> None:
-        """Hand one generation event to its ticket (metrics first); finish the ticket with its last choice."""
+    def _deliver(self, ticket: Ticket, ev: BatchEvent, finish: bool = True) -> None:
+        """Hand one generation event to its ticket (metrics first); finish the ticket with its last choice.
+
+        ``finish=False`` leaves finishing to the caller: a continuous batch's step advances every
+        choice before its events are delivered, so a request may already count as finished while
+        events of its other choices are still to come.
+        """
         now = time.perf_counter()
         if ticket.first_token is None:
             ticket.first_token = now
@@ -392,7 +407,7 @@ class Scheduler:
         if ticket.stream:
             ticket.push("delta", ev)
         prepared = ticket.prepared
-        if ev.finish_reason is not None and prepared is not None and prepared.finished and not ticket.done:
+        if finish and ev.finish_reason is not None and prepared is not None and prepared.finished and not ticket.done:
             self._finish(ticket, "done", prepared)
 
     def _run_batch(self, batch: list[Ticket]) -> None:
@@ -436,7 +451,7 @@ class Scheduler:
             self._admit(session, batch, running)
             while running:
                 for ev in session.step():
-                    self._deliver(running[ev.request], ev)
+                    self._deliver(running[ev.request], ev, finish=False)
                 ended = [key for key, t in running.items() if t.done or (t.prepared and t.prepared.finished)]
                 for key in ended:
                     ticket = running.pop(key)
