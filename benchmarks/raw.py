@@ -30,8 +30,12 @@ class RawOnnxGenai:
     def __init__(self, folder: Path) -> None:
         import onnxruntime_genai as og
 
+        from flavorkit_onnxgenai.runtime import set_cpu_threads
+
         self.og = og
-        self.model = og.Model(str(folder))
+        config = og.Config(str(folder))
+        set_cpu_threads(config)  # the thread count the onnx backends set, so the ratio compares like with like
+        self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
 
     def _start(self, messages: list[dict[str, str]], max_tokens: int) -> Any:

@@ -99,7 +99,11 @@ def raw_onnx_greedy(folder: Path, messages: list[dict[str, str]], max_tokens: in
 
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
+    from flavorkit_onnxgenai.runtime import set_cpu_threads
+
+    config = og.Config(str(folder))
+    set_cpu_threads(config)  # as the onnx backends do: int4 kernels may round differently with other threads
+    model = og.Model(config)
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
     ids = tokenizer.encode(prompt)

@@ -76,13 +76,14 @@ class HFBackendBase(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming, padded and continuous batching (the engine's session) and (seeded) sampling."""
+        """Streaming, padded and continuous batching (the engine's session), (seeded) sampling, guided decoding."""
         return [
             Capability.STREAMING,
             Capability.BATCHING,
             Capability.CONTINUOUS_BATCHING,
             Capability.SAMPLING,
             Capability.SEEDED_SAMPLING,
+            Capability.GUIDED_DECODING,
         ]
 
 

@@ -187,10 +187,17 @@ class Batch:
         for k, row in enumerate(self.rows):
             if row.request.cancelled:
                 continue
-            if not self.solo and engine.near_tie(row, logits[k]):
+            processor = row.request.logits_processor
+            if processor is not None:
+                # A guided row picks from its processed logits and never leaves for a replay: what
+                # the grammar allows does not depend on the batch.
+                processor.process(logits[k].numpy())
+            elif not self.solo and engine.near_tie(row, logits[k]):
                 alone.append(row)
                 continue
             token = row.sampler.pick(logits[k])
+            if processor is not None:
+                processor.accept(token)
             yield row.accept(token)
             if not row.done:
                 keep.append(k)

@@ -38,7 +38,16 @@ from typing import Any, Literal
 
 import torch
 
-from flavorkit.sdk import BackendError, CostModel, Delta, GenerationRequest, Message, TokenRow, WindowDecoder
+from flavorkit.sdk import (
+    BackendError,
+    CostModel,
+    Delta,
+    GenerationRequest,
+    Message,
+    TokenRow,
+    WindowDecoder,
+    guidance_tokenizer_from_hf,
+)
 from flavorkit_hf.decoding import Batch, Row, Sampler, replay_alone
 from flavorkit_hf.session import EngineSession
 
@@ -176,15 +185,21 @@ class Engine:
 
     # -- prompt -----------------------------------------------------------------------------------
 
-    def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Apply the chat template with the generation prompt; a model without one is a :class:`BackendError`."""
+    def guidance_tokenizer(self) -> Any:
+        """The vocabulary for guided decoding, from the tokenizer, as wide as the model's logits."""
+        width = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        return guidance_tokenizer_from_hf(self.tokenizer, n_vocab=int(width) if width else None)
+
+    def encode(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Apply the chat template (``tools`` too), generation prompt included; none is a :class:`BackendError`."""
         conversation = [dict(m) for m in messages]
+        extra = {"tools": list(tools)} if tools else {}
         if not getattr(self.tokenizer, "chat_template", None):
             raise BackendError(
                 f"model {self.name!r} has no chat template, so chat messages cannot be turned into a prompt; "
                 "package a model whose tokenizer has one (chat_template.jinja or tokenizer_config.json)"
             )
-        ids: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        ids: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(ids, Mapping):
             ids = ids["input_ids"]
         return [int(t) for t in ids]

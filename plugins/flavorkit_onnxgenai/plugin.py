@@ -64,6 +64,13 @@ class OnnxOptions(BaseModel):
         "auto",
         description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one.",
     )
+    intra_op_num_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="ONNX Runtime threads per decoding step on the CPU provider; default: every core this process "
+        "may use (onnxruntime-genai alone would use one).",
+    )
 
 
 #: How to give a model a chat template, for the error that refuses a model without one.
@@ -113,10 +120,11 @@ class OnnxGenaiBackend(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming, native batching, (seeded) sampling and continuous batching; GPU for CUDA and DirectML.
+        """Streaming, batching, (seeded) sampling, continuous batching, guided decoding; GPU for CUDA and DirectML.
 
         Continuous batching comes from the handle's ``session()`` (``og.Generator`` batches over the
-        shared ``og.Model`` advanced alternately; see ``OgHandle.session``).
+        shared ``og.Model`` advanced alternately; see ``OgHandle.session``). Guided decoding edits
+        each step's logits between ``get_logits`` and ``set_logits`` (see ``OgHandle._decode``).
         """
         caps = [
             Capability.STREAMING,
@@ -124,6 +132,7 @@ class OnnxGenaiBackend(HandleHooks):
             Capability.SAMPLING,
             Capability.SEEDED_SAMPLING,
             Capability.CONTINUOUS_BATCHING,
+            Capability.GUIDED_DECODING,
         ]
         if self.provider != "cpu":
             caps.append(Capability.GPU)
@@ -187,6 +196,7 @@ class OnnxGenaiBackend(HandleHooks):
             provider=self.provider,
             provider_options=options.get("provider_options", {}),
             batching=options.get("batching", "auto"),
+            intra_op_num_threads=options.get("intra_op_num_threads"),
         )
 
 

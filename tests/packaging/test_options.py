@@ -97,10 +97,26 @@ def test_onnx_option_errors_name_the_option() -> None:
         ({"provider_options": {"device_id": 0}}, "options.provider_options.device_id"),
         ({"revision": 5}, "options.revision"),
         ({"providers": ["cpu"]}, "options.providers"),
+        ({"intra_op_num_threads": 0}, "options.intra_op_num_threads"),
     ):
         with pytest.raises(InvalidRequest) as exc:
             be.validate_options(options)
         assert exc.value.field == field, (options, exc.value.field)
+
+
+def test_onnx_threads_default_to_the_usable_cores_and_an_option_sets_them(tiny_ort: Path) -> None:
+    import os
+
+    from flavorkit_onnxgenai.runtime import _usable_cores
+
+    assert _usable_cores() == len(os.sched_getaffinity(0))
+    be = get_backend("onnx-cpu")
+    answers = []
+    for options in ({}, {"intra_op_num_threads": 1}):
+        model = LoadedModel(be, be.load({"model": str(tiny_ort)}, be.validate_options(options)))
+        answers.append(content(model.predict(chat("Hello", max_tokens=6, temperature=0))[0]))
+        model.close()
+    assert answers[0] == answers[1]
 
 
 def test_onnx_from_a_hub_id_and_revision(hub: Path, tiny_ort: Path, tmp_path: Path) -> None:

@@ -67,8 +67,8 @@ class LlamaCppBackend(HandleHooks):
 
     @hookimpl
     def capabilities(self) -> Iterable[Capability]:
-        """Streaming and seeded sampling; requests of a batch run one after another (no batching)."""
-        return [Capability.STREAMING, Capability.SAMPLING, Capability.SEEDED_SAMPLING]
+        """Streaming, seeded sampling, guided decoding; requests of a batch run one after another (no batching)."""
+        return [Capability.STREAMING, Capability.SAMPLING, Capability.SEEDED_SAMPLING, Capability.GUIDED_DECODING]
 
     @hookimpl
     def option_schema(self) -> type[BaseModel]:

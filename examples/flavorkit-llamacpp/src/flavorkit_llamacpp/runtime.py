@@ -90,6 +90,14 @@ class LlamaHandle:
             self.llm.close()
             self.llm = None
 
+    def guidance_tokenizer(self) -> Any:
+        """The vocabulary for guided decoding, read from llama.cpp's own (llguidance's llama.cpp bridge)."""
+        _llama_cpp()
+        import llama_cpp
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        return lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(self.llm.model), n_vocab=int(self.llm.n_vocab()))
+
     def encode(self, messages: Sequence[Message]) -> list[int]:
         """Render the chat template and tokenize, special tokens included; no template is a BackendError."""
         if self.template is None:
@@ -116,6 +124,14 @@ class LlamaHandle:
             seed = request.seed if request.seed is not None else random.randrange(2**31)
             llm.set_seed(int(seed) & 0xFFFFFFFF)
             settings = {"temp": float(request.temperature), "top_p": float(request.top_p), "top_k": request.top_k or 0}
+        processor = request.logits_processor
+        if processor is not None:
+            # llama.cpp hands each step's logits (one row) to the processor before it samples.
+            def process(_ids: Any, scores: Any) -> Any:
+                processor.process(scores)
+                return scores
+
+            settings["logits_processor"] = _llama_cpp().LogitsProcessorList([process])
         llm.reset()  # decode from an empty cache: no state carries over between requests
         tokens = llm.generate(
             list(request.prompt_ids), min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **settings
@@ -132,6 +148,8 @@ class LlamaHandle:
             for token in tokens:
                 if request.cancelled:
                     return
+                if processor is not None:
+                    processor.accept(int(token))
                 yield row.accept(token)
                 if row.done:
                     return
