@@ -25,6 +25,7 @@ import pytest
 
 from flavorkit.testing import CLAUSES, BackendConformance
 from flavorkit.testing.report import REPORT_FORMAT, REPORT_VERSION
+from flavorkit.types import Capability
 from plugin_fixtures import make_distribution
 
 pytest_plugins = ["pytester"]
@@ -421,9 +422,11 @@ class ToySuite(BackendConformance):
 
 #: Clauses that run only when a capability is declared, and the capabilities of each toy.
 GPU_ONLY = {"gpu"}
+#: The toys declare no guided decoding: these clauses skip, and guided_refused runs (and passes).
+GUIDED_ONLY = {name for name, c in CLAUSES.items() if c.capability is Capability.GUIDED_DECODING}
 #: Clauses the toy model cannot pass in full: it has no chat template to render a reference with.
 NO_REFERENCE = {"chat_template"}
-MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu", "continuous_batching"}
+MINIMAL_SKIPS = {"batching_interleaved", "sampling", "seeded_sampling", "gpu", "continuous_batching", *GUIDED_ONLY}
 
 
 @pytest.fixture(scope="module")
@@ -577,9 +580,11 @@ def test_correct_backend_passes_every_clause(toys: dict[str, Any]) -> None:
     got = outcomes(toys, "TestGood")
     assert set(got) == set(CLAUSES)
     for name, (outcome, message) in got.items():
-        expected = "skipped" if name in GPU_ONLY | NO_REFERENCE else "passed"
+        expected = "skipped" if name in GPU_ONLY | GUIDED_ONLY | NO_REFERENCE else "passed"
         assert outcome == expected, f"{name}: {outcome}: {message}"
     assert "does not declare capability 'gpu'" in got["gpu"][1]
+    assert got["guided_json_schema"][1] == "backend 'toy-good' does not declare capability 'guided_decoding'"
+    assert got["guided_refused"] == ("passed", "")
     # The toy's tokenizer_config.json declares special tokens but no chat template: the kit checks
     # that every message reaches the prompt and says why it could not compare with a reference.
     assert got["chat_template"][1].endswith(
@@ -700,8 +705,14 @@ def test_report_format(toys: dict[str, Any], toy_model: Path) -> None:
     assert toys["format"] == REPORT_FORMAT and toys["version"] == REPORT_VERSION == 1
     assert toys["ok"] is False
     assert sum(toys["summary"].values()) == len(toys["clauses"])
-    keys = {"backend", "clause", "outcome", "required", "capability", "suite", "message", "duration_s", "test"}
-    assert all(set(c) == keys for c in toys["clauses"])
+    keys = {"backend", "clause", "outcome", "required", "capability", "without_capability", "suite", "message"}
+    assert all(set(c) == keys | {"duration_s", "test"} for c in toys["clauses"])
+    refused = next(c for c in toys["clauses"] if c["suite"] == "TestGood" and c["clause"] == "guided_refused")
+    assert (refused["required"], refused["capability"], refused["without_capability"]) == (
+        False,
+        None,
+        "guided_decoding",
+    )
     good = next(b for b in toys["backends"] if b["suite"] == "TestGood")
     assert good["name"] == "toy-good" and good["distribution"] == "toykit" and good["object"] == "toykit:good"
     assert good["capabilities"] == ["batching", "continuous_batching", "sampling", "seeded_sampling", "streaming"]
@@ -718,7 +729,7 @@ def test_cli_check_prints_the_table_and_fails(toy_site: Path, toy_model: Path, t
     assert any(line.split()[:2] == ["stream_matches_predict", "failed"] for line in lines if line.strip())
     assert any(line.split()[:2] == ["max_tokens", "passed"] for line in lines if line.strip())
     assert any(line.startswith("gpu") and "skipped" in line and "capability 'gpu'" in line for line in lines)
-    assert "23 passed, 1 failed, 2 skipped, 0 xfailed" in proc.stdout
+    assert "24 passed, 1 failed, 7 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["format"] == REPORT_FORMAT and data["ok"] is False
     assert [c["clause"] for c in data["clauses"]] == list(CLAUSES)
@@ -822,5 +833,5 @@ def test_guide_conformance_test_module_passes(
     pytester.makepyfile(test_conformance=module)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=21, skipped=5)
-    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "21 passed, 0 failed, 5 skipped*"])
+    result.assert_outcomes(passed=22, skipped=10)
+    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "22 passed, 0 failed, 10 skipped*"])

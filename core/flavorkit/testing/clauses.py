@@ -29,11 +29,14 @@ class Clause:
     name: str
     summary: str
     capability: Capability | None = None
+    #: The clause runs only for backends that do *not* declare this capability (it checks that
+    #: what the capability would honour is refused); skipped, with the reason, for the others.
+    without: Capability | None = None
 
     @property
     def required(self) -> bool:
         """True when no capability gates the clause: it runs (and must pass) for every backend."""
-        return self.capability is None
+        return self.capability is None and self.without is None
 
 
 _ALL = (
@@ -91,6 +94,40 @@ _ALL = (
         "continuous_batching",
         "a request joining a running session starts within two steps and gets its own answer; cancelled ones stop",
         Capability.CONTINUOUS_BATCHING,
+    ),
+    Clause(
+        "guided_tokenizer",
+        "guidance_tokenizer() returns an llguidance.LLTokenizer that numbers tokens as encode() does",
+        Capability.GUIDED_DECODING,
+    ),
+    Clause(
+        "guided_logits_processor",
+        "each request's logits processor gets every step's logits before the pick and then the picked token, "
+        "row by row in a batch; its end-of-sequence token ends the request",
+        Capability.GUIDED_DECODING,
+    ),
+    Clause(
+        "guided_json_schema",
+        "response_format json_schema answers that end with 'stop' parse and follow the schema: alone, with n=2, "
+        "in a batch and streamed",
+        Capability.GUIDED_DECODING,
+    ),
+    Clause(
+        "guided_mixed_batch",
+        "requests with different grammars, and one with none, share a batch and each follows its own",
+        Capability.GUIDED_DECODING,
+    ),
+    Clause(
+        "guided_tool_choice",
+        "tool_choice 'required' or a named function gives well-formed calls whose arguments follow the tool's "
+        "parameters, streamed too",
+        Capability.GUIDED_DECODING,
+    ),
+    Clause(
+        "guided_refused",
+        "without guided_decoding, response_format json_schema/json_object and tools are refused naming the field "
+        "and the backend",
+        without=Capability.GUIDED_DECODING,
     ),
     Clause("gpu", "a GPU is visible to the backend that declares it needs one", Capability.GPU),
 )

@@ -30,6 +30,7 @@ from flavorkit.testing.mixins import (
     BatchingClauses,
     ContractClauses,
     GenerationClauses,
+    GuidedClauses,
     PackagingClauses,
     ProcessClauses,
     StreamingClauses,
@@ -46,6 +47,7 @@ class BackendConformance(
     GenerationClauses,
     BatchingClauses,
     StreamingClauses,
+    GuidedClauses,
 ):
     """Base class of a backend's conformance suite; subclass it as ``Test...`` in the plugin's tests.
 

@@ -238,6 +238,11 @@ class Harness:
         return self.backend().describe(self.handle())
 
     @_once
+    def guidance_tokenizer(self) -> Any:
+        """The backend's ``guidance_tokenizer`` hook on the raw handle (spec version 3), built once."""
+        return self.backend().guidance_tokenizer(self.handle())
+
+    @_once
     def special_tokens(self) -> dict[str, str]:
         """Special-token text -> where the model declares it: its packaged artifacts' and source's tokenizer files.
 

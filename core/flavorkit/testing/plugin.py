@@ -83,6 +83,7 @@ class ConformanceCollector:
                 outcome="passed",
                 required=found.required,
                 capability=found.capability.value if found.capability else None,
+                without_capability=found.without.value if found.without else None,
                 suite=suite,
                 test=item.nodeid,
             )

@@ -9,7 +9,7 @@ change that removes or redefines a field bumps ``version``)::
       "format": "flavorkit-conformance-report",
       "version": 1,
       "flavorkit_version": "0.1.0",        # the kit that produced the report
-      "spec_version": 2,                   # the hook spec it checked
+      "spec_version": 3,                   # the hook spec it checked
       "created": "2026-01-31T12:00:00Z",   # UTC
       "ok": true,                          # no clause failed
       "summary": {"passed": 18, "failed": 0, "skipped": 5, "xfailed": 0},
@@ -20,10 +20,15 @@ change that removes or redefines a field bumps ``version``)::
       ],
       "clauses": [                         # one per clause and backend, in run order
         {"backend": "onnx-cpu", "clause": "max_tokens", "outcome": "passed",
-         "required": true, "capability": null, "suite": "TestOnnx", "message": "",
-         "duration_s": 0.12, "test": "test_x.py::TestOnnx::test_max_tokens"}
+         "required": true, "capability": null, "without_capability": null, "suite": "TestOnnx",
+         "message": "", "duration_s": 0.12, "test": "test_x.py::TestOnnx::test_max_tokens"}
       ]
     }
+
+``capability`` names the capability a clause needs (it is skipped for backends that do not
+declare it); ``without_capability`` (added with the guided-decoding clauses of spec version 3) the
+one whose absence it checks (it is skipped for backends that declare it: ``guided_refused``, for
+``guided_decoding``). ``required`` is true when neither gates the clause.
 
 ``outcome`` is one of ``passed``, ``failed``, ``skipped`` (a capability the backend does not
 declare; ``message`` gives the reason) and ``xfailed`` (listed in ``expected_failures`` and still
@@ -66,6 +71,7 @@ class ClauseResult:
     outcome: Outcome
     required: bool
     capability: str | None = None
+    without_capability: str | None = None
     suite: str = ""
     message: str = ""
     duration_s: float = 0.0

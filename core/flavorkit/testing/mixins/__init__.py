@@ -22,6 +22,8 @@ ContractClauses       max_tokens, stop_strings, n_choices, usage, chat_template,
 GenerationClauses     greedy_deterministic, cancellation, sampling, seeded_sampling
 BatchingClauses       batch_matches_single, batching_interleaved
 StreamingClauses      stream_matches_predict, streaming_incremental, continuous_batching
+GuidedClauses         guided_tokenizer, guided_logits_processor, guided_json_schema,
+                      guided_mixed_batch, guided_tool_choice, guided_refused
 ====================  ======================================================================
 """
 
@@ -31,6 +33,7 @@ from flavorkit.testing.mixins.base import ConformanceBase
 from flavorkit.testing.mixins.batching import BatchingClauses
 from flavorkit.testing.mixins.contract import ContractClauses
 from flavorkit.testing.mixins.generation import GenerationClauses
+from flavorkit.testing.mixins.guided import GuidedClauses
 from flavorkit.testing.mixins.packaging import PackagingClauses
 from flavorkit.testing.mixins.process import ProcessClauses
 from flavorkit.testing.mixins.streaming import StreamingClauses
@@ -40,6 +43,7 @@ __all__ = [
     "ConformanceBase",
     "ContractClauses",
     "GenerationClauses",
+    "GuidedClauses",
     "PackagingClauses",
     "ProcessClauses",
     "StreamingClauses",

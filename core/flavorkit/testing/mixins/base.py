@@ -106,7 +106,7 @@ class ConformanceBase:
 
     @pytest.fixture(autouse=True)
     def _flavorkit_clause_gate(self, request: pytest.FixtureRequest) -> None:
-        """Apply ``expected_failures`` and skip clauses whose capability the backend lacks."""
+        """Apply ``expected_failures``; skip clauses whose capability the backend lacks (or, ``without``, declares)."""
         found = clause_of(request.function)
         if found is None:
             return
@@ -117,3 +117,10 @@ class ConformanceBase:
             harness: Harness = request.getfixturevalue("conformance")
             if found.capability not in harness.capabilities():
                 pytest.skip(f"backend {harness.backend_name!r} does not declare capability '{found.capability.value}'")
+        if found.without is not None:
+            harness = request.getfixturevalue("conformance")
+            if found.without in harness.capabilities():
+                pytest.skip(
+                    f"backend {harness.backend_name!r} declares capability '{found.without.value}'; "
+                    "this clause checks backends without it"
+                )
