@@ -497,9 +497,7 @@ def text_completion(
         created=created,
         model=model,
         choices=[
-            TextChoice(
-                index=i, text=text, finish_reason=finish, logprobs=None if lp is None else text_logprobs(lp)
-            )
+            TextChoice(index=i, text=text, finish_reason=finish, logprobs=None if lp is None else text_logprobs(lp))
             for i, ((text, finish), lp) in enumerate(zip(choices, entries, strict=True))
         ],
         usage=usage,

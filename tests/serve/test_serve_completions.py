@@ -399,7 +399,9 @@ def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None
     plain = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
     only_picked = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=0)
-    assert only_picked.choices[0].logprobs.top_logprobs == [{t: v} for t, v in zip(lp.tokens, lp.token_logprobs)]
+    assert only_picked.choices[0].logprobs.top_logprobs == [
+        {t: v} for t, v in zip(lp.tokens, lp.token_logprobs, strict=True)
+    ]
 
     chunks = list(
         client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=2, stream=True)
@@ -409,8 +411,10 @@ def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None
     assert [v for s in streamed for v in s.token_logprobs] == lp.token_logprobs
     assert [o for s in streamed for o in s.text_offset] == lp.text_offset  # offsets run on across chunks
 
-    listed = client.completions.create(model=TEXT, prompt=["Hello", PROMPTS[1]], max_tokens=3, temperature=0, logprobs=1)
-    assert [c.logprobs.tokens[:3] for c in listed.choices][0] == lp.tokens[:3]
+    listed = client.completions.create(
+        model=TEXT, prompt=["Hello", PROMPTS[1]], max_tokens=3, temperature=0, logprobs=1
+    )
+    assert listed.choices[0].logprobs.tokens == lp.tokens[:3]  # the first prompt's first three tokens
     assert all("".join(c.logprobs.tokens) == c.text for c in listed.choices)
 
 
