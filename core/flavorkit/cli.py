@@ -78,6 +78,7 @@ def cmd_package(args: argparse.Namespace) -> int:
         generation=_parse_kv(args.generation, "--generation"),
         options=_parse_kv(args.option, "--option"),
         registered_model_name=args.register,
+        alias=args.alias,
         overwrite=args.overwrite,
         signing_key=args.signing_key,
     )
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", action="append", metavar="KEY=VALUE", help="default generation setting")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option")
     p.add_argument("--register", metavar="NAME", help="register the logged model under this name")
+    p.add_argument("--alias", metavar="ALIAS", help="point this alias of the registered model at the new version")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--signing-key", metavar="PEM", help="sign the model with this EC private key (flavorkit[signing])")
     p.set_defaults(func=cmd_package)

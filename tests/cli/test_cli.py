@@ -98,13 +98,14 @@ def test_package_with_the_text_generation_task(echo: Path, capsys: pytest.Captur
 
 
 def test_package_logs_and_registers(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "package", "src", "--backend", "echo", "--register", "echo-chat")
+    code, out, _ = _run(capsys, "package", "src", "--backend", "echo", "--register", "echo-chat", "--alias", "prod")
     assert code == 0 and out is not None
     assert out["registered_model_version"] == 1
     assert out["model_uri"].startswith("models:/")
     version = mlflow.MlflowClient().get_model_version("echo-chat", "1")
     assert version.status == "READY"
-    model = mlflow.pyfunc.load_model("models:/echo-chat/1")
+    assert version.aliases == ["prod"]
+    model = mlflow.pyfunc.load_model("models:/echo-chat@prod")
     assert (
         model.predict({"messages": [{"role": "user", "content": "hi"}]})[0]["choices"][0]["message"]["content"] == "hi"
     )

@@ -50,11 +50,13 @@ def registered(remote: str, tiny_ort: Path) -> str:
     """The tiny onnx-cpu model packaged into the server's registry, with the alias ``champion``."""
     mlflow.set_experiment("flavorkit-http")
     info = flavorkit.package(
-        model=str(tiny_ort), backend="onnx-cpu", registered_model_name=NAME, generation={"temperature": 0.0}
+        model=str(tiny_ort),
+        backend="onnx-cpu",
+        registered_model_name=NAME,
+        alias="champion",
+        generation={"temperature": 0.0},
     )
-    version = str(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(NAME, "champion", version)
-    return version
+    return str(info.registered_model_version)
 
 
 def test_package_register_alias_and_load_over_http(registered: str, remote: str) -> None:

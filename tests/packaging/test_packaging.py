@@ -287,6 +287,37 @@ def test_logging_into_an_active_run_keeps_it_open(tiny_ort: Path) -> None:
     assert info.name == "chat"
 
 
+def test_an_alias_is_set_in_the_same_call_and_moves_to_the_next_version(tiny_ort: Path) -> None:
+    client = mlflow.MlflowClient()
+    first = flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", registered_model_name="aliased", alias="prod")
+    assert str(client.get_model_version_by_alias("aliased", "prod").version) == str(first.registered_model_version)
+    second = flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", registered_model_name="aliased", alias="prod")
+    assert str(client.get_model_version_by_alias("aliased", "prod").version) == str(second.registered_model_version)
+    assert str(second.registered_model_version) == "2"
+    model = mlflow.pyfunc.load_model("models:/aliased@prod")
+    assert model.metadata.run_id == second.run_id
+
+
+@pytest.mark.parametrize(
+    ("alias", "register", "detail"),
+    [
+        ("prod", None, "an alias names a registered version; give registered_model_name too"),
+        ("v3", "x", "'v3' is not a valid alias"),
+        ("latest", "x", "'latest' is not a valid alias"),
+        ("has space", "x", "'has space' is not a valid alias"),
+        ("", "x", "'' is not a valid alias"),
+    ],
+)
+def test_a_bad_alias_is_refused_before_anything_is_logged(
+    tiny_ort: Path, alias: str, register: str | None, detail: str
+) -> None:
+    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    with pytest.raises(InvalidRequest) as exc:
+        flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", registered_model_name=register, alias=alias)
+    assert (exc.value.field, exc.value.detail) == ("alias", detail)
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before, "no run was started"
+
+
 def test_registration_needs_logging(tiny_ort: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest) as exc:
         flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", registered_model_name="x")

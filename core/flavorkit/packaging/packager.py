@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -65,6 +66,7 @@ def package(
     generation: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     registered_model_name: str | None = None,
+    alias: str | None = None,
     overwrite: bool = False,
     name: str = "model",
     model_name: str | None = None,
@@ -74,7 +76,8 @@ def package(
 
     With ``path`` the model is saved to that directory; otherwise it is logged to the active MLflow
     run (one is started if none is active) under ``name``, and registered as
-    ``registered_model_name`` when given. ``generation`` sets default generation settings
+    ``registered_model_name`` when given, with ``alias`` (say ``"champion"``, loaded as
+    ``models:/name@champion``) pointed at the new version. ``generation`` sets default generation settings
     (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``n``, ``stop``, ``seed``) that each
     request may override; ``options`` are backend-specific (see ``flavorkit backends``).
     ``signing_key`` (an EC private key, PEM) signs the whole model with ``model-signing``
@@ -89,6 +92,7 @@ def package(
         raise InvalidRequest("generation.n", f"{task} returns one string per prompt", allowed="1")
     signature = be.signature(task, opts)
     target = _check_target(path, overwrite, registered_model_name)
+    _check_alias(alias, registered_model_name)
     signer = _signer(signing_key)
 
     with open_stage(target) as stage:
@@ -113,7 +117,23 @@ def package(
         with _quiet_mlflow_env():
             if target is not None:
                 return _save_atomically(target, overwrite, lambda staging: seal.save(staging, kwargs))
-            return _log(name, registered_model_name, kwargs, seal)
+            return _log(name, registered_model_name, kwargs, seal, alias)
+
+
+#: MLflow's rule for alias names (``mlflow.utils.validation``), checked before any work is done.
+_ALIAS = re.compile(r"[\w-]{1,255}")
+_RESERVED_ALIAS = re.compile(r"v\d+|latest", re.IGNORECASE)
+
+
+def _check_alias(alias: str | None, registered_model_name: str | None) -> None:
+    """Refuse an alias that MLflow would refuse only after the upload, or one with nothing to point at."""
+    if alias is None:
+        return
+    if not registered_model_name:
+        raise InvalidRequest("alias", "an alias names a registered version; give registered_model_name too")
+    allowed = "1 to 255 of letters, digits, _ and -, not 'latest' or v<number> (MLflow reserves those)"
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
+        raise InvalidRequest("alias", f"{alias!r} is not a valid alias", allowed=allowed)
 
 
 def _check_target(
@@ -357,7 +377,21 @@ class _Sealer:
             self.signer.sign(model_dir)
 
 
-def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any], seal: _Sealer) -> ModelInfo:
+def _set_alias(registered_model_name: str, alias: str, version: Any) -> None:
+    """Point ``alias`` at the version just registered (moving it from an earlier version, as MLflow does)."""
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
+    except Exception as exc:
+        raise PackagingError(
+            f"{registered_model_name} version {version} was registered, but setting alias {alias!r} failed: {exc}"
+        ) from exc
+
+
+def _log(
+    name: str, registered_model_name: str | None, kwargs: dict[str, Any], seal: _Sealer, alias: str | None = None
+) -> ModelInfo:
     import mlflow
     from mlflow.models import Model
 
@@ -383,6 +417,8 @@ def _log(name: str, registered_model_name: str | None, kwargs: dict[str, Any], s
             validate_serving_input=False,
             **kwargs,
         )
+        if alias is not None and registered_model_name:
+            _set_alias(registered_model_name, alias, info.registered_model_version)
         status = "FINISHED"
     except FlavorkitError:
         raise
