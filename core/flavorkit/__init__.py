@@ -2,9 +2,10 @@
 
 Three surfaces are public and stable; every other module is internal and says so in its docstring:
 
-- ``flavorkit`` (this package), for users: :func:`package`, :func:`backends`, the errors and the
-  data types. A packaged model is loaded with ``mlflow.pyfunc.load_model`` and served with
-  ``flavorkit serve`` (or :func:`flavorkit.serve.create_app`).
+- ``flavorkit`` (this package), for users: :func:`package`, :func:`backends`, :func:`demo_model`
+  (SmolLM2-135M-Instruct, offline, for first steps and tutorials), the errors and the data types.
+  A packaged model is loaded with ``mlflow.pyfunc.load_model`` and served with ``flavorkit serve``
+  (or :func:`flavorkit.serve.create_app`).
 - :mod:`flavorkit.sdk`, for backend plugin authors: everything a plugin imports (``hookimpl``, the
   types, the errors, ``HandleHooks`` and the source, cache, requirement and progress helpers).
 - :mod:`flavorkit.testing`, the conformance kit: ``BackendConformance``, its pytest plugin
@@ -13,7 +14,7 @@ Three surfaces are public and stable; every other module is internal and says so
 ::
 
     import flavorkit
-    info = flavorkit.package(model="models/phi3-int4", backend="onnx-cpu")
+    info = flavorkit.package(model=flavorkit.demo_model(), backend="onnx-cpu")
     flavorkit.backends()          # what is installed, and what is missing
 
 Importing flavorkit is cheap: MLflow, torch and onnxruntime are imported only when used.
@@ -42,6 +43,7 @@ from flavorkit.errors import (
 from flavorkit.types import Artifacts, Capability, Delta, GenerationRequest, GenerationSession, RuntimeInfo
 
 if TYPE_CHECKING:
+    from flavorkit.demo.smollm2 import checkpoint as demo_model
     from flavorkit.packaging.packager import package as package
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "SignatureError",
     "__version__",
     "backends",
+    "demo_model",
     "hookimpl",
     "package",
 ]
@@ -76,4 +79,8 @@ def __getattr__(name: str) -> Any:
         from flavorkit.packaging.packager import package
 
         return package
+    if name == "demo_model":
+        from flavorkit.demo.smollm2 import checkpoint as demo_model
+
+        return demo_model
     raise AttributeError(f"module 'flavorkit' has no attribute {name!r}")

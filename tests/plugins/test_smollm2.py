@@ -113,8 +113,10 @@ def test_registered_model_round_trip(smollm2_ort: Path, raw_spain: str) -> None:
 
 
 def test_quickstart_runs_from_scratch_then_skips_the_conversion(tmp_path: Path, smollm2_ort: Path) -> None:
-    # The quickstart asks the same question with max_tokens=64, converting with the same options.
-    raw, _ = raw_onnx_greedy(smollm2_ort, SPAIN["messages"], 64)
+    from flavorkit.demo.quickstart import QUESTION
+
+    # The quickstart asks its question greedily with max_tokens=64, converting with the same options.
+    raw, _ = raw_onnx_greedy(smollm2_ort, [{"role": "user", "content": QUESTION}], 64)
     env = {**os.environ, "FLAVORKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "flavorkit.cli", "quickstart", "--workdir", str(tmp_path / "qs")]
@@ -126,7 +128,8 @@ def test_quickstart_runs_from_scratch_then_skips_the_conversion(tmp_path: Path, 
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"A: {raw.strip()}\n" in second.stdout
     assert "Converting" not in second.stderr and "Dequantising" not in second.stderr
-    assert "models:/smollm2-135m-chat/2" in second.stdout, "each run registers a new version"
+    assert "Registered as smollm2-135m-chat version 2, alias 'champion'" in second.stdout, "a new version each run"
+    assert " serve models:/smollm2-135m-chat@champion --port 8000" in second.stdout
     usage = json.loads(second.stdout.split("usage=")[1].splitlines()[0])
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert not (tmp_path / "mlruns").exists(), "the quickstart keeps its store under --workdir"

