@@ -60,9 +60,14 @@ class OnnxOptions(BaseModel):
     provider_options: dict[str, str] = Field(
         default_factory=dict, description="Execution provider options at load time, e.g. {'device_id': '0'} for CUDA."
     )
-    batching: Literal["auto", "sequential"] = Field(
-        "auto",
-        description="'auto' batches requests natively when several arrive together; 'sequential' runs them one by one.",
+    batching: Literal["exact", "auto", "sequential"] = Field(
+        "exact",
+        description=(
+            "'exact': a greedy request decodes in its own generator, interleaved step by step with the others, so its "
+            "answer never depends on the load; sampled requests with equal settings share batches. 'auto': greedy "
+            "requests share batches too (faster under load, but int4 kernels round differently for several rows, so "
+            "a greedy answer can change where two tokens nearly tie). 'sequential': every request alone."
+        ),
     )
     intra_op_num_threads: int | None = Field(
         None,
@@ -195,6 +200,7 @@ class OnnxGenaiBackend(HandleHooks):
             artifacts["model"],
             provider=self.provider,
             provider_options=options.get("provider_options", {}),
+            # A model packaged before 'exact' existed stored its choice ('auto', the old default).
             batching=options.get("batching", "auto"),
             intra_op_num_threads=options.get("intra_op_num_threads"),
         )

@@ -13,9 +13,11 @@ onnxruntime-genai applies per batch (``max_length``, EOS) are enforced per row h
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,18 @@ def _graph_defect(message: str) -> bool:
     return _INVALID_GRAPH in message and not any(marker in message for marker in _RUNTIME_TOO_OLD)
 
 
+log = logging.getLogger(__name__)
+
+#: The invariance probe: decoding steps compared, batch sizes tried, and its text (plain prose).
+_PROBE_STEPS = 4
+_PROBE_BATCHES = (2, 8)
+_PROBE_TEXT = (
+    "The river ran past the old mill where the baker kept his flour in wooden barrels, and every "
+    "morning the children of the village walked along the bank to buy warm bread before school, "
+    "counting the boats that carried timber down to the harbour where ships waited for the tide."
+)
+
+
 @dataclass
 class OgHandle:
     """A loaded ORT-genai model, its tokenizer and the facts the core asks for."""
@@ -103,6 +117,8 @@ class OgHandle:
     batching: str = "auto"
     cost: CostModel = CPU_COST
     folder: str = ""
+    #: Whether batched greedy decoding computes bitwise the one-row logits here (None: not probed yet).
+    invariant: bool | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -215,12 +231,21 @@ class OgHandle:
         """Request indices decoded together: same search settings, then the cost model's plan.
 
         Each group fits the context (widest prompt + largest ``max_tokens``) and :data:`MAX_BATCH`;
-        groups are ordered by their first index.
+        groups are ordered by their first index. With ``batching="exact"`` (the default) every
+        greedy request is a group of its own: onnxruntime's int4 kernels round differently for
+        several rows, so a greedy row in a batch can flip a near-tie (issue 21 measured 13 of 32
+        served answers changed), while a one-row generator computes exactly what the request
+        alone computes.
         """
         if self.batching == "sequential":
             return [[i] for i in range(len(requests))]
         buckets: dict[tuple[Any, ...], list[int]] = {}
+        alone: list[list[int]] = []
+        exact = self.batching == "exact" and sum(r.greedy for r in requests) > 1 and not self.batches_exactly()
         for i, req in enumerate(requests):
+            if req.greedy and exact:
+                alone.append([i])  # batch size 1: the single-request numerics, whatever else runs
+                continue
             key = (
                 ("greedy",)
                 if req.greedy
@@ -236,8 +261,70 @@ class OgHandle:
                 fits=lambda width, steps: width + steps <= self.context_length,
             )
             groups.extend([members[k] for k in group] for group in plan)
+        groups.extend(alone)
         groups.sort(key=min)
         return groups
+
+    def batches_exactly(self) -> bool:
+        """Whether a batch computes bitwise the logits each of its rows computes alone, probed once.
+
+        onnxruntime's kernels may take other paths for several rows than for one: on an AMD EPYC
+        without AVX-512, SmolLM2's int4 MatMulNBits did, and 13 of 32 served greedy answers changed
+        under load (issue 21); on an Intel CPU with AVX-512 the same batches were bitwise equal. So
+        ``batching="exact"`` asks this machine: the probe decodes a long and a short prompt alone,
+        then right-padded together in batches of 2 and 8, and compares every step's logits bit for
+        bit. Equal everywhere: greedy rows share batches. Any difference: each greedy row gets a
+        generator of its own.
+        """
+        if self.invariant is None:
+            started = time.perf_counter()
+            self.invariant = self._probe_invariance()
+            log.info(
+                "onnxruntime-genai batches %s on this machine (probed in %.2f s): greedy requests %s",
+                "bitwise like single rows" if self.invariant else "with other rounding than single rows",
+                time.perf_counter() - started,
+                "share batches" if self.invariant else "decode alone, interleaved",
+            )
+        return self.invariant
+
+    def _probe_invariance(self, steps: int = _PROBE_STEPS) -> bool:
+        """Decode the probe prompts alone and batched; True when every step's logits are bitwise equal."""
+        import numpy as np
+
+        text = " ".join(_PROBE_TEXT.split()[: max(8, min(48, self.context_length // 8))])
+        long_ids = [int(t) for t in self.tokenizer.encode(text)][: max(2, self.context_length // 4)]
+        short_ids = long_ids[: max(1, len(long_ids) // 3)]
+        if len(long_ids) + steps > self.context_length:
+            return False  # no room to probe: decode alone, which is always exact
+        alone = {len(ids): self._probe_logits([ids], steps)[0] for ids in (long_ids, short_ids)}
+        for size in _PROBE_BATCHES:
+            rows = [long_ids if k % 2 == 0 else short_ids for k in range(size)]
+            batched = self._probe_logits(rows, steps)
+            for ids, logits in zip(rows, batched, strict=True):
+                if not np.array_equal(logits, alone[len(ids)]):
+                    return False
+        return True
+
+    def _probe_logits(self, rows: Sequence[Sequence[int]], steps: int) -> list[Any]:
+        """Each row's logits over ``steps`` greedy steps, decoded as one right-padded batch."""
+        og = _og()
+        import numpy as np
+
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int32)
+        for k, row in enumerate(rows):
+            ids[k, : len(row)] = row
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=width + steps, do_sample=False, batch_size=len(rows))
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(ids)
+        seen: list[list[Any]] = [[] for _ in rows]
+        for _ in range(steps):
+            logits = np.array(generator.get_logits()[:, -1, :], copy=True)
+            for k in range(len(rows)):
+                seen[k].append(logits[k])
+            generator.generate_next_token()
+        return [np.stack(s) for s in seen]
 
     def _params(self, req: GenerationRequest, max_length: int, batch_size: int = 1) -> Any:
         og = _og()

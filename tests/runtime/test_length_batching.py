@@ -149,7 +149,7 @@ def _requests(lengths: list[int], max_tokens: list[int], **settings: Any) -> lis
 
 
 def test_onnx_groups_by_settings_then_cost(tiny_ort: Path) -> None:
-    model = load_engine("onnx-cpu", tiny_ort)
+    model = load_engine("onnx-cpu", tiny_ort, batching="auto")
     handle = model.handle
     assert handle.cost is ONNX_CPU
     greedy = _requests([10, 200, 12, 14], [16] * 4)
@@ -162,6 +162,36 @@ def test_onnx_groups_by_settings_then_cost(tiny_ort: Path) -> None:
     assert handle.groups(_requests([100, 150], [150, 100])) == [[0], [1]]
     sequential = load_engine("onnx-cpu", tiny_ort, batching="sequential").handle
     assert sequential.groups(greedy) == [[0], [1], [2], [3]]
+    assert sequential.groups(sampled) == [[0], [1]]
+    # The default, 'exact': where a batch rounds differently from one row, greedy requests decode
+    # alone and sampled ones are batched by their settings and the cost model ...
+    exact = load_engine("onnx-cpu", tiny_ort).handle
+    assert exact.batching == "exact"
+    exact.invariant = False
+    assert exact.groups([*greedy, *sampled]) == [[0], [1], [2], [3], [4, 5]]
+    assert exact.groups([sampled[0], greedy[0], sampled[1]]) == [[0, 2], [1]]
+    # ... and where the probe found batches bitwise equal to single rows, greedy ones batch as with 'auto'.
+    exact.invariant = True
+    assert exact.groups([*greedy, *sampled]) == [[0, 2, 3], [1], [4, 5]]
+
+
+def test_the_invariance_probe_runs_once_and_only_when_greedy_rows_could_share_a_batch(tiny_ort: Path) -> None:
+    import numpy as np
+
+    handle = load_engine("onnx-cpu", tiny_ort).handle
+    one = _requests([10], [16])
+    handle.groups(one)
+    handle.groups(_requests([10, 12], [16, 16], temperature=0.8))
+    assert handle.invariant is None, "one greedy row, or sampled rows only: nothing to probe"
+    verdict = handle.batches_exactly()
+    # The verdict is what the probe's own comparison says: a long and a short row, alone and batched.
+    ids = [int(t) for t in handle.tokenizer.encode("the river ran past the old mill and the baker")]
+    alone = handle._probe_logits([ids], 3)[0]
+    batched = handle._probe_logits([ids, ids[:3]], 3)[0]
+    assert verdict == handle.invariant
+    assert not verdict or np.array_equal(alone, batched)
+    handle.invariant = not verdict  # cached: the probe does not run again
+    assert handle.batches_exactly() is (not verdict)
 
 
 def test_transformers_plan_uses_the_cost_model(tiny_hf: Path) -> None:
@@ -197,7 +227,7 @@ def _equal_to_singles(model: LoadedModel, rows: list[dict[str, Any]]) -> list[li
 
 
 def test_onnx_mixed_lengths_equal_single_requests(tiny_ort: Path) -> None:
-    model = load_engine("onnx-cpu", tiny_ort)
+    model = load_engine("onnx-cpu", tiny_ort, batching="auto")  # batched: the tiny fp32 model shows no drift
     groups = _equal_to_singles(model, _tiny_mixed())
     assert len(groups) > 1 and any(len(g) > 1 for g in groups), groups  # split, and still batched
 
@@ -211,17 +241,13 @@ def test_transformers_mixed_lengths_equal_single_requests(tiny_hf: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="issue 21, open: onnxruntime-genai's int4 kernels take other paths for a batch than for one row, so "
-    "a batched greedy answer can drift from the single one (reproduced with raw onnxruntime-genai; it failed "
-    "here on 2026-12-07 and passed in earlier CI runs); onnx-cpu has no near-tie replay yet",
-    strict=False,
-)
 def test_smollm2_onnx_mixed_lengths_equal_single_requests(smollm2_ort: Path) -> None:
+    # The default 'exact' batching decodes each greedy row in a one-row generator. With 'auto' this
+    # failed (issue 21): the int4 kernels round differently for several rows and flip near-ties.
     model = load_engine("onnx-cpu", smollm2_ort)
     rows = [notes(n, 24) for n in (0, 2, 8, 23, 48, 102)]
-    groups = _equal_to_singles(model, rows)
-    assert any(len(g) > 1 for g in groups) and [max(max(g) for g in groups)] in groups, groups
+    _equal_to_singles(model, rows)
+    assert model.handle.batching == "exact"
 
 
 @pytest.mark.slow

@@ -124,3 +124,70 @@ def test_invocations_timeout_stops_the_running_predict(base: str) -> None:
     assert 0 < spent < 1000
     time.sleep(0.5)
     assert _spent(before, _metrics(base)) == spent, "nothing is generated for the abandoned request"
+
+
+def _prompts() -> list[list[dict[str, str]]]:
+    """32 conversations: short questions, and requests of 60 to 120 prompt tokens."""
+    topics = ["bread", "rivers", "trains", "owls", "glass", "maps", "tea", "bees"]
+    out = []
+    for i in range(32):
+        topic = topics[i % len(topics)]
+        if i % 2:
+            text = f"Tell me one fact about {topic}."
+        else:
+            text = f"Here are my notes on {topic}. " + f"The {topic} matter to people in many ways. " * (6 + i % 5)
+            text += "Summarise them in one sentence."
+        out.append([{"role": "user", "content": text}])
+    return out
+
+
+@pytest.fixture(scope="module")
+def busy(model_dir: Path) -> Iterator[str]:
+    """The same model behind a server with the default limits (no 1 s timeout), for a load test."""
+    with running(create_app(str(model_dir))) as url:
+        yield url
+
+
+def test_32_concurrent_greedy_clients_get_their_single_request_answers(busy: str) -> None:
+    """Issue 21: under load, with streams cancelled mid-way, every greedy answer equals the prompt alone."""
+    import asyncio
+
+    base = busy
+    prompts = _prompts()
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+    prompt_tokens = []
+    alone = []
+    for messages in prompts:
+        answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=24, temperature=0)
+        alone.append(answer.choices[0].message.content)
+        prompt_tokens.append(answer.usage.prompt_tokens)
+    assert sum(n >= 60 for n in prompt_tokens) == 16, prompt_tokens
+
+    async def answer(aclient: Any, messages: list[dict[str, str]]) -> str:
+        reply = await aclient.chat.completions.create(model=NAME, messages=messages, max_tokens=24, temperature=0)
+        return str(reply.choices[0].message.content)
+
+    async def cancelled(aclient: Any, messages: list[dict[str, str]]) -> None:
+        stream = await aclient.chat.completions.create(
+            model=NAME, messages=messages, max_tokens=200, temperature=0, stream=True
+        )
+        seen = 0
+        async for _chunk in stream:
+            seen += 1
+            if seen == 4:
+                break
+        await stream.close()  # the server sees the disconnect and drops the row mid-batch
+
+    async def load() -> list[str]:
+        aclient = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=600)
+        try:
+            leavers = [asyncio.create_task(cancelled(aclient, STORY)) for _ in range(4)]
+            answers = await asyncio.gather(*(answer(aclient, m) for m in prompts))
+            await asyncio.gather(*leavers)
+            return list(answers)
+        finally:
+            await aclient.close()
+
+    under_load = asyncio.run(load())
+    differ = [i for i, (a, b) in enumerate(zip(alone, under_load, strict=True)) if a != b]
+    assert differ == [], f"{len(differ)} of 32 answers changed under load: {differ}"

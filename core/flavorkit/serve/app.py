@@ -6,6 +6,7 @@ Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :fun
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -282,4 +283,7 @@ def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) ->
         lifespan="on",
     )
     log.info("serving %r as %r on http://%s:%d/v1", model_uri, state.served_name, settings.host, settings.port)
+    # The packaged options say how the backend batches (onnx: batching='exact', greedy answers independent of load).
+    options = (state.pyfunc.model_config or {}).get("options") or {}
+    log.info("backend %r with options %s", state.model.backend.name, json.dumps(options, sort_keys=True))
     Server(config).run()
