@@ -95,6 +95,17 @@ def raw_onnx_greedy(folder: Path, messages: list[dict[str, str]], max_tokens: in
     The reference for the SmolLM2 tests: what a 135M int4 model answers depends on the CPU's kernels
     (one machine says "Madrid", another "El Salvador"), but the wrapper must give exactly the raw answer.
     """
+    return _raw_onnx(folder, max_tokens, messages=messages)
+
+
+def raw_onnx_greedy_text(folder: Path, text: str, max_tokens: int) -> tuple[str, bool]:
+    """onnxruntime-genai alone: the greedy continuation of ``tokenizer.encode(text)`` (no template); EOS flag."""
+    return _raw_onnx(folder, max_tokens, text=text)
+
+
+def _raw_onnx(
+    folder: Path, max_tokens: int, *, messages: list[dict[str, str]] | None = None, text: str | None = None
+) -> tuple[str, bool]:
     import json
 
     import onnxruntime_genai as og
@@ -105,8 +116,9 @@ def raw_onnx_greedy(folder: Path, messages: list[dict[str, str]], max_tokens: in
     set_cpu_threads(config)  # as the onnx backends do: int4 kernels may round differently with other threads
     model = og.Model(config)
     tokenizer = og.Tokenizer(model)
-    prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
-    ids = tokenizer.encode(prompt)
+    if text is None:
+        text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    ids = tokenizer.encode(text)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
     generator = og.Generator(model, params)

@@ -81,6 +81,7 @@ def cmd_package(args: argparse.Namespace) -> int:
         alias=args.alias,
         overwrite=args.overwrite,
         signing_key=args.signing_key,
+        prompt_format=args.prompt_format,
     )
     print(json.dumps({"model_uri": info.model_uri, "registered_model_version": info.registered_model_version}))
     return 0
@@ -245,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", metavar="ALIAS", help="point this alias of the registered model at the new version")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--signing-key", metavar="PEM", help="sign the model with this EC private key (flavorkit[signing])")
+    p.add_argument(
+        "--prompt-format",
+        choices=["raw", "chat_template"],
+        help="text-generation only: continue the prompt as plain text (raw, the default) or wrap it in the chat "
+        "template as one user message (chat_template)",
+    )
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser(

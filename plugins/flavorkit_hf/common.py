@@ -28,6 +28,7 @@ from flavorkit.sdk import (
 )
 
 __all__ = [
+    "CHAT",
     "CODE_SUFFIXES",
     "WEIGHT_SUFFIXES",
     "CommonOptions",
@@ -41,6 +42,8 @@ __all__ = [
     "weight_files",
 ]
 
+#: The chat task, as the ``artifacts`` hook receives it (spec version 4): only it needs a chat template.
+CHAT = "llm/v1/chat"
 #: Weight formats a transformers checkpoint may carry; only the one used is packaged.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 #: Files that only matter when custom code is trusted.
@@ -141,12 +144,17 @@ def check_remote_code(folder: Path, trust_remote_code: bool) -> list[str]:
     return refs
 
 
-def require_chat_template(folder: Path, *, declared: bool | None = None, trust_remote_code: bool = False) -> None:
-    """Refuse a model whose tokenizer has no chat template (the hook spec's rule for ``artifacts``).
+def require_chat_template(
+    folder: Path, task: str, *, declared: bool | None = None, trust_remote_code: bool = False
+) -> None:
+    """Refuse a chat model whose tokenizer has no chat template (the hook spec's rule for ``artifacts``).
 
     ``declared`` is what :func:`flavorkit_hf.checkpoint.validate_checkpoint` already found out; when it
-    is None the tokenizer in ``folder`` is loaded to find out.
+    is None the tokenizer in ``folder`` is loaded to find out. A ``text-generation`` model (``task``)
+    needs none: its prompts are plain text (``encode_text``).
     """
+    if task != CHAT:
+        return
     if declared is None:
         declared = bool(getattr(load_tokenizer(folder, trust_remote_code), "chat_template", None))
     if not declared:

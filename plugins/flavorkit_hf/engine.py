@@ -190,6 +190,15 @@ class Engine:
         width = getattr(getattr(self.model, "config", None), "vocab_size", None)
         return guidance_tokenizer_from_hf(self.tokenizer, n_vocab=int(width) if width else None)
 
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a text-generation prompt as plain text, no chat template (the ``encode_text`` hook, spec 4).
+
+        ``tokenizer(text)`` as transformers' own text-generation pipeline does: the tokenizer's
+        default special tokens (a beginning-of-sequence token where it adds one), markers written
+        in the text read as the special tokens they name.
+        """
+        return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
     def encode(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         """Apply the chat template (``tools`` too), generation prompt included; none is a :class:`BackendError`."""
         conversation = [dict(m) for m in messages]

@@ -137,8 +137,11 @@ class OptimumBackend(HFBackendBase):
         return OptimumOptions
 
     @hookimpl
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
-        """An Optimum ONNX folder as is, or a transformers checkpoint exported to ONNX (cached)."""
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str) -> Artifacts:
+        """An Optimum ONNX folder as is, or a transformers checkpoint exported to ONNX (cached).
+
+        A chat model (``task``) needs a chat template; a text-generation one does not.
+        """
         if not isinstance(source, (str, os.PathLike)):
             raise ModelSourceError(
                 type(source).__name__,
@@ -160,7 +163,7 @@ class OptimumBackend(HFBackendBase):
             from flavorkit_hf.export import export_checkpoint
 
             info = validate_checkpoint(folder, trust_remote_code=trust)
-            require_chat_template(folder, declared=info["chat_template"])  # before an export that would be wasted
+            require_chat_template(folder, task, declared=info["chat_template"])  # before an export that would be wasted
             folder = export_checkpoint(found, trust_remote_code=trust)
             staged_from = model_dir(folder)
             metadata["exported_from"] = {k: info[k] for k in ("model_type", "architectures")}
@@ -173,7 +176,7 @@ class OptimumBackend(HFBackendBase):
 
         metadata.update(_check_export(folder, options, read_graph=not exported))
         if not exported:
-            require_chat_template(folder, trust_remote_code=trust)
+            require_chat_template(folder, task, trust_remote_code=trust)
         staged = stage_files(staged_from, Path(workdir) / "model", keep)
         requirements = [pinned(ort_distribution(options.get("provider"))), *(pinned(d) for d in RUNTIME)]
         return Artifacts(files={"model": str(staged)}, requirements=requirements, metadata=metadata)

@@ -69,8 +69,11 @@ class TransformersBackend(HFBackendBase):
         return TransformersOptions
 
     @hookimpl
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
-        """A checkpoint folder or Hub id, validated and staged; or a Pipeline saved with save_pretrained."""
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str) -> Artifacts:
+        """A checkpoint folder or Hub id, validated and staged; or a Pipeline saved with save_pretrained.
+
+        A chat model (``task``) needs a chat template; a text-generation one does not.
+        """
         from flavorkit_hf.checkpoint import save_pipeline, stage_checkpoint, validate_checkpoint
 
         trust = bool(options.get("trust_remote_code", False))
@@ -79,7 +82,7 @@ class TransformersBackend(HFBackendBase):
             found = resolve_source(source, options, weights=True)
             check_links(found)  # before transformers reads a file of it
             info = validate_checkpoint(found.path, trust_remote_code=trust)
-            require_chat_template(found.path, declared=info["chat_template"])
+            require_chat_template(found.path, task, declared=info["chat_template"])
             stage_checkpoint(found, dest, weights=info["weights"], trust_remote_code=trust)
             origin = "checkpoint"
         else:
@@ -92,7 +95,7 @@ class TransformersBackend(HFBackendBase):
                 )
             save_pipeline(source, dest)
             info = validate_checkpoint(dest, trust_remote_code=trust)
-            require_chat_template(dest, declared=info["chat_template"])
+            require_chat_template(dest, task, declared=info["chat_template"])
             origin = "pipeline"
         return Artifacts(
             files={"model": str(dest)},

@@ -78,6 +78,9 @@ class OnnxOptions(BaseModel):
     )
 
 
+#: The chat task, as the ``artifacts`` hook receives it (spec version 4): only it needs a chat template.
+CHAT = "llm/v1/chat"
+
 #: How to give a model a chat template, for the error that refuses a model without one.
 TEMPLATE_FIX = (
     "package an instruction-tuned (chat) model, or add the model's template to its folder as chat_template.jinja "
@@ -85,12 +88,15 @@ TEMPLATE_FIX = (
 )
 
 
-def require_chat_template(folder: Path) -> None:
-    """Refuse a model folder whose tokenizer files declare no chat template (the hook spec's rule for ``artifacts``).
+def require_chat_template(folder: Path, task: str = CHAT) -> None:
+    """Refuse a chat model folder whose tokenizer files declare no chat template (the hook spec's ``artifacts`` rule).
 
     onnxruntime-genai reads ``chat_template.jinja`` or the ``chat_template`` string of
-    ``tokenizer_config.json``; a checkpoint may also carry ``chat_template.json``.
+    ``tokenizer_config.json``; a checkpoint may also carry ``chat_template.json``. A
+    ``text-generation`` model needs none: its prompts are plain text (``encode_text``).
     """
+    if task != CHAT:
+        return
     jinja = folder / "chat_template.jinja"
     if jinja.is_file() and jinja.stat().st_size > 0:
         return
@@ -149,12 +155,12 @@ class OnnxGenaiBackend(HandleHooks):
         return OnnxOptions
 
     @hookimpl
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str) -> Artifacts:
         """An ORT-genai folder as is, or a transformers checkpoint converted with the model builder.
 
         Every link in the source is checked first (none may lead outside it). A folder holding links
         (a Hub cache snapshot always does) is staged into ``workdir`` as real files; one without is
-        packaged in place, which saves a copy of the weights.
+        packaged in place, which saves a copy of the weights. A chat model (``task``) needs a chat template.
         """
         if not isinstance(source, (str, Path)):
             raise ModelSourceError(
@@ -166,7 +172,7 @@ class OnnxGenaiBackend(HandleHooks):
         folder = found.path
         metadata: dict[str, Any] = {"provider": self.provider}
         if (folder / "genai_config.json").is_file():
-            require_chat_template(folder)
+            require_chat_template(folder, task)
             if links:
                 folder = stage_tree(found, Path(workdir) / "model")
         else:
@@ -177,14 +183,14 @@ class OnnxGenaiBackend(HandleHooks):
                 )
             from flavorkit_onnxgenai.convert import convert_checkpoint
 
-            require_chat_template(folder)  # before a conversion that would be wasted
+            require_chat_template(folder, task)  # before a conversion that would be wasted
             folder = convert_checkpoint(
                 found,
                 precision=options.get("precision", "int4"),
                 execution_provider=self.provider,
                 builder_options=options.get("builder_options", {}),
             )
-            require_chat_template(folder)  # what onnxruntime-genai will read
+            require_chat_template(folder, task)  # what onnxruntime-genai will read
             metadata["converted"] = {
                 "precision": options.get("precision", "int4"),
                 **options.get("builder_options", {}),

@@ -201,6 +201,10 @@ class OgHandle:
             ) from None
         return [int(t) for t in self.tokenizer.encode(prompt)]
 
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a text-generation prompt as plain text, no chat template (the ``encode_text`` hook, spec 4)."""
+        return [int(t) for t in self.tokenizer.encode(text)]
+
     def guidance_tokenizer(self) -> Any:
         """The vocabulary for guided decoding, read from the folder's ``tokenizer.json``.
 

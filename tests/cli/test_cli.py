@@ -87,9 +87,15 @@ def test_package_refuses_to_overwrite_unless_asked(echo: Path, capsys: pytest.Ca
 
 def test_package_with_the_text_generation_task(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = echo / "m"
-    code, _, _ = _run(capsys, "package", "src", "--backend", "echo", "--path", str(target), "--task", "text-generation")
+    args = ["package", "src", "--backend", "echo", "--path", str(target), "--task", "text-generation"]
+    # The echo backend predates spec 4: no encode_text hook, so a raw text-generation model is refused.
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "does not implement the encode_text hook" in err and "--prompt-format chat_template" in err
+    assert not target.exists()
+    code, _, _ = _run(capsys, *args, "--prompt-format", "chat_template")
     assert code == 0
     assert _meta(target)["task"] == "text-generation"
+    assert _meta(target)["prompt_format"] == "chat_template"
     assert mlflow.pyfunc.load_model(str(target)).predict({"prompt": "xyz"}) == ["xyz"]
     with pytest.raises(SystemExit) as exc:
         main(["package", "src", "--backend", "echo", "--task", "summarise"])

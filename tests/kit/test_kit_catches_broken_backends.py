@@ -120,6 +120,10 @@ class ToyBackend:
         return [ord(c) for c in text]
 
     @hookimpl
+    def encode_text(self, handle, text):
+        return [ord(c) for c in text]
+
+    @hookimpl
     def generate(self, handle, requests):
         return self.decode(handle, requests)
 
@@ -190,6 +194,10 @@ class MinimalBackend:
     @hookimpl
     def encode(self, handle, messages):
         return self._toy.encode(handle, messages)
+
+    @hookimpl
+    def encode_text(self, handle, text):
+        return self._toy.encode_text(handle, text)
 
     @hookimpl
     def generate(self, handle, requests):
@@ -321,6 +329,10 @@ class TemplatedToy(ToyBackend):
     @hookimpl
     def encode(self, handle, messages):
         return handle.tokenizer(self.render(handle, messages), add_special_tokens=False)["input_ids"]
+
+    @hookimpl
+    def encode_text(self, handle, text):
+        return handle.tokenizer(text)["input_ids"]
 
 
 class OwnTemplate(TemplatedToy):
@@ -729,7 +741,7 @@ def test_cli_check_prints_the_table_and_fails(toy_site: Path, toy_model: Path, t
     assert any(line.split()[:2] == ["stream_matches_predict", "failed"] for line in lines if line.strip())
     assert any(line.split()[:2] == ["max_tokens", "passed"] for line in lines if line.strip())
     assert any(line.startswith("gpu") and "skipped" in line and "capability 'gpu'" in line for line in lines)
-    assert "24 passed, 1 failed, 7 skipped, 0 xfailed" in proc.stdout
+    assert "25 passed, 1 failed, 7 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["format"] == REPORT_FORMAT and data["ok"] is False
     assert [c["clause"] for c in data["clauses"]] == list(CLAUSES)
@@ -833,5 +845,5 @@ def test_guide_conformance_test_module_passes(
     pytester.makepyfile(test_conformance=module)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guide_site), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=22, skipped=10)
-    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "22 passed, 0 failed, 10 skipped*"])
+    result.assert_outcomes(passed=23, skipped=10)
+    result.stdout.fnmatch_lines(["*flavorkit conformance: reverse (TestReverse)*", "23 passed, 0 failed, 10 skipped*"])

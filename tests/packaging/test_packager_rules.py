@@ -374,3 +374,40 @@ def test_an_unknown_task_and_n_for_text_generation_are_refused_naming_the_field(
         "1",
     )
     assert not (tmp_path / "m").exists()
+
+
+def test_a_bad_prompt_format_is_refused_naming_the_field_before_any_conversion(tmp_path: Path) -> None:
+    cases = [
+        ("llm/v1/chat", "raw", "a chat model renders its messages with the chat template", "chat_template"),
+        ("text-generation", "jinja", "unknown prompt format 'jinja'", "raw, chat_template"),
+    ]
+    for task, fmt, detail, allowed in cases:
+        with pytest.raises(InvalidRequest) as exc:  # "x" is no model: the check comes before artifacts()
+            flavorkit.package(model="x", backend="onnx-cpu", path=tmp_path / "m", task=task, prompt_format=fmt)
+        assert (exc.value.field, exc.value.detail, exc.value.allowed) == ("prompt_format", detail, allowed)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_backend_without_encode_text_packages_text_generation_only_with_the_chat_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The echo backend was written for spec 3: a raw text-generation model needs a hook it lacks."""
+    root = make_distribution(
+        tmp_path / "site", "fk-echo-raw", {"fk_echo_raw": ECHO_BACKEND}, {"echo": "fk_echo_raw:backend"}
+    )
+    monkeypatch.syspath_prepend(str(root))
+    get_registry(refresh=True)
+    try:
+        with pytest.raises(PackagingError) as exc:
+            flavorkit.package(model="src", backend="echo", path=tmp_path / "raw", task="text-generation")
+        assert "does not implement the encode_text hook" in str(exc.value)
+        assert "prompt_format='chat_template'" in str(exc.value)
+        assert not (tmp_path / "raw").exists()
+        flavorkit.package(
+            model="src", backend="echo", path=tmp_path / "m", task="text-generation", prompt_format="chat_template"
+        )
+        assert mlflow.pyfunc.load_model(str(tmp_path / "m")).predict({"prompt": "xyz"}) == ["xyz"]
+    finally:
+        sys.modules.pop("fk_echo_raw", None)
+        monkeypatch.undo()
+        get_registry(refresh=True)

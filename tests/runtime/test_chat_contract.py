@@ -46,6 +46,7 @@ class Handle:
     context_length: int = 512
     seen: list[GenerationRequest] = field(default_factory=list)
     messages: list[list[dict[str, str]]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
     produced: dict[int, list[str]] = field(default_factory=dict)
     dropped: set[int] = field(default_factory=set)
     closed: int = 0
@@ -82,6 +83,11 @@ class Scripted:
     def encode(self, handle: Handle, messages: Sequence[dict[str, str]]) -> list[int]:
         handle.messages.append([dict(m) for m in messages])
         return [ord(c) for c in "".join(SEP + m["content"] for m in messages)]
+
+    @hookimpl
+    def encode_text(self, handle: Handle, text: str) -> list[int]:
+        handle.texts.append(text)
+        return [ord(c) for c in SEP + text]
 
     @hookimpl
     def unload(self, handle: Handle) -> None:
@@ -518,8 +524,20 @@ def test_messages_reach_the_backend_as_role_and_content_only() -> None:
     )
 
 
-def test_text_generation_applies_the_template_to_the_prompt_as_one_user_message() -> None:
+def test_text_generation_tokenizes_the_prompt_as_plain_text_without_the_template() -> None:
     model = engine(task="text-generation")
+    assert model.raw_prompts
+    assert model.predict({"prompt": "a|b"}) == ["ab"]
+    assert model.predict([{"prompt": "x"}, {"prompt": "y|z", "max_tokens": 1}]) == ["x", "y"]
+    assert list(model.predict_stream({"prompt": "p|q"})) == ["p", "q"]
+    assert model.handle.texts == ["", "a|b", "x", "y|z", "p|q"], "the load-time probe, then each prompt as given"
+    assert model.handle.messages == [], "encode (the chat template) is never called"
+    assert list(model.handle.seen[0].prompt_ids) == [ord(c) for c in SEP + "a|b"]
+
+
+def test_a_model_packaged_with_the_chat_template_format_wraps_the_prompt_in_one_user_message() -> None:
+    model = engine(task="text-generation", prompt_format="chat_template")  # as every model packaged before spec 4
+    assert not model.raw_prompts
     assert model.predict({"prompt": "a|b"}) == ["ab"]
     assert model.predict([{"prompt": "x"}, {"prompt": "y|z", "max_tokens": 1}]) == ["x", "y"]
     assert model.handle.messages == [
@@ -528,6 +546,42 @@ def test_text_generation_applies_the_template_to_the_prompt_as_one_user_message(
         [{"role": "user", "content": "y|z"}],
     ]
     assert list(model.predict_stream({"prompt": "p|q"})) == ["p", "q"]
+    assert model.handle.texts == [], "encode_text is never called"
+
+
+class WithoutEncodeText(Scripted):
+    """A backend written for spec 3: no encode_text hook."""
+
+    encode_text = None  # type: ignore[assignment]
+
+
+def test_a_raw_text_generation_model_on_a_backend_without_encode_text_is_refused_at_load_naming_the_hook() -> None:
+    with pytest.raises(BackendError) as exc:
+        engine(WithoutEncodeText(), task="text-generation")
+    assert "does not implement the encode_text hook" in str(exc.value)
+    assert "prompt_format='chat_template'" in str(exc.value)
+    model = engine(WithoutEncodeText(), task="text-generation", prompt_format="chat_template")
+    assert model.predict({"prompt": "a|b"}) == ["ab"]
+    assert engine(WithoutEncodeText()).predict(chat("a"))[0]["choices"][0]["message"]["content"] == "a"
+
+
+def test_an_empty_raw_prompt_that_gives_no_token_is_refused_naming_the_prompt() -> None:
+    class NoBos(Scripted):
+        @hookimpl
+        def encode_text(self, handle: Handle, text: str) -> list[int]:
+            return [ord(c) for c in text]
+
+    model = engine(NoBos(), task="text-generation")
+    with pytest.raises(InvalidRequest) as exc:
+        model.predict({"prompt": ""})
+    assert exc.value.field == "prompt" and "empty" in exc.value.detail
+    assert model.handle.seen == []
+
+
+def test_a_chat_model_is_never_raw() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        engine(prompt_format="raw")
+    assert exc.value.field == "prompt_format"
 
 
 # -- guard rails: a backend breaking the contract --------------------------------------------------

@@ -1,8 +1,9 @@
 """The hook spec's rule for a model without a chat template, on every first-party backend.
 
-Packaging refuses it (``artifacts`` raises ``ModelSourceError`` naming ``chat_template`` and the fix),
-before any conversion; a handle loaded from such a folder anyway refuses to encode
-(``BackendError``) instead of inventing a prompt format.
+Packaging it for chat is refused (``artifacts`` raises ``ModelSourceError`` naming ``chat_template``
+and the fix), before any conversion; a handle loaded from such a folder anyway refuses to encode
+(``BackendError``) instead of inventing a prompt format. A base model without a template packages
+for ``text-generation`` (spec version 4), whose prompts are plain text (``encode_text``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 
+import flavorkit
 from flavorkit.backend.registry import get_backend
 from flavorkit.errors import BackendError, ModelSourceError
+from helpers import raw_onnx_greedy_text
 from stacks import needs_optimum, optimum_param
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -107,3 +111,36 @@ def test_a_handle_without_a_chat_template_refuses_to_encode(
             be.encode(handle, MESSAGES)
     finally:
         be.unload(handle)
+
+
+@pytest.mark.parametrize(("backend", "fixture"), [("onnx-cpu", "bare_ort"), ("transformers", "bare_hf")])
+def test_a_base_model_without_a_template_packages_for_text_generation_and_is_refused_for_chat(
+    backend: str, fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    folder: Path = request.getfixturevalue(fixture)
+    with pytest.raises(ModelSourceError) as info:
+        flavorkit.package(model=str(folder), backend=backend, path=tmp_path / "chat")
+    assert_refused(info.value, folder)
+    assert not (tmp_path / "chat").exists()
+
+    flavorkit.package(
+        model=str(folder),
+        backend=backend,
+        path=tmp_path / "text",
+        task="text-generation",
+        generation={"temperature": 0},
+    )
+    model = mlflow.pyfunc.load_model(str(tmp_path / "text"))
+    answer = model.predict({"prompt": "Once upon a time", "max_tokens": 8})
+    assert len(answer) == 1 and isinstance(answer[0], str)
+    if backend == "onnx-cpu":
+        assert answer == [raw_onnx_greedy_text(folder, "Once upon a time", 8)[0]]
+
+
+@pytest.mark.parametrize("backend", ["transformers", optimum_param(), "onnx-cpu"])
+def test_artifacts_for_text_generation_accept_a_checkpoint_without_a_template(
+    backend: str, bare_hf: Path, tmp_path: Path
+) -> None:
+    be = get_backend(backend)
+    arts = be.artifacts(str(bare_hf), be.validate_options({}), str(tmp_path), "text-generation")
+    assert arts.files["model"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from helpers import raw_onnx_greedy_text
 from serve_fixtures import hold_worker, metric, running
 
 openai = pytest.importorskip("openai")
@@ -96,6 +97,17 @@ def _alone(client: Any, prompts: list[str], **settings: Any) -> list[Any]:
 
 
 # -- a list of prompts ----------------------------------------------------------------------------------
+
+
+def test_completions_continue_the_prompt_as_raw_text(client: Any, tiny_ort: Path) -> None:
+    """No chat template (spec 4): a hand-written chat prompt is continued as is, as OpenAI's completions do."""
+    chatml = "<|im_start|>system\nYou are a stand-up comedian.<|im_end|>\n<|im_start|>user\nTell me a joke<|im_end|>\n"
+    for prompt in (PROMPTS[0], chatml + "<|im_start|>assistant\n"):
+        expected, _ = raw_onnx_greedy_text(tiny_ort, prompt, 12)
+        r = client.completions.create(model=TEXT, prompt=prompt, max_tokens=12, temperature=0)
+        assert r.choices[0].text == expected
+        streamed = client.completions.create(model=TEXT, prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
 
 
 def test_list_prompt_answers_each_prompt_as_if_alone(client: Any) -> None:
@@ -385,7 +397,9 @@ def test_completions_apply_penalties_and_logit_bias(client: Any, text_url: str, 
 
 
 def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None:
-    whole = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=2)
+    # A prompt whose greedy tokens are whole characters: a token holding part of a UTF-8 character has no
+    # text of its own, so the tokens would not join to the answer ("Hello" continues that way, raw).
+    whole = client.completions.create(model=TEXT, prompt=PROMPTS[1], max_tokens=5, temperature=0, logprobs=2)
     choice = whole.choices[0]
     lp = choice.logprobs
     assert whole.usage is not None and len(lp.tokens) == whole.usage.completion_tokens == 5
@@ -396,15 +410,15 @@ def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None
         assert top[token] == logprob  # the picked token is always listed
         assert len(top) <= 3  # two alternatives, plus the picked token when it is not one of them
         assert max(top.values()) == logprob  # greedy: the picked token is the likeliest
-    plain = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0)
+    plain = client.completions.create(model=TEXT, prompt=PROMPTS[1], max_tokens=5, temperature=0)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
-    only_picked = client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=0)
+    only_picked = client.completions.create(model=TEXT, prompt=PROMPTS[1], max_tokens=5, temperature=0, logprobs=0)
     assert only_picked.choices[0].logprobs.top_logprobs == [
         {t: v} for t, v in zip(lp.tokens, lp.token_logprobs, strict=True)
     ]
 
     chunks = list(
-        client.completions.create(model=TEXT, prompt="Hello", max_tokens=5, temperature=0, logprobs=2, stream=True)
+        client.completions.create(model=TEXT, prompt=PROMPTS[1], max_tokens=5, temperature=0, logprobs=2, stream=True)
     )
     streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
     assert [t for s in streamed for t in s.tokens] == lp.tokens
@@ -412,9 +426,9 @@ def test_completions_logprobs_whole_streamed_and_per_prompt(client: Any) -> None
     assert [o for s in streamed for o in s.text_offset] == lp.text_offset  # offsets run on across chunks
 
     listed = client.completions.create(
-        model=TEXT, prompt=["Hello", PROMPTS[1]], max_tokens=3, temperature=0, logprobs=1
+        model=TEXT, prompt=[PROMPTS[1], PROMPTS[0]], max_tokens=2, temperature=0, logprobs=1
     )
-    assert listed.choices[0].logprobs.tokens == lp.tokens[:3]  # the first prompt's first three tokens
+    assert listed.choices[0].logprobs.tokens == lp.tokens[:2]  # the first prompt's first two tokens
     assert all("".join(c.logprobs.tokens) == c.text for c in listed.choices)
 
 

@@ -4,8 +4,8 @@ Internal: not part of the plugin SDK; import its public names from :mod:`flavork
 
 Most backends end up with a handle class holding the model and tokenizer, and hooks that only
 forward to it. Inheriting :class:`HandleHooks` provides those forwarding hooks (``describe``,
-``encode``, ``generate``, ``unload``, and ``generate_session`` for a handle with a ``session()``
-method); the backend then implements ``dependencies``,
+``encode``, ``generate``, ``unload``, and, for a handle with the matching method,
+``encode_text``, ``guidance_tokenizer`` and ``generate_session``); the backend then implements ``dependencies``,
 ``artifacts`` and ``load`` (returning a :class:`RuntimeHandle`) and whatever optional hooks it needs.
 """
 
@@ -57,6 +57,12 @@ class HandleHooks:
         if tools is not None and "tools" in inspect.signature(handle.encode).parameters:
             return list(handle.encode(messages, tools=tools))
         return list(handle.encode(messages))
+
+    @hookimpl
+    def encode_text(self, handle: Any, text: str) -> list[int] | None:
+        """The handle's ``encode_text(text)`` (spec version 4), when it has one; None otherwise."""
+        tokenize = getattr(handle, "encode_text", None)
+        return [int(t) for t in tokenize(text)] if callable(tokenize) else None
 
     @hookimpl
     def guidance_tokenizer(self, handle: Any) -> Any:

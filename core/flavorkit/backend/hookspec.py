@@ -24,6 +24,7 @@ Rules that span several hooks are stated where they bite:
 - guided decoding (a grammar's logits mask): :class:`~flavorkit.types.LogitsProcessor` and
   :meth:`~WrapperBackend.guidance_tokenizer`;
 - a model without a chat template: :meth:`~WrapperBackend.artifacts` and :meth:`~WrapperBackend.encode`;
+- a ``text-generation`` prompt (plain text, no chat template): :meth:`~WrapperBackend.encode_text`;
 - ``artifacts`` called more than once for one source: :meth:`~WrapperBackend.artifacts`.
 """
 
@@ -53,7 +54,7 @@ __all__ = ["PROJECT", "REQUIRED_HOOKS", "SPEC_VERSION", "WrapperBackend", "hooki
 #: The pluggy project name shared by the spec and every implementation.
 PROJECT = "flavorkit"
 #: Version of this hook specification; bumped when hooks or arguments are added.
-SPEC_VERSION = 3
+SPEC_VERSION = 4
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Marks a function as the implementation of a :class:`WrapperBackend` hook.
@@ -100,7 +101,7 @@ class WrapperBackend:
         """
 
     @hookspec(firstresult=True)
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:  # type: ignore[empty-body]
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str) -> Artifacts:  # type: ignore[empty-body]
         """Resolve a model source into the files to package, the pinned requirements and metadata.
 
         ``source`` is what the user passed as ``model=``: a local path, a Hub id, or an in-memory
@@ -117,14 +118,18 @@ class WrapperBackend:
         of :mod:`flavorkit.sdk` do this). Each call returns files that stay valid until the
         packager has copied them.
 
-        **No chat template, no package.** The core serves chat messages (and wraps a
-        ``text-generation`` prompt in one user message), and :meth:`encode` renders them with the
-        model's own chat template only. A source whose tokenizer has no chat template is refused
-        here, before any conversion where the backend can tell, with a ``ModelSourceError`` that
-        names ``chat_template`` and says how to fix it (use an instruction-tuned model, or add
-        the template to the tokenizer files).
+        **No chat template, no chat package.** ``task`` (spec version 4) is the task being
+        packaged, ``"llm/v1/chat"`` or ``"text-generation"``. The core serves chat messages through
+        :meth:`encode`, which renders them with the model's own chat template only, so for
+        ``"llm/v1/chat"`` a source whose tokenizer has no chat template is refused here, before
+        any conversion where the backend can tell, with a ``ModelSourceError`` that names
+        ``chat_template`` and says how to fix it (use an instruction-tuned model, or add the
+        template to the tokenizer files). A ``text-generation`` prompt is plain text
+        (:meth:`encode_text`), so a base model without a template is accepted for that task. A
+        backend written before spec 4 does not name ``task`` and refuses for both tasks, as before.
 
         .. versionadded:: 1
+        .. versionchanged:: 4 the ``task`` argument.
         """
 
     @hookspec(firstresult=True)
@@ -168,7 +173,9 @@ class WrapperBackend:
         (``"system"``, ``"user"`` or ``"assistant"``) and ``"content"`` (a string), already
         validated. A request's optional ``name`` field is accepted for OpenAI compatibility but is
         never passed to the backend, so no template renders it. A ``text-generation`` prompt
-        arrives as one user message.
+        reaches :meth:`encode_text` instead, as plain text; only a model packaged before spec
+        version 4 (``prompt_format: chat_template`` in its configuration) still sends it here, as
+        one user message.
 
         **Always the model's template.** Render the model's own chat template, with every message
         (system messages and earlier turns included); never fall back to joining the contents.
@@ -194,6 +201,29 @@ class WrapperBackend:
 
         .. versionadded:: 1
         .. versionchanged:: 3 the ``tools`` argument.
+        """
+
+    @hookspec(firstresult=True)
+    def encode_text(self, handle: Any, text: str) -> list[int] | None:
+        """Tokenize plain ``text``, with no chat template, into the prompt ids of a ``text-generation`` request.
+
+        ``text-generation`` (pyfunc ``{"prompt": ...}``, ``/v1/completions``) continues the prompt
+        exactly as given, as OpenAI's completions and vLLM do: a prompt that already holds a chat
+        template's markers is not templated a second time. Tokenize as the tokenizer does by
+        default: the beginning-of-sequence token when the tokenizer adds one (Hugging Face's
+        ``tokenizer(text)["input_ids"]``, onnxruntime-genai's ``tokenizer.encode(text)``, llama.cpp's
+        ``tokenize(text, add_bos=<the model's add_bos_token>, special=True)``), special tokens
+        written in the text parsed as special tokens, nothing appended. The core counts
+        ``prompt_tokens`` from the ids and rejects a prompt that does not fit the context.
+
+        Required for a ``text-generation`` model packaged with ``prompt_format="raw"`` (the
+        default from spec version 4): packaging refuses such a model when the backend has no
+        implementation, and loading refuses it when this hook returns None (the default, and what
+        :class:`~flavorkit.backend.handles.HandleHooks` returns for a handle without an
+        ``encode_text`` method), each with an error naming ``encode_text``. The threading rule
+        of :meth:`encode` applies.
+
+        .. versionadded:: 4
         """
 
     @hookspec(firstresult=True)

@@ -38,6 +38,7 @@ from flavorkit.errors import (
     PluginSpecError,
 )
 from flavorkit.settings import env_flag
+from flavorkit.signatures import CHAT
 from flavorkit.types import (
     Artifacts,
     Capability,
@@ -225,9 +226,9 @@ class Backend:
 
     # -- packaging ------------------------------------------------------------------------------
 
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
-        """Resolve ``source`` into packageable :class:`Artifacts`."""
-        result = self.pm.hook.artifacts(source=source, options=options, workdir=workdir)
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str = CHAT) -> Artifacts:
+        """Resolve ``source`` into :class:`Artifacts` for ``task`` (spec 4: only a chat model needs a template)."""
+        result = self.pm.hook.artifacts(source=source, options=options, workdir=workdir, task=task)
         if not isinstance(result, Artifacts):
             raise self._bad_return("artifacts", "flavorkit.Artifacts", result)
         if not result.files:
@@ -266,6 +267,24 @@ class Backend:
         ids = self.pm.hook.encode(handle=handle, messages=messages, tools=tools)
         if ids is None:
             raise self._bad_return("encode", "a list of token ids", ids)
+        return [int(i) for i in ids]
+
+    @property
+    def implements_encode_text(self) -> bool:
+        """Whether the backend has an ``encode_text`` hook (spec 4), which raw text-generation models need."""
+        return self._implements("encode_text")
+
+    def encode_text(self, handle: Any, text: str) -> list[int]:
+        """Prompt token ids of plain ``text``, no chat template (spec 4); a backend without the hook is an error."""
+        ids = self.pm.hook.encode_text(handle=handle, text=text) if self.implements_encode_text else None
+        if ids is None:
+            raise BackendError(
+                f"backend {self.name!r} does not implement the encode_text hook (spec version 4), which a "
+                "text-generation model needs to tokenize its prompt as plain text; implement encode_text, or "
+                "package the model with prompt_format='chat_template' to wrap each prompt in the chat template"
+            )
+        if isinstance(ids, (str, bytes)):
+            raise self._bad_return("encode_text", "a list of token ids", ids)
         return [int(i) for i in ids]
 
     def generate(self, handle: Any, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:

@@ -8,7 +8,16 @@ defaults again, and :meth:`PackagedConfig.checked_options` validates the backend
 backend's own option schema. A bad value is a :class:`~flavorkit.errors.ModelConfigError` naming
 the field (``generation.max_tokens``, ``options.batching``), never a runtime error from the backend.
 
-``config_version`` changes whenever a field is added, removed or changes meaning.
+``config_version`` changes whenever a field is added, removed or changes meaning. The loader
+reads every version listed in :data:`READABLE_VERSIONS`, so a model keeps behaving as it did when it
+was packaged:
+
+- version 1 (flavorkit before spec version 4) has no ``prompt_format``: it reads as
+  ``"chat_template"``, and a text-generation model keeps wrapping each prompt in the chat template;
+- version 2 adds ``prompt_format``: ``"raw"`` (a text-generation prompt is tokenized as plain text
+  by the backend's ``encode_text`` hook and continued exactly, the default when packaging for
+  text-generation) or ``"chat_template"`` (the prompt as one user message through the chat
+  template: what chat models always do, and version 1's text-generation behaviour).
 """
 
 from __future__ import annotations
@@ -24,9 +33,15 @@ from flavorkit.signatures import TASKS
 if TYPE_CHECKING:
     from flavorkit.backend.registry import Backend
 
-__all__ = ["CONFIG_VERSION", "FLAVOR_NAME", "PackagedConfig", "PluginRef"]
+__all__ = ["CONFIG_VERSION", "FLAVOR_NAME", "PROMPT_FORMATS", "READABLE_VERSIONS", "PackagedConfig", "PluginRef"]
 
-CONFIG_VERSION: Literal[1] = 1
+#: The version the packager writes.
+CONFIG_VERSION: Literal[2] = 2
+#: The versions the loader reads (see the module docstring for what each means).
+READABLE_VERSIONS = (1, 2)
+#: How a text-generation prompt becomes token ids: as plain text, or as one user message through the chat template.
+PROMPT_FORMATS = ("raw", "chat_template")
+PromptFormat = Literal["raw", "chat_template"]
 #: The name of the flavor flavorkit adds to MLmodel, beside ``python_function``.
 FLAVOR_NAME = "flavorkit"
 
@@ -44,7 +59,7 @@ class PackagedConfig(BaseModel):
     """What the loader needs to rebuild a packaged model: backend, task, defaults and options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-    config_version: Literal[1] = CONFIG_VERSION
+    config_version: Literal[1, 2] = CONFIG_VERSION
     flavorkit_version: str
     spec_version: int
     backend: str
@@ -54,6 +69,8 @@ class PackagedConfig(BaseModel):
     options: dict[str, Any] = {}
     generation: dict[str, Any] = {}
     backend_metadata: dict[str, Any] = {}
+    #: Version 2. Absent (version 1): ``"chat_template"``, the behaviour of flavorkit before spec version 4.
+    prompt_format: PromptFormat = "chat_template"
 
     def to_model_config(self) -> dict[str, Any]:
         """The JSON-able dict stored as the pyfunc ``model_config``."""
@@ -81,13 +98,17 @@ class PackagedConfig(BaseModel):
         if not isinstance(raw, Mapping) or "backend" not in raw:
             raise ModelConfigError("backend", "missing: this is not a flavorkit model")
         version = raw.get("config_version")
-        if version != CONFIG_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ModelConfigError(
                 "config_version",
                 f"{version!r} is not a configuration version this flavorkit reads; package the model again "
                 "with this flavorkit, or load it with the flavorkit that packaged it",
-                allowed=str(CONFIG_VERSION),
+                allowed=", ".join(str(v) for v in READABLE_VERSIONS),
             )
+        if version == 1 and "prompt_format" in raw:
+            raise ModelConfigError("prompt_format", "unknown field in a version 1 configuration (added in version 2)")
+        if version >= 2 and "prompt_format" not in raw:
+            raise ModelConfigError("prompt_format", "missing", allowed=", ".join(PROMPT_FORMATS))
         try:
             config = cls.model_validate(dict(raw))
         except ValidationError as exc:
@@ -97,6 +118,10 @@ class PackagedConfig(BaseModel):
                 raise ModelConfigError(field, "unknown field", allowed=", ".join(cls.model_fields)) from None
             if field == "task":
                 raise ModelConfigError(field, f"unknown task {raw.get('task')!r}", allowed=", ".join(TASKS)) from None
+            if field == "prompt_format":
+                raise ModelConfigError(
+                    field, f"unknown prompt format {raw.get('prompt_format')!r}", allowed=", ".join(PROMPT_FORMATS)
+                ) from None
             raise ModelConfigError(field, err["msg"]) from None
         from flavorkit.schema import validate_generation_defaults
 
@@ -104,6 +129,10 @@ class PackagedConfig(BaseModel):
             generation = validate_generation_defaults(config.generation)
         except InvalidRequest as exc:
             raise ModelConfigError(exc.field, exc.detail, exc.allowed) from None
+        if config.task == "llm/v1/chat" and config.prompt_format != "chat_template":
+            raise ModelConfigError(
+                "prompt_format", "a chat model renders its messages with the chat template", allowed="chat_template"
+            )
         if config.task != "llm/v1/chat" and generation.get("n", 1) != 1:
             raise ModelConfigError("generation.n", f"{config.task} returns one string per prompt", allowed="1")
         return config.model_copy(update={"generation": generation})

@@ -90,6 +90,7 @@ def load_packaged(
             task=packaged.task,
             defaults=packaged.generation,
             model_name=packaged.model_name,
+            prompt_format=packaged.prompt_format,
         )
     except BaseException:
         backend.unload(handle)  # do not keep the weights of a model that failed to load

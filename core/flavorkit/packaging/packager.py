@@ -31,7 +31,7 @@ from flavorkit._version import __version__
 from flavorkit.backend.hookspec import SPEC_VERSION
 from flavorkit.backend.registry import Backend, get_backend
 from flavorkit.errors import FlavorkitError, IntegrityError, InvalidRequest, ModelSourceError, PackagingError
-from flavorkit.model.config import FLAVOR_NAME, PackagedConfig, PluginRef
+from flavorkit.model.config import FLAVOR_NAME, PROMPT_FORMATS, PackagedConfig, PluginRef
 from flavorkit.model.loading import MANIFEST_ARTIFACT
 from flavorkit.model.manifest import FileEntry, build_manifest, hash_files, write_manifest
 from flavorkit.packaging.requirements import core_requirements, merge_requirements, pinned
@@ -71,6 +71,7 @@ def package(
     name: str = "model",
     model_name: str | None = None,
     signing_key: str | os.PathLike[str] | None = None,
+    prompt_format: str | None = None,
 ) -> ModelInfo:
     """Package ``model`` with ``backend`` as an MLflow pyfunc model and return its ``ModelInfo``.
 
@@ -82,10 +83,17 @@ def package(
     request may override; ``options`` are backend-specific (see ``flavorkit backends``).
     ``signing_key`` (an EC private key, PEM) signs the whole model with ``model-signing``
     (``pip install 'flavorkit[signing]'``) before it is moved into place or uploaded.
+
+    ``prompt_format`` says how a ``text-generation`` prompt becomes token ids: ``"raw"`` (the
+    default for that task) tokenizes it as plain text with the backend's ``encode_text`` hook and
+    continues it exactly, as OpenAI's completions do; ``"chat_template"`` wraps it in the chat
+    template as one user message, as flavorkit did before spec version 4. A chat model is always
+    ``"chat_template"``.
     """
     be = get_backend(backend)
     if task not in TASKS:
         raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
+    fmt = _prompt_format(be, task, prompt_format)
     opts = be.validate_options(options)
     defaults = validate_generation_defaults(generation)
     if task != CHAT and defaults.get("n", 1) != 1:
@@ -98,9 +106,9 @@ def package(
     with open_stage(target) as stage:
         workdir = stage.work
         (workdir / "backend").mkdir()
-        arts = be.artifacts(model, opts, str(workdir / "backend"))
+        arts = be.artifacts(model, opts, str(workdir / "backend"), task)
         files = _check_artifact_files(be, arts.files, target)
-        config = _model_config(be, task, opts, defaults, arts.metadata, model_name or _default_name(model))
+        config = _model_config(be, task, opts, defaults, arts.metadata, model_name or _default_name(model), fmt)
         kwargs: dict[str, Any] = {
             "python_model": str(_MODEL_FILE),
             "artifacts": files,
@@ -134,6 +142,28 @@ def _check_alias(alias: str | None, registered_model_name: str | None) -> None:
     allowed = "1 to 255 of letters, digits, _ and -, not 'latest' or v<number> (MLflow reserves those)"
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
         raise InvalidRequest("alias", f"{alias!r} is not a valid alias", allowed=allowed)
+
+
+def _prompt_format(be: Backend, task: str, prompt_format: str | None) -> str:
+    """The packaged ``prompt_format``, checked before any conversion: raw text needs the ``encode_text`` hook."""
+    if prompt_format is None:
+        prompt_format = "chat_template" if task == CHAT else "raw"
+    if prompt_format not in PROMPT_FORMATS:
+        raise InvalidRequest(
+            "prompt_format", f"unknown prompt format {prompt_format!r}", allowed=", ".join(PROMPT_FORMATS)
+        )
+    if task == CHAT and prompt_format != "chat_template":
+        raise InvalidRequest(
+            "prompt_format", "a chat model renders its messages with the chat template", allowed="chat_template"
+        )
+    if prompt_format == "raw" and not be.implements_encode_text:
+        raise PackagingError(
+            f"backend {be.name!r} does not implement the encode_text hook (spec version 4), which a text-generation "
+            "model needs to tokenize its prompt as plain text; use a backend that implements it, or package with "
+            "prompt_format='chat_template' (CLI: --prompt-format chat_template) to wrap each prompt in the model's "
+            "chat template"
+        )
+    return prompt_format
 
 
 def _check_target(
@@ -198,6 +228,7 @@ def _model_config(
     defaults: Mapping[str, Any],
     metadata: Mapping[str, Any],
     model_name: str | None,
+    prompt_format: str,
 ) -> PackagedConfig:
     return PackagedConfig(
         flavorkit_version=__version__,
@@ -209,6 +240,7 @@ def _model_config(
         options=dict(options),
         generation=dict(defaults),
         backend_metadata=dict(metadata),
+        prompt_format=prompt_format,  # type: ignore[arg-type]  # checked against PROMPT_FORMATS above
     )
 
 

@@ -68,9 +68,14 @@ class LoadedModel:
         task: str = CHAT,
         defaults: Mapping[str, Any] | None = None,
         model_name: str | None = None,
+        prompt_format: Literal["raw", "chat_template"] | None = None,
     ) -> None:
         if task not in TASKS:
             raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
+        if prompt_format is None:  # a chat model always templates; text-generation continues the prompt as is
+            prompt_format = "chat_template" if task == CHAT else "raw"
+        if task == CHAT and prompt_format != "chat_template":
+            raise InvalidRequest("prompt_format", "a chat model renders its messages with the chat template")
         self.backend = backend
         self.handle = handle
         self.task = task
@@ -91,6 +96,10 @@ class LoadedModel:
         self.guided = Capability.GUIDED_DECODING in self.capabilities
         self.guidance = Guidance(lambda: self.call(lambda: self.backend.guidance_tokenizer(self.handle)))
         self._renders_tools: bool | None = None
+        #: True when a text-generation prompt is tokenized as plain text (``encode_text``), not templated.
+        self.raw_prompts = prompt_format == "raw"
+        if self.raw_prompts:  # refuse at load, naming the hook, rather than on the first request
+            backend.encode_text(handle, "")
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -304,8 +313,8 @@ class LoadedModel:
         if isinstance(req, ChatRequest):
             messages, tools = self._messages(req)
             prompt_field = "messages"
-        else:
-            messages = [{"role": "user", "content": req.prompt}]
+        else:  # text-generation: the prompt as plain text, or (packaged before spec 4) as one user message
+            messages = [] if self.raw_prompts else [{"role": "user", "content": req.prompt}]
             prompt_field = "prompt"
         grammar = self._grammar(req) if self.guided else None
         adjustments = self._adjustments(req) if self.guided else None
@@ -320,7 +329,10 @@ class LoadedModel:
             )
         try:
             with self._calls:
-                prompt_ids = self.backend.encode(self.handle, messages, tools)
+                if isinstance(req, TextRequest) and self.raw_prompts:
+                    prompt_ids = self.backend.encode_text(self.handle, req.prompt)
+                else:
+                    prompt_ids = self.backend.encode(self.handle, messages, tools)
         except Exception as exc:
             if not _is_template_error(exc):
                 raise
@@ -329,6 +341,8 @@ class LoadedModel:
             raise InvalidRequest(prompt_field, f"the model's chat template refuses these messages: {exc}") from None
         ctx = self.info.context_length
         n_prompt = len(prompt_ids)
+        if n_prompt == 0:  # an empty raw prompt, with a tokenizer that adds no beginning-of-sequence token
+            raise InvalidRequest(prompt_field, "the prompt is empty: it gives no token to continue", allowed="text")
         if n_prompt >= ctx:
             raise InvalidRequest(
                 prompt_field,

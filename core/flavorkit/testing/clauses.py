@@ -56,6 +56,10 @@ _ALL = (
         "chat_template",
         "encode() keeps every message (system, earlier turns) and matches the model's own chat template",
     ),
+    Clause(
+        "raw_prompt",
+        "a text-generation prompt is tokenized as plain text by encode_text() (no chat template) and continued exactly",
+    ),
     Clause("finish_reason", "every request ends with exactly one finish_reason, 'length' when cut short"),
     Clause("stream_matches_predict", "the joined stream equals the non-stream result"),
     Clause(

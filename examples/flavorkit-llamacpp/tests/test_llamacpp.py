@@ -52,10 +52,30 @@ def test_a_gguf_file_without_a_chat_template_is_refused_at_packaging(gguf: Path,
     assert info.value.source == bare.resolve()
     assert "no chat template (no 'tokenizer.chat_template' in its metadata)" in str(info.value)
     assert "gguf-new-metadata --chat-template-file chat_template.jinja" in str(info.value)
+    # A text-generation model needs no template (spec 4): its prompts are plain text, tokenized by encode_text.
+    arts = backend.artifacts(str(bare), {}, str(tmp_path), "text-generation")
+    assert arts.files["model"] == str(bare.resolve())
     handle = backend.load({"model": str(bare)}, {"n_ctx": 256})
     try:
         with pytest.raises(BackendError, match="has no chat template, so chat messages cannot be turned into a prompt"):
             backend.encode(handle, [{"role": "user", "content": "Hello"}])
+        ids = backend.encode_text(handle, "Once upon a time")
+        assert handle.llm.detokenize(ids).decode("utf-8") == "Once upon a time"
+    finally:
+        backend.unload(handle)
+
+
+def test_encode_text_parses_special_tokens_and_applies_no_template(gguf: Path) -> None:
+    backend = get_backend("llama-cpp")
+    handle = backend.load({"model": str(gguf)}, {"n_ctx": 256})
+    try:
+        prompt = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"  # SmolLM2's own (ChatML) format
+        ids = backend.encode_text(handle, prompt)
+        assert ids == backend.encode(handle, [{"role": "user", "content": "Hello"}]) or len(ids) < len(
+            backend.encode(handle, [{"role": "user", "content": prompt}])
+        )
+        im_start = handle.llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
+        assert len(im_start) == 1 and ids.count(im_start[0]) == 2, "markers in the text are special tokens, once each"
     finally:
         backend.unload(handle)
 

@@ -17,8 +17,8 @@ mixin                 clauses
 ProcessClauses        entry_point_light, hook_spec, fresh_process, gpu
 PackagingClauses      artifacts_manifest, requirements_pinned, signature, package_load_predict,
                       tamper_detected
-ContractClauses       max_tokens, stop_strings, n_choices, usage, chat_template, finish_reason,
-                      special_tokens, invalid_requests
+ContractClauses       max_tokens, stop_strings, n_choices, usage, chat_template, raw_prompt,
+                      finish_reason, special_tokens, invalid_requests
 GenerationClauses     greedy_deterministic, cancellation, sampling, seeded_sampling
 BatchingClauses       batch_matches_single, batching_interleaved
 StreamingClauses      stream_matches_predict, streaming_incremental, continuous_batching

@@ -16,7 +16,7 @@ import pytest
 from flavorkit.testing.clauses import clause
 from flavorkit.testing.harness import PROBE_TOKENS, ClauseFailed, Generated, Harness, check, content
 from flavorkit.testing.mixins.base import _USAGE_KEYS, ConformanceBase
-from flavorkit.types import Capability, Message
+from flavorkit.types import Capability, GenerationRequest, Message
 
 __all__ = ["ContractClauses"]
 
@@ -32,6 +32,9 @@ _CONVERSATION: tuple[Message, ...] = (
     {"role": "user", "content": "And what is a backend?"},
 )
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+#: The prompt the raw_prompt clause continues: a chat prompt written by hand, which must not be templated again.
+_RAW_PROMPT = "<|user|>Name a colour.<|end|><|assistant|>"
+_RAW_TOKENS = 8
 
 
 class ContractClauses(ConformanceBase):
@@ -193,6 +196,59 @@ class ContractClauses(ConformanceBase):
             + f": encode() decodes to {got_text!r}, the template renders {ref_text!r}"
         )
 
+    @clause("raw_prompt")
+    def test_raw_prompt(self, conformance: Harness) -> None:
+        """encode_text() tokenizes without the template, as the model's tokenizer does; text-generation continues it."""
+        import mlflow
+
+        from flavorkit.signatures import TEXT
+
+        if TEXT not in type(self).tasks:
+            pytest.skip("the suite's tasks do not include text-generation")
+        backend = conformance.backend()
+        check(
+            backend.implements_encode_text,
+            f"backend {backend.name!r} does not implement the encode_text hook (spec version 4), which a "
+            "text-generation model needs; implement it, or leave 'text-generation' out of the suite's tasks",
+        )
+        ids = backend.encode_text(conformance.handle(), _RAW_PROMPT)
+        check(bool(ids), f"encode_text({_RAW_PROMPT!r}) returned no token ids")
+        templated = conformance.encode([{"role": "user", "content": _RAW_PROMPT}])
+        check(
+            ids != templated,
+            "encode_text() returns what encode() returns for the prompt as a user message: it applies the chat "
+            "template, but a text-generation prompt is plain text",
+        )
+        other = backend.encode_text(conformance.handle(), _RAW_PROMPT + " Blue, or perhaps green.")
+        check(other != ids, "encode_text() gives the same ids for two different texts")
+        raw = conformance.run([GenerationRequest(prompt_ids=ids, max_tokens=_RAW_TOKENS)])[0]
+        model = mlflow.pyfunc.load_model(str(conformance.packaged(TEXT)))
+        answer = model.predict({"prompt": _RAW_PROMPT, "max_tokens": _RAW_TOKENS, "temperature": 0})
+        exact = raw.tokens <= _RAW_TOKENS and raw.finishes == 1  # else another clause names what generate() broke
+        check(
+            answer == [raw.text] if exact else (len(answer) == 1 and raw.text.startswith(answer[0])),
+            f"the text-generation model answers {answer!r} but generate() on encode_text(prompt) gives "
+            f"{raw.text!r}: the packaged model must continue the prompt exactly as encode_text() tokenizes it",
+        )
+        tokenizer, _why_not = _reference_tokenizer(conformance)
+        if tokenizer is None:  # the promise above holds; the tokenizer's own encoding is compared where it loads
+            return
+        expected = list(tokenizer(_RAW_PROMPT)["input_ids"])
+        bos = getattr(tokenizer, "bos_token_id", None)
+
+        def body(tokens: list[int]) -> list[int]:
+            # Whether a BOS comes first is the runtime's reading of the model (transformers' GGUF loader
+            # adds one where llama.cpp's metadata says not to): compare the rest.
+            return tokens[1:] if tokens and bos is not None and tokens[0] == bos else tokens
+
+        if body(ids) != body(expected):
+            got, want = tokenizer.decode(body(ids)), tokenizer.decode(body(expected))
+            check(
+                got == want,
+                f"encode_text({_RAW_PROMPT!r}) decodes to {got!r}, but the model's tokenizer encodes it as {want!r} "
+                "(a beginning-of-sequence token where the tokenizer adds one, special tokens parsed, nothing else)",
+            )
+
     @clause("finish_reason")
     def test_finish_reason(self, conformance: Harness) -> None:
         """Every request ends with one finish_reason, last; a request cut by max_tokens says 'length'."""
@@ -342,6 +398,28 @@ def _reference_prompt(conformance: Harness, conversation: Sequence[Message]) -> 
         return None, f"the model's chat template fails on a conversation with a system message: {exc}"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return (list(ids), str(text), tokenizer), ""
+
+
+def _reference_tokenizer(conformance: Harness) -> tuple[Any, str]:
+    """``(tokenizer, "")``: the model's tokenizer loaded with transformers from its files, or ``(None, why not)``."""
+    from flavorkit.model.loading import MANIFEST_ARTIFACT
+
+    roots = [Path(p) for k, p in conformance.packaged_artifacts().items() if k != MANIFEST_ARTIFACT]
+    folders = [c.parent for r in roots if r.is_dir() for c in sorted(r.rglob("tokenizer_config.json"))]
+    ggufs = [r for r in roots if r.is_file() and r.suffix == ".gguf"]
+    ggufs += [f for r in roots if r.is_dir() for f in sorted(r.rglob("*.gguf"))]
+    if not folders and not ggufs:
+        return None, "the model has no tokenizer files the kit can load (no tokenizer_config.json, no GGUF file)"
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None, "checking the tokenization needs transformers, which is not installed"
+    try:
+        if folders:
+            return AutoTokenizer.from_pretrained(str(folders[0]), trust_remote_code=False), ""
+        return AutoTokenizer.from_pretrained(str(ggufs[0].parent), gguf_file=ggufs[0].name), ""
+    except Exception as exc:
+        return None, f"the model's tokenizer does not load with transformers: {type(exc).__name__}: {exc}"
 
 
 def _stream_texts(conformance: Harness, request: Mapping[str, Any]) -> Iterator[str]:

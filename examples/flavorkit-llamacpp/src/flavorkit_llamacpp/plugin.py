@@ -76,15 +76,16 @@ class LlamaCppBackend(HandleHooks):
         return LlamaCppOptions
 
     @hookimpl
-    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str) -> Artifacts:
+    def artifacts(self, source: Any, options: Mapping[str, Any], workdir: str, task: str) -> Artifacts:
         """The GGUF file as the single artifact ``model``; llama-cpp-python pinned to the installed version.
 
-        A GGUF file without a chat template in its metadata is refused (see the hook spec).
+        A GGUF file without a chat template in its metadata is refused for the chat task (see the
+        hook spec); a text-generation model tokenizes its prompts as plain text and needs none.
         """
         from flavorkit_llamacpp.runtime import chat_template_of
 
         gguf = _find_gguf(source)
-        if not chat_template_of(str(gguf)):
+        if task == "llm/v1/chat" and not chat_template_of(str(gguf)):
             raise ModelSourceError(
                 gguf,
                 "the GGUF file has no chat template (no 'tokenizer.chat_template' in its metadata), so chat messages "

@@ -106,8 +106,12 @@ class LlamaHandle:
                 "package a GGUF file whose metadata has tokenizer.chat_template"
             )
         prompt = self.template(messages=[dict(m) for m in messages]).prompt
+        return self.encode_text(prompt)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize plain text (a text-generation prompt, or a rendered template): the model's BOS, specials parsed."""
         add_bos = json.loads(str(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower())
-        return [int(t) for t in self.llm.tokenize(prompt.encode("utf-8"), add_bos=bool(add_bos), special=True)]
+        return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=bool(add_bos), special=True)]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Delta]:
         """Decode the requests one after another, yielding one delta per token."""
