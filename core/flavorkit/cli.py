@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo-model",
-        help="print the folder of SmolLM2-135M-Instruct as a transformers checkpoint, built offline on first use",
+        help="print the folder of SmolLM2-135M-Instruct as a Hugging Face checkpoint, built offline on first use",
     )
     p.set_defaults(func=cmd_demo_model)
 

@@ -155,12 +155,15 @@ def _docstring_nodes(tree: ast.Module) -> set[int]:
 
 
 def _module_level_imports(tree: ast.Module) -> list[str]:
-    """Modules imported when the module itself is imported (not inside functions)."""
+    """Modules imported when the module itself is imported (not inside functions or ``if TYPE_CHECKING:``)."""
     found: list[str] = []
     pending: list[ast.AST] = list(tree.body)
     while pending:
         node = pending.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)  # the type checker's imports never run
             continue
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]

@@ -83,7 +83,7 @@ def test_flavorkit_check_command_line(tiny_ort_long: Path, tmp_path: Path) -> No
     }
     # gpu: onnx-cpu needs none; guided_refused: it declares guided_decoding, so that clause is for others.
     assert rows == {name: ("skipped" if name in ("gpu", "guided_refused") else "passed") for name in CLAUSES}
-    assert "30 passed, 0 failed, 2 skipped, 0 xfailed" in proc.stdout
+    assert "31 passed, 0 failed, 2 skipped, 0 xfailed" in proc.stdout
     data = json.loads(report.read_text())
     assert data["ok"] is True and data["version"] == 1
     assert data["backends"][0]["name"] == "onnx-cpu" and data["backends"][0]["model"] == model
