@@ -142,6 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in sorted(args.serve_flags_given)}
     # the flags given, then FLAVORKIT_* variables, then the defaults; a bad variable is named here
     settings = ServeSettings.load({name: _flag(name) for name in given}, **given)
+    if "api_key" in given:
+        print(
+            "flavorkit serve: warning: a key given with --api-key is visible to other users of this machine "
+            "(ps, /proc); prefer --api-key-file or $FLAVORKIT_API_KEY",
+            file=sys.stderr,
+        )
     try:
         from flavorkit.serve import run
     except ImportError as exc:

@@ -27,10 +27,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from flavorkit.errors import SettingsError
@@ -70,6 +70,22 @@ class Variable:
 
 # -- the serve settings -----------------------------------------------------------------------------
 
+
+def _read_keys(path: Path) -> list[str]:
+    """The keys in ``path``, one per line; raise ``ValueError`` (a settings error) if it has none or cannot be read."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the key file {str(path)!r}: {exc}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"the key file {str(path)!r} holds no key (one per line; # starts a comment)")
+    for key in keys:
+        if any(c.isspace() for c in key):
+            raise ValueError(f"the key file {str(path)!r} has a key with a space in it; one key per line")
+    return keys
+
+
 _SECONDS: dict[str, JsonValue] = {"metavar": "SECONDS"}
 
 
@@ -98,6 +114,12 @@ class ServeSettings(BaseModel):
         repr=False,
         description="require `Authorization: Bearer KEY` on /v1/* and /invocations",
         json_schema_extra={"metavar": "KEY"},
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="read API keys from this file, one per line (blank lines and # comments skipped); "
+        "any of them, or --api-key, is accepted",
+        json_schema_extra={"metavar": "FILE"},
     )
     trusted_key: Path | None = Field(
         default=None,
@@ -145,7 +167,7 @@ class ServeSettings(BaseModel):
         default="info", description="server log level"
     )
 
-    @field_validator("served_model_name", "api_key", "trusted_key", mode="before")
+    @field_validator("served_model_name", "api_key", "api_key_file", "trusted_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         """An empty value (``FLAVORKIT_API_KEY=``) means unset, as for every other variable."""
@@ -153,11 +175,26 @@ class ServeSettings(BaseModel):
             return None
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("trusted_key")
+    @field_validator("trusted_key", "api_key_file")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
-        """``~`` in the key's path is the home folder."""
+        """``~`` in a file's path is the home folder."""
         return value.expanduser() if value is not None else None
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _readable_keys(cls, value: Path | None) -> Path | None:
+        """The key file exists and holds at least one key, so a typo never leaves the API open."""
+        if value is not None:
+            _read_keys(value)
+        return value
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted API key: ``api_key``, then the lines of ``api_key_file`` (empty: the API is open)."""
+        keys = [self.api_key] if self.api_key else []
+        if self.api_key_file is not None:
+            keys += _read_keys(self.api_key_file)
+        return tuple(dict.fromkeys(keys))
 
     @classmethod
     def load(cls, names: Mapping[str, str] | None = None, **values: Any) -> ServeSettings:
@@ -274,17 +311,14 @@ def allowed_values(field: FieldInfo) -> str:
     return f"{kind}, {bounds}" if bounds else kind
 
 
-@functools.cache
-def _adapter(setting: str) -> TypeAdapter[Any]:
-    field = ServeSettings.model_fields[setting]
-    annotated: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    return TypeAdapter(annotated)
-
-
 def check_value(setting: str, value: Any, name: str | None = None) -> Any:
-    """``value`` converted and checked as serve setting ``setting`` allows; else ``SettingsError`` naming ``name``."""
+    """``value`` converted and checked as serve setting ``setting`` allows; else ``SettingsError`` naming ``name``.
+
+    Checked by the settings model itself (the other settings at their defaults), so a flag runs
+    the same validators as a keyword or a variable: a key file must exist and hold a key.
+    """
     try:
-        return _adapter(setting).validate_python(value)
+        return getattr(ServeSettings(**{setting: value}), setting)
     except ValidationError as exc:
         problem = _problem(exc.errors()[0])
         raise SettingsError(

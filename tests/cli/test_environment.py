@@ -173,12 +173,16 @@ def test_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 # -- the serve settings -----------------------------------------------------------------------------
 
+#: A key file: two keys, a comment and a blank line.
+KEYS = Path(__file__).with_name("api-keys.txt")
+
 #: A value each serve setting takes from its variable, and what it becomes.
 GOOD: dict[str, tuple[str, Any]] = {
     "host": ("0.0.0.0", "0.0.0.0"),
     "port": ("9000", 9000),
     "served_model_name": ("chat", "chat"),
     "api_key": ("k3y", "k3y"),
+    "api_key_file": (str(KEYS), KEYS),
     "trusted_key": ("/keys/signer.pub.pem", Path("/keys/signer.pub.pem")),
     "max_batch": ("3", 3),
     "batching": ("request", "request"),
@@ -203,6 +207,11 @@ BAD: dict[str, tuple[str, str]] = {
     "max_body_bytes": ("0", "is out of range"),
     "drain_timeout": ("inf", "is out of range"),
     "log_level": ("loud", "is not one of the choices"),
+    "api_key_file": (
+        "/no/such/keys.txt",
+        "is not allowed (Value error, cannot read the key file '/no/such/keys.txt': "
+        "[Errno 2] No such file or directory: '/no/such/keys.txt')",
+    ),
 }
 
 
@@ -248,10 +257,11 @@ def test_a_bad_serve_variable_names_the_variable_and_the_range(clean_env: pytest
 
 
 def test_empty_text_variables_are_unset(clean_env: pytest.MonkeyPatch) -> None:
-    for setting in ("served_model_name", "api_key", "trusted_key"):
+    for setting in ("served_model_name", "api_key", "api_key_file", "trusted_key"):
         clean_env.setenv(env_var(setting), " ")
     settings = ServeSettings.load()
     assert (settings.served_model_name, settings.api_key, settings.trusted_key) == (None, None, None)
+    assert settings.api_key_file is None and settings.api_keys() == ()
 
 
 def test_the_cli_refuses_a_bad_variable_before_loading_anything(
@@ -264,6 +274,21 @@ def test_the_cli_refuses_a_bad_variable_before_loading_anything(
     # the flag wins over the variable: now the model is what fails
     assert main(["serve", "/no/such/model", "--max-queue", "3"]) == 2
     assert "cannot load /no/such/model: no such folder" in capsys.readouterr().err
+
+
+def test_a_key_on_the_command_line_is_warned_about_and_a_key_file_is_not(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "/no/such/model", "--api-key", "s3cret"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "flavorkit serve: warning: a key given with --api-key is visible to other users of this machine "
+        "(ps, /proc); prefer --api-key-file or $FLAVORKIT_API_KEY\n"
+    )
+    assert "s3cret" not in err
+    assert main(["serve", "/no/such/model", "--api-key-file", str(KEYS)]) == 2
+    assert "warning" not in capsys.readouterr().err
+    assert ServeSettings.load(api_key="k", api_key_file=str(KEYS)).api_keys() == ("k", "alpha-key", "beta-key")
 
 
 def test_create_app_refuses_a_bad_keyword_before_loading_anything(clean_env: pytest.MonkeyPatch) -> None:

@@ -56,10 +56,48 @@ def test_api_key_is_required_on_the_api_routes(guarded: tuple[Any, str]) -> None
     req = urllib.request.Request(f"{url}/invocations", data=b"{}", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as http:
         urllib.request.urlopen(req, timeout=30)
-    assert http.value.code == 401
+    assert http.value.code == 401 and http.value.headers["www-authenticate"] == "Bearer"
+    # /invocations answers in MLflow's error shape, as its clients parse it
+    assert json.loads(http.value.read()) == {
+        "error_code": "UNAUTHENTICATED",
+        "message": "no API key given; send it as 'Authorization: Bearer <key>'",
+    }
     # health checks and metrics stay open for load balancers and Prometheus
     assert _get(f"{url}/ping")[0] == 200
     assert _get(f"{url}/metrics")[0] == 200
+
+
+def test_several_keys_from_a_key_file_and_the_flag(tiny_model_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\nalpha\n\n  beta  \n", encoding="utf-8")
+    app = create_app(str(tiny_model_dir), api_key="gamma", api_key_file=str(keys))
+    with running(app) as url:
+        for key in ("alpha", "beta", "gamma"):
+            assert _get(f"{url}/v1/models", {"Authorization": f"Bearer {key}"})[0] == 200, key
+        for wrong in ("# team keys", "alph", "alpha beta", ""):
+            assert _get(f"{url}/v1/models", {"Authorization": f"Bearer {wrong}"})[0] == 401, wrong
+        req = urllib.request.Request(
+            f"{url}/invocations", data=b"{}", headers={"Content-Type": "application/json", "Authorization": "Bearer x"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(req, timeout=30)
+        assert json.loads(http.value.read()) == {"error_code": "UNAUTHENTICATED", "message": "incorrect API key"}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("# only a comment\n\n", "holds no key"), ("one two\n", "has a key with a space in it")],
+)
+def test_a_key_file_without_usable_keys_is_refused_before_loading(
+    tiny_model_dir: Path, tmp_path: Path, content: str, problem: str
+) -> None:
+    from flavorkit.errors import SettingsError
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(content, encoding="utf-8")
+    with pytest.raises(SettingsError) as exc:
+        create_app(str(tiny_model_dir), api_key_file=str(keys))
+    assert exc.value.name == "api_key_file" and problem in str(exc.value)
 
 
 def test_api_key_from_the_environment(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -27,7 +27,7 @@ from flavorkit.model.loading import VERIFY_ENV, verify_packaged
 from flavorkit.model.signing import TRUSTED_KEY_ENV
 from flavorkit.model.uri import local_model
 from flavorkit.serve import routes
-from flavorkit.serve.auth import check_bearer
+from flavorkit.serve.auth import check_bearer, mlflow_unauthorized
 from flavorkit.serve.errors import APIError
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Scheduler
@@ -134,11 +134,11 @@ class FlavorkitApp:
     ``server`` holds the model, scheduler and metrics (:class:`flavorkit.serve.routes.ServerState`).
     """
 
-    def __init__(self, app: ASGIApp, server: routes.ServerState, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, server: routes.ServerState, api_keys: Sequence[str] = ()) -> None:
         self.app = app
         self.server = server
         self.metrics = server.metrics
-        self.api_key = api_key
+        self.api_keys = tuple(api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
@@ -163,13 +163,14 @@ class FlavorkitApp:
             await send(message)
 
         try:
-            if self.api_key and path.startswith(_PROTECTED):
+            if self.api_keys and path.startswith(_PROTECTED):
                 headers = dict(scope.get("headers") or [])
                 raw = headers.get(b"authorization")
                 try:
-                    check_bearer(raw.decode("latin-1") if raw else None, self.api_key)
+                    check_bearer(raw.decode("latin-1") if raw else None, self.api_keys)
                 except APIError as exc:
-                    await exc.response()(scope, receive, counting_send)
+                    answer = mlflow_unauthorized(exc) if path == "/invocations" else exc.response()
+                    await answer(scope, receive, counting_send)
                     return
             await self.app(scope, receive, counting_send)
         finally:
@@ -186,9 +187,9 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
 
     The model is loaded here, through ``mlflow.pyfunc.load_model``; a background worker starts
     at once (so the app also works mounted inside another app, without lifespan events) and is
-    drained at lifespan shutdown. Without ``api_key`` (``$FLAVORKIT_API_KEY``) the API is open
-    (bind it to loopback). ``batch_wait`` is how long (seconds) the worker waits for the clients
-    of the previous batch to come back before it starts a smaller batch.
+    drained at lifespan shutdown. Without ``api_key`` (``$FLAVORKIT_API_KEY``) or ``api_key_file``
+    (one key per line) the API is open (bind it to loopback). ``batch_wait`` is how long (seconds)
+    the worker waits for the clients of the previous batch to come back before it starts a smaller batch.
     ``batching="continuous"`` (the default) lets requests join a running batch between decoding
     steps when the backend supports it (it declares ``continuous_batching``);
     a request that arrives while others decode waits at most ``join_wait`` seconds for companions
@@ -252,7 +253,7 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
         lifespan=lifespan,
     )
     app.state.flavorkit = state
-    return FlavorkitApp(app, state, settings.api_key)
+    return FlavorkitApp(app, state, settings.api_keys())
 
 
 def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) -> None:

@@ -6,22 +6,41 @@ Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :fun
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
+
+from starlette.responses import JSONResponse
 
 from flavorkit.serve.errors import APIError
 
-__all__ = ["check_bearer"]
+__all__ = ["check_bearer", "mlflow_unauthorized"]
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def check_bearer(header: str | None, api_key: str) -> None:
-    """Raise a 401 :class:`APIError` unless ``header`` is ``Bearer <api_key>``."""
-    challenge = {"WWW-Authenticate": "Bearer"}
+def check_bearer(header: str | None, api_keys: Sequence[str]) -> None:
+    """Raise a 401 :class:`APIError` unless ``header`` is ``Bearer <key>`` for one of ``api_keys``.
+
+    Every key is compared, in constant time, whether or not an earlier one matched, so the time
+    taken says nothing about which key (or how much of one) was right.
+    """
     if not header:
         raise APIError(
             401,
             "no API key given; send it as 'Authorization: Bearer <key>'",
             code="missing_api_key",
-            headers=challenge,
+            headers=_CHALLENGE,
         )
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise APIError(401, "incorrect API key", code="invalid_api_key", headers=challenge)
+    given = token.strip().encode()
+    matched = False
+    for key in api_keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise APIError(401, "incorrect API key", code="invalid_api_key", headers=_CHALLENGE)
+
+
+def mlflow_unauthorized(exc: APIError) -> JSONResponse:
+    """The 401 for ``/invocations`` in MLflow's error shape (``error_code``, ``message``), as its clients parse it."""
+    return JSONResponse(
+        {"error_code": "UNAUTHENTICATED", "message": exc.message}, status_code=exc.status, headers=_CHALLENGE
+    )
