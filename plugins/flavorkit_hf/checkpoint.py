@@ -5,6 +5,7 @@ Imported only from ``artifacts`` hooks; transformers is imported inside the func
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +114,20 @@ def save_pipeline(pipe: Any, dest: Path) -> Path:
     with step(f"Saving the pipeline's {type(model).__name__} and tokenizer"):
         model.save_pretrained(str(dest), safe_serialization=True)
         tokenizer.save_pretrained(str(dest))
+    _record_name(dest, str(getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", "") or ""))
     return dest
+
+
+def _record_name(folder: Path, name: str) -> None:
+    """Keep the pipeline model's own name in the saved config (transformers 5 leaves ``_name_or_path`` out).
+
+    The packaged model answers with it in ``model``; without it the name would be the staging
+    folder's ("model").
+    """
+    if not name:
+        return
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if not config.get("_name_or_path"):
+        config["_name_or_path"] = name.rstrip("/")
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -111,7 +111,9 @@ def test_pipeline_source(
     assert meta["model_type"] == "llama"
     model = mlflow.pyfunc.load_model(str(path))
     request = chat(PROMPTS[1], max_tokens=12)
-    assert model.predict(request)[0]["choices"] == tiny_tf.predict(request)[0]["choices"]
+    answer = model.predict(request)[0]
+    assert answer["choices"] == tiny_tf.predict(request)[0]["choices"]
+    assert answer["model"] == tiny_hf.name, "named after the pipeline's model, not the staging folder"
 
 
 def test_subfolder_option(tiny_hf: Path, tmp_path: Path) -> None:
