@@ -20,14 +20,6 @@ from flavorkit.errors import FlavorkitError, IntegrityError, SettingsError
 __all__ = ["main"]
 
 
-def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
-    out += [line.format(*(str(c) for c in row)) for row in rows]
-    return "\n".join(s.rstrip() for s in out)
-
-
 def cmd_backends(args: argparse.Namespace) -> int:
     """Print installed backends as a table or JSON; exit 1 in strict mode if any plugin is broken."""
     from flavorkit.backend.registry import get_registry
@@ -36,21 +28,44 @@ def cmd_backends(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
+    if not statuses:
+        print("No backends installed. First-party backends come with flavorkit; see `pip install flavorkit[onnx]`.")
+        return 0
+    print(_backends_table(statuses))
+    return 0
+
+
+#: The widest line ``flavorkit backends`` prints (a terminal, a pasted issue, a docs page).
+TABLE_WIDTH = 100
+
+
+def _backends_table(statuses: Sequence[Any]) -> str:
+    """Backends, distributions, states and wrapped capabilities, then each problem with its fix, in 100 columns."""
+    import textwrap
+
     rows = []
     for s in statuses:
         dist = f"{s.distribution} {s.version}" if s.distribution else "-"
+        state = "available" if s.available else ("unavailable" if s.install_hint else "broken")
+        rows.append((s.name, dist, state, ", ".join(s.capabilities) or "-"))
+    headers = ("backend", "distribution", "status", "capabilities")
+    widths = [max(len(row[k]) for row in (headers, *rows)) for k in range(3)]
+    room = max(30, TABLE_WIDTH - sum(widths) - 2 * 3)
+    line = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    out = [line.format(*headers), line.format(*("-" * w for w in widths), "-" * room)]
+    for row in rows:
+        wrapped = textwrap.wrap(row[3], room, break_on_hyphens=False) or ["-"]
+        out.append(line.format(*row[:3], wrapped[0]))
+        out += [line.format("", "", "", more) for more in wrapped[1:]]
+    notes = []
+    for s in statuses:
         if s.available:
-            state = "available"
-        elif s.install_hint:
-            state = f"unavailable: {s.error}. Fix: {s.install_hint}"
-        else:
-            state = f"broken: {s.error}"
-        rows.append((s.name, dist, ",".join(s.capabilities) or "-", state))
-    if not rows:
-        print("No backends installed. First-party backends come with flavorkit; see `pip install flavorkit[onnx]`.")
-        return 0
-    print(_table(rows, ("backend", "distribution", "capabilities", "status")))
-    return 0
+            continue
+        notes += textwrap.wrap(f"{s.name}: {s.error}", TABLE_WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+        if s.install_hint:
+            notes.append(f"  Fix: {s.install_hint}")
+    table = "\n".join(text.rstrip() for text in out)
+    return table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def _parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:

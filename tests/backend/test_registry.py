@@ -206,9 +206,14 @@ def test_cli_backends_json_and_table() -> None:
     table = subprocess.run(
         [sys.executable, "-m", "flavorkit.cli", "backends"], capture_output=True, text=True, check=True
     ).stdout
-    assert table.splitlines()[0].split() == ["backend", "distribution", "capabilities", "status"]
-    cuda_line = next(line for line in table.splitlines() if line.startswith("onnx-cuda"))
-    assert "pip install 'onnxruntime-genai-cuda>=0.15,<0.19'" in cuda_line
+    assert table.splitlines()[0].split() == ["backend", "distribution", "status", "capabilities"]
+    cuda_line = next(line for line in table.splitlines() if line.startswith("onnx-cuda "))
+    assert cuda_line.split()[:4] == ["onnx-cuda", "flavorkit", flavorkit.__version__, "unavailable"]
+    assert (
+        "onnx-cuda: onnxruntime-genai-cuda is not installed\n  Fix: pip install 'onnxruntime-genai-cuda>=0.15,<0.19'"
+        in table
+    )
+    assert max(len(line) for line in table.splitlines()) <= 100
 
 
 def test_a_model_recording_another_object_does_not_replace_an_installed_backend() -> None:
@@ -217,3 +222,16 @@ def test_a_model_recording_another_object_does_not_replace_an_installed_backend(
     assert shipped.object_path == "flavorkit_onnxgenai.plugin:dml"
     assert registry.get("onnx-cpu").object_path == "flavorkit_onnxgenai.plugin:cpu"
     assert registry.load_object("onnx-cpu", "flavorkit_onnxgenai.plugin:dml") is shipped
+
+
+def test_the_user_guides_backends_sample_is_what_the_command_prints() -> None:
+    import re
+    from pathlib import Path
+
+    from flavorkit.cli import _backends_table
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    sample = re.search(r"<!-- backends-sample:start -->\n```\n(.*?)\n```\n<!-- backends-sample:end -->", guide, re.S)
+    assert sample, "the user guide's flavorkit backends sample is missing"
+    statuses = [s for s in get_registry(refresh=True).statuses() if s.name in ("onnx-cpu", "onnx-cuda")]
+    assert _backends_table(statuses) == sample[1]

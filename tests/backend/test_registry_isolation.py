@@ -165,7 +165,8 @@ def test_cli_backends_strict_fails_on_a_broken_plugin(
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     broken_line = next(line for line in out.splitlines() if line.startswith("broken "))
-    assert "broken: ImportError: needs frobnitz" in broken_line
+    assert broken_line.split()[:4] == ["broken", "fk-broken", "0.1.0", "broken"]
+    assert "\nbroken: ImportError: needs frobnitz" in out  # the reason, below the table
     assert main(["backends", "--strict"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
