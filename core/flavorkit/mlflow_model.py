@@ -47,13 +47,13 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
     # model_input is deliberately unannotated: MLflow would infer a second schema from a hint.
     def predict(self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
-        """Answer each request (dict, list of dicts or DataFrame rows), in order."""
+        """Answer each request (dict, list of dicts or DataFrame rows), in order; ``params``: this call's settings."""
         from flavorkit.errors import InvalidRequest, to_mlflow_exception
         from flavorkit.model.columns import refuse_dropped_columns
 
         try:
             refuse_dropped_columns(self._model.task)
-            return self._model.predict(model_input)
+            return self._model.predict(model_input, params)
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc
 
@@ -70,7 +70,7 @@ class FlavorkitModel(PythonModel):  # type: ignore[misc]
 
         try:
             refuse_dropped_columns(self._model.task)
-            return self._model.predict_stream(model_input)  # type: ignore[no-any-return]
+            return self._model.predict_stream(model_input, params)  # type: ignore[no-any-return]
         except InvalidRequest as exc:
             raise to_mlflow_exception(exc) from exc
 

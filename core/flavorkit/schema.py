@@ -47,6 +47,7 @@ __all__ = [
     "parse_request",
     "stop_tuple",
     "unknown_fields_error",
+    "validate_call_params",
     "validate_generation_defaults",
     "validate_options",
 ]
@@ -705,6 +706,28 @@ def validate_generation_defaults(generation: Mapping[str, Any] | None) -> dict[s
     if len(params.stop_strings()) > MAX_STOP:
         raise InvalidRequest("generation.stop", "too many stop strings", allowed=_ALLOWED["stop"])
     return params.model_dump(exclude_none=True)
+
+
+def validate_call_params(params: Mapping[str, Any] | None, *, chat: bool) -> dict[str, Any]:
+    """MLflow's ``params`` of one ``predict`` call, checked as generation settings (fields ``params.*``).
+
+    They sit between the packaged defaults and each request's own fields. Unset ones (``None``, or
+    the empty ``stop`` list that MLflow fills in as the declared default) are left out.
+    """
+    given = {k: v for k, v in (params or {}).items() if v is not None and not (k == "stop" and len(v) == 0)}
+    if not given:
+        return {}
+    if not chat and given.get("n", 1) != 1:
+        raise InvalidRequest("params.n", "text-generation returns one string per prompt", allowed="1")
+    if "stop" in given and not isinstance(given["stop"], str):
+        given["stop"] = [str(s) for s in given["stop"]]
+    try:
+        parsed = GenerationParams.model_validate(_clean(given, prefix="params"))
+    except ValidationError as exc:
+        raise format_validation_error(exc, GenerationParams, prefix="params") from None
+    if len(parsed.stop_strings()) > MAX_STOP:
+        raise InvalidRequest("params.stop", "too many stop strings", allowed=_ALLOWED["stop"])
+    return parsed.model_dump(exclude_none=True)
 
 
 def validate_options(backend: str, schema: type[BaseModel] | None, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
 
-__all__ = ["CHAT", "TASKS", "TEXT", "input_example", "standard_signature"]
+__all__ = ["CALL_PARAMS", "CHAT", "TASKS", "TEXT", "input_example", "standard_signature"]
+
+#: MLflow ``params`` a packaged model declares: generation settings for one ``predict`` call, in
+#: MLflow's types (``stop`` a list of strings). The request's own fields win over them.
+CALL_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stop")
 
 CHAT = "llm/v1/chat"
 TEXT = "text-generation"
@@ -75,6 +79,23 @@ def _generation_columns(*, with_n: bool) -> list[Any]:
         ColSpec(name="seed", type=AnyType(), required=False),
     ]
     return cols
+
+
+def _params_schema(task: str) -> Any:
+    """The ``params`` schema of ``task``: :data:`CALL_PARAMS` (no ``n`` for text-generation), all unset by default."""
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    kinds = {
+        "max_tokens": "long",
+        "temperature": "double",
+        "top_p": "double",
+        "top_k": "long",
+        "n": "long",
+        "seed": "long",
+    }
+    specs = [ParamSpec(name, kind, None) for name, kind in kinds.items() if task == CHAT or name != "n"]
+    specs.append(ParamSpec("stop", "string", [], (-1,)))
+    return ParamSchema(specs)
 
 
 def standard_signature(task: str) -> ModelSignature | None:
@@ -138,7 +159,7 @@ def standard_signature(task: str) -> ModelSignature | None:
                 ),
             ]
         )
-        return ModelSignature(inputs=inputs, outputs=outputs)
+        return ModelSignature(inputs=inputs, outputs=outputs, params=_params_schema(task))
     if task == TEXT:
         inputs = Schema(
             [
@@ -147,7 +168,7 @@ def standard_signature(task: str) -> ModelSignature | None:
                 *_compat_columns(_TEXT_COMPAT),
             ]
         )
-        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.string)]))
+        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.string)]), params=_params_schema(task))
     return None
 
 

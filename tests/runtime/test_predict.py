@@ -386,3 +386,35 @@ def test_an_unknown_field_whose_name_is_not_valid_text_is_named_in_valid_text(ti
     assert _runtime_error(tiny_pyfunc, request_).field == "x\\ud800"
     message = _pyfunc_error(tiny_pyfunc, request_).message
     message.encode("utf-8")
+
+
+def test_params_set_this_calls_settings_under_each_rows_own(tiny_pyfunc: Any) -> None:
+    rows = [chat("Hello"), chat("Hello", max_tokens=4)]
+    out = tiny_pyfunc.predict(rows, params={"max_tokens": 2, "temperature": 0.0})
+    assert [r["usage"]["completion_tokens"] for r in out] == [2, 4]
+    greedy = tiny_pyfunc.predict(chat("Hello", max_tokens=6, temperature=0.0))[0]
+    assert (
+        tiny_pyfunc.predict(chat("Hello", max_tokens=6), params={"temperature": 0.0})[0]["choices"] == greedy["choices"]
+    )
+    stopped = tiny_pyfunc.predict(chat("Hello", max_tokens=6), params={"stop": [content(greedy)[2:4]]})[0]
+    assert content(stopped) == content(greedy)[:2]
+    streamed = list(tiny_pyfunc.predict_stream(chat("Hello"), params={"max_tokens": 3}))
+    assert streamed[-1]["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "fragment"),
+    [
+        ({"max_token": 2}, "params.max_token", "unknown param 'max_token': params are generation settings"),
+        ({"a": 1, "b": 2}, "params.a", "unknown params 'a', 'b'"),
+        ({"temperature": 9.0}, "params.temperature", "less than or equal to 2"),
+        ({"n": 0}, "params.n", "greater than or equal to 1"),
+    ],
+)
+def test_bad_params_are_refused_naming_them(
+    tiny_pyfunc: Any, params: dict[str, Any], field: str, fragment: str
+) -> None:
+    with pytest.raises(MlflowException) as exc:
+        tiny_pyfunc.predict(chat("Hello", max_tokens=2), params=params)
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert f"'{field}'" in exc.value.message and fragment in exc.value.message, exc.value.message

@@ -182,3 +182,20 @@ print(json.dumps({{"flavorkit": flavorkit.__file__, "out": out}}))
     assert result["out"][0]["usage"]["completion_tokens"] <= 4
     freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     assert "torch" not in freeze and "transformers" not in freeze
+
+
+def test_params_are_generation_settings_and_unknown_ones_are_refused(server: str) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": "Hello"}]},
+        {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},  # a row's own field wins
+    ]
+    status, body = _post(f"{server}/invocations", {"dataframe_records": rows, "params": {"max_tokens": 2}})
+    assert status == 200, body
+    assert [p["usage"]["completion_tokens"] for p in body["predictions"]] == [2, 4]
+    status, body = _post(
+        f"{server}/invocations", {"inputs": {"messages": [{"role": "user", "content": "Hi"}]}, "params": {"n": 2}}
+    )
+    assert status == 200, body
+    assert len(body["predictions"][0]["choices"]) == 2
+    for params, field in (({"max_token": 2}, "params.max_token"), ({"temperature": 9.0}, "params.temperature")):
+        _assert_bad_request(*_post(f"{server}/invocations", {"dataframe_records": rows, "params": params}), field)

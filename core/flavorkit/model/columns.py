@@ -22,13 +22,19 @@ from typing import Any
 
 from flavorkit.errors import InvalidRequest
 from flavorkit.schema import IGNORED_FIELDS, ChatRequest, TextRequest, unknown_fields_error
-from flavorkit.signatures import CHAT
+from flavorkit.signatures import CALL_PARAMS, CHAT
 
 __all__ = ["dropped_columns", "refuse_dropped_columns", "watch_dropped_columns"]
 
 #: The logger and message of MLflow's notice (``mlflow.models.utils._enforce_schema``, MLflow 3.x).
 LOGGER = "mlflow.models.utils"
 _NOTICE = re.compile(r"Found extra inputs in the model input that are not defined in the model signature: `(\[.*\])`")
+#: Its notices for ``params`` it drops (``_enforce_params_schema``): names outside the model's params
+#: schema, or every name when the model (packaged before flavorkit declared params) has none.
+_PARAMS_NOTICES = (
+    re.compile(r"^Unrecognized params (\[.*\]) are ignored for inference"),
+    re.compile(r"This model does not define a params schema\. Ignoring provided params: (\[.*\])"),
+)
 
 
 def _prediction_context() -> Any:
@@ -45,8 +51,13 @@ class _DroppedColumns(logging.Filter):
         self.local = threading.local()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Remember the dropped names; always let the record through."""
-        match = _NOTICE.search(record.getMessage())
+        """Remember the dropped names (columns, and ``params.*``); always let the record through."""
+        message = record.getMessage()
+        match = _NOTICE.search(message)
+        prefix = ""
+        if match is None:
+            match = next((m for m in (p.search(message) for p in _PARAMS_NOTICES) if m), None)
+            prefix = "params."
         if match:
             context = _prediction_context()
             if context is not None:  # outside a pyfunc prediction nobody will ask
@@ -55,7 +66,10 @@ class _DroppedColumns(logging.Filter):
                 except (ValueError, SyntaxError):
                     names = [match.group(1)]
                 # A name may hold a lone surrogate; the error message must still be valid text.
-                names = [n.encode("utf-8", "backslashreplace").decode("utf-8") for n in names]
+                names = [prefix + n.encode("utf-8", "backslashreplace").decode("utf-8") for n in sorted(names)]
+                seen = getattr(self.local, "seen", None)
+                if seen is not None and seen[0] is context:  # both kinds in one prediction: keep both
+                    names = [*seen[1], *names]
                 self.local.seen = (context, names)
         return True
 
@@ -90,6 +104,15 @@ def refuse_dropped_columns(task: str) -> None:
     """
     model = ChatRequest if task == CHAT else TextRequest
     names = [n for n in dropped_columns() if not (n in IGNORED_FIELDS and n in model.model_fields)]
+    params = [n for n in names if n.startswith("params.")]
+    if params:  # MLflow dropped these params: unknown, or a model whose signature declares none
+        listed = ", ".join(repr(n.removeprefix("params.")) for n in params)
+        raise InvalidRequest(
+            params[0],
+            f"unknown param{'s' if len(params) > 1 else ''} {listed}: params are generation settings",
+            allowed=", ".join(CALL_PARAMS if task == CHAT else [p for p in CALL_PARAMS if p != "n"])
+            + " (a model packaged before flavorkit took params declares none: package it again)",
+        )
     if not names:
         return
     unknown = [n for n in names if n not in model.model_fields]

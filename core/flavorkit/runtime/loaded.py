@@ -33,6 +33,7 @@ from flavorkit.schema import (
     generation_settings,
     parse_request,
     stop_tuple,
+    validate_call_params,
 )
 from flavorkit.signatures import CHAT, TASKS
 from flavorkit.types import Capability, Delta, GenerationRequest, RuntimeInfo, close_stream
@@ -103,19 +104,23 @@ class LoadedModel:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def predict(self, model_input: Any) -> list[Any]:
-        """Answer every input row, in order: chat completion dicts, or strings for text-generation."""
-        rows = self._prepare(self._rows(model_input))
+    def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Answer every input row, in order: chat completion dicts, or strings for text-generation.
+
+        ``params`` (MLflow's ``params``) are generation settings for this call: each row's own
+        fields win over them, and they win over the packaged defaults.
+        """
+        rows = self._prepare(self._rows(model_input), call=validate_call_params(params, chat=self.task == CHAT))
         for _choice, _text, _finish in self._events(rows):
             pass  # _events accumulates text into each choice
         return [self._response(row) for row in rows]
 
-    def predict_stream(self, model_input: Any) -> Iterator[Any]:
+    def predict_stream(self, model_input: Any, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Stream one request: ``chat.completion.chunk`` dicts, or text pieces for text-generation."""
         raw = self._rows(model_input)
         if len(raw) != 1:
             raise InvalidRequest("inputs", f"predict_stream takes exactly one request, got {len(raw)}")
-        rows = self._prepare(raw)
+        rows = self._prepare(raw, call=validate_call_params(params, chat=self.task == CHAT))
         return self._stream(rows[0], rows)
 
     def prepare_request(self, raw: Any, *, text_logprobs: int | None = None) -> PreparedRequest:
@@ -233,19 +238,23 @@ class LoadedModel:
             allowed="a dict, a list of dicts or a pandas DataFrame",
         )
 
-    def _settings(self, req: ChatRequest | TextRequest) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Effective settings (defaults overlaid by the request) and the explicitly requested ones."""
-        explicit = generation_settings(req)
+    def _settings(
+        self, req: ChatRequest | TextRequest, call: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Effective settings (defaults, then the call's ``params``, then the request) and the explicit ones."""
+        explicit = {**(call or {}), **generation_settings(req)}
         return {**self.defaults, **explicit}, explicit
 
-    def _prepare(self, raw_rows: Sequence[Any], text_logprobs: int | None = None) -> list[Row]:
+    def _prepare(
+        self, raw_rows: Sequence[Any], text_logprobs: int | None = None, call: Mapping[str, Any] | None = None
+    ) -> list[Row]:
         """Validate and encode every row before any generation starts, so bad input costs nothing."""
         rows: list[Row] = []
         errors: list[InvalidRequest] = []
         many = len(raw_rows) > 1
         for i, raw in enumerate(raw_rows):
             try:
-                rows.append(self._prepare_row(i, raw, text_logprobs))
+                rows.append(self._prepare_row(i, raw, text_logprobs, call))
             except InvalidRequest as exc:
                 if not many:
                     raise
@@ -306,9 +315,11 @@ class LoadedModel:
         )
         return adjust if adjust.active else None
 
-    def _prepare_row(self, i: int, raw: Any, text_logprobs: int | None = None) -> Row:
+    def _prepare_row(
+        self, i: int, raw: Any, text_logprobs: int | None = None, call: Mapping[str, Any] | None = None
+    ) -> Row:
         req = parse_request(raw, self.task, self.backend.name, guided=self.guided)
-        settings, explicit = self._settings(req)
+        settings, explicit = self._settings(req, call)
         tools: list[dict[str, Any]] | None = None
         if isinstance(req, ChatRequest):
             messages, tools = self._messages(req)
