@@ -88,3 +88,14 @@ def test_an_old_model_streams(old_model: Path) -> None:
     chunks = list(old.predict_stream(REQUEST))
     answer = old.predict(REQUEST)[0]["choices"][0]["message"]["content"]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == answer
+
+
+def test_params_sent_to_an_old_model_are_refused_not_dropped(old_model: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    old = mlflow.pyfunc.load_model(str(old_model))
+    assert old.metadata.get_params_schema() is None, "packaged before flavorkit declared params"
+    with pytest.raises(MlflowException) as exc:
+        old.predict(REQUEST, params={"max_tokens": 2})
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "'params.max_tokens'" in exc.value.message and "package it again" in exc.value.message
