@@ -7,6 +7,7 @@ breaks the contract fails this suite with the clause's name.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,12 @@ def test_flavorkit_check_command_line(tiny_ort_long: Path, tmp_path: Path) -> No
     # gpu: onnx-cpu needs none; guided_refused: it declares guided_decoding, so that clause is for others.
     assert rows == {name: ("skipped" if name in ("gpu", "guided_refused") else "passed") for name in CLAUSES}
     assert "31 passed, 0 failed, 2 skipped, 0 xfailed" in proc.stdout
+    # A live line per clause while it runs: count, outcome, the clause's time and the time so far.
+    progress = re.findall(r"^  \[(\d+)/(\d+)\] (\w+): (\w+) \(\d+\.\d s; \d+:\d\d elapsed\)$", proc.stdout, re.M)
+    assert [int(done) for done, _, _, _ in progress] == list(range(1, len(CLAUSES) + 1))
+    assert {total for _, total, _, _ in progress} == {str(len(CLAUSES))}
+    assert {clause: outcome for _, _, clause, outcome in progress} == rows
+    assert proc.stdout.index("  [1/") < proc.stdout.index("distribution:"), "progress comes before the table"
     data = json.loads(report.read_text())
     assert data["ok"] is True and data["version"] == 1
     assert data["backends"][0]["name"] == "onnx-cpu" and data["backends"][0]["model"] == model

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -90,6 +91,7 @@ def run_check(
         (work / "pytest.ini").write_text(_INI, encoding="utf-8")
         report_path = work / "report.json"
         log_path = work / "pytest.log"
+        progress_path = work / "progress.jsonl"
         cmd = [
             sys.executable,
             "-m",
@@ -106,31 +108,60 @@ def run_check(
             str(work / "tmp"),
             "--flavorkit-report",
             str(report_path),
+            "--flavorkit-progress",
+            str(progress_path),
             "-q",
             "-rN",
             str(module),
         ]
         print(f"flavorkit check: backend {backend!r}, model {source}", file=stream, flush=True)
         with open(log_path, "w", encoding="utf-8") as log:
-            try:
-                proc = subprocess.run(
-                    cmd,
-                    cwd=work,
-                    env=child_env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                )
-                code: int | str = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = f"timeout after {timeout} s"
+            proc = subprocess.Popen(cmd, cwd=work, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+            code = _follow(proc, progress_path, stream, timeout)
         if not report_path.is_file():
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
             print(f"flavorkit check: pytest ended ({code}) without a report:\n{tail}", file=stream)
             return 1
         report = json.loads(report_path.read_text(encoding="utf-8"))
     return _finish(report, stream, json_path)
+
+
+def _follow(proc: subprocess.Popen[bytes], progress: Path, stream: TextIO, timeout: float | None) -> int | str:
+    """Print a line per finished clause while the kit runs (count, outcome, time); the exit code or why it stopped."""
+    started = time.monotonic()
+    shown = 0
+
+    def show_new() -> None:
+        nonlocal shown
+        if not progress.is_file():
+            return
+        lines = progress.read_text(encoding="utf-8").splitlines()
+        for line in lines[shown:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return  # a line still being written: read it next time
+            elapsed = int(time.monotonic() - started)
+            print(
+                f"  [{entry['done']}/{entry['total']}] {entry['clause']}: {entry['outcome']} "
+                f"({entry['seconds']:.1f} s; {elapsed // 60}:{elapsed % 60:02d} elapsed)",
+                file=stream,
+                flush=True,
+            )
+            shown += 1
+
+    while True:
+        try:
+            code = proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            show_new()
+            if timeout is not None and time.monotonic() - started > timeout:
+                proc.kill()
+                proc.wait()
+                return f"timeout after {timeout} s"
+            continue
+        show_new()
+        return code
 
 
 def _finish(report: dict[str, Any], stream: TextIO, json_path: str | os.PathLike[str] | None) -> int:

@@ -13,6 +13,7 @@ and ``--flavorkit-report PATH`` (the format is in :mod:`flavorkit.testing.report
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 from typing import Any
 
@@ -35,6 +36,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         default=None,
         help="write the conformance results as JSON (format flavorkit-conformance-report) to PATH",
+    )
+    group.addoption(
+        "--flavorkit-progress",
+        metavar="PATH",
+        default=None,
+        help="append one JSON line per finished clause to PATH (done, total, clause, outcome, seconds)",
     )
 
 
@@ -64,6 +71,8 @@ class ConformanceCollector:
         self.config = config
         self.results: dict[str, ClauseResult] = {}
         self.backends: dict[str, dict[str, Any]] = {}
+        self.total = 0
+        self.done = 0
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
@@ -112,6 +121,28 @@ class ConformanceCollector:
                 prefix = {"setup": "error in setup: ", "teardown": "error in teardown: "}.get(report.when, "")
                 result.message = prefix + _message(call.excinfo)
         return report
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Count the conformance tests, for the progress lines."""
+        self.total = sum(1 for item in session.items if clause_of(getattr(item, "obj", None)) is not None)
+        self.done = 0
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        """Append the finished clause's line to ``--flavorkit-progress``, so a caller can show it live."""
+        path = self.config.getoption("flavorkit_progress", default=None)
+        result = self.results.get(nodeid)
+        if not path or result is None:
+            return
+        self.done += 1
+        line = {
+            "done": self.done,
+            "total": getattr(self, "total", 0),
+            "clause": result.clause,
+            "outcome": result.outcome,
+            "seconds": round(result.duration_s, 2),
+        }
+        with open(path, "a", encoding="utf-8") as progress:
+            progress.write(json.dumps(line) + "\n")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write the JSON report when ``--flavorkit-report`` was given."""
