@@ -162,6 +162,28 @@ def test_progress_lines_and_the_switch_that_silences_them(
     assert "[flavorkit] converting" in capsys.readouterr().err
 
 
+def test_a_nested_step_beats_alone_so_each_beat_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from flavorkit.packaging import progress
+
+    monkeypatch.delenv("FLAVORKIT_PROGRESS", raising=False)
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.05)
+    with step("Packaging"):
+        with step("Converting"):
+            time.sleep(0.6)
+        during = capsys.readouterr().err.splitlines()
+        time.sleep(0.3)
+    after = capsys.readouterr().err.splitlines()
+    # While converting, only "Converting" reported; once it ended, "Packaging" beat again.
+    assert sum(line.startswith("[flavorkit] Converting ... still running") for line in during) > 4
+    assert not any(line.startswith("[flavorkit] Packaging ... still running") for line in during), during
+    assert any(line.startswith("[flavorkit] Packaging ... still running") for line in after), after
+    assert after[-1].startswith("[flavorkit] Packaging: done in ")
+
+
 def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -> None:
     import os
     import subprocess

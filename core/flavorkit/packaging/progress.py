@@ -20,6 +20,13 @@ from flavorkit.settings import env_flag
 __all__ = ["PROGRESS_ENV", "step"]
 
 PROGRESS_ENV = "FLAVORKIT_PROGRESS"
+#: Seconds between "still running" lines where stderr is not a terminal (a terminal updates twice a second).
+HEARTBEAT_S = 30.0
+
+#: The steps running now, outermost first: only the innermost one reports its time, so a conversion
+#: inside "Packaging ..." prints one line per beat, not two.
+_ACTIVE: list[object] = []
+_ACTIVE_LOCK = threading.Lock()
 
 
 def _enabled() -> bool:
@@ -36,10 +43,15 @@ def step(title: str) -> Iterator[None]:
     tty = out.isatty()
     start = time.perf_counter()
     stop = threading.Event()
+    me = object()
 
     def beat() -> None:
-        period = 0.5 if tty else 30.0
+        period = 0.5 if tty else HEARTBEAT_S
         while not stop.wait(period):
+            with _ACTIVE_LOCK:
+                innermost = bool(_ACTIVE) and _ACTIVE[-1] is me
+            if not innermost:
+                continue  # a step inside this one is reporting
             elapsed = time.perf_counter() - start
             if tty:
                 out.write(f"\r[flavorkit] {title} ... {elapsed:5.0f}s")
@@ -47,7 +59,11 @@ def step(title: str) -> Iterator[None]:
                 out.write(f"[flavorkit] {title} ... still running ({elapsed:.0f}s)\n")
             out.flush()
 
-    out.write(f"[flavorkit] {title} ...{'' if tty else chr(10)}")
+    with _ACTIVE_LOCK:
+        nested = bool(_ACTIVE)
+        _ACTIVE.append(me)
+    # On a terminal the outer step's line is still open: start this one on a line of its own.
+    out.write(f"{chr(10) if tty and nested else ''}[flavorkit] {title} ...{'' if tty else chr(10)}")
     out.flush()
     ticker = threading.Thread(target=beat, daemon=True)
     ticker.start()
@@ -58,6 +74,8 @@ def step(title: str) -> Iterator[None]:
     finally:
         stop.set()
         ticker.join()
+        with _ACTIVE_LOCK:
+            _ACTIVE.remove(me)
         elapsed = time.perf_counter() - start
         state = "done" if ok else "failed"
         prefix = f"\r[flavorkit] {title} ... " if tty else f"[flavorkit] {title}: "
