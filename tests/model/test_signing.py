@@ -213,6 +213,8 @@ def test_a_logged_and_registered_signed_model_verifies_by_uri(
     for uri in (f"runs:/{info.run_id}/model", "models:/signed-chat/1", info.model_uri):
         code, out = _verify(capsys, uri, keys["public"])
         assert code == 0, (uri, out)
+        # flavorkit's own progress line, not MLflow's per-file "Downloading artifacts" bar
+        assert f"[flavorkit] Downloading {uri}: done in " in out and "Downloading artifacts" not in out
     code, out = _verify(capsys, "models:/signed-chat/1", keys["other"])
     assert code == 1 and "another key" in out
     monkeypatch.setenv("FLAVORKIT_TRUSTED_KEY", str(keys["public"]))
