@@ -209,6 +209,10 @@ def _setting_type(setting: str) -> Callable[[str], Any]:
     from flavorkit.settings import check_value
 
     def parse(text: str) -> Any:
+        if not text.strip():
+            # "--api-key-file $UNSET" must not turn a key file or a trusted key off (a blank variable means
+            # unset, but a flag given empty would also hide the variable): refuse it.
+            raise argparse.ArgumentTypeError("is empty; leave the flag out to use the default or the variable")
         try:
             return check_value(setting, text)
         except SettingsError as exc:

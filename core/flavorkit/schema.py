@@ -714,13 +714,19 @@ def validate_call_params(params: Mapping[str, Any] | None, *, chat: bool) -> dic
     They sit between the packaged defaults and each request's own fields. Unset ones (``None``, or
     the empty ``stop`` list that MLflow fills in as the declared default) are left out.
     """
-    given = {k: v for k, v in (params or {}).items() if v is not None and not (k == "stop" and len(v) == 0)}
+    given = {k: v for k, v in (params or {}).items() if v is not None}
+    stop = given.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not hasattr(stop, "__len__") or not all(isinstance(s, str) for s in stop):
+            raise InvalidRequest("params.stop", "must be a list of strings", allowed=_ALLOWED["stop"])
+        if len(stop) == 0:  # MLflow's declared default: unset
+            del given["stop"]
     if not given:
         return {}
     if not chat and given.get("n", 1) != 1:
         raise InvalidRequest("params.n", "text-generation returns one string per prompt", allowed="1")
     if "stop" in given and not isinstance(given["stop"], str):
-        given["stop"] = [str(s) for s in given["stop"]]
+        given["stop"] = list(given["stop"])
     try:
         parsed = GenerationParams.model_validate(_clean(given, prefix="params"))
     except ValidationError as exc:

@@ -71,10 +71,19 @@ class Variable:
 # -- the serve settings -----------------------------------------------------------------------------
 
 
+#: Key files already read, by path and version (size and mtime; a pipe has none), so that a file is read
+#: once however many times the settings are checked, and ``--api-key-file <(command)`` works.
+_KEY_FILES: dict[tuple[str, int, int], list[str]] = {}
+
+
 def _read_keys(path: Path) -> list[str]:
     """The keys in ``path``, one per line; raise ``ValueError`` (a settings error) if it has none or cannot be read."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        info = path.stat()
+        version = (str(path), info.st_size, info.st_mtime_ns) if path.is_file() else (str(path), -1, -1)
+        if version in _KEY_FILES:
+            return list(_KEY_FILES[version])
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read the key file {str(path)!r}: {exc}") from None
     keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
@@ -83,7 +92,10 @@ def _read_keys(path: Path) -> list[str]:
     for key in keys:
         if any(c.isspace() for c in key):
             raise ValueError(f"the key file {str(path)!r} has a key with a space in it; one key per line")
-    return keys
+        if not key.isascii():
+            raise ValueError(f"the key file {str(path)!r} has a key that is not ASCII (an HTTP header carries ASCII)")
+    _KEY_FILES[version] = keys
+    return list(keys)
 
 
 _SECONDS: dict[str, JsonValue] = {"metavar": "SECONDS"}

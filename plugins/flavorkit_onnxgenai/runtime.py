@@ -282,7 +282,11 @@ class OgHandle:
         """
         if self.invariant is None:
             started = time.perf_counter()
-            self.invariant = self._probe_invariance()
+            try:
+                self.invariant = self._probe_invariance()
+            except Exception:  # a batch of 8 may fail where one row works (memory, provider limits)
+                log.warning("the batch invariance probe failed; greedy requests decode alone", exc_info=True)
+                self.invariant = False
             log.info(
                 "onnxruntime-genai batches %s on this machine (probed in %.2f s): greedy requests %s",
                 "bitwise like single rows" if self.invariant else "with other rounding than single rows",

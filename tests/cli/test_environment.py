@@ -9,6 +9,7 @@ table, and ``flavorkit serve``'s flags against the serve settings model.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -351,6 +352,9 @@ def test_the_serve_flags_take_exactly_what_the_settings_take(setting: str, capsy
             flag_ok = True
             assert parsed.serve_flags_given == {setting}
         capsys.readouterr()
+        if text == "":  # a flag given empty is refused, so that it never hides its variable
+            assert not flag_ok, flag
+            continue
         assert flag_ok == model_ok, (flag, text)
 
 
@@ -378,3 +382,28 @@ def test_the_user_guide_lists_exactly_the_declared_variables() -> None:
         kind, default, meaning = rows[name]
         assert (kind, default) == (variable.type, variable.default), name
         assert meaning, name
+
+
+@pytest.mark.parametrize("flag", ["--api-key-file", "--trusted-key", "--api-key"])
+def test_an_empty_flag_is_refused_so_it_cannot_hide_its_variable(
+    flag: str, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("FLAVORKIT_API_KEY_FILE", str(KEYS))  # "$UNSET" on the command line must not open the API
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "/no/such/model", flag, ""])
+    assert exc.value.code == 2
+    assert (
+        f"argument {flag}: is empty; leave the flag out to use the default or the variable" in capsys.readouterr().err
+    )
+
+
+def test_a_key_file_is_read_once_so_a_pipe_works(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("# from a secret store\npiped-key\n"))
+    writer.start()
+    settings = ServeSettings.load(api_key_file=str(fifo))  # validated here, and again by every copy
+    writer.join(timeout=30)
+    assert settings.updated(max_batch=2).api_keys() == ("piped-key",)

@@ -256,3 +256,10 @@ def test_smollm2_transformers_mixed_lengths_equal_single_requests(smollm2_hf: Pa
     rows = [notes(n, 16) for n in (0, 1, 2, 23)]
     groups = _equal_to_singles(model, rows)
     assert any(len(g) > 1 for g in groups) and len(groups) > 1, groups
+
+
+def test_a_probe_that_fails_means_greedy_rows_decode_alone(tiny_ort: Path) -> None:
+    handle = load_engine("onnx-cpu", tiny_ort).handle
+    handle.close()  # its og.Model is gone: the probe's own generator cannot be built
+    assert handle.batches_exactly() is False and handle.invariant is False
+    assert handle.groups(_requests([10, 12], [16, 16])) == [[0], [1]]

@@ -418,3 +418,17 @@ def test_bad_params_are_refused_naming_them(
         tiny_pyfunc.predict(chat("Hello", max_tokens=2), params=params)
     assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
     assert f"'{field}'" in exc.value.message and fragment in exc.value.message, exc.value.message
+
+
+def test_call_params_refuse_a_stop_that_is_not_strings() -> None:
+    from flavorkit.schema import validate_call_params
+
+    assert validate_call_params({"stop": [], "max_tokens": None}, chat=True) == {}
+    assert validate_call_params({"stop": ["a", "b"]}, chat=True) == {"stop": ["a", "b"]}
+    for stop in ([1], 5):
+        with pytest.raises(InvalidRequest) as exc:
+            validate_call_params({"stop": stop}, chat=True)
+        assert exc.value.field == "params.stop"
+    with pytest.raises(InvalidRequest) as exc:
+        validate_call_params({"n": 2}, chat=False)
+    assert (exc.value.field, exc.value.detail) == ("params.n", "text-generation returns one string per prompt")

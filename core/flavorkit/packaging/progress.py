@@ -23,10 +23,17 @@ PROGRESS_ENV = "FLAVORKIT_PROGRESS"
 #: Seconds between "still running" lines where stderr is not a terminal (a terminal updates twice a second).
 HEARTBEAT_S = 30.0
 
-#: The steps running now, outermost first: only the innermost one reports its time, so a conversion
-#: inside "Packaging ..." prints one line per beat, not two.
-_ACTIVE: list[object] = []
+#: Per thread, the steps running now, outermost first: only the innermost one reports its time, so a
+#: conversion inside "Packaging ..." prints one line per beat, not two.
+_STACKS = threading.local()
 _ACTIVE_LOCK = threading.Lock()
+
+
+def _stack() -> list[object]:
+    stack: list[object] | None = getattr(_STACKS, "steps", None)
+    if stack is None:
+        stack = _STACKS.steps = []
+    return stack
 
 
 def _enabled() -> bool:
@@ -44,12 +51,13 @@ def step(title: str) -> Iterator[None]:
     start = time.perf_counter()
     stop = threading.Event()
     me = object()
+    active = _stack()  # this thread's; the ticker thread reads it under the lock
 
     def beat() -> None:
         period = 0.5 if tty else HEARTBEAT_S
         while not stop.wait(period):
             with _ACTIVE_LOCK:
-                innermost = bool(_ACTIVE) and _ACTIVE[-1] is me
+                innermost = bool(active) and active[-1] is me
             if not innermost:
                 continue  # a step inside this one is reporting
             elapsed = time.perf_counter() - start
@@ -60,8 +68,8 @@ def step(title: str) -> Iterator[None]:
             out.flush()
 
     with _ACTIVE_LOCK:
-        nested = bool(_ACTIVE)
-        _ACTIVE.append(me)
+        nested = bool(active)
+        active.append(me)
     # On a terminal the outer step's line is still open: start this one on a line of its own.
     out.write(f"{chr(10) if tty and nested else ''}[flavorkit] {title} ...{'' if tty else chr(10)}")
     out.flush()
@@ -75,7 +83,7 @@ def step(title: str) -> Iterator[None]:
         stop.set()
         ticker.join()
         with _ACTIVE_LOCK:
-            _ACTIVE.remove(me)
+            active.remove(me)
         elapsed = time.perf_counter() - start
         state = "done" if ok else "failed"
         prefix = f"\r[flavorkit] {title} ... " if tty else f"[flavorkit] {title}: "

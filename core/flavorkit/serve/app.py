@@ -138,6 +138,8 @@ class FlavorkitApp:
         self.app = app
         self.server = server
         self.metrics = server.metrics
+        if isinstance(api_keys, str):
+            raise TypeError("api_keys is a sequence of keys, not one key")
         self.api_keys = tuple(api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -23,6 +23,8 @@ def check_bearer(header: str | None, api_keys: Sequence[str]) -> None:
     Every key is compared, in constant time, whether or not an earlier one matched, so the time
     taken says nothing about which key (or how much of one) was right.
     """
+    if isinstance(api_keys, str):
+        raise TypeError("api_keys is a sequence of keys, not one key")
     if not header:
         raise APIError(
             401,

@@ -117,7 +117,12 @@ def run_check(
         print(f"flavorkit check: backend {backend!r}, model {source}", file=stream, flush=True)
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(cmd, cwd=work, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
-            code = _follow(proc, progress_path, stream, timeout)
+            try:
+                code = _follow(proc, progress_path, stream, timeout)
+            finally:
+                if proc.poll() is None:  # interrupted (Ctrl-C) or failed while following: stop the kit
+                    proc.kill()
+                    proc.wait()
         if not report_path.is_file():
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
             print(f"flavorkit check: pytest ended ({code}) without a report:\n{tail}", file=stream)
@@ -158,6 +163,7 @@ def _follow(proc: subprocess.Popen[bytes], progress: Path, stream: TextIO, timeo
             if timeout is not None and time.monotonic() - started > timeout:
                 proc.kill()
                 proc.wait()
+                show_new()
                 return f"timeout after {timeout} s"
             continue
         show_new()
