@@ -63,7 +63,9 @@ def _backends_table(statuses: Sequence[Any]) -> str:
             continue
         notes += textwrap.wrap(f"{s.name}: {s.error}", TABLE_WIDTH, subsequent_indent="  ", break_on_hyphens=False)
         if s.install_hint:
-            notes.append(f"  Fix: {s.install_hint}")
+            # A long command is continued with a backslash, so it still pastes into a shell as one.
+            fix = textwrap.wrap(s.install_hint, TABLE_WIDTH - 9, break_long_words=False, break_on_hyphens=False)
+            notes.append("  Fix: " + " \\\n       ".join(fix))
     table = "\n".join(text.rstrip() for text in out)
     return table + ("\n\n" + "\n".join(notes) if notes else "")
 

@@ -163,6 +163,7 @@ def test_backends_listing_gives_reason_and_fix_for_each_unavailable_backend() ->
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 100, "the table fits 100 columns"
     table, _, notes = text.partition("\n\n")
+    notes = notes.replace(" \\\n       ", " ")  # a long fix is continued with a backslash
     states = {line.split()[0]: line.split()[3] for line in table.splitlines()[2:] if not line.startswith(" ")}
     for name, status in statuses.items():
         if status.available:

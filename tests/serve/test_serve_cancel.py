@@ -214,6 +214,9 @@ def test_cli_serve_defaults_bind_loopback() -> None:
 
 def test_an_invocations_job_that_times_out_while_queued_never_runs(hf_model_dir: Path) -> None:
     app = create_app(str(hf_model_dir), request_timeout=0.5)
+    # The model's first generation includes torch's warm-up, which alone can outlast the 0.5 s timeout
+    # of the follow-up request below; warm it up first, outside the server (no job, no token counted).
+    app.server.pyfunc.predict({"messages": PROMPT, "max_tokens": 1})
     with running(app) as url:
         before = _metrics(url)
         gate = hold_worker(app.server.scheduler)
