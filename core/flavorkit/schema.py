@@ -699,13 +699,18 @@ def validate_generation_defaults(generation: Mapping[str, Any] | None) -> dict[s
         return {}
     if not isinstance(generation, Mapping):
         raise InvalidRequest("generation", f"must be a dict, got {type(generation).__name__}")
+    return _settings_under(generation, "generation")
+
+
+def _settings_under(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``values`` checked as generation settings with the request rules, errors naming ``prefix.FIELD``."""
     try:
-        params = GenerationParams.model_validate(_clean(generation, prefix="generation"))
+        parsed = GenerationParams.model_validate(_clean(values, prefix=prefix))
     except ValidationError as exc:
-        raise format_validation_error(exc, GenerationParams, prefix="generation") from None
-    if len(params.stop_strings()) > MAX_STOP:
-        raise InvalidRequest("generation.stop", "too many stop strings", allowed=_ALLOWED["stop"])
-    return params.model_dump(exclude_none=True)
+        raise format_validation_error(exc, GenerationParams, prefix=prefix) from None
+    if len(parsed.stop_strings()) > MAX_STOP:
+        raise InvalidRequest(f"{prefix}.stop", "too many stop strings", allowed=_ALLOWED["stop"])
+    return parsed.model_dump(exclude_none=True)
 
 
 def validate_call_params(params: Mapping[str, Any] | None, *, chat: bool) -> dict[str, Any]:
@@ -727,13 +732,7 @@ def validate_call_params(params: Mapping[str, Any] | None, *, chat: bool) -> dic
         raise InvalidRequest("params.n", "text-generation returns one string per prompt", allowed="1")
     if "stop" in given and not isinstance(given["stop"], str):
         given["stop"] = list(given["stop"])
-    try:
-        parsed = GenerationParams.model_validate(_clean(given, prefix="params"))
-    except ValidationError as exc:
-        raise format_validation_error(exc, GenerationParams, prefix="params") from None
-    if len(parsed.stop_strings()) > MAX_STOP:
-        raise InvalidRequest("params.stop", "too many stop strings", allowed=_ALLOWED["stop"])
-    return parsed.model_dump(exclude_none=True)
+    return _settings_under(given, "params")
 
 
 def validate_options(backend: str, schema: type[BaseModel] | None, options: Mapping[str, Any]) -> dict[str, Any]:
