@@ -44,6 +44,7 @@ from flavorkit.runtime.guidance import (
 )
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
+from flavorkit.settings import cpu_threads
 from flavorkit.types import (
     Artifacts,
     Capability,
@@ -90,6 +91,7 @@ __all__ = [
     "cached_dir",
     "check_links",
     "content_key",
+    "cpu_threads",
     "extra_requirements",
     "guidance_tokenizer_from_file",
     "guidance_tokenizer_from_hf",

@@ -44,6 +44,7 @@ __all__ = [
     "Variable",
     "allowed_values",
     "check_value",
+    "cpu_threads",
     "env_flag",
     "env_path",
     "env_var",
@@ -177,6 +178,14 @@ class ServeSettings(BaseModel):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="server log level"
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="CPU threads per decoding step of the model, over its packaged option; unset: the packaged "
+        "option, else the backend's default (every usable core)",
+        json_schema_extra={"metavar": "N"},
     )
 
     @field_validator("served_model_name", "api_key", "api_key_file", "trusted_key", mode="before")
@@ -368,6 +377,14 @@ _GENERAL = (
     ),
     Variable("FLAVORKIT_PROGRESS", "boolean", "true", "progress lines on stderr during conversions and exports"),
     Variable(
+        "FLAVORKIT_THREADS",
+        allowed_values(ServeSettings.model_fields["threads"]),
+        "unset",
+        "CPU threads per decoding step when a model loads (`flavorkit serve --threads`, `mlflow models serve`, "
+        "Spark), over its packaged option (`intra_op_num_threads` on onnx-cpu and optimum-onnx, `num_threads` on "
+        "transformers); unset: the packaged option, else every usable core",
+    ),
+    Variable(
         "FLAVORKIT_CACHE",
         "path",
         "`$XDG_CACHE_HOME/flavorkit`, else `~/.cache/flavorkit`",
@@ -415,3 +432,17 @@ def env_path(name: str) -> Path | None:
     _declared(name, "path")
     raw = _raw(name)
     return Path(raw).expanduser() if raw is not None else None
+
+
+def cpu_threads(packaged: int | None = None) -> int | None:
+    """Threads per decoding step for a model being loaded: ``FLAVORKIT_THREADS`` over the ``packaged`` option.
+
+    Backends call this in their ``load`` hook, so ``flavorkit serve --threads`` (which sets the
+    variable) and a deployment's environment can tune a model without packaging it again. None
+    leaves the choice to the backend's default. A bad value is a ``SettingsError`` naming the variable.
+    """
+    raw = _raw("FLAVORKIT_THREADS")
+    if raw is None:
+        return packaged
+    threads: int = check_value("threads", raw, "FLAVORKIT_THREADS")
+    return threads

@@ -10,7 +10,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from flavorkit.sdk import BackendUnavailable, ModelSourceError
+from flavorkit.sdk import BackendUnavailable, ModelSourceError, cpu_threads
 from flavorkit_hf.engine import Engine, context_length_of
 
 __all__ = ["load_optimum", "load_transformers", "resolve_device"]
@@ -76,6 +76,9 @@ def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
     model.eval()
     if model.device.type == "cpu":
         _own_memory(model)
+        threads = cpu_threads(options.get("num_threads"))
+        if threads:
+            torch.set_num_threads(int(threads))  # process-wide: torch has no per-model setting
     return Engine(
         model,
         tokenizer,
@@ -105,8 +108,9 @@ def load_optimum(folder: str, options: Mapping[str, Any]) -> Engine:
             "pip install onnxruntime-gpu" if provider == "CUDAExecutionProvider" else None,
         )
     session_options = ort.SessionOptions()
-    if options.get("intra_op_num_threads"):
-        session_options.intra_op_num_threads = int(options["intra_op_num_threads"])
+    threads = cpu_threads(options.get("intra_op_num_threads"))
+    if threads:
+        session_options.intra_op_num_threads = int(threads)
     trust = bool(options.get("trust_remote_code", False))
     kwargs: dict[str, Any] = {
         "provider": provider,

@@ -46,6 +46,13 @@ class TransformersOptions(CommonOptions):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="Attention kernel; None lets transformers choose (sdpa where supported)."
     )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch's CPU threads (torch.set_num_threads, for the whole process); default: torch's own, one "
+        "per physical core. FLAVORKIT_THREADS (flavorkit serve --threads) overrides it.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -19,6 +19,7 @@ from flavorkit.sdk import (
     HandleHooks,
     ModelSourceError,
     check_links,
+    cpu_threads,
     extra_requirements,
     hookimpl,
     pinned,
@@ -74,7 +75,7 @@ class OnnxOptions(BaseModel):
         ge=1,
         le=1024,
         description="ONNX Runtime threads per decoding step on the CPU provider; default: every core this process "
-        "may use (onnxruntime-genai alone would use one).",
+        "may use (onnxruntime-genai alone would use one). FLAVORKIT_THREADS (flavorkit serve --threads) overrides it.",
     )
 
 
@@ -208,7 +209,7 @@ class OnnxGenaiBackend(HandleHooks):
             provider_options=options.get("provider_options", {}),
             # A model packaged before 'exact' existed stored its choice ('auto', the old default).
             batching=options.get("batching", "auto"),
-            intra_op_num_threads=options.get("intra_op_num_threads"),
+            intra_op_num_threads=cpu_threads(options.get("intra_op_num_threads")),
         )
 
 

@@ -62,6 +62,7 @@ SDK_NAMES = [
     "cached_dir",
     "check_links",
     "content_key",
+    "cpu_threads",
     "extra_requirements",
     "guidance_tokenizer_from_file",
     "guidance_tokenizer_from_hf",

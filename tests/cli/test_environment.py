@@ -194,6 +194,7 @@ GOOD: dict[str, tuple[str, Any]] = {
     "max_body_bytes": ("10", 10),
     "drain_timeout": ("0", 0.0),
     "log_level": ("debug", "debug"),
+    "threads": ("2", 2),
 }
 
 #: A value each bounded serve setting refuses, and why.
@@ -208,6 +209,7 @@ BAD: dict[str, tuple[str, str]] = {
     "max_body_bytes": ("0", "is out of range"),
     "drain_timeout": ("inf", "is out of range"),
     "log_level": ("loud", "is not one of the choices"),
+    "threads": ("0", "is out of range"),
     "api_key_file": (
         "/no/such/keys.txt",
         "is not allowed (Value error, cannot read the key file '/no/such/keys.txt': "

@@ -119,6 +119,65 @@ def test_onnx_threads_default_to_the_usable_cores_and_an_option_sets_them(tiny_o
     assert answers[0] == answers[1]
 
 
+def _os_threads() -> int:
+    """This process's OS threads (ONNX Runtime's pool of N intra-op threads adds N - 1, plus one of its own)."""
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_flavorkit_threads_overrides_the_packaged_onnx_threads(tiny_ort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from flavorkit.errors import SettingsError
+
+    be = get_backend("onnx-cpu")
+    options = be.validate_options({"intra_op_num_threads": 1})
+
+    def threads_added(env: str | None) -> int:
+        if env is None:
+            monkeypatch.delenv("FLAVORKIT_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("FLAVORKIT_THREADS", env)
+        before = _os_threads()
+        handle = be.load({"model": str(tiny_ort)}, options)
+        added = _os_threads() - before
+        be.unload(handle)
+        del handle
+        gc.collect()
+        return added
+
+    packaged = threads_added(None)
+    assert threads_added("4") - packaged == 3  # four threads per step instead of the packaged one
+    assert threads_added("") == packaged  # empty is unset: the packaged option holds
+    with pytest.raises(SettingsError) as exc:
+        threads_added("0")
+    assert str(exc.value) == "FLAVORKIT_THREADS: '0' is out of range (allowed: whole number, from 1 to 1024)"
+
+
+def test_transformers_num_threads_sets_torch_threads_and_flavorkit_threads_wins(
+    tiny_hf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    be = get_backend("transformers")
+    saved = torch.get_num_threads()
+    monkeypatch.delenv("FLAVORKIT_THREADS", raising=False)
+    try:
+        handle = be.load({"model": str(tiny_hf)}, be.validate_options({"num_threads": 1}))
+        assert torch.get_num_threads() == 1
+        be.unload(handle)
+        monkeypatch.setenv("FLAVORKIT_THREADS", "2")
+        handle = be.load({"model": str(tiny_hf)}, be.validate_options({"num_threads": 1}))
+        assert torch.get_num_threads() == 2
+        be.unload(handle)
+        with pytest.raises(InvalidRequest) as exc:
+            be.validate_options({"num_threads": 0})
+        assert exc.value.field == "options.num_threads"
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_onnx_from_a_hub_id_and_revision(hub: Path, tiny_ort: Path, tmp_path: Path) -> None:
     renamed = tmp_path / "v1-source"
     shutil.copytree(tiny_ort, renamed)
@@ -212,6 +271,9 @@ def test_optimum_session_options_reach_onnxruntime(tiny_export: Path, tmp_path: 
     session = loaded.handle.model.model
     assert Path(session._model_path).name == "decoder.onnx"
     assert session.get_session_options().intra_op_num_threads == 1
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLAVORKIT_THREADS", "2")  # flavorkit serve --threads 2, over the packaged option
+        assert _loaded(info.model_uri).handle.model.model.get_session_options().intra_op_num_threads == 2
     # The CPU provider reports no provider options back; the GPU test reads device_id from a CUDA session.
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert loaded.predict(chat("Hello", max_tokens=3))[0]["usage"]["completion_tokens"] <= 3

@@ -281,3 +281,28 @@ def test_the_cli_names_a_model_it_cannot_load(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     hint = "no such folder (give a model folder or an MLflow model URI: runs:/..., models:/...)"
     assert err == f"flavorkit serve: cannot load {missing}: {hint}\n"
+
+
+def test_threads_set_the_models_cpu_threads_while_it_loads_only(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import os
+
+    monkeypatch.delenv("FLAVORKIT_THREADS", raising=False)
+
+    def threads_added(**values: Any) -> int:
+        before = len(os.listdir("/proc/self/task"))
+        app = create_app(str(tiny_model_dir), **values)
+        added = len(os.listdir("/proc/self/task")) - before  # the worker thread, ONNX Runtime's pool
+        app.server.scheduler.shutdown(5)
+        app.server.model.close()
+        del app
+        gc.collect()
+        return added
+
+    assert threads_added(threads=4) - threads_added(threads=1) == 3
+    assert "FLAVORKIT_THREADS" not in os.environ  # set for the load only
+    monkeypatch.setenv("FLAVORKIT_THREADS", "1")
+    assert threads_added(threads=3) - threads_added() == 2  # the flag over the variable
+    assert os.environ["FLAVORKIT_THREADS"] == "1"

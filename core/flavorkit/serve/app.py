@@ -179,6 +179,33 @@ class FlavorkitApp:
             count(500)  # nothing was sent: the app failed
 
 
+@contextlib.contextmanager
+def _scoped_env(name: str, value: str | None) -> Iterator[None]:
+    """Set the variable ``name`` to ``value`` inside the block (None leaves it alone), then restore it."""
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def _load(model_uri: str, key: Path | None, verified: contextlib.ExitStack) -> tuple[Any, Any]:
+    """Load the model; with a trusted ``key``, download and verify it first (kept open on ``verified``)."""
+    if key:
+        model_dir = verified.enter_context(local_model(model_uri))
+        verify_packaged(model_dir, public_key=Path(key), strict=True)
+        with _load_verified():
+            return load_flavorkit_model(str(model_dir))
+    return load_flavorkit_model(model_uri)
+
+
 def create_app(model_uri: str, settings: ServeSettings | None = None, **values: Any) -> FlavorkitApp:
     """The ASGI app serving the flavorkit model at ``model_uri`` (any MLflow model URI).
 
@@ -201,21 +228,21 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
     and manifest are checked with the installed flavorkit before any of its code runs (a model URI
     is downloaded first and the checked download is loaded; a local folder is checked and loaded
     in place); a failure raises ``SignatureError`` or ``IntegrityError`` naming the files.
+    ``threads`` (``$FLAVORKIT_THREADS``) sets the model's CPU threads per decoding step over its
+    packaged option.
     """
     settings = ServeSettings.load(**values) if settings is None else settings.updated(**values)
     verified = contextlib.ExitStack()
     key = settings.trusted_key
     try:
-        if key:
-            model_dir = verified.enter_context(local_model(model_uri))
-            verify_packaged(model_dir, public_key=Path(key), strict=True)
-            with _load_verified():
-                pyfunc, loaded = load_flavorkit_model(str(model_dir))
-        else:
-            pyfunc, loaded = load_flavorkit_model(model_uri)
+        # The backend reads FLAVORKIT_THREADS as it loads (flavorkit.sdk.cpu_threads); set only meanwhile.
+        threads = _scoped_env("FLAVORKIT_THREADS", None if settings.threads is None else str(settings.threads))
+        with threads:
+            pyfunc, loaded = _load(model_uri, key, verified)
     except BaseException:
         verified.close()
         raise
+
     metrics = Metrics()
     scheduler = Scheduler(loaded, metrics, settings)
     state = routes.ServerState(
@@ -289,4 +316,6 @@ def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) ->
     # The packaged options say how the backend batches (onnx: batching='exact', greedy answers independent of load).
     options = (state.pyfunc.model_config or {}).get("options") or {}
     log.info("backend %r with options %s", state.model.backend.name, json.dumps(options, sort_keys=True))
+    if settings.threads is not None:
+        log.info("CPU threads per decoding step: %d (--threads, over the packaged option)", settings.threads)
     Server(config).run()
