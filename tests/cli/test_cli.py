@@ -184,6 +184,34 @@ def test_a_nested_step_beats_alone_so_each_beat_is_one_line(
     assert after[-1].startswith("[flavorkit] Packaging: done in ")
 
 
+def test_on_a_terminal_other_output_during_a_step_starts_on_a_line_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import pty
+    import time
+
+    monkeypatch.delenv("FLAVORKIT_PROGRESS", raising=False)
+    master, slave = pty.openpty()
+    terminal = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stderr", terminal)
+    try:
+        with step("Packaging"):
+            time.sleep(0.7)  # one live beat: "\r[flavorkit] Packaging ...     0s", line left open
+            print("Successfully registered model 'm'.", file=sys.stderr)  # as MLflow's eprint does
+            assert sys.stderr is not terminal  # the proxy is in place while the step runs
+        assert sys.stderr is terminal  # and gone after it
+        terminal.flush()
+        time.sleep(0.1)
+        shown = os.read(master, 65536).decode()
+    finally:
+        terminal.close()
+        os.close(master)
+    lines = shown.replace("\r\n", "\n").split("\n")
+    assert "Successfully registered model 'm'." in lines, shown
+    assert lines[-2].startswith("\r[flavorkit] Packaging ... done in "), shown
+
+
 def test_packaging_draws_no_copy_progress_bars(tiny_ort: Path, tmp_path: Path) -> None:
     import os
     import subprocess

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TextIO
 
 from flavorkit.settings import env_flag
 
@@ -27,6 +28,42 @@ HEARTBEAT_S = 30.0
 #: conversion inside "Packaging ..." prints one line per beat, not two.
 _STACKS = threading.local()
 _ACTIVE_LOCK = threading.Lock()
+
+
+class _Terminal:
+    """stderr while a step's live line is open on a terminal: other writers start on a line of their own.
+
+    MLflow prints "Successfully registered model ..." (and other libraries their notices) to
+    ``sys.stderr`` while a step runs; without this they would run on from "... 12s". Steps write
+    to the real stream; everything else goes through this proxy, which ends the open line first.
+    """
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self.line_open = False
+
+    def write(self, text: str) -> int:
+        with _ACTIVE_LOCK:
+            if text and self.line_open:
+                self.real.write("\n")
+                self.line_open = False
+        return self.real.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+#: The proxy installed as ``sys.stderr`` by the outermost running step on a terminal, if any.
+_TERMINAL: _Terminal | None = None
+
+
+def _live(out: TextIO, text: str, open_after: bool) -> None:
+    """Write a step's own ``text`` to the terminal and record whether its line is left open."""
+    with _ACTIVE_LOCK:
+        out.write(text)
+        out.flush()
+        if _TERMINAL is not None:
+            _TERMINAL.line_open = open_after
 
 
 def _stack() -> list[object]:
@@ -46,8 +83,13 @@ def step(title: str) -> Iterator[None]:
     if not _enabled():
         yield
         return
-    out = sys.stderr
+    global _TERMINAL
+    out = _TERMINAL.real if _TERMINAL is not None else sys.stderr
     tty = out.isatty()
+    proxy: _Terminal | None = None
+    if tty and _TERMINAL is None and sys.stderr is out:
+        proxy = _TERMINAL = _Terminal(out)
+        sys.stderr = proxy  # type: ignore[assignment]
     start = time.perf_counter()
     stop = threading.Event()
     me = object()
@@ -62,17 +104,15 @@ def step(title: str) -> Iterator[None]:
                 continue  # a step inside this one is reporting
             elapsed = time.perf_counter() - start
             if tty:
-                out.write(f"\r[flavorkit] {title} ... {elapsed:5.0f}s")
+                _live(out, f"\r[flavorkit] {title} ... {elapsed:5.0f}s", open_after=True)
             else:
-                out.write(f"[flavorkit] {title} ... still running ({elapsed:.0f}s)\n")
-            out.flush()
+                _live(out, f"[flavorkit] {title} ... still running ({elapsed:.0f}s)\n", open_after=False)
 
     with _ACTIVE_LOCK:
         nested = bool(active)
         active.append(me)
     # On a terminal the outer step's line is still open: start this one on a line of its own.
-    out.write(f"{chr(10) if tty and nested else ''}[flavorkit] {title} ...{'' if tty else chr(10)}")
-    out.flush()
+    _live(out, f"{chr(10) if tty and nested else ''}[flavorkit] {title} ...{'' if tty else chr(10)}", open_after=tty)
     ticker = threading.Thread(target=beat, daemon=True)
     ticker.start()
     ok = False
@@ -87,5 +127,8 @@ def step(title: str) -> Iterator[None]:
         elapsed = time.perf_counter() - start
         state = "done" if ok else "failed"
         prefix = f"\r[flavorkit] {title} ... " if tty else f"[flavorkit] {title}: "
-        out.write(f"{prefix}{state} in {elapsed:.1f}s\n")
-        out.flush()
+        _live(out, f"{prefix}{state} in {elapsed:.1f}s\n", open_after=False)
+        if proxy is not None:
+            _TERMINAL = None
+            if sys.stderr is proxy:
+                sys.stderr = out
