@@ -306,3 +306,13 @@ def test_threads_set_the_models_cpu_threads_while_it_loads_only(
     monkeypatch.setenv("FLAVORKIT_THREADS", "1")
     assert threads_added(threads=3) - threads_added() == 2  # the flag over the variable
     assert os.environ["FLAVORKIT_THREADS"] == "1"
+
+
+def test_the_server_warms_up_before_the_first_client(tiny_model_dir: Path) -> None:
+    app = create_app(str(tiny_model_dir))
+    try:
+        # onnx-cpu's batch-invariance probe ran at start-up, not in the first client's batch
+        assert app.server.model.handle.invariant is not None
+    finally:
+        app.server.scheduler.shutdown(5)
+        app.server.model.close()
