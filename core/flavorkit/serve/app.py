@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flavorkit._version import __version__
 from flavorkit.errors import NotAFlavorkitModel
 from flavorkit.model.loading import VERIFY_ENV, verify_packaged
 from flavorkit.model.signing import TRUSTED_KEY_ENV
@@ -30,6 +31,7 @@ from flavorkit.serve import routes
 from flavorkit.serve.auth import check_bearer, mlflow_unauthorized
 from flavorkit.serve.errors import APIError
 from flavorkit.serve.metrics import Metrics
+from flavorkit.serve.openapi import OpenAPIDocument, build_openapi
 from flavorkit.serve.scheduler import Scheduler
 from flavorkit.settings import ServeSettings
 
@@ -70,6 +72,7 @@ _ROUTES = (
     "/health",
     "/version",
     "/metrics",
+    "/openapi.json",
 )
 
 
@@ -284,23 +287,37 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
         if not clean:
             log.warning("shutdown: requests still running after %g s were cancelled", drain_timeout)
 
+    api_keys = settings.api_keys()
+    served = [
+        Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+        Route("/v1/completions", routes.completions, methods=["POST"]),
+        Route("/v1/models", routes.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
+        Route("/invocations", routes.invocations, methods=["POST"]),
+        Route("/ping", routes.ping, methods=["GET"]),
+        Route("/health", routes.ping, methods=["GET"]),
+        Route("/version", routes.version, methods=["GET"]),
+        Route("/metrics", routes.metrics, methods=["GET"]),
+    ]
+    # Built once, from the routes above: a route the document does not describe fails here.
+    document = OpenAPIDocument(
+        build_openapi(
+            served,
+            served_name=state.served_name,
+            task=loaded.task,
+            version=__version__,
+            protected=_PROTECTED if api_keys else (),
+        )
+    )
+    # Public, as FastAPI's and vLLM's are: it describes the API, not the model's answers (docs/reference/openapi.md).
+    served.append(Route("/openapi.json", document.respond, methods=["GET"], include_in_schema=False))
     app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
-            Route("/v1/completions", routes.completions, methods=["POST"]),
-            Route("/v1/models", routes.list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
-            Route("/invocations", routes.invocations, methods=["POST"]),
-            Route("/ping", routes.ping, methods=["GET"]),
-            Route("/health", routes.ping, methods=["GET"]),
-            Route("/version", routes.version, methods=["GET"]),
-            Route("/metrics", routes.metrics, methods=["GET"]),
-        ],
+        routes=served,
         exception_handlers={APIError: routes.on_api_error, HTTPException: routes.on_http_error},
         lifespan=lifespan,
     )
     app.state.flavorkit = state
-    return FlavorkitApp(app, state, settings.api_keys())
+    return FlavorkitApp(app, state, api_keys)
 
 
 def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) -> None:

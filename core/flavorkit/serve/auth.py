@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
 
-from flavorkit.serve.errors import APIError
+from flavorkit.serve.errors import APIError, MLflowError
 
 __all__ = ["check_bearer", "mlflow_unauthorized"]
 
@@ -43,6 +43,5 @@ def check_bearer(header: str | None, api_keys: Sequence[str]) -> None:
 
 def mlflow_unauthorized(exc: APIError) -> JSONResponse:
     """The 401 for ``/invocations`` in MLflow's error shape (``error_code``, ``message``), as its clients parse it."""
-    return JSONResponse(
-        {"error_code": "UNAUTHENTICATED", "message": exc.message}, status_code=exc.status, headers=_CHALLENGE
-    )
+    body = MLflowError(error_code="UNAUTHENTICATED", message=exc.message).model_dump()
+    return JSONResponse(body, status_code=exc.status, headers=_CHALLENGE)

@@ -1,5 +1,8 @@
 """Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status.
 
+:class:`ErrorResponse` is that shape as a model (the OpenAPI document shows it), and
+:class:`MLflowError` the shape of ``/invocations``' errors, MLflow's ``{"error_code", "message"}``.
+
 Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
 """
 
@@ -8,12 +11,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
 from flavorkit.errors import InvalidRequest, NotAFlavorkitModel
 from flavorkit.schema import UnsupportedFields
 
-__all__ = ["APIError", "NotAFlavorkitModel", "error_body", "from_invalid_request"]
+__all__ = [
+    "APIError",
+    "ErrorDetail",
+    "ErrorResponse",
+    "MLflowError",
+    "NotAFlavorkitModel",
+    "error_body",
+    "from_invalid_request",
+]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object: what went wrong, its kind, the request field at fault and a code."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error of the ``/v1`` routes (and of the server's own limits on any route)."""
+
+    error: ErrorDetail
+
+
+class MLflowError(BaseModel):
+    """MLflow's error body on ``/invocations``; MLflow may add fields (``error_class``, ``stack_trace``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error_code: str
+    message: str
 
 
 class APIError(Exception):
@@ -48,7 +84,7 @@ class APIError(Exception):
 
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """OpenAI's error object."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code)).model_dump()
 
 
 def from_invalid_request(exc: InvalidRequest, prefix: str = "") -> APIError:

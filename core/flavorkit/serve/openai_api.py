@@ -19,24 +19,40 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from flavorkit import responses
 from flavorkit.errors import InvalidRequest
 from flavorkit.responses import Usage, new_id, now
 from flavorkit.runtime.choices import PreparedRequest
-from flavorkit.schema import CHAT_COMPAT_FIELDS, TEXT_COMPAT_FIELDS, UnsupportedFields, parse_request
+from flavorkit.schema import (
+    CHAT_COMPAT_FIELDS,
+    TEXT_COMPAT_FIELDS,
+    ChatMessage,
+    ChatRequest,
+    TextRequest,
+    UnsupportedFields,
+    parse_request,
+)
 from flavorkit.serve.errors import APIError, from_invalid_request
 from flavorkit.signatures import CHAT
 
 __all__ = [
     "CHAT_FIELDS",
     "COMPLETION_FIELDS",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "ModelCard",
+    "ModelList",
     "ParsedRequest",
     "chat_chunk",
     "chat_completion",
     "completion",
     "completion_chunk",
+    "model_card",
+    "model_list",
     "new_id",
     "now",
     "parse_chat",
@@ -53,6 +69,90 @@ CHAT_FIELDS = ("messages", *_SETTINGS, *_HTTP_ONLY, *CHAT_COMPAT_FIELDS)
 #: ``/v1/completions``' legacy ``logprobs``: an integer, the alternatives to list per token.
 MAX_TEXT_LOGPROBS = 5
 COMPLETION_FIELDS = ("prompt", *_SETTINGS, *_HTTP_ONLY, "logprobs", *TEXT_COMPAT_FIELDS)
+
+
+# -- the request bodies, described for the OpenAPI document -----------------------------------------
+#
+# The bodies are checked by hand below (HTTP-only fields, then the core's ``parse_request``), so
+# these models only describe them: the core's request models plus the HTTP-only fields. A test
+# checks that their fields are exactly CHAT_FIELDS and COMPLETION_FIELDS.
+
+_PositiveInt = Annotated[int, Field(gt=0)]
+_Text = Annotated[str, Field(min_length=1)]
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: with ``include_usage``, a last chunk carries the usage (streams only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+
+
+class TextPart(BaseModel):
+    """One part of a list ``content``: text (the parts are joined; other part types are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class RequestMessage(ChatMessage):
+    """A chat turn as the HTTP API takes it: ``content`` is a string or a non-empty list of text parts."""
+
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None  # type: ignore[assignment]
+
+
+class ChatCompletionRequest(ChatRequest):
+    """The body of ``POST /v1/chat/completions``: the core's chat request plus the HTTP-only fields.
+
+    ``null`` is taken as "not given" for every field but ``messages``.
+    """
+
+    messages: Annotated[list[RequestMessage], Field(min_length=1)]  # type: ignore[assignment]
+    model: str | None = None
+    max_completion_tokens: _PositiveInt | None = None
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(TextRequest):
+    """The body of ``POST /v1/completions``: a prompt or a list of prompts, and the HTTP-only fields.
+
+    ``logprobs`` is the legacy integer (alternatives listed per token); ``null`` is "not given".
+    """
+
+    prompt: _Text | Annotated[list[_Text], Field(min_length=1)]  # type: ignore[assignment]
+    model: str | None = None
+    max_completion_tokens: _PositiveInt | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: Literal[False] | Annotated[int, Field(ge=0, le=MAX_TEXT_LOGPROBS)] | None = None
+
+
+class ModelCard(BaseModel):
+    """An entry of ``GET /v1/models``: the served model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """The answer of ``GET /v1/models``: the one model this server serves."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    """The ``model`` object of the served model (``owned_by`` is ``flavorkit``)."""
+    return ModelCard(id=name, created=created, owned_by="flavorkit").model_dump()
+
+
+def model_list(name: str, created: int) -> dict[str, Any]:
+    """The ``list`` object of ``GET /v1/models``."""
+    return ModelList(data=[ModelCard(id=name, created=created, owned_by="flavorkit")]).model_dump()
 
 
 @dataclass(frozen=True, slots=True)

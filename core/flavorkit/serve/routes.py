@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
@@ -35,9 +36,16 @@ from flavorkit.serve.scheduler import ClientDisconnected, Event, EventQueue, Que
 from flavorkit.settings import ServeSettings
 from flavorkit.signatures import CHAT
 
-__all__ = ["ChatCompletions", "Completions", "Endpoint", "ServerState", "read_body", "read_json"]
+__all__ = ["ChatCompletions", "Completions", "Endpoint", "ServerState", "VersionInfo", "read_body", "read_json"]
 
 log = logging.getLogger(__name__)
+
+
+class VersionInfo(BaseModel):
+    """The answer of ``GET /version``: flavorkit's version and MLflow's."""
+
+    flavorkit: str
+    mlflow: str
 
 
 @dataclass
@@ -441,14 +449,10 @@ async def completions(request: Request) -> Response:
     return await _Generation(state, parsed, Completions(state.served_name, parsed.include_usage)).respond(request)
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.served_name, "object": "model", "created": state.created, "owned_by": "flavorkit"}
-
-
 async def list_models(request: Request) -> Response:
     """``GET /v1/models``."""
     state: ServerState = request.app.state.flavorkit
-    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+    return JSONResponse(oa.model_list(state.served_name, state.created))
 
 
 async def get_model(request: Request) -> Response:
@@ -459,7 +463,7 @@ async def get_model(request: Request) -> Response:
         raise APIError(
             404, f"the model {model!r} does not exist; this server serves {state.served_name!r}", code="model_not_found"
         )
-    return JSONResponse(_model_card(state))
+    return JSONResponse(oa.model_card(state.served_name, state.created))
 
 
 async def invocations(request: Request) -> Response:
@@ -511,7 +515,7 @@ async def version(request: Request) -> Response:
 
     from flavorkit._version import __version__
 
-    return JSONResponse({"flavorkit": __version__, "mlflow": mlflow.__version__})
+    return JSONResponse(VersionInfo(flavorkit=__version__, mlflow=mlflow.__version__).model_dump())
 
 
 async def metrics(request: Request) -> Response:
