@@ -44,7 +44,7 @@ from flavorkit.runtime.guidance import (
 )
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.rows import ByteDecoder, NativeStream, TextStream, TokenRow, WindowDecoder
-from flavorkit.settings import cpu_threads
+from flavorkit.settings import cpu_threads, usable_cores
 from flavorkit.types import (
     Artifacts,
     Capability,
@@ -106,4 +106,5 @@ __all__ = [
     "step",
     "tool_versions",
     "tree_digest",
+    "usable_cores",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "env_flag",
     "env_path",
     "env_var",
+    "usable_cores",
 ]
 
 #: The spellings of a true boolean, then of a false one (compared lower-cased, stripped).
@@ -381,8 +382,8 @@ _GENERAL = (
         allowed_values(ServeSettings.model_fields["threads"]),
         "unset",
         "CPU threads per decoding step when a model loads (`flavorkit serve --threads`, `mlflow models serve`, "
-        "Spark), over its packaged option (`intra_op_num_threads` on onnx-cpu and optimum-onnx, `num_threads` on "
-        "transformers); unset: the packaged option, else every usable core",
+        "Spark), over the thread option it was packaged with (each backend names its own); unset: that option, else "
+        "every usable core",
     ),
     Variable(
         "FLAVORKIT_CACHE",
@@ -446,3 +447,46 @@ def cpu_threads(packaged: int | None = None) -> int | None:
         return packaged
     threads: int = check_value("threads", raw, "FLAVORKIT_THREADS")
     return threads
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPU cores this process may use: its affinity, capped by a cgroup CPU quota (a container's limit).
+
+    A container limited to 2 CPUs on a 16-core host still sees 16 cores in its affinity; 16 threads
+    per step there would be throttled by the quota and decode slower than 2. The quota is read from
+    cgroup v2 (``cpu.max``) or v1 (``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``) and rounded
+    down, at least 1.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup CPU quota under ``root`` (v2, then v1); None when there is none or no cgroup."""
+
+    def read(path: Path) -> list[str] | None:
+        try:
+            return path.read_text(encoding="ascii").split()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    v2 = read(root / "cpu.max")  # "max 100000" or "150000 100000"
+    if v2 is not None:
+        if len(v2) == 2 and v2[0] != "max" and v2[0].isdigit() and v2[1].isdigit() and int(v2[1]) > 0:
+            return int(v2[0]) / int(v2[1])
+        return None
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        quota, period = read(root / folder / "cpu.cfs_quota_us"), read(root / folder / "cpu.cfs_period_us")
+        if quota and period:
+            try:
+                q, p = int(quota[0]), int(period[0])
+            except ValueError:
+                return None
+            return q / p if q > 0 and p > 0 else None  # -1: no quota
+    return None

@@ -68,7 +68,12 @@ class OptimumOptions(CommonOptions):
         default_factory=dict, description="Execution provider options, e.g. {'device_id': '0'}."
     )
     file_name: str | None = Field(None, description="Which .onnx file of the folder to load (default: model.onnx).")
-    intra_op_num_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: all).")
+    intra_op_num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="ONNX Runtime intra-op threads (default: every usable core, a container's CPU quota included). "
+        "FLAVORKIT_THREADS (flavorkit serve --threads) overrides it.",
+    )
 
     @field_validator("provider")
     @classmethod

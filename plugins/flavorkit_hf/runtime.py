@@ -10,7 +10,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from flavorkit.sdk import BackendUnavailable, ModelSourceError, cpu_threads
+from flavorkit.sdk import BackendUnavailable, ModelSourceError, cpu_threads, usable_cores
 from flavorkit_hf.engine import Engine, context_length_of
 
 __all__ = ["load_optimum", "load_transformers", "resolve_device"]
@@ -79,6 +79,8 @@ def load_transformers(folder: str, options: Mapping[str, Any]) -> Engine:
         threads = cpu_threads(options.get("num_threads"))
         if threads:
             torch.set_num_threads(int(threads))  # process-wide: torch has no per-model setting
+        elif torch.get_num_threads() > usable_cores():
+            torch.set_num_threads(usable_cores())  # torch counts the host's cores, not a container's quota
     return Engine(
         model,
         tokenizer,
@@ -108,9 +110,8 @@ def load_optimum(folder: str, options: Mapping[str, Any]) -> Engine:
             "pip install onnxruntime-gpu" if provider == "CUDAExecutionProvider" else None,
         )
     session_options = ort.SessionOptions()
-    threads = cpu_threads(options.get("intra_op_num_threads"))
-    if threads:
-        session_options.intra_op_num_threads = int(threads)
+    # As onnx-cpu: every usable core (ONNX Runtime's own default counts the host's physical cores).
+    session_options.intra_op_num_threads = int(cpu_threads(options.get("intra_op_num_threads")) or usable_cores())
     trust = bool(options.get("trust_remote_code", False))
     kwargs: dict[str, Any] = {
         "provider": provider,

@@ -35,6 +35,7 @@ from flavorkit.sdk import (
     accept_tokens,
     guidance_tokenizer_from_file,
     process_logits,
+    usable_cores,
 )
 
 __all__ = ["CPU_COST", "GPU_COST", "MAX_BATCH", "OgHandle", "set_cpu_threads"]
@@ -53,21 +54,15 @@ CPU_COST = CostModel(prompt_token=3.91, prompt_attention=0.00146, step=13.6, row
 GPU_COST = CostModel(prompt_token=0.0, prompt_attention=0.0, step=1.0, row_step=0.0, context=0.0, margin=0.0)
 
 
-def _usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, where the platform tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def set_cpu_threads(config: Any, threads: int | None = None) -> None:
     """Give an ``og.Config``'s decoder ``threads`` ONNX Runtime threads per step (default: every usable core).
+
+    Usable cores are the process's affinity capped by a container's CPU quota (``usable_cores``).
 
     The onnx backends do this on the CPU provider; a raw onnxruntime-genai reference that should
     decode exactly as they do (tests, benchmarks) does it too.
     """
-    count = threads or _usable_cores()
+    count = threads or usable_cores()
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": count}}}}))
 
 

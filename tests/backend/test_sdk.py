@@ -77,6 +77,7 @@ SDK_NAMES = [
     "step",
     "tool_versions",
     "tree_digest",
+    "usable_cores",
 ]
 
 #: The only flavorkit modules a first-party plugin or the example may import.

@@ -409,3 +409,30 @@ def test_a_key_file_is_read_once_so_a_pipe_works(clean_env: pytest.MonkeyPatch, 
     settings = ServeSettings.load(api_key_file=str(fifo))  # validated here, and again by every copy
     writer.join(timeout=30)
     assert settings.updated(max_batch=2).api_keys() == ("piped-key",)
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({}, None),  # no cgroup files: the affinity
+        ({"cpu.max": "max 100000\n"}, None),  # v2 without a quota
+        ({"cpu.max": "100000 100000\n"}, 1),  # v2, one CPU
+        ({"cpu.max": "150000 100000\n"}, 1),  # 1.5 CPUs: rounded down
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: at least one thread
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),  # v1, none
+        ({"cpu.max": "garbage\n"}, None),  # unreadable: the affinity
+    ],
+)
+def test_usable_cores_are_the_affinity_capped_by_a_cgroup_quota(
+    tmp_path: Path, files: dict[str, str], cores: int | None
+) -> None:
+    import os
+
+    from flavorkit.settings import usable_cores
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (affinity if cores is None else min(affinity, cores))

@@ -1,9 +1,9 @@
 """Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status.
 
+Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
+
 :class:`ErrorResponse` is that shape as a model (the OpenAPI document shows it), and
 :class:`MLflowError` the shape of ``/invocations``' errors, MLflow's ``{"error_code", "message"}``.
-
-Internal: not part of the plugin SDK (see :mod:`flavorkit.sdk`); users call :func:`flavorkit.serve.create_app`.
 """
 
 from __future__ import annotations
