@@ -15,9 +15,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # fresh clone"). A uv on PATH is used; otherwise pip puts the pinned uv into the new venv first.
 UV_VERSION := 0.13.9
 # uv does not read pip's configuration. Where pip finds the CPU torch wheel in a local folder
-# (PIP_FIND_LINKS, as on these machines) uv looks there too; elsewhere torch comes from PyTorch's
-# CPU index, because a plain `torch` from PyPI is a multi-GB CUDA build.
-TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
+# (PIP_FIND_LINKS or pip's find-links setting, as on these machines) uv looks there too; elsewhere
+# torch comes from PyTorch's CPU index, because a plain `torch` from PyPI is a multi-GB CUDA build.
+TORCH_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+TORCH_SOURCE := $(if $(TORCH_LINKS),--find-links $(TORCH_LINKS),--index-url https://download.pytorch.org/whl/cpu)
 # $(call mkvenv,DIR): create DIR with the interpreter and a uv beside it.
 define mkvenv
 	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
