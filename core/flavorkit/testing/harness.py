@@ -155,8 +155,8 @@ class Harness:
 
     @_once
     def capabilities(self) -> frozenset[Capability]:
-        """The capabilities the backend declares."""
-        return self.backend().capabilities()
+        """The capabilities the backend declares for the suite's options."""
+        return self.backend().capabilities(self.options())
 
     @_once
     def options(self) -> dict[str, Any]:
