@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flavorkit.backend.registry import get_registry
@@ -33,3 +35,16 @@ def test_listing_and_old_models_options() -> None:
     onnx = get_registry().get("onnx-cpu")
     assert Capability.BATCH_INVARIANT in onnx.capabilities()
     assert Capability.BATCH_INVARIANT not in onnx.capabilities({"precision": "int4"})
+
+
+@pytest.mark.parametrize(("batching", "declared"), [("auto", False), ("exact", True)])
+def test_a_loaded_model_declares_what_its_packaged_options_give(
+    tiny_ort: Path, tmp_path: Path, batching: str, declared: bool
+) -> None:
+    import mlflow
+
+    import flavorkit
+
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=tmp_path / "m", options={"batching": batching})
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "m")).unwrap_python_model()._model
+    assert (Capability.BATCH_INVARIANT in loaded.capabilities) is declared

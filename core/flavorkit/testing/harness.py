@@ -262,7 +262,7 @@ class Harness:
         """The core runtime around the raw handle (chat task, no packaged defaults)."""
         from flavorkit.runtime.loaded import LoadedModel
 
-        return LoadedModel(self.backend(), self.handle(), task=CHAT)
+        return LoadedModel(self.backend(), self.handle(), task=CHAT, options=self.options())
 
     @_once
     def pyfunc(self) -> Any:
