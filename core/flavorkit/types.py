@@ -62,6 +62,18 @@ class Capability(str, enum.Enum):
     #:
     #: .. versionadded:: 3
     GUIDED_DECODING = "guided_decoding"
+    #: Greedy answers are independent of the batch: a greedy request gets exactly (token for token)
+    #: the answer it gets alone (batch size 1), whichever requests share its ``generate`` call or
+    #: its session, join it, finish early or are cancelled, and however long the prompts are. Padded
+    #: batches usually round differently from one row (other kernel paths, other matmul shapes), so
+    #: a backend keeps this promise by construction: it decodes greedy rows alone where batched
+    #: logits could differ, or proves per machine that they do not. Depends on the options (a faster
+    #: batching mode may give it up): the ``capabilities`` hook receives them. Seeded sampling is
+    #: only best effort across batches (like OpenAI's ``seed``): the same seed repeats alone, not
+    #: necessarily in another batch.
+    #:
+    #: .. versionadded:: 5
+    BATCH_INVARIANT = "batch_invariant"
 
 
 @runtime_checkable

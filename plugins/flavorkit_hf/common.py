@@ -78,9 +78,14 @@ class HFBackendBase(HandleHooks):
     """The runtime hooks both backends implement the same way, over an :class:`~flavorkit_hf.engine.Engine`."""
 
     @hookimpl
-    def capabilities(self) -> Iterable[Capability]:
-        """Streaming, padded and continuous batching (the engine's session), (seeded) sampling, guided decoding."""
-        return [
+    def capabilities(self, options: Mapping[str, Any] | None) -> Iterable[Capability]:
+        """Streaming, padded and continuous batching (the engine's session), (seeded) sampling, guided decoding.
+
+        Batch invariance with ``batching="exact"`` (the default) or ``"sequential"``: in exact mode
+        a greedy row whose two best logits nearly tie is replayed and finished alone, and 16-bit
+        weights decode one request at a time (see :mod:`flavorkit_hf.engine`). Not with ``"padded"``.
+        """
+        caps = [
             Capability.STREAMING,
             Capability.BATCHING,
             Capability.CONTINUOUS_BATCHING,
@@ -88,6 +93,9 @@ class HFBackendBase(HandleHooks):
             Capability.SEEDED_SAMPLING,
             Capability.GUIDED_DECODING,
         ]
+        if (options or {}).get("batching", "exact") in ("exact", "sequential"):
+            caps.append(Capability.BATCH_INVARIANT)
+        return caps
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from flavorkit.sdk import (
     stage_tree,
 )
 
-__all__ = ["OnnxGenaiBackend", "OnnxOptions", "cpu", "cuda", "dml"]
+__all__ = ["OnnxGenaiBackend", "OnnxOptions", "batching_of", "cpu", "cuda", "dml"]
 
 Provider = Literal["cpu", "cuda", "dml"]
 
@@ -115,6 +115,17 @@ def require_chat_template(folder: Path, task: str = CHAT) -> None:
     )
 
 
+def batching_of(options: Mapping[str, Any] | None) -> str:
+    """The batching mode of ``options``; None (no model at hand) means the default, ``"exact"``.
+
+    A model packaged before ``"exact"`` existed stored its choice (``"auto"``, the old default),
+    so validated options always name one; options without it are an older model's, hence ``"auto"``.
+    """
+    if options is None:
+        return "exact"
+    return str(options.get("batching", "auto"))
+
+
 class OnnxGenaiBackend(HandleHooks):
     """One onnxruntime-genai execution provider exposed as a flavorkit backend.
 
@@ -131,12 +142,15 @@ class OnnxGenaiBackend(HandleHooks):
         return extra_requirements(EXTRAS[self.provider], fallback=[self.distribution])
 
     @hookimpl
-    def capabilities(self) -> Iterable[Capability]:
+    def capabilities(self, options: Mapping[str, Any] | None) -> Iterable[Capability]:
         """Streaming, batching, (seeded) sampling, continuous batching, guided decoding; GPU for CUDA and DirectML.
 
         Continuous batching comes from the handle's ``session()`` (``og.Generator`` batches over the
         shared ``og.Model`` advanced alternately; see ``OgHandle.session``). Guided decoding edits
         each step's logits between ``get_logits`` and ``set_logits`` (see ``OgHandle._decode``).
+        Batch invariance with ``batching="exact"`` (the default) or ``"sequential"``: greedy rows
+        share a batch only where the machine's bitwise probe (``OgHandle.batches_exactly``) shows
+        that batched logits equal the single-row ones, else each decodes alone. Not with ``"auto"``.
         """
         caps = [
             Capability.STREAMING,
@@ -146,6 +160,8 @@ class OnnxGenaiBackend(HandleHooks):
             Capability.CONTINUOUS_BATCHING,
             Capability.GUIDED_DECODING,
         ]
+        if batching_of(options) in ("exact", "sequential"):
+            caps.append(Capability.BATCH_INVARIANT)
         if self.provider != "cpu":
             caps.append(Capability.GPU)
         return caps
@@ -207,8 +223,7 @@ class OnnxGenaiBackend(HandleHooks):
             artifacts["model"],
             provider=self.provider,
             provider_options=options.get("provider_options", {}),
-            # A model packaged before 'exact' existed stored its choice ('auto', the old default).
-            batching=options.get("batching", "auto"),
+            batching=batching_of(options),
             intra_op_num_threads=cpu_threads(options.get("intra_op_num_threads")),
         )
 

@@ -97,6 +97,7 @@ def test_listed_dependencies_capabilities_and_hint(site: Path, monkeypatch: pyte
     onnx = _listed()["onnx-cpu"]
     assert onnx["dependencies"] == ["onnxruntime-genai>=0.15,<0.19"]
     assert onnx["capabilities"] == [
+        "batch_invariant",
         "batching",
         "continuous_batching",
         "guided_decoding",

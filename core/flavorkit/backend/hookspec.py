@@ -23,6 +23,8 @@ Rules that span several hooks are stated where they bite:
 - which message fields reach the backend: :meth:`~WrapperBackend.encode`;
 - guided decoding (a grammar's logits mask): :class:`~flavorkit.types.LogitsProcessor` and
   :meth:`~WrapperBackend.guidance_tokenizer`;
+- batch invariance (greedy answers independent of the batch), and what holds for seeded
+  sampling: :meth:`~WrapperBackend.capabilities`;
 - a model without a chat template: :meth:`~WrapperBackend.artifacts` and :meth:`~WrapperBackend.encode`;
 - a ``text-generation`` prompt (plain text, no chat template): :meth:`~WrapperBackend.encode_text`;
 - ``artifacts`` called more than once for one source: :meth:`~WrapperBackend.artifacts`.
@@ -54,7 +56,7 @@ __all__ = ["PROJECT", "REQUIRED_HOOKS", "SPEC_VERSION", "WrapperBackend", "hooki
 #: The pluggy project name shared by the spec and every implementation.
 PROJECT = "flavorkit"
 #: Version of this hook specification; bumped when hooks or arguments are added.
-SPEC_VERSION = 4
+SPEC_VERSION = 5
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Marks a function as the implementation of a :class:`WrapperBackend` hook.
@@ -78,7 +80,7 @@ class WrapperBackend:
         """
 
     @hookspec(firstresult=True)
-    def capabilities(self) -> Iterable[Capability | str]:  # type: ignore[empty-body]
+    def capabilities(self, options: Mapping[str, Any] | None) -> Iterable[Capability | str]:  # type: ignore[empty-body]
         """Return the optional :class:`~flavorkit.types.Capability` values the backend supports.
 
         For a backend without ``sampling`` the core serves an omitted temperature as 0 (greedy)
@@ -86,7 +88,27 @@ class WrapperBackend:
         requests. The conformance kit skips the clauses of capabilities a backend lacks. Default:
         ``streaming`` only.
 
+        **Options** (spec version 5). ``options`` is the backend's options for the model at hand,
+        validated by :meth:`option_schema` (defaults filled in), or None where there is no model
+        (``flavorkit backends`` lists what the default options give). Declare a capability only
+        when these options keep it: ``batch_invariant`` in particular is the promise of a batching
+        mode (exact, sequential), not of the faster ones. A hook that does not name ``options``
+        answers for every option alike, as before spec 5.
+
+        **Batch invariance** (``batch_invariant``, spec version 5): with greedy decoding a
+        request's answer is exactly its answer alone (batch size 1), whatever shares its batch in
+        :meth:`generate` or its :meth:`generate_session` session: other prompts, short or long,
+        rows that join mid-way, finish early or are cancelled. A padded batch rarely computes the
+        same bits as one row (other kernel paths, other matmul shapes), and where two tokens nearly
+        tie that changes the answer, so a backend that declares it decodes greedy rows alone
+        wherever it cannot show that batched logits equal the single-row ones (a bitwise probe on
+        this machine, or a near-tie check that replays the row alone). Seeded sampling is best
+        effort across batches, as OpenAI's ``seed``: the same seed and request repeat alone; in
+        another batch they usually do, but may not. The conformance kit's ``batch_invariant``
+        clause checks the greedy promise on prompts of 60 tokens and more.
+
         .. versionadded:: 1
+        .. versionchanged:: 5 the ``options`` argument, and the ``batch_invariant`` capability.
         """
 
     @hookspec(firstresult=True)

@@ -193,9 +193,9 @@ class Backend:
             raise self._bad_return("dependencies", "a list of requirement strings", deps)
         return list(deps)
 
-    def capabilities(self) -> frozenset[Capability]:
-        """The declared capabilities; unknown names are a spec violation."""
-        raw = self.pm.hook.capabilities() or ()
+    def capabilities(self, options: Mapping[str, Any] | None = None) -> frozenset[Capability]:
+        """The capabilities declared for ``options`` (validated; None: the defaults); unknown ones break the spec."""
+        raw = self.pm.hook.capabilities(options=dict(options) if options is not None else None) or ()
         caps = set()
         for item in raw:
             try:

@@ -91,6 +91,7 @@ def load_packaged(
             defaults=packaged.generation,
             model_name=packaged.model_name,
             prompt_format=packaged.prompt_format,
+            options=options,
         )
     except BaseException:
         backend.unload(handle)  # do not keep the weights of a model that failed to load

@@ -70,6 +70,7 @@ class LoadedModel:
         defaults: Mapping[str, Any] | None = None,
         model_name: str | None = None,
         prompt_format: Literal["raw", "chat_template"] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         if task not in TASKS:
             raise InvalidRequest("task", f"unknown task {task!r}", allowed=", ".join(TASKS))
@@ -81,7 +82,8 @@ class LoadedModel:
         self.handle = handle
         self.task = task
         self.info: RuntimeInfo = backend.describe(handle)
-        self.capabilities = backend.capabilities()
+        # What the backend declares for this model's options (spec 5); None: its defaults.
+        self.capabilities = backend.capabilities(options)
         self.defaults = {**CORE_DEFAULTS, **(defaults or {})}
         if Capability.SAMPLING not in self.capabilities and "temperature" not in (defaults or {}):
             self.defaults["temperature"] = 0.0

@@ -85,6 +85,12 @@ _ALL = (
         "batching_interleaved", "requests of one batch are decoded together, not one after another", Capability.BATCHING
     ),
     Clause(
+        "batch_invariant",
+        "greedy answers on prompts of 60+ tokens equal the answer alone in batches of 2, 4 and 8, with rows "
+        "finishing early or cancelled, and in a session that rows join mid-way",
+        Capability.BATCH_INVARIANT,
+    ),
+    Clause(
         "sampling",
         "temperature/top_k sampling is honoured: top_k=1 is greedy, high temperature varies",
         Capability.SAMPLING,

@@ -155,8 +155,8 @@ class Harness:
 
     @_once
     def capabilities(self) -> frozenset[Capability]:
-        """The capabilities the backend declares."""
-        return self.backend().capabilities()
+        """The capabilities the backend declares for the suite's options."""
+        return self.backend().capabilities(self.options())
 
     @_once
     def options(self) -> dict[str, Any]:
@@ -262,7 +262,7 @@ class Harness:
         """The core runtime around the raw handle (chat task, no packaged defaults)."""
         from flavorkit.runtime.loaded import LoadedModel
 
-        return LoadedModel(self.backend(), self.handle(), task=CHAT)
+        return LoadedModel(self.backend(), self.handle(), task=CHAT, options=self.options())
 
     @_once
     def pyfunc(self) -> Any:

@@ -20,7 +20,7 @@ PackagingClauses      artifacts_manifest, requirements_pinned, signature, packag
 ContractClauses       max_tokens, stop_strings, n_choices, usage, chat_template, raw_prompt,
                       finish_reason, special_tokens, invalid_requests
 GenerationClauses     greedy_deterministic, cancellation, sampling, seeded_sampling
-BatchingClauses       batch_matches_single, batching_interleaved
+BatchingClauses       batch_matches_single, batching_interleaved, batch_invariant
 StreamingClauses      stream_matches_predict, streaming_incremental, continuous_batching
 GuidedClauses         guided_tokenizer, guided_logits_processor, guided_json_schema,
                       guided_mixed_batch, guided_tool_choice, guided_refused
