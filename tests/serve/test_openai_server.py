@@ -284,7 +284,21 @@ def test_mlflow_routes(base: str) -> None:
 
     status, _, body = _http("GET", f"{base}/version")
     assert status == 200
-    assert json.loads(body) == {"flavorkit": flavorkit.__version__, "mlflow": mlflow.__version__}
+    assert json.loads(body) == {
+        "flavorkit": flavorkit.__version__,
+        "mlflow": mlflow.__version__,
+        "backend": "onnx-cpu",
+        "capabilities": [
+            "batch_invariant",
+            "batching",
+            "continuous_batching",
+            "guided_decoding",
+            "sampling",
+            "seeded_sampling",
+            "streaming",
+        ],
+        "batch_invariant": True,  # batching='exact', the default: the server says so
+    }
 
 
 @pytest.mark.parametrize(

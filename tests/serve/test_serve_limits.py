@@ -316,3 +316,17 @@ def test_the_server_warms_up_before_the_first_client(tiny_model_dir: Path) -> No
     finally:
         app.server.scheduler.shutdown(5)
         app.server.model.close()
+
+
+def test_version_says_whether_greedy_answers_depend_on_the_load(tiny_ort: Path, tmp_path: Path) -> None:
+    import flavorkit
+
+    path = tmp_path / "auto"
+    flavorkit.package(model=str(tiny_ort), backend="onnx-cpu", path=path, options={"batching": "auto"})
+    with running(create_app(str(path))) as url:
+        status, _, body = _get(f"{url}/version")
+    assert status == 200
+    info = json.loads(body)
+    assert info["backend"] == "onnx-cpu"
+    assert info["batch_invariant"] is False  # 'auto' batches greedy rows whatever the kernels do
+    assert "batch_invariant" not in info["capabilities"] and "batching" in info["capabilities"]

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
@@ -35,6 +35,7 @@ from flavorkit.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from flavorkit.serve.scheduler import ClientDisconnected, Event, EventQueue, QueueFull, Scheduler, ShuttingDown, Ticket
 from flavorkit.settings import ServeSettings
 from flavorkit.signatures import CHAT
+from flavorkit.types import Capability
 
 __all__ = ["ChatCompletions", "Completions", "Endpoint", "ServerState", "VersionInfo", "read_body", "read_json"]
 
@@ -42,10 +43,16 @@ log = logging.getLogger(__name__)
 
 
 class VersionInfo(BaseModel):
-    """The answer of ``GET /version``: flavorkit's version and MLflow's."""
+    """The answer of ``GET /version``: flavorkit's version and MLflow's, and what the served model promises."""
 
     flavorkit: str
     mlflow: str
+    backend: str = Field(description="the backend that serves the model")
+    capabilities: list[str] = Field(description="what the backend declares for the model's packaged options")
+    batch_invariant: bool = Field(
+        description="greedy answers do not depend on the load (the batch_invariant capability); false for a "
+        "model packaged with batching='auto' or 'padded'"
+    )
 
 
 @dataclass
@@ -515,7 +522,16 @@ async def version(request: Request) -> Response:
 
     from flavorkit._version import __version__
 
-    return JSONResponse(VersionInfo(flavorkit=__version__, mlflow=mlflow.__version__).model_dump())
+    state: ServerState = request.app.state.flavorkit
+    capabilities = sorted(str(getattr(c, "value", c)) for c in state.model.capabilities)
+    info = VersionInfo(
+        flavorkit=__version__,
+        mlflow=mlflow.__version__,
+        backend=state.model.backend.name,
+        capabilities=capabilities,
+        batch_invariant=Capability.BATCH_INVARIANT in state.model.capabilities,
+    )
+    return JSONResponse(info.model_dump())
 
 
 async def metrics(request: Request) -> Response:
