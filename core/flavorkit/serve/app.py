@@ -351,6 +351,11 @@ def run(model_uri: str, settings: ServeSettings | None = None, **values: Any) ->
     # The packaged options say how the backend batches (onnx: batching='exact', greedy answers independent of load).
     options = (state.pyfunc.model_config or {}).get("options") or {}
     log.info("backend %r with options %s", state.model.backend.name, json.dumps(options, sort_keys=True))
+    invariant = any(str(getattr(c, "value", c)) == "batch_invariant" for c in state.model.capabilities)
+    log.info(
+        "greedy answers %s (GET /version: batch_invariant)",
+        "do not depend on the load" if invariant else "may change under load (batching is not exact)",
+    )
     if settings.threads is not None:
         log.info("CPU threads per decoding step: %d (--threads, over the packaged option)", settings.threads)
     Server(config).run()
