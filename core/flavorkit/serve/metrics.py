@@ -29,7 +29,8 @@ class Metrics:
         )
         self.ttft = Histogram(
             "flavorkit_time_to_first_token_seconds",
-            "From submission to the first generated text of a request",
+            "From submission to the first generated text of an OpenAI request written to its client "
+            "(the first chunk after the opening one; the whole body when not streamed)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -24,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from flavorkit.errors import InvalidRequest
 from flavorkit.responses import text_logprobs, tool_call_deltas
@@ -201,6 +202,18 @@ def _sse(obj: Any) -> bytes:
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class _AnsweredJSON(JSONResponse):
+    """A JSON answer that calls ``sent`` once its body was handed to the server (written to the client)."""
+
+    def __init__(self, content: Any, sent: Callable[[], None]) -> None:
+        super().__init__(content)
+        self._sent = sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+        self._sent()
+
+
 def _failure(exc: BaseException, i: int, parsed: oa.ParsedRequest) -> APIError:
     """The error for the whole request when ticket ``i`` failed (``prompt[i]`` named for a list prompt)."""
     if not isinstance(exc, InvalidRequest):
@@ -322,11 +335,23 @@ class _Generation:
         self.prepared: list[PreparedRequest] = []
         self.rid = oa.new_id(endpoint.id_prefix)
         self.created = 0  # set when every prompt was admitted
+        self.submitted = 0.0  # perf_counter when the prompts were queued
+
+    def _first_byte(self) -> None:
+        """The answer's first generated text reached the client: observe the time to first token.
+
+        Streamed, that is when the first chunk after the opening one was written; otherwise when
+        the whole body was. Observed here rather than where the worker produces the token, so the
+        histogram includes the wait for the event loop (which runs between decoding steps) and the
+        write, as the client sees it.
+        """
+        self.state.metrics.ttft.observe(time.perf_counter() - self.submitted)
 
     async def respond(self, request: Request) -> Response:
         """Queue the prompts; answer one JSON body, or server-sent events."""
         parsed, endpoint = self.parsed, self.endpoint
         events: EventQueue = asyncio.Queue()
+        self.submitted = time.perf_counter()
         tickets = _submit(
             self.state,
             lambda: self.state.scheduler.submit_many(
@@ -346,7 +371,7 @@ class _Generation:
                 streaming = True  # the body owns the watch from here
                 return StreamingResponse(self._stream(watch), media_type="text/event-stream", headers=_SSE_HEADERS)
             await self._finish(watch)
-            return JSONResponse(endpoint.whole(self.rid, self.created, self.prepared))
+            return _AnsweredJSON(endpoint.whole(self.rid, self.created, self.prepared), self._first_byte)
         except APIError:
             reason = "error"  # a prompt failed: the others are cancelled (timeouts and disconnects already were)
             raise
@@ -385,6 +410,7 @@ class _Generation:
         endpoint, rid, created, prepared = self.endpoint, self.rid, self.created, self.prepared
         offsets = [sum(p.n for p in prepared[:i]) for i in range(len(prepared))]
         end = "disconnect"
+        first = True
         try:
             for chunk in endpoint.opening(rid, created, prepared):
                 yield _sse(chunk)
@@ -406,7 +432,10 @@ class _Generation:
                 if ev.finish_reason == "cancelled":
                     continue
                 for chunk in endpoint.piece(rid, created, offsets[event.ticket] + ev.choice, ev):
-                    yield _sse(chunk)
+                    yield _sse(chunk)  # resumed once the server sent it
+                    if first:
+                        first = False
+                        self._first_byte()
             if self.parsed.include_usage:
                 yield _sse(oa.usage_chunk(rid, created, self.state.served_name, endpoint.chunk_object, prepared))
             yield b"data: [DONE]\n\n"

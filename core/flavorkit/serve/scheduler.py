@@ -395,9 +395,8 @@ class Scheduler:
         events of its other choices are still to come.
         """
         now = time.perf_counter()
-        if ticket.first_token is None:
+        if ticket.first_token is None:  # the time to first token is observed where the answer is written (routes)
             ticket.first_token = now
-            self.metrics.ttft.observe(now - ticket.submitted)
         key = ev.choice
         last = ticket.last_token.get(key)
         if last is not None and ev.tokens:
