@@ -1,4 +1,7 @@
-"""``flavorkit serve`` on SmolLM2-135M-Instruct (onnx-cpu int4): a real answer, and cancellation mid-answer."""
+"""``flavorkit serve`` on SmolLM2-135M-Instruct: a real answer, cancellation mid-answer, greedy answers under load.
+
+onnx-cpu int4 throughout; the load test runs on transformers too.
+"""
 
 from __future__ import annotations
 
@@ -150,26 +153,46 @@ def busy(model_dir: Path) -> Iterator[str]:
 
 def test_32_concurrent_greedy_clients_get_their_single_request_answers(busy: str) -> None:
     """Issue 21: under load, with streams cancelled mid-way, every greedy answer equals the prompt alone."""
+    _32_clients_answer_as_alone(busy, NAME)
+
+
+@pytest.fixture(scope="module")
+def hf_busy(tmp_path_factory: pytest.TempPathFactory, smollm2_hf: Path) -> Iterator[str]:
+    """SmolLM2 packaged with the transformers backend (fp32, batching='exact', the default), served."""
+    import flavorkit
+
+    path = tmp_path_factory.mktemp("serve-smollm2-hf") / "smollm2-hf"
+    flavorkit.package(model=str(smollm2_hf), backend="transformers", path=path, generation={"temperature": 0.0})
+    with running(create_app(str(path))) as url:
+        yield url
+
+
+def test_32_concurrent_greedy_clients_on_transformers_get_their_single_request_answers(hf_busy: str) -> None:
+    """Issue 21 on the transformers backend: its exact mode replays near-ties alone, so the same holds."""
+    _32_clients_answer_as_alone(hf_busy, "smollm2-hf")
+
+
+def _32_clients_answer_as_alone(base: str, name: str) -> None:
+    """32 greedy clients, half with 60+ prompt tokens, and 4 streams cancelled mid-way: each answer as alone."""
     import asyncio
 
-    base = busy
     prompts = _prompts()
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
     prompt_tokens = []
     alone = []
     for messages in prompts:
-        answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=24, temperature=0)
+        answer = client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0)
         alone.append(answer.choices[0].message.content)
         prompt_tokens.append(answer.usage.prompt_tokens)
     assert sum(n >= 60 for n in prompt_tokens) == 16, prompt_tokens
 
     async def answer(aclient: Any, messages: list[dict[str, str]]) -> str:
-        reply = await aclient.chat.completions.create(model=NAME, messages=messages, max_tokens=24, temperature=0)
+        reply = await aclient.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0)
         return str(reply.choices[0].message.content)
 
     async def cancelled(aclient: Any, messages: list[dict[str, str]]) -> None:
         stream = await aclient.chat.completions.create(
-            model=NAME, messages=messages, max_tokens=200, temperature=0, stream=True
+            model=name, messages=messages, max_tokens=200, temperature=0, stream=True
         )
         seen = 0
         async for _chunk in stream:
