@@ -184,7 +184,9 @@ class GenerationSession(Protocol):
 
         Deltas carry the ids returned by :meth:`add` as ``index`` and follow ``generate``'s rules
         (one token per delta, a finish reason on each request's last). An empty list means that no
-        request is live any more.
+        request is live any more. A session may give requests admitted since the last call a step
+        of their own (prompt and first token), so that their first token is not held back by a
+        step of the running ones; the running ones then advance at the next call.
         """
         ...
 

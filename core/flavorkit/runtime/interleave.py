@@ -13,7 +13,8 @@ its batching plan as ``split``, so that each group it would decode apart is a co
 instead of waiting for the previous group), and every :meth:`~InterleavedSession.step` advances each open cohort by one
 decoding step. A request that arrives while others decode therefore starts at the next step
 instead of waiting for the running batch to finish; cohorts do not merge, so their rows never
-share a forward pass with rows admitted at another step.
+share a forward pass with rows admitted at another step. New cohorts take that first step on
+their own, before the running ones step again, so their first token is delivered at once.
 
 Step boundaries are inferred from the stream: a cohort's step ends once every live row of it has
 produced a token, or when a row produces its second token (the first delta of the next step,
@@ -91,9 +92,24 @@ class InterleavedSession:
         return ids
 
     def step(self) -> list[Delta]:
-        """Advance every open cohort by one decoding step; return their deltas with session ids."""
+        """Advance the open cohorts by one decoding step; return their deltas with session ids.
+
+        Cohorts admitted since the last step, while others decode, get a step of their own (their
+        prompt and first token) before the running ones step again: the core delivers a step's
+        deltas when the step returns, so a newcomer's first token would otherwise wait for one
+        step of every running cohort. The work is the same, only its order changes.
+        """
+        fresh = [c for c in self._cohorts if c.stream is None]
+        if fresh and len(fresh) < len(self._cohorts):
+            out = self._advance_all(fresh)
+            if out:  # all newcomers cancelled before their first step: the running ones step now
+                return out
+        return self._advance_all(list(self._cohorts))
+
+    def _advance_all(self, cohorts: list[_Cohort]) -> list[Delta]:
+        """One step of each of ``cohorts``; the finished and exhausted ones are closed and dropped."""
         out: list[Delta] = []
-        for cohort in list(self._cohorts):
+        for cohort in cohorts:
             out.extend(self._advance(cohort))
             if cohort.exhausted or not cohort.live():
                 cohort.close()
