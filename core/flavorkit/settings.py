@@ -6,7 +6,8 @@ One table, :data:`VARIABLES`, declares each variable (name, type, default, meani
 them only through :func:`env_flag` and :func:`env_path`, or through :class:`ServeSettings`. Every
 boolean follows one grammar: ``1``, ``true``, ``yes``, ``on`` turn it on, ``0``, ``false``, ``no``,
 ``off`` turn it off (any case, surrounding spaces ignored), unset or empty leaves the default, and
-anything else is a :class:`~flavorkit.errors.SettingsError` naming the variable.
+anything else is a :class:`~flavorkit.errors.SettingsError` naming the variable. Code that sets
+variables (any, not only ``FLAVORKIT_*``) for the length of a block does it through :func:`scoped_env`.
 
 The serve settings are one model: :class:`ServeSettings` holds each setting's default, bounds and
 description; ``flavorkit serve`` generates its flags from it, and each setting is also read from
@@ -20,11 +21,12 @@ pydantic but not pydantic-settings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +50,7 @@ __all__ = [
     "env_flag",
     "env_path",
     "env_var",
+    "scoped_env",
     "usable_cores",
 ]
 
@@ -433,6 +436,34 @@ def env_path(name: str) -> Path | None:
     _declared(name, "path")
     raw = _raw(name)
     return Path(raw).expanduser() if raw is not None else None
+
+
+@contextlib.contextmanager
+def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set the variables in ``values`` for the block, then put each back exactly as it was.
+
+    A ``None`` value unsets its variable for the block. Afterwards, also when the block raises (or
+    setting a later value does), a variable that was unset before is removed and one that was set
+    gets its old value back, whatever the block did to it; variables not in ``values`` are left
+    alone, so an empty mapping changes nothing. It changes ``os.environ`` for the whole process:
+    other threads see the values while the block runs.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            _put_env(name, value)
+        yield
+    finally:
+        for name, old in saved.items():
+            _put_env(name, old)
+
+
+def _put_env(name: str, value: str | None) -> None:
+    """Set the variable ``name`` to ``value``, or remove it for None."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def cpu_threads(packaged: int | None = None) -> int | None:

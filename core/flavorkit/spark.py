@@ -34,7 +34,6 @@ importable on the Spark workers (the plain MLflow API needs only the model's own
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -49,6 +48,7 @@ import pandas as pd
 
 from flavorkit.errors import InvalidRequest
 from flavorkit.schema import parse_request
+from flavorkit.settings import scoped_env
 from flavorkit.signatures import CHAT, TASKS, TEXT
 
 __all__ = [
@@ -164,21 +164,6 @@ def executor_env(env_manager: str, extra_env: dict[str, str] | None = None) -> d
     return env
 
 
-@contextlib.contextmanager
-def _driver_env(env: dict[str, str]) -> Iterator[None]:
-    """``env``'s build settings in this process while MLflow builds the model's environment here."""
-    old = os.environ.get(UV_COMPILE_ENV)
-    if UV_COMPILE_ENV in env:
-        os.environ[UV_COMPILE_ENV] = env[UV_COMPILE_ENV]
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(UV_COMPILE_ENV, None)
-        else:
-            os.environ[UV_COMPILE_ENV] = old
-
-
 def _installed_pythons() -> dict[str, Path]:
     """Installed interpreters by version: pyenv's installs, then this interpreter's base installation."""
     found: dict[str, Path] = {}
@@ -266,7 +251,9 @@ def spark_udf(
     env = executor_env(env_manager, extra_env)
     if env_manager == "virtualenv":
         reuse_local_python()
-    with _driver_env(env):
+    # env's build settings in this process while MLflow builds the model's environment here; without
+    # one, the variable keeps its value (None: unset) and is still put back after MLflow's build.
+    with scoped_env({UV_COMPILE_ENV: env.get(UV_COMPILE_ENV, os.environ.get(UV_COMPILE_ENV))}):
         model = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager=env_manager, extra_env=env or None, **kwargs)
     task = _task_of(model.metadata)
     # Ship this module's code with the UDF, not a reference to it: a Python worker that loaded a

@@ -27,7 +27,7 @@ from flavorkit.errors import IntegrityError, SettingsError
 from flavorkit.model.signing import trusted_key
 from flavorkit.packaging.cache import cache_root
 from flavorkit.packaging.progress import step
-from flavorkit.settings import VARIABLES, ServeSettings, allowed_values, env_var
+from flavorkit.settings import VARIABLES, ServeSettings, allowed_values, env_var, scoped_env
 from plugin_fixtures import ECHO_BACKEND, make_distribution
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -436,3 +436,73 @@ def test_usable_cores_are_the_affinity_capped_by_a_cgroup_quota(
         (tmp_path / name).write_text(text)
     affinity = len(os.sched_getaffinity(0))
     assert usable_cores(tmp_path) == (affinity if cores is None else min(affinity, cores))
+
+
+# -- scoped_env: variables set for a block, then put back exactly -----------------------------------
+
+SET, UNSET = "SCOPED_ENV_TEST_SET", "SCOPED_ENV_TEST_UNSET"
+
+
+@pytest.fixture
+def before(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """SET holds "old", UNSET is not in the environment (monkeypatch cleans up if a test fails)."""
+    monkeypatch.setenv(SET, "old")
+    monkeypatch.delenv(UNSET, raising=False)
+    return monkeypatch
+
+
+def test_scoped_env_sets_then_restores_a_set_and_an_unset_variable(before: pytest.MonkeyPatch) -> None:
+    with scoped_env({SET: "new", UNSET: "added"}):
+        assert os.environ[SET] == "new"
+        assert os.environ[UNSET] == "added"
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ, "unset before: removed, not left empty"
+
+
+def test_scoped_env_none_unsets_for_the_block(before: pytest.MonkeyPatch) -> None:
+    with scoped_env({SET: None, UNSET: None}):
+        assert SET not in os.environ
+        assert UNSET not in os.environ
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ
+
+
+def test_scoped_env_restores_when_the_block_raises(before: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RuntimeError, match="in the block"), scoped_env({SET: "new", UNSET: "added"}):
+        raise RuntimeError("in the block")
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ
+
+
+def test_scoped_env_restores_what_the_block_changed(before: pytest.MonkeyPatch) -> None:
+    with scoped_env({SET: "new", UNSET: "added"}):
+        del os.environ[SET]
+        os.environ[UNSET] = "changed in the block"
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ
+
+
+def test_scoped_env_nested_restores_each_level(before: pytest.MonkeyPatch) -> None:
+    with scoped_env({SET: "outer", UNSET: "outer"}):
+        with scoped_env({SET: "inner", UNSET: None}):
+            assert os.environ[SET] == "inner"
+            assert UNSET not in os.environ
+        assert os.environ[SET] == "outer"
+        assert os.environ[UNSET] == "outer"
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ
+
+
+def test_scoped_env_restores_the_values_set_before_one_that_cannot_be_set(before: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError), scoped_env({SET: "new", UNSET: "a\0b"}):  # a NUL byte: refused
+        pytest.fail("the block does not run")
+    assert os.environ[SET] == "old"
+    assert UNSET not in os.environ
+
+
+def test_scoped_env_leaves_other_variables_alone(before: pytest.MonkeyPatch) -> None:
+    with scoped_env({}):
+        os.environ[SET] = "changed in the block"
+        os.environ[UNSET] = "added in the block"
+    assert os.environ[SET] == "changed in the block", "not named: not put back"
+    assert os.environ[UNSET] == "added in the block"

@@ -9,6 +9,7 @@ installed on the workers' ``PYTHONPATH``) that appends one JSON line per backend
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -583,6 +584,40 @@ def test_helper_asks_uv_to_compile_bytecode_unless_the_caller_says_otherwise(mon
     assert executor_env("virtualenv") == long and executor_env("local") == {}
     monkeypatch.setenv("UV_COMPILE_BYTECODE", "false")
     assert executor_env("uv") == {**long, "UV_COMPILE_BYTECODE": "false"}
+
+
+@pytest.mark.parametrize(
+    ("before", "env_manager", "extra_env", "during"),
+    [
+        (None, "uv", None, "1"),  # unset before: uv compiles, and the variable is removed afterwards
+        ("x", "uv", {"UV_COMPILE_BYTECODE": "0"}, "0"),  # the caller's value, then the old one back
+        ("x", "local", None, "x"),  # no build setting: the variable keeps its value
+        (None, "local", None, None),  # ...and stays unset
+    ],
+)
+def test_helper_sets_the_build_setting_only_while_mlflow_builds(
+    monkeypatch: pytest.MonkeyPatch,
+    before: str | None,
+    env_manager: str,
+    extra_env: dict[str, str] | None,
+    during: str | None,
+) -> None:
+    seen: list[str | None] = []
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        seen.append(os.environ.get("UV_COMPILE_BYTECODE"))
+        raise RuntimeError("the build stops here")  # the variable is put back on the way out too
+
+    if before is None:
+        monkeypatch.delenv("UV_COMPILE_BYTECODE", raising=False)
+    else:
+        monkeypatch.setenv("UV_COMPILE_BYTECODE", before)
+    # The module itself: until something loads it, mlflow.pyfunc is a lazy stand-in.
+    monkeypatch.setattr(importlib.import_module("mlflow.pyfunc"), "spark_udf", build)
+    with pytest.raises(RuntimeError, match="the build stops here"):
+        spark_udf(None, "models:/m/1", env_manager=env_manager, extra_env=extra_env)
+    assert seen == [during]
+    assert os.environ.get("UV_COMPILE_BYTECODE") == before
 
 
 def test_reuse_local_python_links_installed_interpreters_and_removing_the_links_keeps_them(

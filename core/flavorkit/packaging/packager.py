@@ -21,8 +21,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from flavorkit.packaging.shipping import LOAD_ROOTS, imported_modules, shipped_f
 from flavorkit.packaging.sources import check_links
 from flavorkit.packaging.staging import current_stage, open_stage, reclaim
 from flavorkit.schema import validate_generation_defaults
+from flavorkit.settings import scoped_env
 from flavorkit.signatures import CHAT, TASKS, input_example
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _MODEL_FILE = Path(__file__).parent.parent / "mlflow_model.py"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".mypy_cache", ".pytest_cache")
+#: Set while MLflow saves a model: it copies no uv project found here into the model, and draws no
+#: copy progress bars.
+_QUIET_MLFLOW = {"MLFLOW_UV_AUTO_DETECT": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 #: Parts of flavorkit that loading never imports, so they are not shipped in a model's ``code/``:
 #: the packager, the CLI, the demo (the quickstart and the SmolLM2 builder), the Spark helper and the
 #: conformance kit (with its test-model builders).
@@ -122,7 +125,7 @@ def package(
             "model_config": config.to_model_config(),
         }
         seal = _Sealer(config, hash_files(files), signer)
-        with _quiet_mlflow_env():
+        with scoped_env(_QUIET_MLFLOW):
             if target is not None:
                 return _save_atomically(target, overwrite, lambda staging: seal.save(staging, kwargs))
             return _log(name, registered_model_name, kwargs, seal, alias)
@@ -304,22 +307,6 @@ def _code_paths(be: Backend, dest: Path) -> list[str]:
             shutil.copy2(src, target)
         out.append(str(target))
     return out
-
-
-@contextmanager
-def _quiet_mlflow_env() -> Iterator[None]:
-    """Stop MLflow from copying a uv project found here into the model, and from drawing copy progress bars."""
-    settings = {"MLFLOW_UV_AUTO_DETECT": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    old = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _save_atomically(target: Path, overwrite: bool, save: Callable[[Path], None]) -> ModelInfo:

@@ -33,7 +33,7 @@ from flavorkit.serve.errors import APIError
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.openapi import OpenAPIDocument, build_openapi
 from flavorkit.serve.scheduler import Scheduler
-from flavorkit.settings import ServeSettings
+from flavorkit.settings import ServeSettings, scoped_env
 
 __all__ = [
     "BATCHING_MODES",
@@ -104,20 +104,13 @@ def _load_verified() -> Iterator[None]:
     check is skipped (it would hash the weights again); and Python writes no ``__pycache__`` into the
     model folder, which would make the next strict check of the same folder fail.
     """
-    saved = {name: os.environ.get(name) for name in (VERIFY_ENV, TRUSTED_KEY_ENV)}
-    bytecode = sys.dont_write_bytecode
-    os.environ[VERIFY_ENV] = "0"
-    os.environ.pop(TRUSTED_KEY_ENV, None)
-    sys.dont_write_bytecode = True
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = bytecode
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with scoped_env({VERIFY_ENV: "0", TRUSTED_KEY_ENV: None}):
+        bytecode = sys.dont_write_bytecode
+        sys.dont_write_bytecode = True
+        try:
+            yield
+        finally:
+            sys.dont_write_bytecode = bytecode
 
 
 def default_model_name(model_uri: str) -> str:
@@ -182,23 +175,6 @@ class FlavorkitApp:
             count(500)  # nothing was sent: the app failed
 
 
-@contextlib.contextmanager
-def _scoped_env(name: str, value: str | None) -> Iterator[None]:
-    """Set the variable ``name`` to ``value`` inside the block (None leaves it alone), then restore it."""
-    if value is None:
-        yield
-        return
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
 def _load(model_uri: str, key: Path | None, verified: contextlib.ExitStack) -> tuple[Any, Any]:
     """Load the model; with a trusted ``key``, download and verify it first (kept open on ``verified``)."""
     if key:
@@ -256,8 +232,8 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
     key = settings.trusted_key
     try:
         # The backend reads FLAVORKIT_THREADS as it loads (flavorkit.sdk.cpu_threads); set only meanwhile.
-        threads = _scoped_env("FLAVORKIT_THREADS", None if settings.threads is None else str(settings.threads))
-        with threads:
+        threads = {} if settings.threads is None else {"FLAVORKIT_THREADS": str(settings.threads)}
+        with scoped_env(threads):
             pyfunc, loaded = _load(model_uri, key, verified)
     except BaseException:
         verified.close()
