@@ -154,7 +154,8 @@ class ServeSettings(BaseModel):
         default=0.1,
         ge=0,
         allow_inf_nan=False,
-        description="seconds a request arriving mid-batch may wait for others to join with it",
+        description="seconds a request arriving mid-batch may wait for the clients of rows that just finished, "
+        "to join with them",
         json_schema_extra=_SECONDS,
     )
     batch_wait: float = Field(

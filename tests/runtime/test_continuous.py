@@ -323,9 +323,58 @@ def test_a_late_request_joins_the_running_batch_within_a_few_steps() -> None:
     assert order[first:].count("s") == 4  # "s", "s", "s" and the end-of-sequence step
 
 
-def test_without_freed_rows_a_newcomer_waits_up_to_join_wait() -> None:
+def test_without_freed_rows_a_newcomer_joins_at_once_whatever_join_wait() -> None:
+    # nobody finished, so no client is coming back: waiting would only delay the newcomer
     order = _order(join_wait=60.0)  # longer than the long request takes
-    assert order.index("s") > order.index("L:done")
+    first = order.index("s")
+    assert order.index("s:done") < order.index("L:done"), order
+    assert order[:first].count("L") <= 3, order[:first]
+
+
+def _returning(join_wait: float) -> list[int]:
+    """Two short rows finish beside a long one; their clients come back 0.3 s apart.
+
+    Returns the size of every admission to the running session, in order (the long one's first).
+    """
+    model, _plugin = _echo(step_seconds=0.01)  # the long one decodes for 2.5 s at least
+    metrics = Metrics()
+    sizes: list[int] = []
+    observe = metrics.batch_size.observe
+    metrics.batch_size.observe = lambda value, *a, **k: (sizes.append(int(value)), observe(value, *a, **k))[1]  # type: ignore[method-assign]
+    scheduler = Scheduler(model, metrics, max_batch=8, max_queue=8, join_wait=join_wait)
+
+    async def main() -> None:
+        tickets = [scheduler.submit(chat("L" * 250, max_tokens=250), stream=True)]
+        await asyncio.sleep(0.05)  # the long one decodes
+        tickets += [scheduler.submit(chat("ab", max_tokens=5), stream=True) for _ in range(2)]
+        for ticket in tickets[1:]:
+            assert (await collect_events(ticket))[-1].kind == "done"
+        tickets.append(scheduler.submit(chat("cd", max_tokens=5), stream=True))
+        await asyncio.sleep(0.3)
+        tickets.append(scheduler.submit(chat("ef", max_tokens=5), stream=True))
+        for ticket in tickets[3:]:
+            assert (await collect_events(ticket))[-1].kind == "done"
+        assert not tickets[0].done, "the long one was still running when the clients came back"
+        tickets[0].cancel("disconnect")
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.shutdown(5)
+    return sizes
+
+
+def test_after_rows_finish_a_newcomer_waits_for_the_other_returning_client() -> None:
+    # two rows finished: the first client back waits (up to join_wait) for the second, and they
+    # join as one group instead of two generators
+    sizes = _returning(join_wait=60.0)
+    assert sizes[0] == 1 and sum(sizes[1:-1]) == 2, sizes
+    assert sizes[-1] == 2, "the two returning clients joined together"
+
+
+def test_without_join_wait_returning_clients_join_one_by_one() -> None:
+    sizes = _returning(join_wait=0.0)
+    assert sizes[-2:] == [1, 1] and sum(sizes) == 5, sizes
 
 
 # -- failures: every ticket gets its last event, nothing hangs ------------------------------------

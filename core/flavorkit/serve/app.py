@@ -217,8 +217,9 @@ def create_app(model_uri: str, settings: ServeSettings | None = None, **values: 
     the worker waits for the clients of the previous batch to come back before it starts a smaller batch.
     ``batching="continuous"`` (the default) lets requests join a running batch between decoding
     steps when the backend supports it (it declares ``continuous_batching``);
-    a request that arrives while others decode waits at most ``join_wait`` seconds for companions
-    to start with (less when rows have freed up). ``"request"`` runs each batch of queued requests
+    a request that arrives while others decode joins at the next step, or, when rows have just
+    finished, waits at most ``join_wait`` seconds for their clients to come back and join with it.
+    ``"request"`` runs each batch of queued requests
     to completion before the next one starts.
     ``trusted_key`` (``$FLAVORKIT_TRUSTED_KEY``) is an EC public key: the model's signature
     and manifest are checked with the installed flavorkit before any of its code runs (a model URI
