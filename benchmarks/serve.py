@@ -72,6 +72,7 @@ LABELS = {
     "fk": "flavorkit serve (exact)",
     "auto": "flavorkit serve (auto)",
     "rq": "flavorkit `--batching request`",
+    "seq": 'flavorkit `batching="sequential"`',
     "ll": "llama.cpp server",
     "ml": "mlflow models serve",
     "raw": "raw ORT-genai, batches of 8",
@@ -130,6 +131,22 @@ def _package(workdir: Path) -> tuple[Path, Path]:
         model=str(ort), backend="onnx-cpu", path=auto, generation={"temperature": 0.0}, options={"batching": "auto"}
     )
     return exact, auto
+
+
+def _package_as(workdir: Path, exact: Path, batching: str) -> Path:
+    """The exact folder's ORT model packaged again with another ``batching`` option, as ``smollm2-chat-<short>``."""
+    import flavorkit
+
+    short = {"sequential": "seq"}[batching]
+    folder = workdir / f"{NAME}-{short}"
+    flavorkit.package(
+        model=str(_artifact(exact)),
+        backend="onnx-cpu",
+        path=folder,
+        generation={"temperature": 0.0},
+        options={"batching": batching},
+    )
+    return folder
 
 
 @dataclass
@@ -328,7 +345,7 @@ class Servers:
     auto: str
     ml: str
     ll: str
-    rq: str | None
+    extras: dict[str, str]  # optional flavorkit servers by name (``rq``, ``seq``): their base URLs
     raw: Any
 
 
@@ -358,8 +375,9 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         "ll": streamer(sv.ll, None),
         "ml": mlflow_send,
     }
-    if sv.rq is not None:
-        sends["rq"] = streamer(sv.rq)
+    extra_models = {"rq": NAME, "seq": f"{NAME}-seq"}
+    for name, url in sv.extras.items():
+        sends[name] = streamer(url, extra_models[name])
     for send in sends.values():  # warm-up
         _workload(send, 2, 2)
     sv.raw.generate_batch(BATCH[:2], 8)
@@ -373,6 +391,7 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         return tokens / (time.perf_counter() - start), []
 
     rows, ttft_rows, result = [], [], {}
+    speeds8: dict[str, list[float]] = {}
     differ: dict[str, list[int]] = {"fk": [0, 0], "auto": [0, 0]}
     for clients in args.clients:
         speed: dict[str, list[float]] = {name: [] for name in [*sends, "raw"]}
@@ -401,6 +420,8 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         def ratio(a: str, b: str) -> list[float]:
             return [x / y for x, y in zip(speed[a], speed[b], strict=True)]  # noqa: B023
 
+        if clients == 8:
+            speeds8 = speed
         result[clients] = {
             "fk/ml": ratio("fk", "ml"),
             "fk/ll": ratio("fk", "ll"),
@@ -412,7 +433,7 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
             "ttft": {n: [v * 1000 for v in first[n]] for n in first},
         }
         cells = [f"{statistics.median(speed[n]):.1f}" for n in ("ml", "ll", "fk", "auto")]
-        rq = f" {statistics.median(speed['rq']):.1f} |" if "rq" in sends else ""
+        rq = "".join(f" {statistics.median(speed[n]):.1f} |" for n in sv.extras)
         raw = f"{statistics.median(speed['raw']):.1f}" if speed["raw"] else "-"
         res = result[clients]
         rows.append(
@@ -425,7 +446,7 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         ttft_rows.append(
             f"| {clients} | "
             + " | ".join(f"{_pct(ms[n], 50):.0f} / {_pct(ms[n], 95):.0f} ms" for n in ("ml", "ll", "fk", "auto"))
-            + (f" | {_pct(ms['rq'], 50):.0f} / {_pct(ms['rq'], 95):.0f} ms" if "rq" in ms else "")
+            + "".join(f" | {_pct(ms[n], 50):.0f} / {_pct(ms[n], 95):.0f} ms" for n in sv.extras)
             + f" | {len(ms['fk'])} |"
         )
 
@@ -439,7 +460,8 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
     late_ratio = statistics.median(late) / statistics.median(idle)
     gap_ms = (statistics.median(idle) - statistics.median(raw_first)) * 1000
 
-    rq_head = " `--batching request` |" if sv.rq is not None else ""
+    rq_head = "".join(f" {LABELS[n]} tok/s |" for n in sv.extras)
+    rq_cols = "---:|" * len(sv.extras)
     body = [
         f"**{label}**: 1-minute load average {min(loads):.2f} to {max(loads):.2f} during the run "
         f"(`os.getloadavg()`, sampled after each round).",
@@ -448,16 +470,16 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         + rq_head
         + " raw ORT-genai tok/s | exact / mlflow | exact / llama.cpp | auto / mlflow | auto / llama.cpp "
         "| exact / auto (cost of the guarantee) | exact, auto / raw (ceiling) |",
-        "|---:|---:|---:|---:|---:|" + ("---:|" if sv.rq is not None else "") + "---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|" + rq_cols + "---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "Time to first token as the client sees it, p50 / p95 over every request of those rounds "
         "(MLflow: the whole answer).",
         "",
         "| clients | mlflow (whole answer) | llama.cpp | flavorkit exact | flavorkit auto |"
-        + rq_head
+        + "".join(f" {LABELS[n]} |" for n in sv.extras)
         + " requests per server |",
-        "|---:|---:|---:|---:|---:|" + ("---:|" if sv.rq is not None else "") + "---:|",
+        "|---:|---:|---:|---:|---:|" + rq_cols + "---:|",
         *ttft_rows,
         "",
     ]
@@ -465,6 +487,12 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         body.append(
             f"- Greedy answers at 8 clients that differ from the same prompt's answer alone, "
             f"{LABELS[name]}: **{differ[name][0]} of {differ[name][1]}**."
+        )
+    if "seq" in sv.extras and 8 in result:
+        seq = [x / y for x, y in zip(speeds8["seq"], speeds8["auto"], strict=True)]
+        body.append(
+            "- The cost of the guarantee where the probe finds drift (each greedy request in a generator of its own, "
+            f'as `batching="sequential"` decodes): {LABELS["seq"]} / auto at 8 clients **{_median_ratio(seq)}**.'
         )
     body += [
         f"- Late arrival (flavorkit exact): idle TTFT {statistics.median(idle) * 1000:.0f} ms, during 4 streams of "
@@ -602,6 +630,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=128, help="max_tokens of the decoding-speed request")
     parser.add_argument("--request-level", action="store_true", help="also serve with --batching request")
     parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help='also serve a copy packaged with batching="sequential": what exact mode costs where the probe finds drift',
+    )
+    parser.add_argument(
         "--load", action="store_true", help="measure while a CPU-bound process runs (its own block in --write)"
     )
     parser.add_argument("--profile", type=int, default=0, help="seconds of py-spy sampling at 8 clients (0: none)")
@@ -615,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         exact, auto = _package(Path(tmp))
         invariant = _probe(exact)
-        ports = {name: _free_port() for name in ("fk", "auto", "ml", "ll", "rq")}
+        ports = {name: _free_port() for name in ("fk", "auto", "ml", "ll", "rq", "seq")}
         base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         fk_args = ["--max-batch", "8", "--log-level", "warning"]
         procs = {
@@ -630,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
                 ready="/v1/models",
             ),
         }
+        if args.sequential:
+            seq = _package_as(Path(tmp), exact, "sequential")
+            procs["seq"] = _start([*FK_CMD, str(seq), "--port", str(ports["seq"]), *fk_args], base["seq"])
         if args.request_level:
             procs["rq"] = _start(
                 [*FK_CMD, str(exact), "--port", str(ports["rq"]), *fk_args, "--batching", "request"], base["rq"]
@@ -638,10 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
         label = "Under load (a Python busy loop beside the servers)" if args.load else "Without added load"
         try:
-            sv = Servers(
-                base["fk"], base["auto"], base["ml"], base["ll"], base["rq"] if args.request_level else None,
-                RawOnnxGenai(_artifact(exact)),
-            )  # fmt: skip
+            extras = {n: base[n] for n in ("rq", "seq") if n in procs}
+            sv = Servers(base["fk"], base["auto"], base["ml"], base["ll"], extras, RawOnnxGenai(_artifact(exact)))
             measured, targets = _measure(sv, args, label)
             profile = _profile(procs["fk"], base["fk"], args.profile, args.max_tokens) if args.profile else ""
         finally:
