@@ -43,9 +43,12 @@ class _Og:
         import onnxruntime_genai as og
 
         from benchmarks.run import _smollm2_onnx
+        from flavorkit_onnxgenai.runtime import set_cpu_threads
 
         self.og = og
-        self.model = og.Model(str(_smollm2_onnx()))
+        config = og.Config(str(_smollm2_onnx()))
+        set_cpu_threads(config)  # the backend's thread setting: every usable core unless told otherwise
+        self.model = og.Model(config)
 
     def run(self, rows: int, width: int) -> tuple[float, float]:
         import numpy as np

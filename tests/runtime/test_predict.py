@@ -420,6 +420,17 @@ def test_bad_params_are_refused_naming_them(
     assert f"'{field}'" in exc.value.message and fragment in exc.value.message, exc.value.message
 
 
+def test_a_params_max_tokens_beyond_the_context_is_named_as_the_calls_param(tiny_pyfunc: Any) -> None:
+    # the same check names the field the value came from: the call's params, or the row's own field
+    with pytest.raises(MlflowException) as exc:
+        tiny_pyfunc.predict(chat("Hello"), params={"max_tokens": 100_000})
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "'params.max_tokens'" in exc.value.message and "exceeds the context" in exc.value.message
+    with pytest.raises(MlflowException) as exc:
+        tiny_pyfunc.predict(chat("Hello", max_tokens=100_000), params={"max_tokens": 2})
+    assert "'max_tokens'" in exc.value.message and "'params.max_tokens'" not in exc.value.message
+
+
 def test_call_params_refuse_a_stop_that_is_not_strings() -> None:
     from flavorkit.schema import validate_call_params
 

@@ -322,6 +322,12 @@ class LoadedModel:
     ) -> Row:
         req = parse_request(raw, self.task, self.backend.name, guided=self.guided)
         settings, explicit = self._settings(req, call)
+        own = generation_settings(req)
+
+        def field(key: str) -> str:
+            """Where a setting came from, for errors: the request's own field, or the call's ``params``."""
+            return key if key in own or key not in (call or {}) else f"params.{key}"
+
         tools: list[dict[str, Any]] | None = None
         if isinstance(req, ChatRequest):
             messages, tools = self._messages(req)
@@ -336,7 +342,7 @@ class LoadedModel:
             logprobs = req.top_logprobs or 0
         if settings["temperature"] > 0 and Capability.SAMPLING not in self.capabilities:
             raise InvalidRequest(
-                "temperature",
+                field("temperature"),
                 f"backend {self.backend.name!r} supports greedy decoding only",
                 allowed="0",
             )
@@ -366,7 +372,7 @@ class LoadedModel:
         if n_prompt + max_tokens > ctx:
             if "max_tokens" in explicit:
                 raise InvalidRequest(
-                    "max_tokens",
+                    field("max_tokens"),
                     f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of {ctx} tokens",
                     allowed=f"at most {ctx - n_prompt} for this prompt",
                 )
