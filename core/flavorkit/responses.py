@@ -35,6 +35,7 @@ nothing went from 2.7 to 3.4 µs a chunk (CPU time, measured on 2 shared cores).
 
 from __future__ import annotations
 
+import codecs
 import enum
 import time
 import typing
@@ -65,6 +66,7 @@ __all__ = [
     "text_chunk",
     "text_completion",
     "text_logprobs",
+    "TextOffsets",
     "usage_chunk",
 ]
 
@@ -425,7 +427,9 @@ class TextLogprobs(Shape):
 
     ``top_logprobs`` maps the likeliest tokens at each position to their log-probabilities, the
     picked token always among them (so up to ``logprobs + 1`` entries, as OpenAI documents);
-    ``text_offset`` is where each token starts in the answer's text.
+    ``text_offset`` is where each token starts in the answer's text (:class:`TextOffsets`). The
+    entries cover every generated token, so those of a stop string cut from the text count on past
+    its end.
     """
 
     tokens: list[str]
@@ -434,21 +438,43 @@ class TextLogprobs(Shape):
     text_offset: list[int]
 
 
-def text_logprobs(entries: Sequence[Mapping[str, Any]], start: int = 0) -> TextLogprobs:
-    """The legacy form of chat-style ``logprobs.content`` entries, offsets counted from ``start``."""
+class TextOffsets:
+    """Where each generated token starts in a choice's text, in characters, across a whole stream.
+
+    Counted from the tokens' UTF-8 ``bytes``, not from the length of their ``token`` strings: a token
+    that carries part of a character shows as U+FFFD there (one character) but adds no character to
+    the text until the character's last byte arrives. A token that starts inside a character starts
+    where that character does.
+    """
+
+    def __init__(self) -> None:
+        self.chars = 0  # complete characters so far
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def advance(self, entry: Mapping[str, Any]) -> int:
+        """The offset of the token of ``entry`` (a chat-style logprobs entry); counts its bytes after it."""
+        start = self.chars
+        data = entry.get("bytes")
+        raw = bytes(data) if data is not None else str(entry["token"]).encode("utf-8")
+        self.chars += len(self._decoder.decode(raw))
+        return start
+
+
+def text_logprobs(entries: Sequence[Mapping[str, Any]], offsets: TextOffsets | None = None) -> TextLogprobs:
+    """The legacy form of chat-style ``logprobs.content`` entries; ``offsets`` carries a stream's count on."""
+    counter = offsets if offsets is not None else TextOffsets()
     tokens: list[str] = []
     token_logprobs: list[float] = []
     top: list[dict[str, float]] = []
-    offsets: list[int] = []
+    starts: list[int] = []
     for entry in entries:
         alternatives = {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs", ())}
         alternatives.setdefault(entry["token"], entry["logprob"])
         tokens.append(entry["token"])
         token_logprobs.append(entry["logprob"])
         top.append(alternatives)
-        offsets.append(start)
-        start += len(entry["token"])
-    return TextLogprobs(tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets)
+        starts.append(counter.advance(entry))
+    return TextLogprobs(tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=starts)
 
 
 class TextChoice(Shape):

@@ -16,11 +16,13 @@ from flavorkit.responses import (
     Dialect,
     TextChoice,
     TextCompletion,
+    TextOffsets,
     Usage,
     chat_chunk,
     chat_completion,
     text_chunk,
     text_completion,
+    text_logprobs,
     usage_chunk,
 )
 
@@ -132,3 +134,25 @@ def test_usage_adds_up_and_the_models_refuse_what_openai_does_not_send() -> None
         ChatDelta(role="user")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         ChatDelta(content="a", extra=1)  # type: ignore[call-arg]
+
+
+def _entry(data: bytes) -> dict[str, Any]:
+    """A chat-style logprobs entry as the engine builds it: the token's text, with U+FFFD for a cut character."""
+    return {"token": data.decode("utf-8", "replace"), "logprob": -0.5, "bytes": list(data)}
+
+
+def test_text_offsets_count_characters_of_the_text_not_of_the_token_strings() -> None:
+    # "xé a": "é" (c3 a9) comes in two tokens, each shown as U+FFFD; the text has 4 characters
+    entries = [_entry(b"x"), _entry(b"\xc3"), _entry(b"\xa9 "), _entry(b"a")]
+    assert [e["token"] for e in entries] == ["x", "\ufffd", "\ufffd ", "a"]
+    assert text_logprobs(entries).text_offset == [0, 1, 1, 3], "a token inside a character starts where it does"
+    # a stream carries the count on from chunk to chunk, a cut character included
+    offsets = TextOffsets()
+    streamed = [text_logprobs(entries[:2], offsets).text_offset, text_logprobs(entries[2:], offsets).text_offset]
+    assert streamed == [[0, 1], [1, 3]]
+    assert offsets.chars == len("xé a")
+
+
+def test_text_offsets_fall_back_to_the_token_text_without_bytes() -> None:
+    entries = [{"token": "ab", "logprob": -1.0}, {"token": "é", "logprob": -1.0}, {"token": "c", "logprob": -1.0}]
+    assert text_logprobs(entries).text_offset == [0, 2, 3]

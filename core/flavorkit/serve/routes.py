@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flavorkit.errors import InvalidRequest
-from flavorkit.responses import text_logprobs, tool_call_deltas
+from flavorkit.responses import TextOffsets, text_logprobs, tool_call_deltas
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel, PreparedRequest
 from flavorkit.serve import openai_api as oa
 from flavorkit.serve.errors import APIError, error_body, from_invalid_request
@@ -299,7 +299,7 @@ class Completions(Endpoint):
     chunk_object = "text_completion"
 
     #: Per choice, where its next token starts in its text (the legacy logprobs' ``text_offset``).
-    offsets: dict[int, int] = field(default_factory=dict)
+    offsets: dict[int, TextOffsets] = field(default_factory=dict)
 
     def whole(self, rid: str, created: int, prepared: list[PreparedRequest]) -> dict[str, Any]:
         """The ``text_completion`` object, one choice per prompt."""
@@ -311,8 +311,7 @@ class Completions(Endpoint):
             return []
         logprobs = None
         if ev.logprobs is not None:
-            logprobs = text_logprobs(ev.logprobs, self.offsets.get(index, 0))
-            self.offsets[index] = self.offsets.get(index, 0) + sum(len(e["token"]) for e in ev.logprobs)
+            logprobs = text_logprobs(ev.logprobs, self.offsets.setdefault(index, TextOffsets()))
         chunk = oa.completion_chunk(
             rid, created, self.model, index, ev.text, ev.finish_reason, self.include_usage, logprobs
         )
