@@ -13,11 +13,13 @@ of batches of 2, 4 and 8, and of a continuous-batching session that rows join, f
 are cancelled from, exactly its answer alone. Each backend runs on its default options
 (``batching="exact"``), which declare it.
 
-Every clause runs, none skipped as model-independent and none with a weaker assertion. The model
+Every clause runs, none skipped as model-independent and none with a weaker assertion. It costs
+about 1 to 3 minutes per backend and stack on 2 shared cores (docs/testing.md, "The kit on
+SmolLM2"), mostly decoding. Two things make it cheaper than the tiny model's set-up would: the model
 is packaged in place (``isolate_source = False``: no private copy of the 0.5 GB checkpoint per
 task), because that a packaged model never reads its source is a property of the backend's
 ``artifacts`` hook, not of the model, and ``test_conformance.py`` proves it for each backend with a
-copy it deletes.
+copy it deletes; and transformers runs with one thread, in the child process of ``fresh_process`` too.
 """
 
 from __future__ import annotations
@@ -64,12 +66,17 @@ class TestTransformers(_SmolLM2Suite):
     @classmethod
     def _one_torch_thread(cls) -> Iterator[None]:
         """One torch thread, as the engine's cost model was calibrated: on a shared 2-core machine two threads
-        spin against the other processes (a decoding step took 1.7 s instead of 55 ms, and this class 7 minutes)."""
+        spin against the other processes (a decoding step took 1.7 s instead of 55 ms, and this class 7 minutes).
+
+        ``FLAVORKIT_THREADS=1`` (what ``flavorkit serve --threads 1`` sets) gives the interpreter that
+        ``fresh_process`` starts one thread too: with torch's default two it took 15 to 30 s, with one 10 to 13."""
         import torch
 
         before = torch.get_num_threads()
         torch.set_num_threads(1)
-        yield
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FLAVORKIT_THREADS", "1")
+            yield
         torch.set_num_threads(before)
 
 
