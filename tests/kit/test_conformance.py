@@ -13,26 +13,20 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
-
-from flavorkit.testing import CLAUSES, BackendConformance
-from stacks import needs_optimum
+from flavorkit.testing import CLAUSES
+from kit_suites import FirstPartySuite
 
 pytest_plugins = ["flavorkit.testing.plugin"]
 
 
-class TestOnnxCpu(BackendConformance):
+class TestOnnxCpu(FirstPartySuite):
     """onnx-cpu on the tiny ORT-genai model, with a context long enough for the tool clauses."""
 
     backend = "onnx-cpu"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model_source(cls, tiny_ort_long: Path) -> str:
-        return str(tiny_ort_long)
+    sources = ("tiny_ort_long",)
 
 
-class TestOnnxCpuFromCheckpoint(BackendConformance):
+class TestOnnxCpuFromCheckpoint(FirstPartySuite):
     """onnx-cpu on the tiny transformers checkpoint: artifacts() converts it (fp32) at packaging time.
 
     Its 256-token context is too short for the generic tool prompt: guided_tool_choice skips, saying so.
@@ -40,34 +34,21 @@ class TestOnnxCpuFromCheckpoint(BackendConformance):
 
     backend = "onnx-cpu"
     options: ClassVar[dict[str, str]] = {"precision": "fp32"}
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model_source(cls, tiny_hf: Path, tiny_ort: Path) -> str:
-        return str(tiny_hf)  # tiny_ort first: the conversion is then a cache hit
+    sources = ("tiny_ort", "tiny_hf")  # tiny_ort first: the conversion is then a cache hit
 
 
-class TestTransformers(BackendConformance):
+class TestTransformers(FirstPartySuite):
     """transformers on the tiny checkpoint, with a context long enough for the tool clauses."""
 
     backend = "transformers"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model_source(cls, tiny_hf_long: Path) -> str:
-        return str(tiny_hf_long)
+    sources = ("tiny_hf_long",)
 
 
-@needs_optimum
-class TestOptimumOnnx(BackendConformance):
-    """optimum-onnx on the tiny checkpoint (exported to ONNX at packaging time)."""
+class TestOptimumOnnx(FirstPartySuite):
+    """optimum-onnx on the tiny checkpoint (exported to ONNX at packaging time; skipped where optimum cannot run)."""
 
     backend = "optimum-onnx"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model_source(cls, tiny_hf: Path) -> str:
-        return str(tiny_hf)
+    sources = ("tiny_hf",)
 
 
 def test_flavorkit_check_command_line(tiny_ort_long: Path, tmp_path: Path) -> None:
