@@ -583,8 +583,12 @@ def _part(stack: str, marks: dict[str, str]) -> str:
     return "other"
 
 
-def _profile(proc: subprocess.Popen[bytes], base: str, seconds: int, max_tokens: int) -> str:
-    """Sample the server with py-spy while 8 clients stream; the share of samples per part of the work."""
+def _profile(proc: subprocess.Popen[bytes], base: str, seconds: int, max_tokens: int, marks: dict[str, str]) -> str:
+    """Sample the server with py-spy while 8 clients stream; the share of samples per part of the work.
+
+    ``marks`` are :func:`_og_lines` of the source the server loaded (read before it started: an
+    edit during the run would shift the lines).
+    """
     out = Path(tempfile.mkdtemp()) / "profile.txt"
     spy = subprocess.Popen(
         [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
@@ -599,7 +603,6 @@ def _profile(proc: subprocess.Popen[bytes], base: str, seconds: int, max_tokens:
 
     while spy.poll() is None:
         sent += len(_workload(send, 8, 16)[1])
-    marks = _og_lines()
     counts = dict.fromkeys([DECODE, PROMPT, PER_TOKEN, HTTP, "other"], 0)
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -645,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     from flavorkit.demo.smollm2 import gguf_path
 
     began = time.time()
+    marks = _og_lines()  # before the servers load the same source
     with tempfile.TemporaryDirectory() as tmp:
         exact, auto = _package(Path(tmp))
         invariant = _probe(exact)
@@ -677,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             extras = {n: base[n] for n in ("rq", "seq") if n in procs}
             sv = Servers(base["fk"], base["auto"], base["ml"], base["ll"], extras, RawOnnxGenai(_artifact(exact)))
             measured, targets = _measure(sv, args, label)
-            profile = _profile(procs["fk"], base["fk"], args.profile, args.max_tokens) if args.profile else ""
+            profile = _profile(procs["fk"], base["fk"], args.profile, args.max_tokens, marks) if args.profile else ""
         finally:
             if busy is not None:
                 busy.terminate()
