@@ -283,8 +283,8 @@ class OgHandle:
         under load (issue 21); on an Intel CPU with AVX-512 the same batches were bitwise equal. So
         ``batching="exact"`` asks this machine: the probe decodes a long prompt (106 tokens of prose
         on SmolLM2's tokenizer) and a short one alone, then right-padded together in batches of 2
-        and 8, and compares every step's logits bit for bit. Equal everywhere: greedy rows share batches. Any difference: each greedy row gets a
-        generator of its own.
+        and 8, and compares every step's logits bit for bit. Equal everywhere: greedy rows share
+        batches. Any difference: each greedy row gets a generator of its own.
         """
         if self.invariant is None:
             started = time.perf_counter()
