@@ -50,7 +50,8 @@ MAX_BATCH = 16
 #: benchmarks.calibrate onnx-cpu`` (SmolLM2-135M int4, 2 cores, the backend's two intra-op threads,
 #: nothing else running; 2026-12-07). Finished rows stay in the batch. The earlier figures, taken
 #: at a load average of 8 to 10 (3.91, 0.00146, 13.6, 3.79, 0.017), were about 2.7x slower
-#: throughout and chose the same plans in every case of tests/runtime/test_length_batching.py.
+#: throughout, with a larger shared part of a step; in tests/runtime/test_length_batching.py they
+#: chose the same plans but one (prompts of 100 and 150 tokens with 150 and 100 to generate: now apart).
 CPU_COST = CostModel(prompt_token=1.43, prompt_attention=0.000438, step=4.21, row_step=1.62, context=0.00594)
 
 #: GPU providers (not measured): only steps count, so requests that fit share one batch.

@@ -158,8 +158,8 @@ def test_onnx_groups_by_settings_then_cost(tiny_ort: Path) -> None:
     assert handle.groups([*greedy, *sampled]) == [[0, 2, 3], [1], [4, 5]]
     assert handle.groups(_requests([10, 10], [8, 200])) == [[0], [1]]
     # The tiny model's context is 256 tokens: a batch must fit the widest prompt plus the largest budget.
-    assert ONNX_CPU.plan([100, 150], [150, 100], MAX_BATCH) == [[0, 1]]
-    assert handle.groups(_requests([100, 150], [150, 100])) == [[0], [1]]
+    assert ONNX_CPU.plan([120, 130], [130, 120], MAX_BATCH) == [[0, 1]]
+    assert handle.groups(_requests([120, 130], [130, 120])) == [[0], [1]]  # 130 + 130 > 256
     sequential = load_engine("onnx-cpu", tiny_ort, batching="sequential").handle
     assert sequential.groups(greedy) == [[0], [1], [2], [3]]
     assert sequential.groups(sampled) == [[0], [1]]
