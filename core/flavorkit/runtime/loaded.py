@@ -241,10 +241,10 @@ class LoadedModel:
         )
 
     def _settings(
-        self, req: ChatRequest | TextRequest, call: Mapping[str, Any] | None = None
+        self, own: Mapping[str, Any], call: Mapping[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Effective settings (defaults, then the call's ``params``, then the request) and the explicit ones."""
-        explicit = {**(call or {}), **generation_settings(req)}
+        """Effective settings (defaults, the call's ``params``, the request's ``own``) and the explicit ones."""
+        explicit = {**(call or {}), **own}
         return {**self.defaults, **explicit}, explicit
 
     def _prepare(
@@ -321,8 +321,8 @@ class LoadedModel:
         self, i: int, raw: Any, text_logprobs: int | None = None, call: Mapping[str, Any] | None = None
     ) -> Row:
         req = parse_request(raw, self.task, self.backend.name, guided=self.guided)
-        settings, explicit = self._settings(req, call)
         own = generation_settings(req)
+        settings, explicit = self._settings(own, call)
 
         def field(key: str) -> str:
             """Where a setting came from, for errors: the request's own field, or the call's ``params``."""
