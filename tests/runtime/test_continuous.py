@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -26,6 +27,8 @@ pytest.importorskip("prometheus_client")
 
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, Scheduler
+
+T = TypeVar("T")
 
 
 class EchoBackend:
@@ -283,6 +286,14 @@ def test_sessions_that_break_the_contract_are_backend_errors() -> None:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 
+def _run(scheduler: Scheduler, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on an event loop of its own, then shut the scheduler down whatever happened."""
+    try:
+        return asyncio.run(main())
+    finally:
+        scheduler.shutdown(5)
+
+
 def _order(join_wait: float) -> list[str]:
     """Which ticket's deltas came in which order: a long request, and a short one sent mid-way."""
     model, _plugin = _echo(step_seconds=0.005)
@@ -308,10 +319,7 @@ def _order(join_wait: float) -> list[str]:
 
         await asyncio.gather(follow("L", long), follow("s", short))
 
-    try:
-        asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    _run(scheduler, main)
     return order
 
 
@@ -357,10 +365,7 @@ def _returning(join_wait: float) -> list[int]:
         assert not tickets[0].done, "the long one was still running when the clients came back"
         tickets[0].cancel("disconnect")
 
-    try:
-        asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    _run(scheduler, main)
     return sizes
 
 
@@ -433,10 +438,7 @@ def _serve(model: LoadedModel, raws: list[dict[str, Any]], **options: Any) -> tu
             tickets.append(scheduler.submit(raw, stream=True))
         return [[first, *await collect_events(tickets[0])], *[await collect_events(t) for t in tickets[1:]]]
 
-    try:
-        return asyncio.run(main()), metrics
-    finally:
-        scheduler.shutdown(5)
+    return _run(scheduler, main), metrics
 
 
 def test_a_session_that_cannot_be_opened_falls_back_to_request_level_batching() -> None:
