@@ -33,17 +33,6 @@ SPLITS: dict[str, list[int]] = {
 }
 
 
-def _folder() -> str:
-    from flavorkit.demo import smollm2
-    from flavorkit.demo.smollm2 import ONNX_OPTIONS
-    from flavorkit_onnxgenai.convert import convert_checkpoint
-
-    options = dict(ONNX_OPTIONS["builder_options"])
-    return str(
-        convert_checkpoint(smollm2.checkpoint(), precision=str(ONNX_OPTIONS["precision"]), builder_options=options)
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Time every split over ``--rounds`` interleaved rounds and print a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import onnxruntime_genai as og
 
-    from benchmarks.run import BATCH
+    from benchmarks.run import BATCH, _smollm2_onnx
     from flavorkit_onnxgenai.runtime import set_cpu_threads
 
-    config = og.Config(_folder())
+    config = og.Config(str(_smollm2_onnx()))
     set_cpu_threads(config)
     model = og.Model(config)
     tokenizer = og.Tokenizer(model)
