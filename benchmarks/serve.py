@@ -391,7 +391,6 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         return tokens / (time.perf_counter() - start), []
 
     rows, ttft_rows, result = [], [], {}
-    speeds8: dict[str, list[float]] = {}
     differ: dict[str, list[int]] = {"fk": [0, 0], "auto": [0, 0]}
     for clients in args.clients:
         speed: dict[str, list[float]] = {name: [] for name in [*sends, "raw"]}
@@ -420,8 +419,6 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         def ratio(a: str, b: str) -> list[float]:
             return [x / y for x, y in zip(speed[a], speed[b], strict=True)]  # noqa: B023
 
-        if clients == 8:
-            speeds8 = speed
         result[clients] = {
             "fk/ml": ratio("fk", "ml"),
             "fk/ll": ratio("fk", "ll"),
@@ -430,6 +427,7 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
             "fk/auto": ratio("fk", "auto"),
             "fk/raw": ratio("fk", "raw") if speed["raw"] else [],
             "auto/raw": ratio("auto", "raw") if speed["raw"] else [],
+            "seq/auto": ratio("seq", "auto") if "seq" in sends else [],
             "ttft": {n: [v * 1000 for v in first[n]] for n in first},
         }
         cells = [f"{statistics.median(speed[n]):.1f}" for n in ("ml", "ll", "fk", "auto")]
@@ -489,7 +487,7 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
             f"{LABELS[name]}: **{differ[name][0]} of {differ[name][1]}**."
         )
     if "seq" in sv.extras and 8 in result:
-        seq = [x / y for x, y in zip(speeds8["seq"], speeds8["auto"], strict=True)]
+        seq = result[8]["seq/auto"]
         body.append(
             "- The cost of the guarantee where the probe finds drift (each greedy request in a generator of its own, "
             f'as `batching="sequential"` decodes): {LABELS["seq"]} / auto at 8 clients **{_median_ratio(seq)}**.'
