@@ -95,8 +95,9 @@ log = logging.getLogger(__name__)
 #: The invariance probe: decoding steps compared, batch sizes tried, and its text (plain prose).
 _PROBE_STEPS = 4
 _PROBE_BATCHES = (2, 8)
-#: About 110 words: issue 21 saw int4 batches drift from single rows on prompts of 60 tokens and more
-#: (31 to 39 tokens mostly matched), so the long probe row is past that length on any real tokenizer.
+#: Issue 21 saw int4 batches drift from single rows on prompts of 60 tokens and more (31 to 39 tokens
+#: mostly matched), so the long probe row, its first ``_PROBE_WORDS`` words, is past that length on
+#: any real tokenizer (106 tokens on SmolLM2's).
 _PROBE_TEXT = (
     "The river ran past the old mill where the baker kept his flour in wooden barrels, and every "
     "morning the children of the village walked along the bank to buy warm bread before school, "
