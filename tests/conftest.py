@@ -53,6 +53,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.needs_model)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Send every temporary file (tempfile, and the servers and tools tests start) under pytest's basetemp.
+
+    MLflow downloads and saves through ``tempfile.mkdtemp`` folders it does not always remove; under the
+    basetemp they go when the run passes (``tmp_path_retention_policy``) instead of filling ``/tmp``.
+    """
+    import tempfile
+
+    path = tmp_path_factory.mktemp("tmp", numbered=False)
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(path)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved
+        tempfile.tempdir = None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say how much disk the temporary folder has: a full run needs several GB free there."""
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    return f"flavorkit: {free:.1f} GiB free in {tempfile.gettempdir()} (a full run needs about 20 GiB)"
+
+
 @pytest.fixture(scope="session")
 def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An sqlite tracking DB with MLflow's tables created once (migrations take seconds)."""
