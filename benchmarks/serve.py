@@ -345,7 +345,7 @@ class Servers:
     auto: str
     ml: str
     ll: str
-    extras: dict[str, str]  # optional flavorkit servers by name (``rq``, ``seq``): their base URLs
+    extras: dict[str, tuple[str, str]]  # optional flavorkit servers by name (``rq``, ``seq``): base URL, model name
     raw: Any
 
 
@@ -375,9 +375,8 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         "ll": streamer(sv.ll, None),
         "ml": mlflow_send,
     }
-    extra_models = {"rq": NAME, "seq": f"{NAME}-seq"}
-    for name, url in sv.extras.items():
-        sends[name] = streamer(url, extra_models[name])
+    for name, (url, model) in sv.extras.items():
+        sends[name] = streamer(url, model)
     for send in sends.values():  # warm-up
         _workload(send, 2, 2)
     sv.raw.generate_batch(BATCH[:2], 8)
@@ -665,18 +664,20 @@ def main(argv: list[str] | None = None) -> int:
                 ready="/v1/models",
             ),
         }
+        extras: dict[str, tuple[str, str]] = {}  # served under its folder's name
         if args.sequential:
             seq = _package_as(Path(tmp), exact, "sequential")
             procs["seq"] = _start([*FK_CMD, str(seq), "--port", str(ports["seq"]), *fk_args], base["seq"])
+            extras["seq"] = (base["seq"], seq.name)
         if args.request_level:
             procs["rq"] = _start(
                 [*FK_CMD, str(exact), "--port", str(ports["rq"]), *fk_args, "--batching", "request"], base["rq"]
             )
+            extras["rq"] = (base["rq"], exact.name)
         # --load: a CPU-bound process beside the servers for the whole measurement
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
         label = "Under load (a Python busy loop beside the servers)" if args.load else "Without added load"
         try:
-            extras = {n: base[n] for n in ("rq", "seq") if n in procs}
             sv = Servers(base["fk"], base["auto"], base["ml"], base["ll"], extras, RawOnnxGenai(_artifact(exact)))
             measured, targets = _measure(sv, args, label)
             profile = _profile(procs["fk"], base["fk"], args.profile, args.max_tokens, marks) if args.profile else ""

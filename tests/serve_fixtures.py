@@ -12,9 +12,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -79,6 +81,16 @@ def server_process(cmd: Sequence[str], ready_url: str, *, timeout: float = 120, 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def run_then_shutdown(scheduler: Any, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on an event loop of its own, then shut the scheduler down whatever happened."""
+    import asyncio
+
+    try:
+        return asyncio.run(main())
+    finally:
+        scheduler.shutdown(5)
 
 
 async def collect_events(ticket: Any) -> list[Any]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -21,14 +20,12 @@ from flavorkit.runtime.continuous import ContinuousBatch
 from flavorkit.runtime.interleave import InterleavedSession
 from flavorkit.runtime.loaded import BatchEvent, LoadedModel
 from helpers import MIXED_REQUESTS, chat, check_events, load_engine
-from serve_fixtures import collect_events
+from serve_fixtures import collect_events, run_then_shutdown
 
 pytest.importorskip("prometheus_client")
 
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, Scheduler
-
-T = TypeVar("T")
 
 
 class EchoBackend:
@@ -286,14 +283,6 @@ def test_sessions_that_break_the_contract_are_backend_errors() -> None:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 
-def _run(scheduler: Scheduler, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main`` on an event loop of its own, then shut the scheduler down whatever happened."""
-    try:
-        return asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
-
-
 def _order(join_wait: float) -> list[str]:
     """Which ticket's deltas came in which order: a long request, and a short one sent mid-way."""
     model, _plugin = _echo(step_seconds=0.005)
@@ -319,7 +308,7 @@ def _order(join_wait: float) -> list[str]:
 
         await asyncio.gather(follow("L", long), follow("s", short))
 
-    _run(scheduler, main)
+    run_then_shutdown(scheduler, main)
     return order
 
 
@@ -365,7 +354,7 @@ def _returning(join_wait: float) -> list[int]:
         assert not tickets[0].done, "the long one was still running when the clients came back"
         tickets[0].cancel("disconnect")
 
-    _run(scheduler, main)
+    run_then_shutdown(scheduler, main)
     return sizes
 
 
@@ -438,7 +427,7 @@ def _serve(model: LoadedModel, raws: list[dict[str, Any]], **options: Any) -> tu
             tickets.append(scheduler.submit(raw, stream=True))
         return [[first, *await collect_events(tickets[0])], *[await collect_events(t) for t in tickets[1:]]]
 
-    return _run(scheduler, main), metrics
+    return run_then_shutdown(scheduler, main), metrics
 
 
 def test_a_session_that_cannot_be_opened_falls_back_to_request_level_batching() -> None:

@@ -14,7 +14,7 @@ from flavorkit.runtime.loaded import LoadedModel
 from flavorkit.serve.metrics import Metrics
 from flavorkit.serve.scheduler import Event, QueueFull, Scheduler, ShuttingDown
 from helpers import MIXED_REQUESTS, chat, check_events, load_engine
-from serve_fixtures import collect_events
+from serve_fixtures import collect_events, run_then_shutdown
 
 pytest.importorskip("prometheus_client")
 
@@ -95,10 +95,7 @@ def test_requests_that_queue_up_share_the_next_generate_call(engine: LoadedModel
         gate.set()
         return [await collect_events(t) for t in tickets]
 
-    try:
-        results = asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    results = run_then_shutdown(scheduler, main)
     sizes = metrics.batch_size.collect()[0].samples
     count = next(s.value for s in sizes if s.name.endswith("_count"))
     total = next(s.value for s in sizes if s.name.endswith("_sum"))
@@ -125,10 +122,7 @@ def test_the_worker_waits_briefly_for_the_clients_of_the_last_batch(engine: Load
         for ticket in (first, second, third):
             assert (await collect_events(ticket))[-1].kind == "done"
 
-    try:
-        asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    run_then_shutdown(scheduler, main)
     samples = {s.name: s.value for s in metrics.batch_size.collect()[0].samples}
     assert (samples["flavorkit_batch_size_count"], samples["flavorkit_batch_size_sum"]) == (1, 3)
 
@@ -143,10 +137,7 @@ def test_a_bad_request_fails_alone_and_the_batch_runs(engine: LoadedModel) -> No
         gate.set()
         return await collect_events(bad), await collect_events(good)
 
-    try:
-        bad, good = asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    bad, good = run_then_shutdown(scheduler, main)
     assert bad[-1].kind == "error" and isinstance(bad[-1].payload, InvalidRequest)
     assert bad[-1].payload.field == "max_tokens"
     assert good[-1].kind == "done" and good[-1].payload.usage()["completion_tokens"] == 4
@@ -186,10 +177,7 @@ def test_a_ticket_cancelled_while_queued_never_runs(engine: LoadedModel) -> None
         gate.set()
         return await collect_events(kept)
 
-    try:
-        kept = asyncio.run(main())
-    finally:
-        scheduler.shutdown(5)
+    kept = run_then_shutdown(scheduler, main)
     assert kept[-1].kind == "done"
     assert metrics.completion_tokens._value.get() == 3, "only the kept request generated tokens"
     assert metrics.cancelled.labels(reason="disconnect")._value.get() == 1
