@@ -141,7 +141,10 @@ def calibrate(backend: str, rounds: int, max_tokens: int | None = None) -> dict[
         for rows, width in order:
             samples[(rows, width)].append(runner.run(rows, width))
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    prompt_rows, prompt_t, step_rows, step_t = [], [], [], []
+    prompt_rows: list[list[float]] = []
+    step_rows: list[list[float]] = []
+    prompt_t: list[float] = []
+    step_t: list[float] = []
     for (rows, width), values in samples.items():
         p = 1000 * statistics.median(v[0] for v in values)
         s = 1000 * statistics.median(v[1] for v in values)

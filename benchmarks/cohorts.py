@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             for gen in gens:
                 gen.generate_next_token()
                 gen.get_next_tokens()
-        return 8 * steps / (time.perf_counter() - started)
+        return float(8 * steps / (time.perf_counter() - started))
 
     run([8])  # kernel set-up
     speed: dict[str, list[float]] = {name: [] for name in SPLITS}

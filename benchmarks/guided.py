@@ -33,12 +33,12 @@ from benchmarks.run import _interleaved, _median_iqr, _smollm2_hf, _smollm2_onnx
 
 #: Schemas whose answers cannot end before ``max_tokens`` (a string of at least 4,000 characters), so
 #: both sides generate the same number of tokens and the ratio is the cost of the mask per token.
-STORY = {
+STORY: dict[str, Any] = {
     "type": "object",
     "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string", "minLength": 4000}},
     "required": ["title", "story"],
 }
-ESSAY = {
+ESSAY: dict[str, Any] = {
     "type": "object",
     "properties": {
         "topic": {"type": "string", "maxLength": 40},
@@ -47,7 +47,7 @@ ESSAY = {
     "required": ["topic", "paragraphs"],
 }
 #: A schema of the usual kind, compiled for the compile-time figures.
-PERSON = {
+PERSON: dict[str, Any] = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
@@ -61,7 +61,7 @@ PERSON = {
 ASK = [
     {"role": "user", "content": "Invent a person and describe them in detail: name, age, city, hobbies and a long bio."}
 ]
-WEATHER = {
+WEATHER: Any = {  # an OpenAI tool (ChatCompletionFunctionToolParam)
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -91,7 +91,7 @@ def _rate(model: Any, requests: list[dict[str, Any]]) -> Callable[[], float]:
         start = time.perf_counter()
         answers = model.predict(requests)
         seconds = time.perf_counter() - start
-        return sum(a["usage"]["completion_tokens"] for a in answers) / seconds
+        return float(sum(a["usage"]["completion_tokens"] for a in answers) / seconds)
 
     return run
 

@@ -83,7 +83,7 @@ def _artifact(model_dir: Path, name: str = "model") -> Path:
     from mlflow.models import Model
 
     conf = Model.load(str(model_dir)).flavors["python_function"]
-    return model_dir / conf["artifacts"][name]["path"]
+    return Path(model_dir, conf["artifacts"][name]["path"])
 
 
 def _smollm2_hf() -> Path:
@@ -97,9 +97,7 @@ def _smollm2_onnx() -> Path:
     from flavorkit.demo.smollm2 import ONNX_OPTIONS
     from flavorkit_onnxgenai.convert import convert_checkpoint
 
-    return convert_checkpoint(
-        _smollm2_hf(), precision=str(ONNX_OPTIONS["precision"]), builder_options=dict(ONNX_OPTIONS["builder_options"])
-    )
+    return convert_checkpoint(_smollm2_hf(), **ONNX_OPTIONS)
 
 
 def _raw_transformers(model_dir: Path) -> RawBaseline:
@@ -343,12 +341,12 @@ def measure(
         def batched() -> float:
             start = time.perf_counter()
             out = wrapped.predict(batch_rows)
-            return sum(r["usage"]["completion_tokens"] for r in out) / (time.perf_counter() - start)
+            return float(sum(r["usage"]["completion_tokens"] for r in out) / (time.perf_counter() - start))
 
         def sequential() -> float:
             start = time.perf_counter()
             total = sum(wrapped.predict(r)[0]["usage"]["completion_tokens"] for r in batch_rows)
-            return total / (time.perf_counter() - start)
+            return float(total / (time.perf_counter() - start))
 
         batch_rounds = max(3, rounds // 3)
         batch_tps, seq_tps = _interleaved(batch_rounds, batched, sequential)

@@ -116,15 +116,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _package(workdir: Path) -> tuple[Path, Path]:
     """SmolLM2 int4 packaged twice: with the default ``batching="exact"`` option, and with ``"auto"``."""
     import flavorkit
-    from flavorkit.demo import smollm2
-    from flavorkit.demo.smollm2 import ONNX_OPTIONS
-    from flavorkit_onnxgenai.convert import convert_checkpoint
+    from benchmarks.run import _smollm2_onnx
 
-    ort = convert_checkpoint(
-        smollm2.checkpoint(),
-        precision=str(ONNX_OPTIONS["precision"]),
-        builder_options=dict(ONNX_OPTIONS["builder_options"]),
-    )
+    ort = _smollm2_onnx()
     exact, auto = workdir / "smollm2-chat", workdir / "smollm2-chat-auto"
     flavorkit.package(model=str(ort), backend="onnx-cpu", path=exact, generation={"temperature": 0.0})
     flavorkit.package(
@@ -389,7 +383,9 @@ def _measure(sv: Servers, args: argparse.Namespace, label: str) -> tuple[str, li
         tokens = sum(sv.raw.generate_batch(prompts[k : k + 8], mt) for k in range(0, len(prompts), 8))
         return tokens / (time.perf_counter() - start), []
 
-    rows, ttft_rows, result = [], [], {}
+    rows: list[str] = []
+    ttft_rows: list[str] = []
+    result: dict[int, dict[str, Any]] = {}  # per client count: ratio lists by name, and "ttft" by server
     differ: dict[str, list[int]] = {"fk": [0, 0], "auto": [0, 0]}
     for clients in args.clients:
         speed: dict[str, list[float]] = {name: [] for name in [*sends, "raw"]}

@@ -119,7 +119,7 @@ def measure(rows: int, max_tokens: int, rounds: int) -> dict[str, Any]:
     from benchmarks.serve import _package
 
     workdir = Path(tempfile.mkdtemp(prefix="fk-spark-bench-"))
-    model_dir = _package(workdir)
+    model_dir, _ = _package(workdir)  # the exact-mode folder
     reqs = requests(rows, max_tokens)
     start = time.perf_counter()
     model = mlflow.pyfunc.load_model(str(model_dir))

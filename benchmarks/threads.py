@@ -42,10 +42,9 @@ def _onnx(max_tokens: int) -> Callable[[int, int], float]:
     import numpy as np
     import onnxruntime_genai as og
 
-    from flavorkit.demo import smollm2
-    from flavorkit_onnxgenai.convert import convert_checkpoint
+    from benchmarks.run import _smollm2_onnx
 
-    folder = str(convert_checkpoint(smollm2.checkpoint(), **smollm2.ONNX_OPTIONS))  # type: ignore[arg-type]
+    folder = str(_smollm2_onnx())
     models = {}
     for threads in (1, 2):
         config = og.Config(folder)
@@ -100,7 +99,7 @@ def _transformers(max_tokens: int) -> Callable[[int, int], float]:
         ]
         start = time.perf_counter()
         answers = model.predict(batch)
-        return sum(a["usage"]["completion_tokens"] for a in answers) / (time.perf_counter() - start)
+        return float(sum(a["usage"]["completion_tokens"] for a in answers) / (time.perf_counter() - start))
 
     return rate
 

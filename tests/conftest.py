@@ -143,9 +143,7 @@ def smollm2_ort(smollm2_hf: Path) -> Path:
     from flavorkit.demo.smollm2 import ONNX_OPTIONS
     from flavorkit_onnxgenai.convert import convert_checkpoint
 
-    return convert_checkpoint(
-        smollm2_hf, precision=str(ONNX_OPTIONS["precision"]), builder_options=dict(ONNX_OPTIONS["builder_options"])
-    )
+    return convert_checkpoint(smollm2_hf, **ONNX_OPTIONS)
 
 
 @contextmanager

