@@ -121,14 +121,16 @@ typecheck: $(STAMP)
 # default: docs/testing.md ("How long the suite takes") has why.
 WORKERS ?= 0
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+# The slowest tests of each run, at the end of its log: where CI's minutes go.
+DURATIONS = --durations=15
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST)
+	$(BIN)/python -m pytest $(XDIST) $(DURATIONS)
 
 # FLAVORKIT_STACK=current: optimum-onnx tests skip here (with the reason) instead of failing under CI=1.
 pytest-current: $(CURRENT_STAMP)
 	PATH=$(abspath $(CURRENT_BIN)):$$PATH FLAVORKIT_STACK=current \
-		$(CURRENT_BIN)/python -m pytest $(XDIST) $(addprefix --ignore=,$(CURRENT_IGNORE))
+		$(CURRENT_BIN)/python -m pytest $(XDIST) $(DURATIONS) $(addprefix --ignore=,$(CURRENT_IGNORE))
 
 test: lint typecheck pytest pytest-current docs
 
