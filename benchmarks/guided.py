@@ -145,10 +145,10 @@ def round_trip(repeats: int) -> dict[str, float]:
 
     import openai
 
-    from benchmarks.serve import FK_CMD, _free_port, _package, _start, _stop
+    from benchmarks.serve import FK_CMD, _free_port, _package_exact, _start, _stop
 
     with tempfile.TemporaryDirectory() as scratch:
-        path = _package(Path(scratch))
+        path = _package_exact(Path(scratch))
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         proc = _start([*FK_CMD, str(path), "--port", str(port)], base)

@@ -113,18 +113,30 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _package_exact(workdir: Path) -> Path:
+    """SmolLM2 int4 packaged with the default ``batching="exact"`` option, as ``smollm2-chat``."""
+    import flavorkit
+    from benchmarks.run import _smollm2_onnx
+
+    exact = workdir / NAME
+    flavorkit.package(model=str(_smollm2_onnx()), backend="onnx-cpu", path=exact, generation={"temperature": 0.0})
+    return exact
+
+
 def _package(workdir: Path) -> tuple[Path, Path]:
     """SmolLM2 int4 packaged twice: with the default ``batching="exact"`` option, and with ``"auto"``."""
     import flavorkit
     from benchmarks.run import _smollm2_onnx
 
-    ort = _smollm2_onnx()
-    exact, auto = workdir / "smollm2-chat", workdir / "smollm2-chat-auto"
-    flavorkit.package(model=str(ort), backend="onnx-cpu", path=exact, generation={"temperature": 0.0})
+    auto = workdir / f"{NAME}-auto"
     flavorkit.package(
-        model=str(ort), backend="onnx-cpu", path=auto, generation={"temperature": 0.0}, options={"batching": "auto"}
+        model=str(_smollm2_onnx()),
+        backend="onnx-cpu",
+        path=auto,
+        generation={"temperature": 0.0},
+        options={"batching": "auto"},
     )
-    return exact, auto
+    return _package_exact(workdir), auto
 
 
 def _package_as(workdir: Path, exact: Path, batching: str) -> Path:
@@ -661,15 +673,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         extras: dict[str, tuple[str, str]] = {}  # served under its folder's name
-        if args.sequential:
-            seq = _package_as(Path(tmp), exact, "sequential")
-            procs["seq"] = _start([*FK_CMD, str(seq), "--port", str(ports["seq"]), *fk_args], base["seq"])
-            extras["seq"] = (base["seq"], seq.name)
         if args.request_level:
             procs["rq"] = _start(
                 [*FK_CMD, str(exact), "--port", str(ports["rq"]), *fk_args, "--batching", "request"], base["rq"]
             )
             extras["rq"] = (base["rq"], exact.name)
+        if args.sequential:
+            seq = _package_as(Path(tmp), exact, "sequential")
+            procs["seq"] = _start([*FK_CMD, str(seq), "--port", str(ports["seq"]), *fk_args], base["seq"])
+            extras["seq"] = (base["seq"], seq.name)
         # --load: a CPU-bound process beside the servers for the whole measurement
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
         label = "Under load (a Python busy loop beside the servers)" if args.load else "Without added load"

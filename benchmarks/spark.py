@@ -116,10 +116,10 @@ def measure(rows: int, max_tokens: int, rounds: int) -> dict[str, Any]:
     import mlflow
     import pandas as pd
 
-    from benchmarks.serve import _package
+    from benchmarks.serve import _package_exact
 
     workdir = Path(tempfile.mkdtemp(prefix="fk-spark-bench-"))
-    model_dir, _ = _package(workdir)  # the exact-mode folder
+    model_dir = _package_exact(workdir)
     reqs = requests(rows, max_tokens)
     start = time.perf_counter()
     model = mlflow.pyfunc.load_model(str(model_dir))

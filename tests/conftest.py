@@ -81,8 +81,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     import shutil
     import tempfile
 
-    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
-    return f"flavorkit: {free:.1f} GiB free in {tempfile.gettempdir()} (a full run needs about 20 GiB)"
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    return f"flavorkit: {free:.1f} GB free in {tempfile.gettempdir()} (a full run needs about 20 GB)"
 
 
 @pytest.fixture(scope="session")
