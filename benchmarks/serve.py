@@ -125,25 +125,15 @@ def _package_exact(workdir: Path) -> Path:
 
 def _package(workdir: Path) -> tuple[Path, Path]:
     """SmolLM2 int4 packaged twice: with the default ``batching="exact"`` option, and with ``"auto"``."""
-    import flavorkit
-    from benchmarks.run import _smollm2_onnx
-
-    auto = workdir / f"{NAME}-auto"
-    flavorkit.package(
-        model=str(_smollm2_onnx()),
-        backend="onnx-cpu",
-        path=auto,
-        generation={"temperature": 0.0},
-        options={"batching": "auto"},
-    )
-    return _package_exact(workdir), auto
+    exact = _package_exact(workdir)
+    return exact, _package_as(workdir, exact, "auto")
 
 
 def _package_as(workdir: Path, exact: Path, batching: str) -> Path:
     """The exact folder's ORT model packaged again with another ``batching`` option, as ``smollm2-chat-<short>``."""
     import flavorkit
 
-    short = {"sequential": "seq"}[batching]
+    short = {"auto": "auto", "sequential": "seq"}[batching]
     folder = workdir / f"{NAME}-{short}"
     flavorkit.package(
         model=str(_artifact(exact)),

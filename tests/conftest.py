@@ -62,18 +62,15 @@ def _temp_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     """
     import tempfile
 
+    from flavorkit.settings import scoped_env
+
     path = tmp_path_factory.mktemp("tmp", numbered=False)
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(path)
-    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved
-        tempfile.tempdir = None
+    with scoped_env({"TMPDIR": str(path)}):
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+        try:
+            yield
+        finally:
+            tempfile.tempdir = None
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -81,8 +78,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     import shutil
     import tempfile
 
-    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
-    return f"flavorkit: {free:.1f} GB free in {tempfile.gettempdir()} (a full run needs about 20 GB)"
+    temp = tempfile.gettempdir()
+    free = shutil.disk_usage(temp).free / 1e9
+    return f"flavorkit: {free:.1f} GB free in {temp} (a full run needs about 20 GB)"
 
 
 @pytest.fixture(scope="session")
